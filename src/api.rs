@@ -1,0 +1,132 @@
+//! The library's front door: open connections on our WAL, checkpoint, and inspect a log.
+
+use std::path::{Path, PathBuf};
+
+use libsql_sys::Connection;
+use libsql_sys::rusqlite::OpenFlags;
+use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
+
+use crate::error::{Error, Result};
+use crate::io::FileKind;
+use crate::registry;
+use crate::shared::{CheckpointMode, CheckpointResult};
+use crate::wal::{LibsqlWal, LibsqlWalManager};
+
+/// SQLite's default: the committing connection checkpoints past 1000 frames in the log.
+const AUTOCHECKPOINT_FRAMES: u32 = 1000;
+
+/// Opens a connection to `db_path` (created if missing) whose log is ours.
+///
+/// Refuses, with a clear error and without touching the file, a database whose page size is
+/// not 4096 or that another process holds. A leftover SQLite `-wal` file is checkpointed into
+/// the database first with SQLite's own WAL.
+pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Connection<LibsqlWal>> {
+    let db_path = db_path.as_ref();
+    absorb_sqlite_wal(manager, db_path)?;
+    // Taking the log here first turns "cannot open" into the precise reason.
+    let held = match manager.io().kind(db_path).map_err(Error::io("opening", db_path))? {
+        Some(FileKind::File { .. }) => Some(registry::acquire(manager.io(), db_path, manager.config())?),
+        _ => None,
+    };
+    let conn = Connection::open(
+        db_path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        manager.clone(),
+        AUTOCHECKPOINT_FRAMES,
+        None,
+    );
+    if let Some(shared) = &held {
+        registry::release(shared, false);
+    }
+    Ok(conn?)
+}
+
+/// Opens a connection on SQLite's own WAL, for comparisons.
+pub fn open_sqlite_connection(db_path: impl AsRef<Path>) -> Result<Connection<Sqlite3Wal>> {
+    Ok(Connection::open(
+        db_path.as_ref(),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        Sqlite3WalManager::new(),
+        AUTOCHECKPOINT_FRAMES,
+        None,
+    )?)
+}
+
+/// A regular file named `<db>-wal` is SQLite's log: fold it into the database with SQLite's
+/// own WAL before ours takes over, so nothing committed there is lost.
+fn absorb_sqlite_wal(manager: &LibsqlWalManager, db_path: &Path) -> Result<()> {
+    let wal_path = crate::shared::log_dir_of(db_path);
+    if let Some(FileKind::File { .. }) = manager.io().kind(&wal_path).map_err(Error::io("opening", &wal_path))? {
+        tracing::info!(db = %db_path.display(), "checkpointing a SQLite -wal file before taking over");
+        let conn = open_sqlite_connection(db_path)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        drop(conn);
+    }
+    Ok(())
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)` on a connection of ours.
+pub fn checkpoint(db_path: impl AsRef<Path>, mode: CheckpointMode, manager: &LibsqlWalManager) -> Result<CheckpointResult> {
+    let conn = open_connection(db_path, manager)?;
+    let name = match mode {
+        CheckpointMode::Passive => "PASSIVE",
+        CheckpointMode::Full => "FULL",
+        CheckpointMode::Restart => "RESTART",
+        CheckpointMode::Truncate => "TRUNCATE",
+    };
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row(&format!("PRAGMA wal_checkpoint({name})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(CheckpointResult { busy: busy != 0, log_frames: log as u32, checkpointed_frames: done as u32 })
+}
+
+/// One segment file, as `libsql-wal info` shows it.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub start_frame_no: u64,
+    /// Last committed frame_no (start - 1 when empty).
+    pub last_frame_no: u64,
+    pub frames: u32,
+    pub bytes: u64,
+    pub sealed: bool,
+}
+
+/// The state of a database's log.
+#[derive(Debug, Clone)]
+pub struct LogInfo {
+    /// Oldest first.
+    pub segments: Vec<SegmentInfo>,
+    pub last_frame_no: u64,
+    /// Database size in pages at the last commit.
+    pub db_pages: u32,
+    /// Pages in the database file itself.
+    pub db_file_pages: u64,
+}
+
+/// Opens (and so recovers) the log of `db_path` and describes it.
+pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<LogInfo> {
+    let db_path = db_path.as_ref();
+    let shared = registry::acquire(manager.io(), db_path, manager.config())?;
+    let last = shared.last_commit();
+    let segments = shared
+        .segments()
+        .iter()
+        .rev()
+        .map(|s| SegmentInfo {
+            path: s.path.clone(),
+            start_frame_no: s.start_frame_no,
+            last_frame_no: s.last_committed_frame_no(),
+            frames: s.committed_frames(),
+            bytes: s.file_len(),
+            sealed: s.is_sealed(),
+        })
+        .collect();
+    let info = LogInfo {
+        segments,
+        last_frame_no: last.frame_no,
+        db_pages: last.db_size,
+        db_file_pages: shared.db_file_len() / crate::format::PAGE_SIZE as u64,
+    };
+    registry::release(&shared, false);
+    Ok(info)
+}

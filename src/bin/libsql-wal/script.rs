@@ -1,0 +1,124 @@
+//! Runs a SQL script statement by statement and prints rows the way `sqlite3` does in its
+//! default list mode: columns joined by `|`, NULL as nothing, one row per line.
+
+use std::ffi::{CStr, CString, c_char};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use libsql_sys::rusqlite::{self, Connection, ffi, functions::FunctionFlags};
+
+/// Runs every statement of `sql`; returns false if any failed (each failure prints
+/// `Error: <SQLite's message>` and execution goes on, like `sqlite3` without `-bail`).
+pub fn run(conn: &Connection, sql: &str, seed: Option<u64>, out: &mut impl Write) -> bool {
+    if let Some(seed) = seed {
+        if let Err(e) = register_seeded_randomness(conn, seed) {
+            let _ = writeln!(out, "Error: {e}");
+            return false;
+        }
+    }
+    let mut ok = true;
+    for statement in statements(sql) {
+        ok &= run_statement(conn, &statement, out);
+        // Flush per statement: whoever reads our output (a test killing us, say) sees every
+        // row of every statement that finished.
+        let _ = out.flush();
+    }
+    ok
+}
+
+/// Splits a script into complete statements, as `sqlite3` does: at each `;` that ends a
+/// complete statement according to `sqlite3_complete` (which understands triggers,
+/// strings and comments). A trailing incomplete statement is returned as is.
+fn statements(sql: &str) -> Vec<String> {
+    let mut result = Vec::new();
+    let mut start = 0;
+    for (i, c) in sql.char_indices() {
+        if c != ';' {
+            continue;
+        }
+        let candidate = &sql[start..=i];
+        let Ok(c_candidate) = CString::new(candidate) else { continue };
+        if unsafe { ffi::sqlite3_complete(c_candidate.as_ptr()) } != 0 {
+            result.push(candidate.to_string());
+            start = i + 1;
+        }
+    }
+    if !sql[start..].trim().is_empty() {
+        result.push(sql[start..].to_string());
+    }
+    result
+}
+
+fn errmsg(db: *mut ffi::sqlite3) -> String {
+    unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) }.to_string_lossy().into_owned()
+}
+
+fn run_statement(conn: &Connection, statement: &str, out: &mut impl Write) -> bool {
+    let Ok(text) = CString::new(statement.replace('\0', " ")) else { return false };
+    let db = unsafe { conn.handle() };
+    let mut rest: *const c_char = text.as_ptr();
+    let mut ok = true;
+    loop {
+        let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
+        let mut tail: *const c_char = std::ptr::null();
+        let rc = unsafe { ffi::sqlite3_prepare_v2(db, rest, -1, &mut stmt, &mut tail) };
+        if rc != ffi::SQLITE_OK {
+            let _ = writeln!(out, "Error: {}", errmsg(db));
+            return false;
+        }
+        if stmt.is_null() {
+            return ok; // only whitespace or comments left
+        }
+        ok &= step_all(db, stmt, out);
+        unsafe { ffi::sqlite3_finalize(stmt) };
+        if tail.is_null() || unsafe { *tail } == 0 {
+            return ok;
+        }
+        rest = tail;
+    }
+}
+
+fn step_all(db: *mut ffi::sqlite3, stmt: *mut ffi::sqlite3_stmt, out: &mut impl Write) -> bool {
+    loop {
+        match unsafe { ffi::sqlite3_step(stmt) } {
+            ffi::SQLITE_ROW => write_row(stmt, out),
+            ffi::SQLITE_DONE => return true,
+            _ => {
+                let _ = writeln!(out, "Error: {}", errmsg(db));
+                return false;
+            }
+        }
+    }
+}
+
+fn write_row(stmt: *mut ffi::sqlite3_stmt, out: &mut impl Write) {
+    let columns = unsafe { ffi::sqlite3_column_count(stmt) };
+    let mut line: Vec<u8> = Vec::new();
+    for i in 0..columns {
+        if i > 0 {
+            line.push(b'|');
+        }
+        let text = unsafe { ffi::sqlite3_column_text(stmt, i) };
+        if !text.is_null() {
+            let len = unsafe { ffi::sqlite3_column_bytes(stmt, i) } as usize;
+            line.extend_from_slice(unsafe { std::slice::from_raw_parts(text, len) });
+        }
+    }
+    line.push(b'\n');
+    let _ = out.write_all(&line);
+}
+
+/// `random()` and `randomblob(N)` with the same values on every run with the same seed,
+/// so a script gives the same output on SQLite's WAL and ours.
+fn register_seeded_randomness(conn: &Connection, seed: u64) -> rusqlite::Result<()> {
+    let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
+    let r = rng.clone();
+    conn.create_scalar_function("random", 0, FunctionFlags::SQLITE_UTF8, move |_| {
+        Ok(r.lock().unwrap_or_else(|e| e.into_inner()).i64(..))
+    })?;
+    conn.create_scalar_function("randomblob", 1, FunctionFlags::SQLITE_UTF8, move |ctx| {
+        let n: i64 = ctx.get::<Option<i64>>(0)?.unwrap_or(1).max(1);
+        let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((0..n).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+    })
+}

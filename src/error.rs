@@ -1,0 +1,95 @@
+//! Errors, and their one mapping to SQLite result codes at the `Wal` boundary.
+
+use std::path::PathBuf;
+
+use libsql_sys::ffi;
+
+/// Everything that can go wrong inside the WAL. Messages say what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("I/O error while {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt log {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "database {path} uses {page_size}-byte pages; libsql-wal supports only 4096-byte pages \
+         (the file was left untouched)"
+    )]
+    UnsupportedPageSize { path: PathBuf, page_size: u32 },
+    #[error("database {path} is in use by another process (its log {log_dir} is locked)")]
+    InUse { path: PathBuf, log_dir: PathBuf },
+    #[error(
+        "database {path} has a SQLite -wal file that is not empty; \
+         run `sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE)'` first"
+    )]
+    ForeignWal { path: PathBuf },
+    #[error("cannot open {path}: {reason}")]
+    CannotOpen { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Sqlite(#[from] libsql_sys::rusqlite::Error),
+    #[error("database is locked: another connection holds the write lock")]
+    Busy,
+    #[error("database is locked: the snapshot is stale, another connection committed since")]
+    BusySnapshot,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
+        Error::Corrupt { path: path.into(), reason: reason.into() }
+    }
+
+    /// The SQLite extended result code for this error.
+    pub fn sqlite_code(&self) -> i32 {
+        match self {
+            Error::Io { action, source, .. } => io_code(action, source),
+            Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
+            Error::UnsupportedPageSize { .. } | Error::ForeignWal { .. } | Error::CannotOpen { .. } => {
+                ffi::SQLITE_CANTOPEN
+            }
+            Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
+            Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
+            Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,
+        }
+    }
+
+    /// Logs the error and turns it into what `libsql-sys` hands back to SQLite.
+    pub(crate) fn into_sqlite(self) -> libsql_sys::wal::Error {
+        match self {
+            Error::Busy | Error::BusySnapshot => tracing::debug!("{self}"),
+            _ => tracing::error!("{self}"),
+        }
+        libsql_sys::wal::Error::new(self.sqlite_code())
+    }
+}
+
+fn io_code(action: &str, source: &std::io::Error) -> i32 {
+    // ENOSPC and EDQUOT are "disk full" to SQLite, whatever we were doing.
+    if matches!(source.raw_os_error(), Some(28) | Some(122)) {
+        return ffi::SQLITE_FULL;
+    }
+    if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        return ffi::SQLITE_IOERR_SHORT_READ;
+    }
+    match action {
+        "reading" => ffi::SQLITE_IOERR_READ,
+        "writing" => ffi::SQLITE_IOERR_WRITE,
+        "syncing" => ffi::SQLITE_IOERR_FSYNC,
+        "truncating" => ffi::SQLITE_IOERR_TRUNCATE,
+        "removing" => ffi::SQLITE_IOERR_DELETE,
+        "opening" | "creating" | "locking" => ffi::SQLITE_CANTOPEN,
+        _ => ffi::SQLITE_IOERR,
+    }
+}

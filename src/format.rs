@@ -1,0 +1,213 @@
+//! On-disk layout of a segment file. `docs/FORMAT.md` is the prose of this module; the
+//! golden-bytes test at the bottom keeps the two from drifting apart.
+//!
+//! All integers are little-endian. A segment file is:
+//!
+//! ```text
+//! [SegmentHeader: 64 bytes][frame 0][frame 1]...[frame n-1]            (current)
+//! [SegmentHeader: 64 bytes][frame 0]...[frame n-1][index][SealTrailer] (sealed)
+//! frame = [FrameHeader: 24 bytes][page: 4096 bytes]
+//! ```
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The only page size we accept: `libsql-sys`'s page header iterator assumes it.
+pub const PAGE_SIZE: usize = 4096;
+pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"LSQLWSEG");
+pub const SEAL_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSEAL");
+/// Bumped on any incompatible change; a reader refuses versions it does not know.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const SEGMENT_HEADER_SIZE: usize = 64;
+pub const FRAME_HEADER_SIZE: usize = 24;
+pub const FRAME_SIZE: usize = FRAME_HEADER_SIZE + PAGE_SIZE;
+pub const INDEX_ENTRY_SIZE: usize = 8;
+pub const SEAL_TRAILER_SIZE: usize = 48;
+
+/// Byte range of the database header where we keep the last checkpointed frame_no, so that
+/// frame numbers keep counting after the log is emptied. SQLite reserves bytes 72..92 of
+/// its header "for expansion" and never reads them.
+pub const DB_HEADER_FRAME_NO_OFFSET: u64 = 72;
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SegmentHeader {
+    pub magic: U64,
+    pub version: U32,
+    pub page_size: U32,
+    /// frame_no of the first frame in this segment.
+    pub start_frame_no: U64,
+    /// Random per segment: the seed of the checksum chain, so frames left over from an older
+    /// file at the same place can never chain onto this one.
+    pub salt: U32,
+    pub reserved0: U32,
+    pub created_unix_ms: U64,
+    pub reserved1: [u8; 20],
+    /// crc32c of bytes 0..60.
+    pub checksum: U32,
+}
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct FrameHeader {
+    pub page_no: U32,
+    /// Database size in pages after the transaction: non-zero only on a commit frame.
+    pub size_after: U32,
+    pub frame_no: U64,
+    pub reserved: U32,
+    /// crc32c chained: crc32c_append(previous checksum, header bytes 0..20 ++ page).
+    pub checksum: U32,
+}
+
+/// One entry of a sealed segment's index: the latest frame of `page_no` in the segment.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct IndexEntry {
+    pub page_no: U32,
+    /// Position of the frame in the segment, 0-based.
+    pub frame_index: U32,
+}
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SealTrailer {
+    pub magic: U64,
+    pub start_frame_no: U64,
+    pub last_frame_no: U64,
+    /// Byte offset of the index in the file (= end of the last frame).
+    pub index_offset: U64,
+    pub index_entry_count: U32,
+    /// crc32c_append(salt, index bytes).
+    pub index_checksum: U32,
+    /// Database size in pages after the last (commit) frame.
+    pub size_after: U32,
+    /// crc32c_append(salt, trailer bytes 0..44).
+    pub checksum: U32,
+}
+
+const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_SIZE);
+const _: () = assert!(size_of::<FrameHeader>() == FRAME_HEADER_SIZE);
+const _: () = assert!(size_of::<IndexEntry>() == INDEX_ENTRY_SIZE);
+const _: () = assert!(size_of::<SealTrailer>() == SEAL_TRAILER_SIZE);
+
+impl SegmentHeader {
+    pub fn new(start_frame_no: u64, salt: u32, created_unix_ms: u64) -> Self {
+        let mut header = SegmentHeader {
+            magic: SEGMENT_MAGIC.into(),
+            version: FORMAT_VERSION.into(),
+            page_size: (PAGE_SIZE as u32).into(),
+            start_frame_no: start_frame_no.into(),
+            salt: salt.into(),
+            reserved0: 0.into(),
+            created_unix_ms: created_unix_ms.into(),
+            reserved1: [0; 20],
+            checksum: 0.into(),
+        };
+        header.checksum = header.computed_checksum().into();
+        header
+    }
+
+    pub fn computed_checksum(&self) -> u32 {
+        crc32c::crc32c(&self.as_bytes()[..SEGMENT_HEADER_SIZE - 4])
+    }
+
+    /// Why this header cannot be trusted, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.magic.get() != SEGMENT_MAGIC {
+            return Some("not a libsql-wal segment (bad magic)".into());
+        }
+        if self.checksum.get() != self.computed_checksum() {
+            return Some("segment header checksum mismatch".into());
+        }
+        if self.version.get() != FORMAT_VERSION {
+            return Some(format!(
+                "segment format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                self.version.get()
+            ));
+        }
+        if self.page_size.get() as usize != PAGE_SIZE {
+            return Some(format!("segment page size {} is not 4096", self.page_size.get()));
+        }
+        if self.start_frame_no.get() == 0 {
+            return Some("segment starts at frame_no 0".into());
+        }
+        None
+    }
+}
+
+impl FrameHeader {
+    pub fn new(page_no: u32, size_after: u32, frame_no: u64) -> Self {
+        FrameHeader {
+            page_no: page_no.into(),
+            size_after: size_after.into(),
+            frame_no: frame_no.into(),
+            reserved: 0.into(),
+            checksum: 0.into(),
+        }
+    }
+
+    /// The chained checksum of this header (bytes 0..20) and its page.
+    pub fn chained_checksum(&self, previous: u32, page: &[u8]) -> u32 {
+        let crc = crc32c::crc32c_append(previous, &self.as_bytes()[..FRAME_HEADER_SIZE - 4]);
+        crc32c::crc32c_append(crc, page)
+    }
+}
+
+impl SealTrailer {
+    pub fn computed_checksum(&self, salt: u32) -> u32 {
+        crc32c::crc32c_append(salt, &self.as_bytes()[..SEAL_TRAILER_SIZE - 4])
+    }
+}
+
+/// Byte offset of frame `index` (0-based) in a segment file.
+pub fn frame_offset(index: u32) -> u64 {
+    SEGMENT_HEADER_SIZE as u64 + index as u64 * FRAME_SIZE as u64
+}
+
+/// Reads a page size from a SQLite database header (bytes 16..18, big-endian; 1 means 65536).
+pub fn sqlite_header_page_size(header: &[u8]) -> u32 {
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => n as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes FORMAT.md documents, field by field. If this fails, fix the doc too.
+    #[test]
+    fn golden_bytes_match_format_md() {
+        let header = SegmentHeader::new(0x0102, 0xAABBCCDD, 7);
+        let b = header.as_bytes();
+        assert_eq!(&b[0..8], b"LSQLWSEG");
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[12..16], &4096u32.to_le_bytes());
+        assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[24..28], &[0xDD, 0xCC, 0xBB, 0xAA]);
+        assert_eq!(&b[32..40], &7u64.to_le_bytes());
+        assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
+        assert!(header.problem().is_none());
+
+        let frame = FrameHeader::new(3, 9, 0x10);
+        let f = frame.as_bytes();
+        assert_eq!(&f[0..4], &3u32.to_le_bytes());
+        assert_eq!(&f[4..8], &9u32.to_le_bytes());
+        assert_eq!(&f[8..16], &0x10u64.to_le_bytes());
+        let page = [0x5Au8; PAGE_SIZE];
+        let expected = crc32c::crc32c_append(crc32c::crc32c_append(42, &f[..20]), &page);
+        assert_eq!(frame.chained_checksum(42, &page), expected);
+        assert_eq!(frame_offset(2), 64 + 2 * 4120);
+    }
+
+    #[test]
+    fn damaged_header_is_refused_with_a_reason() {
+        let mut header = SegmentHeader::new(1, 5, 0);
+        header.version = 2.into();
+        assert!(header.problem().unwrap().contains("checksum"));
+        header.checksum = header.computed_checksum().into();
+        assert!(header.problem().unwrap().contains("version 2"));
+    }
+}

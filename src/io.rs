@@ -1,0 +1,134 @@
+//! The one door to the outside world: files, directories, the clock and randomness.
+//!
+//! Everything the WAL does to a disk goes through [`Io`], so tests can count syncs and the
+//! crash-safety suite can inject faults (failed writes, torn writes, lost unsynced data) without
+//! touching the rest of the crate. [`StdIo`] is the real implementation on top of `std::fs`.
+//!
+//! Architecture invariant: no other module calls `std::fs` for data or log files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// An open file. Positional reads and writes only: there is no shared cursor to race on.
+pub trait IoFile: Send + Sync {
+    /// Fills `buf` from `offset`; a short file is an `UnexpectedEof` error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the file's data (and its size) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Takes an exclusive advisory lock (`flock`) without waiting: `Ok(false)` if another
+    /// holder has it. The lock lives as long as this handle.
+    fn try_lock_exclusive(&self) -> io::Result<bool>;
+}
+
+/// Files, directories, time and randomness.
+pub trait Io: Send + Sync + 'static {
+    /// Opens `path` for reading and writing, creating it if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// The entries of a directory (full paths), in no particular order.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// What is at `path`, if anything.
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
+    fn now(&self) -> SystemTime;
+    fn random_u32(&self) -> u32;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File { len: u64 },
+    Dir,
+}
+
+/// The real thing: `std::fs`, the system clock, and `fastrand`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdIo;
+
+impl StdIo {
+    pub fn shared() -> Arc<dyn Io> {
+        Arc::new(StdIo)
+    }
+}
+
+struct StdFile(File);
+
+impl IoFile for StdFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn try_lock_exclusive(&self) -> io::Result<bool> {
+        match self.0.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl Io for StdIo {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Box::new(StdFile(file)))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(path)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect()
+    }
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(FileKind::Dir)),
+            Ok(m) => Ok(Some(FileKind::File { len: m.len() })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+    fn random_u32(&self) -> u32 {
+        fastrand::u32(..)
+    }
+}

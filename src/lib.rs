@@ -1,0 +1,29 @@
+//! A segmented, shared write-ahead log for libSQL.
+//!
+//! Plug it into libSQL through `libsql-sys`:
+//!
+//! ```no_run
+//! use libsql_wal::{open_connection, LibsqlWalManager};
+//!
+//! let manager = LibsqlWalManager::default();
+//! let conn = open_connection("data.db", &manager).unwrap();
+//! conn.execute_batch("CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES (1);").unwrap();
+//! let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+//! assert!(n >= 1);
+//! ```
+//!
+//! See `ARCHITECTURE.md` for the map of the crate and `docs/FORMAT.md` for the files.
+
+mod api;
+mod error;
+pub mod format;
+pub mod io;
+mod registry;
+mod segment;
+mod shared;
+mod wal;
+
+pub use api::{LogInfo, SegmentInfo, checkpoint, inspect, open_connection, open_sqlite_connection};
+pub use error::{Error, Result};
+pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
+pub use wal::{LibsqlWal, LibsqlWalManager};

@@ -1,0 +1,61 @@
+//! The process-wide registry: one [`SharedWal`] per database file, keyed by canonical path.
+//!
+//! Architecture invariant: two `SharedWal`s for one file never exist in one process; the
+//! registry's lock is held while one is created (recovery) or shut down, so an open racing a
+//! close either gets the live log or waits and opens a fresh one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use crate::error::{Error, Result};
+use crate::io::{FileKind, Io};
+use crate::shared::{SharedWal, WalConfig, log_dir_of};
+
+static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::new(Default::default);
+
+/// The canonical path of a database file (which must exist).
+pub(crate) fn canonical(db_path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(db_path).map_err(|e| Error::CannotOpen {
+        path: db_path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The live log of `db_path`, opening (and recovering) it if this process has none yet.
+/// Counts one more open connection.
+pub(crate) fn acquire(io: &Arc<dyn Io>, db_path: &Path, config: &WalConfig) -> Result<Arc<SharedWal>> {
+    let path = canonical(db_path)?;
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = match registry.get(&path).and_then(Weak::upgrade) {
+        Some(shared) => shared,
+        None => {
+            let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone())?);
+            registry.insert(path, Arc::downgrade(&shared));
+            shared
+        }
+    };
+    shared.open_connections.fetch_add(1, Ordering::SeqCst);
+    Ok(shared)
+}
+
+/// One connection is done with `shared`; the last one shuts the log down (checkpointing
+/// everything first when `checkpoint`).
+pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.open_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.shutdown(checkpoint);
+        registry.remove(&shared.db_path);
+    }
+}
+
+/// Does `db_path` have a log of ours that SQLite should open instead of reading the file
+/// alone? An empty database file never does: SQLite would delete the log of an empty
+/// file, so we let it open in rollback mode until `journal_mode=WAL` opens the log.
+pub(crate) fn log_exists(io: &dyn Io, db_path: &Path) -> Result<bool> {
+    let log_dir = log_dir_of(&canonical(db_path).unwrap_or_else(|_| db_path.into()));
+    let dir = io.kind(&log_dir).map_err(Error::io("reading", &log_dir))?;
+    let db = io.kind(db_path).map_err(Error::io("reading", db_path))?;
+    Ok(matches!(dir, Some(FileKind::Dir)) && matches!(db, Some(FileKind::File { len }) if len > 0))
+}

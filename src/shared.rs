@@ -1,0 +1,574 @@
+//! [`SharedWal`]: the one log of one database in this process, shared by all its connections.
+//!
+//! Shared state and who may change it:
+//! - `segments` (newest first; `[0]` is the current segment unless it is sealed or the list
+//!   is empty): appended to by the writer; a segment is pushed at the front by a swap (under
+//!   the write lock) and dropped from the back by a checkpoint (under `checkpoint_lock`).
+//! - `commit.last`: the last commit (frame_no, database size). Moved forward only by the
+//!   writer holding the write lock, after its frames are written (and synced under FULL).
+//! - `commit.readers`: open snapshots, by frame_no. A checkpoint never copies a segment
+//!   whose last frame is newer than the oldest open snapshot (invariant 5).
+//! - `writer`: the id of the connection holding the write lock. Taken without waiting:
+//!   SQLite's busy handler does the waiting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::error::{Error, Result};
+use crate::format::{DB_HEADER_FRAME_NO_OFFSET, PAGE_SIZE, sqlite_header_page_size};
+use crate::io::{FileKind, Io, IoFile};
+use crate::segment::{Segment, SegmentRef};
+
+/// Tuning of one database's log.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// The current segment is sealed (swapped) once it holds at least this many frames.
+    pub segment_frames_max: u32,
+    /// Checkpoint everything when the last connection in the process closes (SQLite's
+    /// behaviour), so the file is a plain SQLite database afterwards.
+    pub checkpoint_on_close: bool,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig { segment_frames_max: 4096, checkpoint_on_close: true }
+    }
+}
+
+/// What a read transaction sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// frame_no of the last commit frame visible (0: nothing ever committed).
+    pub frame_no: u64,
+    /// Database size in pages.
+    pub db_size: u32,
+}
+
+struct CommitState {
+    last: Snapshot,
+    /// snapshot frame_no → number of open read transactions on it.
+    readers: BTreeMap<u64, usize>,
+    /// Every frame up to this one is in the database file.
+    checkpointed_frame_no: u64,
+    /// Where the log "restarted" in SQLite's terms: the frame counts that
+    /// `PRAGMA wal_checkpoint` reports count from here, as SQLite's own WAL would.
+    restart_frame_no: u64,
+}
+
+/// The write lock owner used by a checkpoint that seals the current segment.
+const CHECKPOINT_WRITER_ID: u64 = u64::MAX;
+
+pub(crate) struct SharedWal {
+    pub db_path: PathBuf,
+    pub log_dir: PathBuf,
+    pub(crate) io: Arc<dyn Io>,
+    pub config: WalConfig,
+    db_file: Box<dyn IoFile>,
+    lock_file: Mutex<Option<Box<dyn IoFile>>>,
+    segments: RwLock<Vec<SegmentRef>>,
+    commit: Mutex<CommitState>,
+    writer: Mutex<Option<u64>>,
+    checkpoint_lock: Mutex<()>,
+    next_connection_id: AtomicU64,
+    pub(crate) open_connections: AtomicUsize,
+}
+
+/// Checkpoint modes, as SQLite names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckpointMode {
+    /// Copy what no reader needs; never wait.
+    Passive,
+    /// Wait (through the busy handler) for the writer and for readers, then copy everything.
+    Full,
+    /// As `Full`; SQLite's log restart has no separate meaning for segments.
+    Restart,
+    /// As `Full`, then remove every segment file.
+    Truncate,
+}
+
+/// What a checkpoint reports, in SQLite's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointResult {
+    /// Not everything could be checkpointed: a writer or reader was in the way.
+    pub busy: bool,
+    /// Frames in the log (since SQLite's notion of the last log restart).
+    pub log_frames: u32,
+    /// Of those, frames now in the database file.
+    pub checkpointed_frames: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn log_dir_of(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+impl SharedWal {
+    /// Takes ownership of the database's log and recovers it.
+    pub fn open(io: Arc<dyn Io>, db_path: &Path, config: WalConfig) -> Result<SharedWal> {
+        let log_dir = log_dir_of(db_path);
+        let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+        let header_frame_no = check_db_header(db_file.as_ref(), db_path)?;
+        match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+            Some(FileKind::Dir) => {}
+            Some(FileKind::File { len: 0 }) => {
+                io.remove_file(&log_dir).map_err(Error::io("removing", &log_dir))?;
+                create_log_dir(io.as_ref(), &log_dir)?;
+            }
+            Some(FileKind::File { .. }) => return Err(Error::ForeignWal { path: db_path.into() }),
+            None => create_log_dir(io.as_ref(), &log_dir)?,
+        }
+        let lock_path = log_dir.join("lock");
+        let lock_file = io.open(&lock_path, true).map_err(Error::io("opening", &lock_path))?;
+        if !lock_file.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+            return Err(Error::InUse { path: db_path.into(), log_dir });
+        }
+        let segments = recover_segments(io.as_ref(), &log_dir, header_frame_no)?;
+        let last = last_commit(&segments, header_frame_no, db_file.as_ref(), db_path)?;
+        let checkpointed_frame_no = segments.last().map_or(last.frame_no, |s| s.start_frame_no - 1);
+        tracing::debug!(
+            db = %db_path.display(),
+            segments = segments.len(),
+            last_frame_no = last.frame_no,
+            "log recovered"
+        );
+        Ok(SharedWal {
+            db_path: db_path.into(),
+            log_dir,
+            io,
+            config,
+            db_file,
+            lock_file: Mutex::new(Some(lock_file)),
+            segments: RwLock::new(segments),
+            commit: Mutex::new(CommitState {
+                last,
+                readers: BTreeMap::new(),
+                checkpointed_frame_no,
+                restart_frame_no: checkpointed_frame_no,
+            }),
+            writer: Mutex::new(None),
+            checkpoint_lock: Mutex::new(()),
+            next_connection_id: AtomicU64::new(1),
+            open_connections: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn new_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn last_commit(&self) -> Snapshot {
+        lock(&self.commit).last
+    }
+
+    /// Opens a snapshot at the last commit and registers it, atomically with respect to
+    /// checkpoints (which read the registrations under the same lock).
+    pub fn begin_read(&self) -> Snapshot {
+        let mut commit = lock(&self.commit);
+        let snapshot = commit.last;
+        *commit.readers.entry(snapshot.frame_no).or_default() += 1;
+        snapshot
+    }
+
+    pub fn end_read(&self, snapshot: Snapshot) {
+        let mut commit = lock(&self.commit);
+        if let Some(count) = commit.readers.get_mut(&snapshot.frame_no) {
+            *count -= 1;
+            if *count == 0 {
+                commit.readers.remove(&snapshot.frame_no);
+            }
+        }
+    }
+
+    /// Is everything in the log also in the database file?
+    pub fn fully_checkpointed(&self) -> bool {
+        let commit = lock(&self.commit);
+        commit.checkpointed_frame_no == commit.last.frame_no
+    }
+
+    /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
+    pub fn begin_write(&self, connection_id: u64, snapshot: Snapshot) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        match *writer {
+            Some(id) if id == connection_id => return Ok(()),
+            Some(_) => return Err(Error::Busy),
+            None => {}
+        }
+        // Nobody commits without the write lock, which we now hold: this check cannot race.
+        if lock(&self.commit).last.frame_no != snapshot.frame_no {
+            return Err(Error::BusySnapshot);
+        }
+        *writer = Some(connection_id);
+        Ok(())
+    }
+
+    pub fn end_write(&self, connection_id: u64) {
+        let mut writer = lock(&self.writer);
+        if *writer == Some(connection_id) {
+            *writer = None;
+        }
+    }
+
+    /// SQLite restarts its log when a writer starts on a fully checkpointed log; our frame
+    /// numbers never restart, but the counts we report must, to say what SQLite says.
+    pub fn restart_log_counts(&self) {
+        let mut commit = lock(&self.commit);
+        if commit.checkpointed_frame_no == commit.last.frame_no {
+            commit.restart_frame_no = commit.last.frame_no;
+        }
+    }
+
+    /// Frames in the log since the last restart, as SQLite would count them.
+    pub fn log_frames(&self) -> u32 {
+        let commit = lock(&self.commit);
+        (commit.last.frame_no - commit.restart_frame_no) as u32
+    }
+
+    /// The segment the writer appends to, created (or swapped in) if needed. Write lock held.
+    pub fn current_segment_for_write(&self) -> Result<SegmentRef> {
+        if let Some(current) = self.segments.read().unwrap_or_else(|e| e.into_inner()).first() {
+            if !current.is_sealed() {
+                return Ok(current.clone());
+            }
+        }
+        let next_frame_no = lock(&self.commit).last.frame_no + 1;
+        let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(0, segment.clone());
+        Ok(segment)
+    }
+
+    /// Publishes a commit written (and synced if asked) by the writer. Write lock held.
+    pub fn publish_commit(&self, segment: &Segment) -> Snapshot {
+        let snapshot = Snapshot {
+            frame_no: segment.last_committed_frame_no(),
+            db_size: segment.committed_size_after(),
+        };
+        let mut commit = lock(&self.commit);
+        assert!(snapshot.frame_no > commit.last.frame_no, "commit does not move forward");
+        commit.last = snapshot;
+        snapshot
+    }
+
+    /// Moves a connection's registered snapshot to a newer one (the writer after its commit).
+    pub fn move_reader(&self, from: Snapshot, to: Snapshot) {
+        self.end_read(from);
+        let mut commit = lock(&self.commit);
+        *commit.readers.entry(to.frame_no).or_default() += 1;
+    }
+
+    /// Seals the current segment if it is past the size threshold. Write lock held.
+    pub fn swap_if_full(&self, segment: &Segment) -> Result<()> {
+        if segment.committed_frames() >= self.config.segment_frames_max {
+            segment.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Finds the newest frame of `page_no` no newer than `max_frame_no`.
+    pub fn find(&self, page_no: u32, max_frame_no: u64) -> Option<(SegmentRef, u32)> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segments
+            .iter()
+            .filter(|s| s.start_frame_no <= max_frame_no)
+            .find_map(|s| s.find(page_no, max_frame_no).map(|pos| (s.clone(), pos)))
+    }
+
+    /// All segments, newest first.
+    pub fn segments(&self) -> Vec<SegmentRef> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn db_file_len(&self) -> u64 {
+        self.db_file.len().unwrap_or(0)
+    }
+
+    /// Copies sealed segments into the database file, oldest first, as far as open
+    /// snapshots allow; see [`CheckpointMode`] for waiting. `busy` is asked whether to retry
+    /// when a writer or reader is in the way; `on_page` sees every page copied.
+    pub fn checkpoint(
+        &self,
+        mode: CheckpointMode,
+        busy: &mut dyn FnMut() -> bool,
+        on_page: &mut dyn FnMut(u32, &[u8], u64) -> Result<()>,
+    ) -> Result<CheckpointResult> {
+        let _guard = lock(&self.checkpoint_lock);
+        let mut blocked = !self.seal_current(mode, busy)?;
+        loop {
+            let (ready, waiting) = self.checkpointable_segments();
+            if !ready.is_empty() {
+                self.copy_segments(&ready, on_page)?;
+                self.drop_segments(&ready)?;
+            }
+            if !waiting || mode == CheckpointMode::Passive {
+                blocked |= waiting;
+                break;
+            }
+            if !busy() {
+                blocked = true;
+                break;
+            }
+        }
+        if mode == CheckpointMode::Truncate && !blocked {
+            self.remove_empty_current()?;
+            let mut commit = lock(&self.commit);
+            commit.restart_frame_no = commit.last.frame_no;
+        }
+        let commit = lock(&self.commit);
+        Ok(CheckpointResult {
+            busy: blocked,
+            log_frames: (commit.last.frame_no - commit.restart_frame_no) as u32,
+            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no)
+                as u32,
+        })
+    }
+
+    /// Seals the current segment so the checkpoint can take it. Returns false if a writer
+    /// held the lock throughout (then the current segment stays as it is).
+    fn seal_current(&self, mode: CheckpointMode, busy: &mut dyn FnMut() -> bool) -> Result<bool> {
+        loop {
+            {
+                let mut writer = lock(&self.writer);
+                if writer.is_none() {
+                    *writer = Some(CHECKPOINT_WRITER_ID);
+                    drop(writer);
+                    let result = self.seal_current_locked();
+                    self.end_write(CHECKPOINT_WRITER_ID);
+                    return result.map(|()| true);
+                }
+            }
+            if mode == CheckpointMode::Passive || !busy() {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn seal_current_locked(&self) -> Result<()> {
+        let current = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().cloned();
+        match current {
+            Some(segment) if !segment.is_sealed() && segment.committed_frames() > 0 => segment.seal(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sealed segments (oldest first) that no open snapshot stops us from copying, and
+    /// whether some sealed segment had to wait for a reader.
+    fn checkpointable_segments(&self) -> (Vec<SegmentRef>, bool) {
+        let segments = self.segments();
+        let oldest_reader = lock(&self.commit).readers.keys().next().copied().unwrap_or(u64::MAX);
+        let mut ready = Vec::new();
+        let mut waiting = false;
+        for segment in segments.iter().rev().filter(|s| s.is_sealed()) {
+            // A reader older than the segment's end could still need an older version of
+            // one of its pages from the database file (invariant 5).
+            if segment.last_committed_frame_no() <= oldest_reader {
+                ready.push(segment.clone());
+            } else {
+                waiting = true;
+                break;
+            }
+        }
+        (ready, waiting)
+    }
+
+    /// Writes the newest version of every page of `segments` (oldest first) into the
+    /// database file, fixes its size, syncs, then records the new checkpointed frame_no.
+    fn copy_segments(
+        &self,
+        segments: &[SegmentRef],
+        on_page: &mut dyn FnMut(u32, &[u8], u64) -> Result<()>,
+    ) -> Result<()> {
+        let newest = segments.last().expect("non-empty");
+        let mut pages: BTreeMap<u32, (&SegmentRef, u32)> = BTreeMap::new();
+        for segment in segments.iter() {
+            for (page_no, pos) in segment.latest_pages() {
+                pages.insert(page_no, (segment, pos));
+            }
+        }
+        let db_size = newest.committed_size_after();
+        let old_header_frame_no = lock(&self.commit).checkpointed_frame_no;
+        let mut page = vec![0u8; PAGE_SIZE];
+        for (&page_no, &(segment, pos)) in pages.range(..=db_size) {
+            segment.read_page(pos, &mut page)?;
+            on_page(page_no, &page, segment.start_frame_no + pos as u64)?;
+            if page_no == 1 {
+                // Keep our frame_no mark monotonic until the pages are durable.
+                write_header_frame_no(&mut page, old_header_frame_no);
+            }
+            let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
+            self.db_file
+                .write_all_at(&page, offset)
+                .map_err(Error::io("writing", &self.db_path))?;
+        }
+        let db_len = db_size as u64 * PAGE_SIZE as u64;
+        self.db_file.set_len(db_len).map_err(Error::io("truncating", &self.db_path))?;
+        self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
+        // Only now that the pages are durable may the mark say they are there.
+        let frame_no = newest.last_committed_frame_no();
+        self.db_file
+            .write_all_at(&frame_no.to_le_bytes(), DB_HEADER_FRAME_NO_OFFSET)
+            .map_err(Error::io("writing", &self.db_path))?;
+        self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
+        lock(&self.commit).checkpointed_frame_no = frame_no;
+        Ok(())
+    }
+
+    /// Forgets checkpointed segments and removes their files, oldest first, so what is left
+    /// after a crash is always a suffix of the log.
+    fn drop_segments(&self, done: &[SegmentRef]) -> Result<()> {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !done.iter().any(|d| Arc::ptr_eq(s, d)));
+        for segment in done {
+            segment.remove(self.io.as_ref())?;
+        }
+        self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))
+    }
+
+    /// After a truncate checkpoint: no segment file at all, if the writer lets us.
+    fn remove_empty_current(&self) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        if writer.is_some() {
+            return Ok(());
+        }
+        *writer = Some(CHECKPOINT_WRITER_ID);
+        drop(writer);
+        let removed = {
+            let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            if segments.len() == 1 && segments[0].committed_frames() == 0 && segments[0].frames() == 0 {
+                segments.pop()
+            } else {
+                None
+            }
+        };
+        let result = match removed {
+            Some(segment) => segment
+                .remove(self.io.as_ref())
+                .and_then(|()| self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))),
+            None => Ok(()),
+        };
+        self.end_write(CHECKPOINT_WRITER_ID);
+        result
+    }
+
+    /// Called when the last connection of the process closes it: checkpoint everything
+    /// (if configured) and, once the log is empty, hand the file back to plain SQLite by
+    /// removing the log directory.
+    pub fn shutdown(&self, checkpoint: bool) {
+        if checkpoint && self.config.checkpoint_on_close {
+            let result = self.checkpoint(CheckpointMode::Truncate, &mut || false, &mut |_, _, _| Ok(()));
+            if let Err(e) = result {
+                tracing::error!(db = %self.db_path.display(), "checkpoint on close failed: {e}");
+            }
+        }
+        if self.segments().is_empty() {
+            let lock_path = self.log_dir.join("lock");
+            let removed = self
+                .io
+                .remove_file(&lock_path)
+                .and_then(|()| self.io.remove_dir(&self.log_dir));
+            if let Err(e) = removed {
+                tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
+            }
+        }
+        lock(&self.lock_file).take();
+    }
+}
+
+fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
+    io.create_dir_all(log_dir).map_err(Error::io("creating", log_dir))?;
+    if let Some(parent) = log_dir.parent() {
+        io.sync_dir(parent).map_err(Error::io("syncing", parent))?;
+    }
+    Ok(())
+}
+
+/// Refuses a database whose page size is not 4096 (before touching anything) and returns
+/// the frame_no mark of the last checkpoint (0 if none).
+fn check_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<u64> {
+    let len = db_file.len().map_err(Error::io("reading", db_path))?;
+    if len < 100 {
+        return Ok(0);
+    }
+    let mut header = [0u8; 100];
+    db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
+    if &header[..16] != b"SQLite format 3\0" {
+        return Err(Error::CannotOpen { path: db_path.into(), reason: "not a SQLite database".into() });
+    }
+    let page_size = sqlite_header_page_size(&header);
+    if page_size as usize != PAGE_SIZE {
+        return Err(Error::UnsupportedPageSize { path: db_path.into(), page_size });
+    }
+    let mark = DB_HEADER_FRAME_NO_OFFSET as usize;
+    Ok(u64::from_le_bytes(header[mark..mark + 8].try_into().expect("8 bytes")))
+}
+
+fn write_header_frame_no(page: &mut [u8], frame_no: u64) {
+    let mark = DB_HEADER_FRAME_NO_OFFSET as usize;
+    page[mark..mark + 8].copy_from_slice(&frame_no.to_le_bytes());
+}
+
+/// Opens every segment of the log, newest first in the result. Segments wholly covered by
+/// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
+fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> Result<Vec<SegmentRef>> {
+    let mut paths: Vec<PathBuf> = io
+        .list_dir(log_dir)
+        .map_err(Error::io("reading", log_dir))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    let mut segments: Vec<SegmentRef> = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let is_tail = i + 1 == paths.len();
+        let segment = Segment::recover(io, path, is_tail)?;
+        if segment.committed_frames() == 0 && !is_tail {
+            return Err(Error::corrupt(path, "an empty segment before the newest one"));
+        }
+        if segment.committed_frames() > 0 && segment.last_committed_frame_no() <= checkpointed_frame_no {
+            tracing::info!(path = %path.display(), "removing a segment already in the database file");
+            segment.remove(io)?;
+            continue;
+        }
+        if let Some(previous) = segments.last() {
+            let expected = previous.last_committed_frame_no() + 1;
+            if segment.start_frame_no != expected {
+                return Err(Error::corrupt(
+                    path,
+                    format!("segment starts at frame_no {} but the log ends at {}", segment.start_frame_no, expected - 1),
+                ));
+            }
+        }
+        segments.push(Arc::new(segment));
+    }
+    if let Some(tail) = segments.last() {
+        if tail.committed_frames() == 0 && segments.len() > 1 {
+            // An empty tail created by a swap just before a crash: harmless, keep it.
+        }
+    }
+    segments.reverse();
+    Ok(segments)
+}
+
+fn last_commit(segments: &[SegmentRef], header_frame_no: u64, db_file: &dyn IoFile, db_path: &Path) -> Result<Snapshot> {
+    for segment in segments {
+        if segment.committed_frames() > 0 {
+            return Ok(Snapshot {
+                frame_no: segment.last_committed_frame_no(),
+                db_size: segment.committed_size_after(),
+            });
+        }
+    }
+    let len = db_file.len().map_err(Error::io("reading", db_path))?;
+    let frame_no = match segments.last() {
+        Some(oldest) => oldest.start_frame_no - 1,
+        None => header_frame_no,
+    };
+    Ok(Snapshot { frame_no, db_size: (len / PAGE_SIZE as u64) as u32 })
+}

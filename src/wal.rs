@@ -1,0 +1,431 @@
+//! The `libsql-sys` boundary: [`LibsqlWalManager`] (one per process or program, cheap to
+//! clone) and [`LibsqlWal`] (one per SQLite connection). Errors become SQLite codes here and
+//! only here.
+
+use std::cell::Cell;
+use std::ffi::{CStr, OsStr, c_int};
+use std::num::NonZeroU32;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use libsql_sys::ffi;
+use libsql_sys::wal::{
+    BusyHandler, CheckpointCallback, CheckpointMode as SqliteCheckpointMode, PageHeaders, Sqlite3Db,
+    Sqlite3File, UndoHandler, Vfs, Wal, WalManager,
+};
+
+use crate::error::Error;
+use crate::format::{FRAME_SIZE, PAGE_SIZE};
+use crate::io::{Io, StdIo};
+use crate::registry;
+use crate::segment::SegmentRef;
+use crate::shared::{CheckpointMode, SharedWal, Snapshot, WalConfig};
+
+type SqlResult<T> = libsql_sys::wal::Result<T>;
+
+/// Opens our WAL for SQLite connections. Clone it freely: clones share the process-wide
+/// registry, so every connection to one file shares one log.
+#[derive(Clone)]
+pub struct LibsqlWalManager {
+    io: Arc<dyn Io>,
+    config: WalConfig,
+}
+
+impl Default for LibsqlWalManager {
+    fn default() -> Self {
+        LibsqlWalManager::new(StdIo::shared(), WalConfig::default())
+    }
+}
+
+impl LibsqlWalManager {
+    pub fn new(io: Arc<dyn Io>, config: WalConfig) -> Self {
+        LibsqlWalManager { io, config }
+    }
+
+    pub fn io(&self) -> &Arc<dyn Io> {
+        &self.io
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+}
+
+fn path_of(db_path: &CStr) -> &Path {
+    Path::new(OsStr::from_bytes(db_path.to_bytes()))
+}
+
+impl WalManager for LibsqlWalManager {
+    type Wal = LibsqlWal;
+
+    fn use_shared_memory(&self) -> bool {
+        false
+    }
+
+    fn open(
+        &self,
+        _vfs: &mut Vfs,
+        _file: &mut Sqlite3File,
+        _no_shm_mode: c_int,
+        _max_log_size: i64,
+        db_path: &CStr,
+    ) -> SqlResult<LibsqlWal> {
+        let shared = registry::acquire(&self.io, path_of(db_path), &self.config).map_err(Error::into_sqlite)?;
+        Ok(LibsqlWal::new(shared))
+    }
+
+    fn close(
+        &self,
+        wal: &mut LibsqlWal,
+        _db: &mut Sqlite3Db,
+        _sync_flags: c_int,
+        scratch: Option<&mut [u8]>,
+    ) -> SqlResult<()> {
+        // SQLite passes no scratch buffer when the connection asked not to checkpoint on
+        // close (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE).
+        wal.close(scratch.is_some());
+        Ok(())
+    }
+
+    /// SQLite asks this only for an empty database file with a log beside it, to delete a
+    /// stale log. Our log is never stale (see `registry::log_exists`), so nothing is deleted.
+    fn destroy_log(&self, _vfs: &mut Vfs, db_path: &CStr) -> SqlResult<()> {
+        tracing::debug!(db = %path_of(db_path).display(), "SQLite asked to destroy the log: kept");
+        Ok(())
+    }
+
+    fn log_exists(&self, _vfs: &mut Vfs, db_path: &CStr) -> SqlResult<bool> {
+        registry::log_exists(self.io.as_ref(), path_of(db_path)).map_err(Error::into_sqlite)
+    }
+
+    fn destroy(self) {}
+}
+
+/// The open write transaction of a connection.
+struct WriteTxn {
+    segment: Option<SegmentRef>,
+    /// Position in `segment` of the transaction's first frame.
+    start: u32,
+}
+
+/// One SQLite connection's view of a [`SharedWal`].
+pub struct LibsqlWal {
+    shared: Arc<SharedWal>,
+    id: u64,
+    read: Option<Snapshot>,
+    /// frame_no of the previous snapshot, to tell SQLite whether its page cache is stale.
+    previous_frame_no: Option<u64>,
+    /// Whether the open read transaction began on a fully checkpointed log.
+    read_on_checkpointed_log: bool,
+    write: Option<WriteTxn>,
+    /// The last frame found by `find_frame`, read by the `read_frame` that follows.
+    last_found: Option<(u32, SegmentRef, u32)>,
+    callback_frames: Cell<u32>,
+    closed: bool,
+}
+
+impl LibsqlWal {
+    fn new(shared: Arc<SharedWal>) -> Self {
+        let id = shared.new_connection_id();
+        LibsqlWal {
+            shared,
+            id,
+            read: None,
+            previous_frame_no: None,
+            read_on_checkpointed_log: false,
+            write: None,
+            last_found: None,
+            callback_frames: Cell::new(0),
+            closed: false,
+        }
+    }
+
+    fn close(&mut self, checkpoint: bool) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let _ = self.rollback_uncommitted(None);
+        if self.write.take().is_some() {
+            self.shared.end_write(self.id);
+        }
+        self.end_read_txn();
+        registry::release(&self.shared, checkpoint);
+    }
+
+    fn max_visible_frame_no(&self) -> u64 {
+        match (&self.write, &self.read) {
+            // The writer sees its own uncommitted frames: only it has any.
+            (Some(_), _) => u64::MAX,
+            (None, Some(read)) => read.frame_no,
+            (None, None) => self.shared.last_commit().frame_no,
+        }
+    }
+
+    fn locate(&mut self, page_no: u32) -> Option<(SegmentRef, u32)> {
+        if let Some((found_page, segment, pos)) = &self.last_found {
+            if *found_page == page_no {
+                return Some((segment.clone(), *pos));
+            }
+        }
+        self.shared.find(page_no, self.max_visible_frame_no())
+    }
+
+    fn rollback_uncommitted(&mut self, undo: Option<&mut dyn FnMut(u32) -> SqlResult<()>>) -> SqlResult<()> {
+        let Some(txn) = &self.write else { return Ok(()) };
+        let Some(segment) = &txn.segment else { return Ok(()) };
+        let mut pages = Vec::new();
+        segment
+            .truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no))
+            .map_err(Error::into_sqlite)?;
+        self.last_found = None;
+        if let Some(undo) = undo {
+            for page_no in pages {
+                undo(page_no)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LibsqlWal {
+    fn drop(&mut self) {
+        self.close(false);
+    }
+}
+
+fn not_4096(page_size: usize) -> libsql_sys::wal::Error {
+    Error::UnsupportedPageSize { path: "<page buffer>".into(), page_size: page_size as u32 }.into_sqlite()
+}
+
+impl Wal for LibsqlWal {
+    fn limit(&mut self, _size: i64) {
+        // journal_size_limit bounds SQLite's single WAL file; our log is bounded by
+        // segment_frames_max and checkpoints instead.
+    }
+
+    fn begin_read_txn(&mut self) -> SqlResult<bool> {
+        if self.read.is_some() {
+            self.end_read_txn();
+        }
+        let snapshot = self.shared.begin_read();
+        self.read_on_checkpointed_log = self.shared.fully_checkpointed();
+        self.read = Some(snapshot);
+        self.last_found = None;
+        let changed = self.previous_frame_no != Some(snapshot.frame_no);
+        self.previous_frame_no = Some(snapshot.frame_no);
+        Ok(changed)
+    }
+
+    fn end_read_txn(&mut self) {
+        if let Some(snapshot) = self.read.take() {
+            self.shared.end_read(snapshot);
+        }
+        self.last_found = None;
+    }
+
+    fn find_frame(&mut self, page_no: NonZeroU32) -> SqlResult<Option<NonZeroU32>> {
+        let page_no = page_no.get();
+        self.last_found = None;
+        Ok(self.shared.find(page_no, self.max_visible_frame_no()).map(|(segment, pos)| {
+            self.last_found = Some((page_no, segment, pos));
+            // The handle SQLite passes back to read_frame is the page number itself:
+            // frame numbers are 64-bit and do not fit SQLite's u32.
+            NonZeroU32::new(page_no).expect("page numbers start at 1")
+        }))
+    }
+
+    fn read_frame(&mut self, frame: NonZeroU32, buffer: &mut [u8]) -> SqlResult<()> {
+        if buffer.len() != PAGE_SIZE {
+            return Err(not_4096(buffer.len()));
+        }
+        let (segment, pos) = self.locate(frame.get()).ok_or_else(|| {
+            Error::corrupt(&self.shared.db_path, format!("page {} vanished from the log", frame.get()))
+                .into_sqlite()
+        })?;
+        segment.read_page(pos, buffer).map_err(Error::into_sqlite)
+    }
+
+    fn read_frame_raw(&mut self, frame: NonZeroU32, buffer: &mut [u8]) -> SqlResult<()> {
+        if buffer.len() != FRAME_SIZE {
+            return Err(libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE));
+        }
+        let (segment, pos) = self
+            .locate(frame.get())
+            .ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_IOERR_READ))?;
+        segment.read_frame_raw(pos, buffer).map_err(Error::into_sqlite)
+    }
+
+    fn db_size(&self) -> u32 {
+        self.read.map_or(0, |s| s.db_size)
+    }
+
+    fn begin_write_txn(&mut self) -> SqlResult<()> {
+        let snapshot = self
+            .read
+            .ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE))?;
+        if self.write.is_some() {
+            return Ok(());
+        }
+        self.shared.begin_write(self.id, snapshot).map_err(Error::into_sqlite)?;
+        self.write = Some(WriteTxn { segment: None, start: 0 });
+        Ok(())
+    }
+
+    fn end_write_txn(&mut self) -> SqlResult<()> {
+        if self.write.is_some() {
+            let result = self.rollback_uncommitted(None);
+            self.write = None;
+            self.shared.end_write(self.id);
+            result?;
+        }
+        Ok(())
+    }
+
+    fn undo<U: UndoHandler>(&mut self, handler: Option<&mut U>) -> SqlResult<()> {
+        match handler {
+            Some(handler) => self.rollback_uncommitted(Some(&mut |page_no| handler.handle_undo(page_no))),
+            None => self.rollback_uncommitted(None),
+        }
+    }
+
+    fn savepoint(&mut self, rollback_data: &mut [u32]) {
+        let position = match &self.write {
+            Some(WriteTxn { segment: Some(segment), .. }) => segment.frames(),
+            Some(WriteTxn { segment: None, .. }) | None => 0,
+        };
+        rollback_data[0] = position;
+    }
+
+    fn savepoint_undo(&mut self, rollback_data: &mut [u32]) -> SqlResult<()> {
+        let Some(WriteTxn { segment: Some(segment), start }) = &self.write else { return Ok(()) };
+        let keep = rollback_data[0].max(*start);
+        segment.truncate_uncommitted(keep, &mut |_| {}).map_err(Error::into_sqlite)?;
+        self.last_found = None;
+        Ok(())
+    }
+
+    fn frame_count(&self, _locked: i32) -> SqlResult<u32> {
+        Ok(self.shared.log_frames())
+    }
+
+    fn insert_frames(
+        &mut self,
+        page_size: c_int,
+        page_headers: &mut PageHeaders,
+        size_after: u32,
+        is_commit: bool,
+        sync_flags: c_int,
+    ) -> SqlResult<usize> {
+        if page_size as usize != PAGE_SIZE {
+            return Err(not_4096(page_size as usize));
+        }
+        let Some(txn) = self.write.as_mut() else {
+            return Err(libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE));
+        };
+        if txn.segment.is_none() {
+            if self.read_on_checkpointed_log {
+                self.shared.restart_log_counts();
+            }
+            let segment = self.shared.current_segment_for_write().map_err(Error::into_sqlite)?;
+            txn.start = segment.frames();
+            txn.segment = Some(segment);
+        }
+        let segment = txn.segment.clone().expect("set above");
+        let start = txn.start;
+        let pages: Vec<(u32, &[u8])> = page_headers.iter().collect();
+        let commit = (is_commit && size_after > 0).then_some(size_after);
+        self.last_found = None;
+        segment.write_pages(&pages, start, commit).map_err(Error::into_sqlite)?;
+        if commit.is_none() {
+            return Ok(0);
+        }
+        // `sync_flags & 3` is SQLite's WAL_SYNC_FLAGS: set under synchronous=FULL (and
+        // EXTRA), clear under NORMAL. A FULL commit is on stable storage before we return.
+        if sync_flags & 0x03 != 0 {
+            segment.sync().map_err(Error::into_sqlite)?;
+        }
+        let committed = self.shared.publish_commit(&segment);
+        if let Some(read) = self.read.replace(committed) {
+            self.shared.move_reader(read, committed);
+        }
+        self.previous_frame_no = Some(committed.frame_no);
+        self.callback_frames.set(self.shared.log_frames());
+        let frames = segment.committed_frames() - start;
+        if let Some(txn) = self.write.as_mut() {
+            txn.segment = None;
+        }
+        if let Err(e) = self.shared.swap_if_full(&segment) {
+            // The commit stands; the swap is retried before the next write.
+            tracing::error!("sealing segment {} failed: {e}", segment.path.display());
+        }
+        Ok(frames as usize)
+    }
+
+    fn checkpoint(
+        &mut self,
+        _db: &mut Sqlite3Db,
+        mode: SqliteCheckpointMode,
+        busy_handler: Option<&mut dyn BusyHandler>,
+        _sync_flags: u32,
+        _buf: &mut [u8],
+        checkpoint_cb: Option<&mut dyn CheckpointCallback>,
+        in_wal: Option<&mut i32>,
+        backfilled: Option<&mut i32>,
+    ) -> SqlResult<()> {
+        let mode = match mode {
+            SqliteCheckpointMode::Passive => CheckpointMode::Passive,
+            SqliteCheckpointMode::Full => CheckpointMode::Full,
+            SqliteCheckpointMode::Restart => CheckpointMode::Restart,
+            SqliteCheckpointMode::Truncate => CheckpointMode::Truncate,
+        };
+        let mut busy_handler = busy_handler;
+        let mut busy = || busy_handler.as_mut().is_some_and(|h| h.handle_busy());
+        let mut callback = checkpoint_cb;
+        let mut on_page = |page_no: u32, page: &[u8], frame_no: u64| -> crate::Result<()> {
+            if let Some(cb) = callback.as_mut() {
+                let page_no = NonZeroU32::new(page_no).expect("page numbers start at 1");
+                let frame_no = NonZeroU32::new(frame_no.min(u32::MAX as u64) as u32).expect("frame_no > 0");
+                cb.frame(u32::MAX, page, page_no, frame_no)
+                    .map_err(|e| Error::CannotOpen { path: "checkpoint callback".into(), reason: e.to_string() })?;
+            }
+            Ok(())
+        };
+        let result = self.shared.checkpoint(mode, &mut busy, &mut on_page).map_err(Error::into_sqlite)?;
+        if let Some(cb) = callback.as_mut() {
+            cb.finish()?;
+        }
+        if let Some(out) = in_wal {
+            *out = result.log_frames as i32;
+        }
+        if let Some(out) = backfilled {
+            *out = result.checkpointed_frames as i32;
+        }
+        if result.busy && mode != CheckpointMode::Passive {
+            return Err(libsql_sys::wal::Error::new(ffi::SQLITE_BUSY));
+        }
+        Ok(())
+    }
+
+    fn exclusive_mode(&mut self, _op: c_int) -> SqlResult<()> {
+        // We never hold SQLite's exclusive WAL mode: answering "not exclusive" is the truth.
+        Ok(())
+    }
+
+    fn uses_heap_memory(&self) -> bool {
+        // No shared-memory index; but answering false keeps `PRAGMA locking_mode` behaving
+        // as it does on SQLite's WAL (SQLite refuses to change it for heap-memory WALs).
+        false
+    }
+
+    fn set_db(&mut self, _db: &mut Sqlite3Db) {}
+
+    fn callback(&self) -> i32 {
+        self.callback_frames.replace(0) as i32
+    }
+
+    fn frames_in_wal(&self) -> u32 {
+        self.shared.log_frames()
+    }
+}
