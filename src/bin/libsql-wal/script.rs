@@ -17,8 +17,11 @@ pub fn run(conn: &Connection, sql: &str, seed: Option<u64>, out: &mut impl Write
         }
     }
     let mut ok = true;
-    for statement in statements(sql) {
-        ok &= run_statement(conn, &statement, out);
+    for (i, statement) in statements(sql).iter().enumerate() {
+        if let Some(seed) = seed {
+            reseed_sqlite_prng(seed.wrapping_add(i as u64));
+        }
+        ok &= run_statement(conn, statement, out);
         // Flush per statement: whoever reads our output (a test killing us, say) sees every
         // row of every statement that finished.
         let _ = out.flush();
@@ -106,6 +109,15 @@ fn write_row(stmt: *mut ffi::sqlite3_stmt, out: &mut impl Write) {
     }
     line.push(b'\n');
     let _ = out.write_all(&line);
+}
+
+/// SQLite draws on its own PRNG too (to make duplicate column names unique, for WAL salts).
+/// Its WAL draws at moments ours does not, so a script run in oracle mode reseeds the PRNG
+/// before each statement: both WALs then give the statement the same values.
+fn reseed_sqlite_prng(seed: u64) {
+    unsafe {
+        ffi::sqlite3_test_control(ffi::SQLITE_TESTCTRL_PRNG_SEED, seed as u32 as i32, std::ptr::null_mut::<ffi::sqlite3>());
+    }
 }
 
 /// `random()` and `randomblob(N)` with the same values on every run with the same seed,
