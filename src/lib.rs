@@ -21,6 +21,7 @@ pub mod io;
 mod registry;
 mod segment;
 mod shared;
+pub mod stress;
 mod wal;
 
 pub use api::{LogInfo, SegmentInfo, checkpoint, inspect, open_connection, open_sqlite_connection};
