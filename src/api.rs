@@ -38,18 +38,29 @@ pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) ->
     if let Some(shared) = &held {
         registry::release(shared, false);
     }
-    Ok(conn?)
+    let conn = conn?;
+    sqlite_default_busy_timeout(&conn)?;
+    Ok(conn)
+}
+
+/// `libsql-sys` sets a 100 ms busy timeout on every connection it opens; SQLite's default is
+/// none (SQLITE_BUSY at once). We keep SQLite's default: no surprises for its users.
+fn sqlite_default_busy_timeout(conn: &libsql_sys::rusqlite::Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    Ok(())
 }
 
 /// Opens a connection on SQLite's own WAL, for comparisons.
 pub fn open_sqlite_connection(db_path: impl AsRef<Path>) -> Result<Connection<Sqlite3Wal>> {
-    Ok(Connection::open(
+    let conn = Connection::open(
         db_path.as_ref(),
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         Sqlite3WalManager::new(),
         AUTOCHECKPOINT_FRAMES,
         None,
-    )?)
+    )?;
+    sqlite_default_busy_timeout(&conn)?;
+    Ok(conn)
 }
 
 /// A regular file named `<db>-wal` is SQLite's log: fold it into the database with SQLite's
@@ -86,7 +97,10 @@ pub struct SegmentInfo {
     pub start_frame_no: u64,
     /// Last committed frame_no (start - 1 when empty).
     pub last_frame_no: u64,
+    /// Committed frames.
     pub frames: u32,
+    /// Frames in the file, including those of a transaction still open (spilled pages).
+    pub frames_in_file: u32,
     pub bytes: u64,
     pub sealed: bool,
 }
@@ -117,6 +131,7 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
             start_frame_no: s.start_frame_no,
             last_frame_no: s.last_committed_frame_no(),
             frames: s.committed_frames(),
+            frames_in_file: s.frames(),
             bytes: s.file_len(),
             sealed: s.is_sealed(),
         })
