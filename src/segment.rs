@@ -239,10 +239,11 @@ impl Segment {
 
     /// Writes a batch of pages of the open transaction. A page that already has a frame in
     /// this transaction (at or after `txn_start`) is rewritten in place, as SQLite's own WAL
-    /// does, except the commit frame, which is always new. Returns the pages appended.
-    pub fn write_pages<'a>(
+    /// does, except the commit frame, which is always new. With `commit_size_after`, the last
+    /// page is written as the commit frame; see [`Segment::mark_committed`].
+    pub fn write_pages(
         &self,
-        pages: &[(u32, &'a [u8])],
+        pages: &[(u32, &[u8])],
         txn_start: u32,
         commit_size_after: Option<u32>,
     ) -> Result<()> {
@@ -289,13 +290,19 @@ impl Segment {
         drop(index);
         state.frames += appended.len() as u32;
         state.last_checksum = checksum;
-        if let Some(size_after) = commit_size_after {
-            assert!(size_after > 0, "commit with database size 0");
-            state.committed_frames = state.frames;
-            state.committed_checksum = checksum;
-            state.committed_size_after = size_after;
-        }
         Ok(())
+    }
+
+    /// Makes the frames written so far part of the committed log. Called only once the
+    /// commit frame is written (and synced, when the commit must be durable): a commit whose
+    /// write or sync failed stays uncommitted, and SQLite's rollback then drops it.
+    pub fn mark_committed(&self, size_after: u32) {
+        assert!(size_after > 0, "commit with database size 0");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(state.recompute_from.is_none(), "commit with a broken checksum chain");
+        state.committed_frames = state.frames;
+        state.committed_checksum = state.last_checksum;
+        state.committed_size_after = size_after;
     }
 
     /// Recomputes the checksum chain of frames `from..end` after in-place rewrites.
@@ -513,3 +520,94 @@ fn scan_frames(
 }
 
 pub(crate) type SegmentRef = Arc<Segment>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdIo;
+
+    fn page(byte: u8) -> Vec<u8> {
+        vec![byte; PAGE_SIZE]
+    }
+
+    fn read(segment: &Segment, pos: u32) -> u8 {
+        let mut buf = vec![0; PAGE_SIZE];
+        segment.read_page(pos, &mut buf).unwrap();
+        buf[0]
+    }
+
+    #[test]
+    fn readers_find_the_newest_version_within_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 10).unwrap();
+        let (a, b) = (page(1), page(2));
+        segment.write_pages(&[(1, &a), (2, &a)], 0, Some(2)).unwrap();
+        segment.mark_committed(2);
+        segment.write_pages(&[(1, &b)], 2, Some(2)).unwrap();
+        segment.mark_committed(2);
+        assert_eq!(segment.find(1, 11).map(|p| read(&segment, p)), Some(1));
+        assert_eq!(segment.find(1, 12).map(|p| read(&segment, p)), Some(2));
+        assert_eq!(segment.find(2, u64::MAX), Some(1));
+        assert_eq!(segment.find(1, 9), None, "frames before the segment's start");
+        assert_eq!(segment.find(3, u64::MAX), None);
+        assert_eq!(segment.last_committed_frame_no(), 12);
+    }
+
+    #[test]
+    fn rewritten_pages_are_rechained_and_survive_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let (a, b, c) = (page(1), page(2), page(3));
+        // A spilled transaction rewrites page 1 in place, then commits with page 2.
+        segment.write_pages(&[(1, &a), (3, &a)], 0, None).unwrap();
+        segment.write_pages(&[(1, &b)], 0, None).unwrap();
+        assert_eq!(segment.frames(), 2, "page 1 was rewritten in place, not appended");
+        segment.write_pages(&[(1, &c), (2, &c)], 0, Some(3)).unwrap();
+        segment.mark_committed(3);
+        drop(segment);
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), true).unwrap();
+        assert_eq!(recovered.committed_frames(), 3);
+        assert_eq!(recovered.find(1, u64::MAX).map(|p| read(&recovered, p)), Some(3));
+        assert_eq!(recovered.find(3, u64::MAX).map(|p| read(&recovered, p)), Some(1));
+    }
+
+    #[test]
+    fn uncommitted_frames_are_dropped_by_rollback_and_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let a = page(1);
+        segment.write_pages(&[(1, &a)], 0, Some(1)).unwrap();
+        segment.mark_committed(1);
+        segment.write_pages(&[(2, &a), (3, &a)], 1, None).unwrap();
+        let mut undone = Vec::new();
+        segment.truncate_uncommitted(1, &mut |p| undone.push(p)).unwrap();
+        assert_eq!(undone, [2, 3]);
+        assert_eq!(segment.find(2, u64::MAX), None);
+        // Frames of an unfinished transaction left in the file are cut by recovery.
+        segment.write_pages(&[(4, &a)], 1, None).unwrap();
+        drop(segment);
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), true).unwrap();
+        assert_eq!(recovered.committed_frames(), 1);
+        assert_eq!(recovered.find(4, u64::MAX), None);
+        assert_eq!(recovered.file_len(), frame_offset(1));
+    }
+
+    #[test]
+    fn sealed_segment_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 5).unwrap();
+        let (a, b) = (page(1), page(2));
+        segment.write_pages(&[(7, &a), (8, &a)], 0, Some(8)).unwrap();
+        segment.mark_committed(8);
+        segment.write_pages(&[(7, &b)], 2, Some(8)).unwrap();
+        segment.mark_committed(8);
+        segment.seal().unwrap();
+        drop(segment);
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(5)), false).unwrap();
+        assert!(recovered.is_sealed());
+        assert_eq!(recovered.committed_size_after(), 8);
+        let mut latest = recovered.latest_pages();
+        latest.sort();
+        assert_eq!(latest, [(7, 2), (8, 1)]);
+    }
+}

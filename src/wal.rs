@@ -346,6 +346,7 @@ impl Wal for LibsqlWal {
         if sync_flags & 0x03 != 0 {
             segment.sync().map_err(Error::into_sqlite)?;
         }
+        segment.mark_committed(size_after);
         let committed = self.shared.publish_commit(&segment);
         if let Some(read) = self.read.replace(committed) {
             self.shared.move_reader(read, committed);
