@@ -77,7 +77,11 @@ fn absorb_sqlite_wal(manager: &LibsqlWalManager, db_path: &Path) -> Result<()> {
 }
 
 /// Runs `PRAGMA wal_checkpoint(mode)` on a connection of ours.
-pub fn checkpoint(db_path: impl AsRef<Path>, mode: CheckpointMode, manager: &LibsqlWalManager) -> Result<CheckpointResult> {
+pub fn checkpoint(
+    db_path: impl AsRef<Path>,
+    mode: CheckpointMode,
+    manager: &LibsqlWalManager,
+) -> Result<CheckpointResult> {
     let conn = open_connection(db_path, manager)?;
     let name = match mode {
         CheckpointMode::Passive => "PASSIVE",
@@ -103,6 +107,8 @@ pub struct SegmentInfo {
     pub frames_in_file: u32,
     pub bytes: u64,
     pub sealed: bool,
+    /// When the segment file was created (milliseconds since the Unix epoch).
+    pub created_unix_ms: u64,
 }
 
 /// The state of a database's log.
@@ -134,6 +140,7 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
             frames_in_file: s.frames(),
             bytes: s.file_len(),
             sealed: s.is_sealed(),
+            created_unix_ms: s.created_unix_ms,
         })
         .collect();
     let info = LogInfo {

@@ -22,7 +22,7 @@ pub trait IoFile: Send + Sync {
     /// Makes the file's data (and its size) durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Takes an exclusive advisory lock (`flock`) without waiting: `Ok(false)` if another
@@ -75,7 +75,7 @@ impl IoFile for StdFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -92,12 +92,7 @@ impl IoFile for StdFile {
 
 impl Io for StdIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
         Ok(Box::new(StdFile(file)))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -113,9 +108,7 @@ impl Io for StdIo {
         std::fs::remove_dir(path)
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        std::fs::read_dir(path)?
-            .map(|entry| entry.map(|e| e.path()))
-            .collect()
+        std::fs::read_dir(path)?.map(|entry| entry.map(|e| e.path())).collect()
     }
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
         match std::fs::metadata(path) {

@@ -17,10 +17,7 @@ static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::
 
 /// The canonical path of a database file (which must exist).
 pub(crate) fn canonical(db_path: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(db_path).map_err(|e| Error::CannotOpen {
-        path: db_path.into(),
-        reason: e.to_string(),
-    })
+    std::fs::canonicalize(db_path).map_err(|e| Error::CannotOpen { path: db_path.into(), reason: e.to_string() })
 }
 
 /// The live log of `db_path`, opening (and recovering) it if this process has none yet.

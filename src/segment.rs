@@ -74,11 +74,7 @@ impl Segment {
     pub fn create(io: &dyn Io, dir: &Path, start_frame_no: u64) -> Result<Segment> {
         let path = dir.join(segment_file_name(start_frame_no));
         let salt = io.random_u32();
-        let created_unix_ms = io
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let created_unix_ms = io.now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let header = SegmentHeader::new(start_frame_no, salt, created_unix_ms);
         let file = io.open(&path, true).map_err(Error::io("creating", &path))?;
         file.set_len(0).map_err(Error::io("truncating", &path))?;
@@ -108,7 +104,7 @@ impl Segment {
     /// (`is_tail`), cuts a torn or corrupt end at the last valid commit frame.
     pub fn recover(io: &dyn Io, path: &Path, is_tail: bool) -> Result<Segment> {
         let file = io.open(path, false).map_err(Error::io("opening", path))?;
-        let len = file.len().map_err(Error::io("reading", path))?;
+        let len = file.size().map_err(Error::io("reading", path))?;
         if len < SEGMENT_HEADER_SIZE as u64 {
             return Err(Error::corrupt(path, format!("segment file of {len} bytes has no header")));
         }
@@ -131,7 +127,7 @@ impl Segment {
             }
             None => ((len - SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64) as u32,
         };
-        let scan = scan_frames(file.as_ref(), path, start_frame_no, salt, frames_in_file)?;
+        let scan = scan_frames(file.as_ref(), start_frame_no, salt, frames_in_file)?;
         if let Some(t) = &trailer {
             if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
                 return Err(Error::corrupt(
@@ -211,7 +207,7 @@ impl Segment {
     }
 
     pub fn file_len(&self) -> u64 {
-        self.file.len().unwrap_or(0)
+        self.file.size().unwrap_or(0)
     }
 
     /// Position of the newest frame of `page_no` whose frame_no is at most `max_frame_no`.
@@ -232,21 +228,14 @@ impl Segment {
     }
 
     pub fn read_frame_raw(&self, position: u32, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .read_exact_at(buf, frame_offset(position))
-            .map_err(Error::io("reading", &self.path))
+        self.file.read_exact_at(buf, frame_offset(position)).map_err(Error::io("reading", &self.path))
     }
 
     /// Writes a batch of pages of the open transaction. A page that already has a frame in
     /// this transaction (at or after `txn_start`) is rewritten in place, as SQLite's own WAL
     /// does, except the commit frame, which is always new. With `commit_size_after`, the last
     /// page is written as the commit frame; see [`Segment::mark_committed`].
-    pub fn write_pages(
-        &self,
-        pages: &[(u32, &[u8])],
-        txn_start: u32,
-        commit_size_after: Option<u32>,
-    ) -> Result<()> {
+    pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
         let mut appended: Vec<(u32, &[u8], u32)> = Vec::with_capacity(pages.len());
@@ -265,10 +254,10 @@ impl Segment {
                 }
             }
         }
-        if commit_size_after.is_some() {
-            if let Some(from) = state.recompute_from.take() {
-                state.last_checksum = self.rechain(from, state.frames)?;
-            }
+        if commit_size_after.is_some()
+            && let Some(from) = state.recompute_from.take()
+        {
+            state.last_checksum = self.rechain(from, state.frames)?;
         }
         let mut buf = Vec::with_capacity(appended.len() * FRAME_SIZE);
         let mut checksum = state.last_checksum;
@@ -280,9 +269,7 @@ impl Segment {
             buf.extend_from_slice(header.as_bytes());
             buf.extend_from_slice(data);
         }
-        self.file
-            .write_all_at(&buf, frame_offset(state.frames))
-            .map_err(Error::io("writing", &self.path))?;
+        self.file.write_all_at(&buf, frame_offset(state.frames)).map_err(Error::io("writing", &self.path))?;
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for (i, &(page_no, _, _)) in appended.iter().enumerate() {
             index.entry(page_no).or_default().push(state.frames + i as u32);
@@ -315,18 +302,14 @@ impl Segment {
             let mut header = FrameHeader::read_from_bytes(head).expect("exact size");
             checksum = header.chained_checksum(checksum, page);
             header.checksum = checksum.into();
-            self.file
-                .write_all_at(header.as_bytes(), frame_offset(pos))
-                .map_err(Error::io("writing", &self.path))?;
+            self.file.write_all_at(header.as_bytes(), frame_offset(pos)).map_err(Error::io("writing", &self.path))?;
         }
         Ok(checksum)
     }
 
     fn frame_checksum(&self, position: u32) -> Result<u32> {
         let mut head = [0u8; FRAME_HEADER_SIZE];
-        self.file
-            .read_exact_at(&mut head, frame_offset(position))
-            .map_err(Error::io("reading", &self.path))?;
+        self.file.read_exact_at(&mut head, frame_offset(position)).map_err(Error::io("reading", &self.path))?;
         Ok(FrameHeader::read_from_bytes(&head).expect("exact size").checksum.get())
     }
 
@@ -401,9 +384,7 @@ impl Segment {
         let mut buf = Vec::with_capacity(index_bytes.len() + SEAL_TRAILER_SIZE);
         buf.extend_from_slice(index_bytes);
         buf.extend_from_slice(trailer.as_bytes());
-        self.file
-            .write_all_at(&buf, index_offset)
-            .map_err(Error::io("writing", &self.path))?;
+        self.file.write_all_at(&buf, index_offset).map_err(Error::io("writing", &self.path))?;
         self.sync()?;
         state.sealed = true;
         Ok(())
@@ -437,8 +418,7 @@ fn read_trailer(file: &dyn IoFile, len: u64, salt: u32) -> Option<SealTrailer> {
     let mut bytes = [0u8; SEAL_TRAILER_SIZE];
     file.read_exact_at(&mut bytes, len - SEAL_TRAILER_SIZE as u64).ok()?;
     let trailer = SealTrailer::read_from_bytes(&bytes).ok()?;
-    (trailer.magic.get() == SEAL_MAGIC && trailer.checksum.get() == trailer.computed_checksum(salt))
-        .then_some(trailer)
+    (trailer.magic.get() == SEAL_MAGIC && trailer.checksum.get() == trailer.computed_checksum(salt)).then_some(trailer)
 }
 
 /// The on-disk index is a convenience for tools; the frames are the truth. A damaged index
@@ -456,9 +436,7 @@ fn verify_sealed_index(
         && crc32c::crc32c_append(salt, &bytes) == trailer.index_checksum.get()
         && count == rebuilt.len()
         && <[IndexEntry]>::ref_from_bytes(&bytes).is_ok_and(|entries| {
-            entries.iter().all(|e| {
-                rebuilt.get(&e.page_no.get()).and_then(|v| v.last()) == Some(&e.frame_index.get())
-            })
+            entries.iter().all(|e| rebuilt.get(&e.page_no.get()).and_then(|v| v.last()) == Some(&e.frame_index.get()))
         });
     if !ok {
         tracing::warn!(path = %path.display(), "sealed segment index is damaged; rebuilt it from the frames");
@@ -467,13 +445,7 @@ fn verify_sealed_index(
 
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:
 /// wrong frame_no, broken checksum chain, or a short read.
-fn scan_frames(
-    file: &dyn IoFile,
-    path: &Path,
-    start_frame_no: u64,
-    salt: u32,
-    frames_in_file: u32,
-) -> Result<ScanResult> {
+fn scan_frames(file: &dyn IoFile, start_frame_no: u64, salt: u32, frames_in_file: u32) -> Result<ScanResult> {
     let mut result = ScanResult {
         committed_frames: 0,
         committed_checksum: salt,
@@ -515,7 +487,6 @@ fn scan_frames(
         }
     }
     result.uncommitted_tail = pending.len() as u32;
-    let _ = path;
     Ok(result)
 }
 

@@ -21,6 +21,9 @@ use crate::format::{DB_HEADER_FRAME_NO_OFFSET, PAGE_SIZE, sqlite_header_page_siz
 use crate::io::{FileKind, Io, IoFile};
 use crate::segment::{Segment, SegmentRef};
 
+/// Sees each page a checkpoint copies: (page_no, page, frame_no it came from).
+pub(crate) type PageVisitor<'a> = dyn FnMut(u32, &[u8], u64) -> Result<()> + 'a;
+
 /// Tuning of one database's log.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
@@ -232,10 +235,10 @@ impl SharedWal {
 
     /// The segment the writer appends to, created (or swapped in) if needed. Write lock held.
     pub fn current_segment_for_write(&self) -> Result<SegmentRef> {
-        if let Some(current) = self.segments.read().unwrap_or_else(|e| e.into_inner()).first() {
-            if !current.is_sealed() {
-                return Ok(current.clone());
-            }
+        if let Some(current) = self.segments.read().unwrap_or_else(|e| e.into_inner()).first()
+            && !current.is_sealed()
+        {
+            return Ok(current.clone());
         }
         let next_frame_no = lock(&self.commit).last.frame_no + 1;
         let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
@@ -245,10 +248,8 @@ impl SharedWal {
 
     /// Publishes a commit written (and synced if asked) by the writer. Write lock held.
     pub fn publish_commit(&self, segment: &Segment) -> Snapshot {
-        let snapshot = Snapshot {
-            frame_no: segment.last_committed_frame_no(),
-            db_size: segment.committed_size_after(),
-        };
+        let snapshot =
+            Snapshot { frame_no: segment.last_committed_frame_no(), db_size: segment.committed_size_after() };
         let mut commit = lock(&self.commit);
         assert!(snapshot.frame_no > commit.last.frame_no, "commit does not move forward");
         commit.last = snapshot;
@@ -285,7 +286,7 @@ impl SharedWal {
     }
 
     pub fn db_file_len(&self) -> u64 {
-        self.db_file.len().unwrap_or(0)
+        self.db_file.size().unwrap_or(0)
     }
 
     /// Copies sealed segments into the database file, oldest first, as far as open
@@ -295,7 +296,7 @@ impl SharedWal {
         &self,
         mode: CheckpointMode,
         busy: &mut dyn FnMut() -> bool,
-        on_page: &mut dyn FnMut(u32, &[u8], u64) -> Result<()>,
+        on_page: &mut PageVisitor<'_>,
     ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
         let mut blocked = !self.seal_current(mode, busy)?;
@@ -323,8 +324,7 @@ impl SharedWal {
         Ok(CheckpointResult {
             busy: blocked,
             log_frames: (commit.last.frame_no - commit.restart_frame_no) as u32,
-            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no)
-                as u32,
+            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no) as u32,
         })
     }
 
@@ -378,11 +378,7 @@ impl SharedWal {
 
     /// Writes the newest version of every page of `segments` (oldest first) into the
     /// database file, fixes its size, syncs, then records the new checkpointed frame_no.
-    fn copy_segments(
-        &self,
-        segments: &[SegmentRef],
-        on_page: &mut dyn FnMut(u32, &[u8], u64) -> Result<()>,
-    ) -> Result<()> {
+    fn copy_segments(&self, segments: &[SegmentRef], on_page: &mut PageVisitor<'_>) -> Result<()> {
         let newest = segments.last().expect("non-empty");
         let mut pages: BTreeMap<u32, (&SegmentRef, u32)> = BTreeMap::new();
         for segment in segments.iter() {
@@ -401,9 +397,7 @@ impl SharedWal {
                 write_header_frame_no(&mut page, old_header_frame_no);
             }
             let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
-            self.db_file
-                .write_all_at(&page, offset)
-                .map_err(Error::io("writing", &self.db_path))?;
+            self.db_file.write_all_at(&page, offset).map_err(Error::io("writing", &self.db_path))?;
         }
         let db_len = db_size as u64 * PAGE_SIZE as u64;
         self.db_file.set_len(db_len).map_err(Error::io("truncating", &self.db_path))?;
@@ -421,10 +415,7 @@ impl SharedWal {
     /// Forgets checkpointed segments and removes their files, oldest first, so what is left
     /// after a crash is always a suffix of the log.
     fn drop_segments(&self, done: &[SegmentRef]) -> Result<()> {
-        self.segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| !done.iter().any(|d| Arc::ptr_eq(s, d)));
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).retain(|s| !done.iter().any(|d| Arc::ptr_eq(s, d)));
         for segment in done {
             segment.remove(self.io.as_ref())?;
         }
@@ -469,10 +460,7 @@ impl SharedWal {
         }
         if self.segments().is_empty() {
             let lock_path = self.log_dir.join("lock");
-            let removed = self
-                .io
-                .remove_file(&lock_path)
-                .and_then(|()| self.io.remove_dir(&self.log_dir));
+            let removed = self.io.remove_file(&lock_path).and_then(|()| self.io.remove_dir(&self.log_dir));
             if let Err(e) = removed {
                 tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
             }
@@ -492,7 +480,7 @@ fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
 /// Refuses a database whose page size is not 4096 (before touching anything) and returns
 /// the frame_no mark of the last checkpoint (0 if none).
 fn check_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<u64> {
-    let len = db_file.len().map_err(Error::io("reading", db_path))?;
+    let len = db_file.size().map_err(Error::io("reading", db_path))?;
     if len < 100 {
         return Ok(0);
     }
@@ -541,22 +529,26 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> 
             if segment.start_frame_no != expected {
                 return Err(Error::corrupt(
                     path,
-                    format!("segment starts at frame_no {} but the log ends at {}", segment.start_frame_no, expected - 1),
+                    format!(
+                        "segment starts at frame_no {} but the log ends at {}",
+                        segment.start_frame_no,
+                        expected - 1
+                    ),
                 ));
             }
         }
         segments.push(Arc::new(segment));
     }
-    if let Some(tail) = segments.last() {
-        if tail.committed_frames() == 0 && segments.len() > 1 {
-            // An empty tail created by a swap just before a crash: harmless, keep it.
-        }
-    }
     segments.reverse();
     Ok(segments)
 }
 
-fn last_commit(segments: &[SegmentRef], header_frame_no: u64, db_file: &dyn IoFile, db_path: &Path) -> Result<Snapshot> {
+fn last_commit(
+    segments: &[SegmentRef],
+    header_frame_no: u64,
+    db_file: &dyn IoFile,
+    db_path: &Path,
+) -> Result<Snapshot> {
     for segment in segments {
         if segment.committed_frames() > 0 {
             return Ok(Snapshot {
@@ -565,7 +557,7 @@ fn last_commit(segments: &[SegmentRef], header_frame_no: u64, db_file: &dyn IoFi
             });
         }
     }
-    let len = db_file.len().map_err(Error::io("reading", db_path))?;
+    let len = db_file.size().map_err(Error::io("reading", db_path))?;
     let frame_no = match segments.last() {
         Some(oldest) => oldest.start_frame_no - 1,
         None => header_frame_no,

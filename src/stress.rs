@@ -73,10 +73,7 @@ pub fn run_bank(db_path: &Path, manager: &LibsqlWalManager, config: &StressConfi
     )?;
     setup.execute_batch("BEGIN")?;
     for id in 0..ACCOUNTS {
-        setup.execute(
-            "INSERT OR IGNORE INTO accounts VALUES (?1, ?2, zeroblob(300))",
-            (id, INITIAL_BALANCE),
-        )?;
+        setup.execute("INSERT OR IGNORE INTO accounts VALUES (?1, ?2, zeroblob(300))", (id, INITIAL_BALANCE))?;
     }
     setup.execute("INSERT OR IGNORE INTO counter VALUES (1, 0)", ())?;
     setup.execute_batch("COMMIT")?;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use libsql_sys::ffi;
 use libsql_sys::wal::{
-    BusyHandler, CheckpointCallback, CheckpointMode as SqliteCheckpointMode, PageHeaders, Sqlite3Db,
-    Sqlite3File, UndoHandler, Vfs, Wal, WalManager,
+    BusyHandler, CheckpointCallback, CheckpointMode as SqliteCheckpointMode, PageHeaders, Sqlite3Db, Sqlite3File,
+    UndoHandler, Vfs, Wal, WalManager,
 };
 
 use crate::error::Error;
@@ -164,10 +164,10 @@ impl LibsqlWal {
     }
 
     fn locate(&mut self, page_no: u32) -> Option<(SegmentRef, u32)> {
-        if let Some((found_page, segment, pos)) = &self.last_found {
-            if *found_page == page_no {
-                return Some((segment.clone(), *pos));
-            }
+        if let Some((found_page, segment, pos)) = &self.last_found
+            && *found_page == page_no
+        {
+            return Some((segment.clone(), *pos));
         }
         self.shared.find(page_no, self.max_visible_frame_no())
     }
@@ -176,9 +176,7 @@ impl LibsqlWal {
         let Some(txn) = &self.write else { return Ok(()) };
         let Some(segment) = &txn.segment else { return Ok(()) };
         let mut pages = Vec::new();
-        segment
-            .truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no))
-            .map_err(Error::into_sqlite)?;
+        segment.truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no)).map_err(Error::into_sqlite)?;
         self.last_found = None;
         if let Some(undo) = undo {
             for page_no in pages {
@@ -241,8 +239,7 @@ impl Wal for LibsqlWal {
             return Err(not_4096(buffer.len()));
         }
         let (segment, pos) = self.locate(frame.get()).ok_or_else(|| {
-            Error::corrupt(&self.shared.db_path, format!("page {} vanished from the log", frame.get()))
-                .into_sqlite()
+            Error::corrupt(&self.shared.db_path, format!("page {} vanished from the log", frame.get())).into_sqlite()
         })?;
         segment.read_page(pos, buffer).map_err(Error::into_sqlite)
     }
@@ -251,9 +248,8 @@ impl Wal for LibsqlWal {
         if buffer.len() != FRAME_SIZE {
             return Err(libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE));
         }
-        let (segment, pos) = self
-            .locate(frame.get())
-            .ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_IOERR_READ))?;
+        let (segment, pos) =
+            self.locate(frame.get()).ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_IOERR_READ))?;
         segment.read_frame_raw(pos, buffer).map_err(Error::into_sqlite)
     }
 
@@ -262,9 +258,7 @@ impl Wal for LibsqlWal {
     }
 
     fn begin_write_txn(&mut self) -> SqlResult<()> {
-        let snapshot = self
-            .read
-            .ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE))?;
+        let snapshot = self.read.ok_or_else(|| libsql_sys::wal::Error::new(ffi::SQLITE_MISUSE))?;
         if self.write.is_some() {
             return Ok(());
         }

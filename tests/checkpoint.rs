@@ -9,8 +9,7 @@ use libsql_sys::rusqlite::Connection;
 use libsql_wal::{LibsqlWalManager, WalConfig, inspect, io::StdIo, open_connection, open_sqlite_connection};
 
 fn checkpoint(conn: &Connection, mode: &str) -> (i64, i64, i64) {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap()
 }
 
 fn small_segments() -> LibsqlWalManager {

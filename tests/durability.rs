@@ -36,8 +36,8 @@ impl IoFile for CountingFile {
         }
         self.inner.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)

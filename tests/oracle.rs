@@ -30,12 +30,8 @@ fn seed_of(name: &str) -> u64 {
 }
 
 fn run_with_timeout(mut cmd: Command) -> Result<std::process::Output, String> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
     let started = Instant::now();
     // Drain output on threads so a chatty script cannot block on a full pipe.
     let mut stdout = child.stdout.take().expect("piped");
@@ -68,9 +64,7 @@ fn run_with_timeout(mut cmd: Command) -> Result<std::process::Output, String> {
 
 fn exec(dir: &Path, script: &Path, seed: u64, wal: &str) -> Result<std::process::Output, String> {
     let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .args(["exec", "--wal", wal, "--seed", &seed.to_string(), "data.db", "-f"])
-        .arg(script);
+    cmd.current_dir(dir).args(["exec", "--wal", wal, "--seed", &seed.to_string(), "data.db", "-f"]).arg(script);
     run_with_timeout(cmd)
 }
 
@@ -94,7 +88,9 @@ fn integrity(path: &Path) -> String {
 fn first_difference(a: &[u8], b: &[u8]) -> String {
     let (la, lb): (Vec<&[u8]>, Vec<&[u8]>) = (a.split(|&c| c == b'\n').collect(), b.split(|&c| c == b'\n').collect());
     let i = (0..la.len().min(lb.len())).find(|&i| la[i] != lb[i]).unwrap_or(la.len().min(lb.len()));
-    let show = |v: &Vec<&[u8]>| v.get(i).map_or("<eof>".to_string(), |l| String::from_utf8_lossy(l).chars().take(120).collect());
+    let show = |v: &Vec<&[u8]>| {
+        v.get(i).map_or("<eof>".to_string(), |l| String::from_utf8_lossy(l).chars().take(120).collect())
+    };
     format!("line {}: sqlite={:?} ours={:?}", i + 1, show(&la), show(&lb))
 }
 
@@ -206,7 +202,11 @@ fn every_corpus_script_matches_sqlite_wal() {
     });
     let failures = failures.into_inner().unwrap();
     let passed = passed.into_inner();
-    println!("oracle: {passed} scripts identical to SQLite's WAL, {} differ, {} excluded", failures.len(), EXCLUDED.len());
+    println!(
+        "oracle: {passed} scripts identical to SQLite's WAL, {} differ, {} excluded",
+        failures.len(),
+        EXCLUDED.len()
+    );
     assert!(failures.is_empty(), "{} scripts differ from SQLite's WAL:\n{}", failures.len(), failures.join("\n"));
     assert!(passed + EXCLUDED.len() == scripts.len());
 }

@@ -72,7 +72,9 @@ fn spilled_transaction_is_invisible_until_commit_and_rolls_back() {
         .execute_batch("PRAGMA cache_size = 10; CREATE TABLE t(x INTEGER PRIMARY KEY, pad BLOB); INSERT INTO t VALUES (0, zeroblob(500));")
         .unwrap();
     let rows = 5000;
-    let insert = format!("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows}) INSERT INTO t SELECT i, randomblob(500) FROM c;");
+    let insert = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows}) INSERT INTO t SELECT i, randomblob(500) FROM c;"
+    );
     writer.execute_batch("BEGIN").unwrap();
     writer.execute_batch(&insert).unwrap();
     writer.execute_batch("SAVEPOINT s; UPDATE t SET pad = zeroblob(10) WHERE x % 2 = 0;").unwrap();

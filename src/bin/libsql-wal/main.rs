@@ -101,7 +101,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn exec(wal: WalKind, seed: Option<u64>, db: &Path, sql: Option<String>, file: Option<PathBuf>) -> Result<ExitCode, String> {
+fn exec(
+    wal: WalKind,
+    seed: Option<u64>,
+    db: &Path,
+    sql: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<ExitCode, String> {
     let sql = match (sql, file) {
         (Some(sql), None) => sql,
         (None, Some(file)) => {
@@ -168,7 +174,13 @@ fn info(db: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stress(db: Option<PathBuf>, seconds: u64, readers: usize, seed: u64, segment_frames: u32) -> Result<ExitCode, String> {
+fn stress(
+    db: Option<PathBuf>,
+    seconds: u64,
+    readers: usize,
+    seed: u64,
+    segment_frames: u32,
+) -> Result<ExitCode, String> {
     use libsql_wal::stress::{StressConfig, run_bank};
     let tmp = std::env::temp_dir().join(format!("libsql-wal-stress-{}", std::process::id()));
     let db = match db {
@@ -186,7 +198,12 @@ fn stress(db: Option<PathBuf>, seconds: u64, readers: usize, seed: u64, segment_
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
         "commits {} | snapshots checked {} | checkpoints {} | violations {} | corrupt {} | other errors {}",
-        report.commits, report.snapshots_checked, report.checkpoints, report.violations, report.corrupt_errors, report.other_errors
+        report.commits,
+        report.snapshots_checked,
+        report.checkpoints,
+        report.violations,
+        report.corrupt_errors,
+        report.other_errors
     );
     if let Some(problem) = &report.first_problem {
         println!("first problem: {problem}");

@@ -10,11 +10,11 @@ use libsql_sys::rusqlite::{self, Connection, ffi, functions::FunctionFlags};
 /// Runs every statement of `sql`; returns false if any failed (each failure prints
 /// `Error: <SQLite's message>` and execution goes on, like `sqlite3` without `-bail`).
 pub fn run(conn: &Connection, sql: &str, seed: Option<u64>, out: &mut impl Write) -> bool {
-    if let Some(seed) = seed {
-        if let Err(e) = register_seeded_randomness(conn, seed) {
-            let _ = writeln!(out, "Error: {e}");
-            return false;
-        }
+    if let Some(seed) = seed
+        && let Err(e) = register_seeded_randomness(conn, seed)
+    {
+        let _ = writeln!(out, "Error: {e}");
+        return false;
     }
     let mut ok = true;
     for (i, statement) in statements(sql).iter().enumerate() {
@@ -116,7 +116,11 @@ fn write_row(stmt: *mut ffi::sqlite3_stmt, out: &mut impl Write) {
 /// before each statement: both WALs then give the statement the same values.
 fn reseed_sqlite_prng(seed: u64) {
     unsafe {
-        ffi::sqlite3_test_control(ffi::SQLITE_TESTCTRL_PRNG_SEED, seed as u32 as i32, std::ptr::null_mut::<ffi::sqlite3>());
+        ffi::sqlite3_test_control(
+            ffi::SQLITE_TESTCTRL_PRNG_SEED,
+            seed as u32 as i32,
+            std::ptr::null_mut::<ffi::sqlite3>(),
+        );
     }
 }
 
