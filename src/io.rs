@@ -41,6 +41,8 @@ pub trait Io: Send + Sync + 'static {
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// The entries of a directory (full paths), in no particular order.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// The absolute path with symbolic links resolved (the file must exist).
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf>;
     /// What is at `path`, if anything.
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
     fn now(&self) -> SystemTime;
@@ -109,6 +111,9 @@ impl Io for StdIo {
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
         std::fs::read_dir(path)?.map(|entry| entry.map(|e| e.path())).collect()
+    }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::canonicalize(path)
     }
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
         match std::fs::metadata(path) {

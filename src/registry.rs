@@ -16,14 +16,14 @@ use crate::shared::{SharedWal, WalConfig, log_dir_of};
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::new(Default::default);
 
 /// The canonical path of a database file (which must exist).
-pub(crate) fn canonical(db_path: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(db_path).map_err(|e| Error::CannotOpen { path: db_path.into(), reason: e.to_string() })
+pub(crate) fn canonical(io: &dyn Io, db_path: &Path) -> Result<PathBuf> {
+    io.canonicalize(db_path).map_err(|e| Error::CannotOpen { path: db_path.into(), reason: e.to_string() })
 }
 
 /// The live log of `db_path`, opening (and recovering) it if this process has none yet.
 /// Counts one more open connection.
 pub(crate) fn acquire(io: &Arc<dyn Io>, db_path: &Path, config: &WalConfig) -> Result<Arc<SharedWal>> {
-    let path = canonical(db_path)?;
+    let path = canonical(io.as_ref(), db_path)?;
     let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     let shared = match registry.get(&path).and_then(Weak::upgrade) {
         Some(shared) => shared,
@@ -51,7 +51,7 @@ pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
 /// alone? An empty database file never does: SQLite would delete the log of an empty
 /// file, so we let it open in rollback mode until `journal_mode=WAL` opens the log.
 pub(crate) fn log_exists(io: &dyn Io, db_path: &Path) -> Result<bool> {
-    let log_dir = log_dir_of(&canonical(db_path).unwrap_or_else(|_| db_path.into()));
+    let log_dir = log_dir_of(&canonical(io, db_path).unwrap_or_else(|_| db_path.into()));
     let dir = io.kind(&log_dir).map_err(Error::io("reading", &log_dir))?;
     let db = io.kind(db_path).map_err(Error::io("reading", db_path))?;
     Ok(matches!(dir, Some(FileKind::Dir)) && matches!(db, Some(FileKind::File { len }) if len > 0))

@@ -329,6 +329,10 @@ impl Wal for LibsqlWal {
         let segment = txn.segment.clone().expect("set above");
         let start = txn.start;
         let pages: Vec<(u32, &[u8])> = page_headers.iter().collect();
+        if pages.is_empty() {
+            // Nothing to write (SQLite never asks this): no frame, so no commit either.
+            return Ok(0);
+        }
         let commit = (is_commit && size_after > 0).then_some(size_after);
         self.last_found = None;
         segment.write_pages(&pages, start, commit).map_err(Error::into_sqlite)?;

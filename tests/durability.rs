@@ -70,6 +70,9 @@ impl Io for CountingIo {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
         self.inner.list_dir(path)
     }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.inner.canonicalize(path)
+    }
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
         self.inner.kind(path)
     }
