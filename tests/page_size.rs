@@ -98,11 +98,7 @@ fn check_refused(page_size: u32, journal_mode: &str) {
     assert_eq!(siblings(dir.path(), &db), Vec::<String>::new(), "files appeared beside the database");
 
     // And stock sqlite3 still reads it.
-    let out = Command::new("sqlite3")
-        .arg(&db)
-        .arg("PRAGMA integrity_check; SELECT count(*) FROM t;")
-        .output()
-        .unwrap();
+    let out = Command::new("sqlite3").arg(&db).arg("PRAGMA integrity_check; SELECT count(*) FROM t;").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["ok", "200"]);
 }
 

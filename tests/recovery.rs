@@ -128,7 +128,8 @@ fn frames_on_disk(path: &Path) -> Vec<(u32, u32, u64)> {
 
 fn is_sealed(path: &Path) -> bool {
     let bytes = std::fs::read(path).unwrap();
-    bytes.len() as u64 >= HEADER_SIZE + TRAILER_SIZE && &bytes[bytes.len() - TRAILER_SIZE as usize..][..8] == b"LSQLSEAL"
+    bytes.len() as u64 >= HEADER_SIZE + TRAILER_SIZE
+        && &bytes[bytes.len() - TRAILER_SIZE as usize..][..8] == b"LSQLSEAL"
 }
 
 fn flip_byte(path: &Path, offset: u64) {
