@@ -8,6 +8,7 @@ use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
 
 use crate::error::{Error, Result};
 use crate::io::FileKind;
+use crate::ownership;
 use crate::registry;
 use crate::shared::{CheckpointMode, CheckpointResult};
 use crate::wal::{LibsqlWal, LibsqlWalManager};
@@ -22,6 +23,7 @@ const AUTOCHECKPOINT_FRAMES: u32 = 1000;
 /// the database first with SQLite's own WAL.
 pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Connection<LibsqlWal>> {
     let db_path = db_path.as_ref();
+    ownership::check_page_size(manager.io().as_ref(), db_path)?;
     absorb_sqlite_wal(manager, db_path)?;
     // Taking the log here first turns "cannot open" into the precise reason.
     let held = match manager.io().kind(db_path).map_err(Error::io("opening", db_path))? {
@@ -66,8 +68,11 @@ pub fn open_sqlite_connection(db_path: impl AsRef<Path>) -> Result<Connection<Sq
 /// A regular file named `<db>-wal` is SQLite's log: fold it into the database with SQLite's
 /// own WAL before ours takes over, so nothing committed there is lost.
 fn absorb_sqlite_wal(manager: &LibsqlWalManager, db_path: &Path) -> Result<()> {
-    let wal_path = crate::shared::log_dir_of(db_path);
+    let wal_path = ownership::log_dir_of(db_path);
     if let Some(FileKind::File { .. }) = manager.io().kind(&wal_path).map_err(Error::io("opening", &wal_path))? {
+        if ownership::sqlite_wal_in_use(manager.io().as_ref(), db_path)? {
+            return Err(Error::InUse { path: db_path.into(), log_dir: wal_path });
+        }
         tracing::info!(db = %db_path.display(), "checkpointing a SQLite -wal file before taking over");
         let conn = open_sqlite_connection(db_path)?;
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;

@@ -22,6 +22,10 @@ pub enum Error {
          (the file was left untouched)"
     )]
     UnsupportedPageSize { path: PathBuf, page_size: u32 },
+    #[error("log segment {path} has format version {version}; this build reads version {supported}")]
+    UnsupportedVersion { path: PathBuf, version: u32, supported: u32 },
+    #[error("the checkpoint callback failed with SQLite code {code}")]
+    CheckpointCallback { code: i32 },
     #[error("database {path} is in use by another process (its log {log_dir} is locked)")]
     InUse { path: PathBuf, log_dir: PathBuf },
     #[error(
@@ -56,9 +60,11 @@ impl Error {
         match self {
             Error::Io { action, source, .. } => io_code(action, source),
             Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
-            Error::UnsupportedPageSize { .. } | Error::ForeignWal { .. } | Error::CannotOpen { .. } => {
-                ffi::SQLITE_CANTOPEN
-            }
+            Error::CheckpointCallback { code } => *code,
+            Error::UnsupportedPageSize { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::ForeignWal { .. }
+            | Error::CannotOpen { .. } => ffi::SQLITE_CANTOPEN,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
             Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,

@@ -25,10 +25,28 @@ pub const FRAME_SIZE: usize = FRAME_HEADER_SIZE + PAGE_SIZE;
 pub const INDEX_ENTRY_SIZE: usize = 8;
 pub const SEAL_TRAILER_SIZE: usize = 48;
 
-/// Byte range of the database header where we keep the last checkpointed frame_no, so that
-/// frame numbers keep counting after the log is emptied. SQLite reserves bytes 72..92 of
-/// its header "for expansion" and never reads them.
-pub const DB_HEADER_FRAME_NO_OFFSET: u64 = 72;
+/// Where in the database header we keep the checkpoint mark: the last frame_no copied into
+/// the file (u64 at 72..80) and its check (u32 at 80..84, see [`encode_checkpoint_mark`]).
+/// Frame numbers keep counting from it after the log is emptied. SQLite reserves bytes
+/// 72..92 of its header "for expansion" and never reads them.
+pub const DB_HEADER_MARK_OFFSET: u64 = 72;
+pub const DB_HEADER_MARK_SIZE: usize = 12;
+
+/// The 12 bytes of the checkpoint mark. The check makes bytes that some other tool left
+/// there read as "no mark" rather than as a frame_no (which recovery trusts).
+pub fn encode_checkpoint_mark(frame_no: u64) -> [u8; DB_HEADER_MARK_SIZE] {
+    let mut mark = [0u8; DB_HEADER_MARK_SIZE];
+    mark[..8].copy_from_slice(&frame_no.to_le_bytes());
+    let check = crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..8]);
+    mark[8..].copy_from_slice(&check.to_le_bytes());
+    mark
+}
+
+/// The frame_no of a checkpoint mark, or 0 when the bytes are not a valid mark.
+pub fn decode_checkpoint_mark(bytes: &[u8]) -> u64 {
+    let frame_no = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if bytes[..DB_HEADER_MARK_SIZE] == encode_checkpoint_mark(frame_no) { frame_no } else { 0 }
+}
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -200,6 +218,36 @@ mod tests {
         let expected = crc32c::crc32c_append(crc32c::crc32c_append(42, &f[..20]), &page);
         assert_eq!(frame.chained_checksum(42, &page), expected);
         assert_eq!(frame_offset(2), 64 + 2 * 4120);
+
+        let entry = IndexEntry { page_no: 5.into(), frame_index: 9.into() };
+        assert_eq!(entry.as_bytes(), &[5, 0, 0, 0, 9, 0, 0, 0]);
+
+        let mut trailer = SealTrailer {
+            magic: SEAL_MAGIC.into(),
+            start_frame_no: 1.into(),
+            last_frame_no: 2.into(),
+            index_offset: 3.into(),
+            index_entry_count: 4.into(),
+            index_checksum: 5.into(),
+            size_after: 6.into(),
+            checksum: 0.into(),
+        };
+        trailer.checksum = trailer.computed_checksum(42).into();
+        let t = trailer.as_bytes();
+        assert_eq!(&t[0..8], b"LSQLSEAL");
+        assert_eq!(&t[8..16], &1u64.to_le_bytes());
+        assert_eq!(&t[16..24], &2u64.to_le_bytes());
+        assert_eq!(&t[24..32], &3u64.to_le_bytes());
+        assert_eq!(&t[32..36], &4u32.to_le_bytes());
+        assert_eq!(&t[36..40], &5u32.to_le_bytes());
+        assert_eq!(&t[40..44], &6u32.to_le_bytes());
+        assert_eq!(&t[44..48], &crc32c::crc32c_append(42, &t[..44]).to_le_bytes());
+
+        let mark = encode_checkpoint_mark(77);
+        assert_eq!(&mark[..8], &77u64.to_le_bytes());
+        assert_eq!(&mark[8..], &crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..8]).to_le_bytes());
+        assert_eq!(decode_checkpoint_mark(&mark), 77);
+        assert_eq!(decode_checkpoint_mark(&[0xAB; 12]), 0, "foreign bytes are no mark");
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub trait IoFile: Send + Sync {
     /// Takes an exclusive advisory lock (`flock`) without waiting: `Ok(false)` if another
     /// holder has it. The lock lives as long as this handle.
     fn try_lock_exclusive(&self) -> io::Result<bool>;
+    /// Releases the lock of [`IoFile::try_lock_exclusive`]. Explicitly: a child process
+    /// forked meanwhile shares the open file and would keep the lock past our `close`.
+    fn unlock(&self) -> io::Result<()>;
+    /// Tries a write lock on one byte at `offset`, as SQLite's unix VFS would see it
+    /// (an open-file-description `fcntl` lock, so it also conflicts with locks this process
+    /// holds through other handles). Released at once: this only asks "is anyone there?".
+    fn try_lock_byte(&self, offset: u64) -> io::Result<bool>;
 }
 
 /// Files, directories, time and randomness.
@@ -83,11 +90,42 @@ impl IoFile for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
+        let free = self.ofd_lock(offset, libc::F_WRLCK as libc::c_short)?;
+        if free {
+            self.ofd_lock(offset, libc::F_UNLCK as libc::c_short)?;
+        }
+        Ok(free)
+    }
+    fn unlock(&self) -> io::Result<()> {
+        self.0.unlock()
+    }
     fn try_lock_exclusive(&self) -> io::Result<bool> {
         match self.0.try_lock() {
             Ok(()) => Ok(true),
             Err(std::fs::TryLockError::WouldBlock) => Ok(false),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl StdFile {
+    fn ofd_lock(&self, offset: u64, lock_type: libc::c_short) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed flock is a valid argument; the descriptor is ours and open.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = lock_type;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = offset as libc::off_t;
+        lock.l_len = 1;
+        let rc = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(err),
         }
     }
 }

@@ -18,6 +18,7 @@ mod api;
 mod error;
 pub mod format;
 pub mod io;
+mod ownership;
 mod registry;
 mod segment;
 mod shared;

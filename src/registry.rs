@@ -11,7 +11,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use crate::error::{Error, Result};
 use crate::io::{FileKind, Io};
-use crate::shared::{SharedWal, WalConfig, log_dir_of};
+use crate::ownership::log_dir_of;
+use crate::shared::{SharedWal, WalConfig};
 
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::new(Default::default);
 

@@ -42,8 +42,7 @@ struct AppendState {
     frames: u32,
     /// Checksum of the last frame in the file (the salt when there is none).
     last_checksum: u32,
-    /// Frames of committed transactions. Monotonic, except never: a rollback only drops
-    /// frames past it.
+    /// Frames of committed transactions. Monotonic: a rollback only drops frames past it.
     committed_frames: u32,
     committed_checksum: u32,
     /// Database size in pages after the last committed transaction in this segment.
@@ -51,6 +50,9 @@ struct AppendState {
     /// Position of the first frame whose checksum must be recomputed before commit
     /// (a page rewritten in place by the open transaction).
     recompute_from: Option<u32>,
+    /// A commit frame was written but the commit did not complete (its sync failed): the
+    /// rollback must make its removal durable, or a crash could bring the commit back.
+    unfinished_commit: bool,
     sealed: bool,
 }
 
@@ -62,6 +64,8 @@ struct ScanResult {
     index: HashMap<u32, Vec<u32>>,
     /// Frames that passed their checks after the last commit frame (a torn transaction).
     uncommitted_tail: u32,
+    /// Position of the first frame that failed its checks, if one did.
+    first_bad: Option<u32>,
 }
 
 pub(crate) fn segment_file_name(start_frame_no: u64) -> String {
@@ -95,6 +99,7 @@ impl Segment {
                 committed_checksum: salt,
                 committed_size_after: 0,
                 recompute_from: None,
+                unfinished_commit: false,
                 sealed: false,
             }),
         })
@@ -111,6 +116,13 @@ impl Segment {
         let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
         file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
         let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
+        if header.magic.get() == SEGMENT_MAGIC
+            && header.checksum.get() == header.computed_checksum()
+            && header.version.get() != FORMAT_VERSION
+        {
+            let (version, supported) = (header.version.get(), FORMAT_VERSION);
+            return Err(Error::UnsupportedVersion { path: path.into(), version, supported });
+        }
         if let Some(problem) = header.problem() {
             return Err(Error::corrupt(path, problem));
         }
@@ -127,14 +139,14 @@ impl Segment {
             }
             None => ((len - SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64) as u32,
         };
-        let scan = scan_frames(file.as_ref(), start_frame_no, salt, frames_in_file)?;
+        let scan = scan_frames(file.as_ref(), path, start_frame_no, salt, frames_in_file)?;
         if let Some(t) = &trailer {
             if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
                 return Err(Error::corrupt(
                     path,
                     format!(
                         "sealed segment has a bad frame at frame_no {}: checksum or header mismatch",
-                        start_frame_no + scan.committed_frames as u64
+                        start_frame_no + scan.first_bad.unwrap_or(scan.committed_frames) as u64
                     ),
                 ));
             }
@@ -145,7 +157,7 @@ impl Segment {
             return Err(Error::corrupt(path, "a segment before the newest one is not sealed"));
         }
         let sealed = trailer.is_some();
-        if !sealed {
+        if !sealed && is_tail {
             let keep = frame_offset(scan.committed_frames);
             if len != keep {
                 if scan.uncommitted_tail > 0 || len > keep {
@@ -174,6 +186,7 @@ impl Segment {
                 committed_checksum: scan.committed_checksum,
                 committed_size_after: scan.committed_size_after,
                 recompute_from: None,
+                unfinished_commit: false,
                 sealed,
             }),
         })
@@ -277,6 +290,7 @@ impl Segment {
         drop(index);
         state.frames += appended.len() as u32;
         state.last_checksum = checksum;
+        state.unfinished_commit |= commit_size_after.is_some();
         Ok(())
     }
 
@@ -290,6 +304,7 @@ impl Segment {
         state.committed_frames = state.frames;
         state.committed_checksum = state.last_checksum;
         state.committed_size_after = size_after;
+        state.unfinished_commit = false;
     }
 
     /// Recomputes the checksum chain of frames `from..end` after in-place rewrites.
@@ -345,7 +360,12 @@ impl Segment {
         // it (recompute_from), and here we only need the last stored checksum.
         state.last_checksum = if keep == 0 { self.salt } else { self.frame_checksum(keep - 1)? };
         // Cut the file so no dropped frame can ever be mistaken for part of the log.
-        self.file.set_len(frame_offset(keep)).map_err(Error::io("truncating", &self.path))
+        self.file.set_len(frame_offset(keep)).map_err(Error::io("truncating", &self.path))?;
+        if state.unfinished_commit {
+            self.sync()?;
+            state.unfinished_commit = false;
+        }
+        Ok(())
     }
 
     /// Seals the segment: writes the index of latest frames and the trailer, then syncs.
@@ -384,8 +404,17 @@ impl Segment {
         let mut buf = Vec::with_capacity(index_bytes.len() + SEAL_TRAILER_SIZE);
         buf.extend_from_slice(index_bytes);
         buf.extend_from_slice(trailer.as_bytes());
-        self.file.write_all_at(&buf, index_offset).map_err(Error::io("writing", &self.path))?;
-        self.sync()?;
+        let written = self
+            .file
+            .write_all_at(&buf, index_offset)
+            .map_err(Error::io("writing", &self.path))
+            .and_then(|()| self.sync());
+        if let Err(e) = written {
+            // Frames appended later would land over the index, and a trailer left at the end
+            // of the file would claim a seal that no longer matches: cut both off.
+            let _ = self.file.set_len(index_offset);
+            return Err(e);
+        }
         state.sealed = true;
         Ok(())
     }
@@ -445,13 +474,20 @@ fn verify_sealed_index(
 
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:
 /// wrong frame_no, broken checksum chain, or a short read.
-fn scan_frames(file: &dyn IoFile, start_frame_no: u64, salt: u32, frames_in_file: u32) -> Result<ScanResult> {
+fn scan_frames(
+    file: &dyn IoFile,
+    path: &Path,
+    start_frame_no: u64,
+    salt: u32,
+    frames_in_file: u32,
+) -> Result<ScanResult> {
     let mut result = ScanResult {
         committed_frames: 0,
         committed_checksum: salt,
         committed_size_after: 0,
         index: HashMap::new(),
         uncommitted_tail: 0,
+        first_bad: None,
     };
     let mut pending: Vec<(u32, u32)> = Vec::new();
     let mut checksum = salt;
@@ -460,9 +496,9 @@ fn scan_frames(file: &dyn IoFile, start_frame_no: u64, salt: u32, frames_in_file
     'scan: while position < frames_in_file {
         let batch = (frames_in_file - position).min(SCAN_BATCH_FRAMES);
         let bytes = &mut buf[..batch as usize * FRAME_SIZE];
-        if file.read_exact_at(bytes, frame_offset(position)).is_err() {
-            break;
-        }
+        // Whole frames only (frames_in_file comes from the length): a failed read is an I/O
+        // problem to report, never a reason to cut the log.
+        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io("reading", path))?;
         for frame in bytes.chunks_exact(FRAME_SIZE) {
             let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
             let header = FrameHeader::read_from_bytes(head).expect("exact size");
@@ -471,6 +507,7 @@ fn scan_frames(file: &dyn IoFile, start_frame_no: u64, salt: u32, frames_in_file
                 || header.page_no.get() == 0
                 || header.chained_checksum(checksum, page) != header.checksum.get()
             {
+                result.first_bad = Some(position);
                 break 'scan;
             }
             checksum = header.checksum.get();

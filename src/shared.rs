@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
-use crate::format::{DB_HEADER_FRAME_NO_OFFSET, PAGE_SIZE, sqlite_header_page_size};
+use crate::format::{DB_HEADER_MARK_OFFSET, PAGE_SIZE, SEGMENT_HEADER_SIZE, encode_checkpoint_mark};
 use crate::io::{FileKind, Io, IoFile};
+use crate::ownership;
 use crate::segment::{Segment, SegmentRef};
 
 /// Sees each page a checkpoint copies: (page_no, page, frame_no it came from).
@@ -106,33 +107,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn log_dir_of(db_path: &Path) -> PathBuf {
-    let mut name = db_path.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
-
 impl SharedWal {
     /// Takes ownership of the database's log and recovers it.
     pub fn open(io: Arc<dyn Io>, db_path: &Path, config: WalConfig) -> Result<SharedWal> {
-        let log_dir = log_dir_of(db_path);
+        let log_dir = ownership::log_dir_of(db_path);
         let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
-        let header_frame_no = check_db_header(db_file.as_ref(), db_path)?;
-        match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
-            Some(FileKind::Dir) => {}
-            Some(FileKind::File { len: 0 }) => {
-                io.remove_file(&log_dir).map_err(Error::io("removing", &log_dir))?;
-                create_log_dir(io.as_ref(), &log_dir)?;
+        let header_frame_no = ownership::read_db_header(db_file.as_ref(), db_path)?;
+        let lock_file = ownership::take(io.as_ref(), db_path)?;
+        let segments = match recover_segments(io.as_ref(), &log_dir, header_frame_no) {
+            Ok(segments) => segments,
+            Err(e) => {
+                let _ = lock_file.unlock();
+                return Err(e);
             }
-            Some(FileKind::File { .. }) => return Err(Error::ForeignWal { path: db_path.into() }),
-            None => create_log_dir(io.as_ref(), &log_dir)?,
-        }
-        let lock_path = log_dir.join("lock");
-        let lock_file = io.open(&lock_path, true).map_err(Error::io("opening", &lock_path))?;
-        if !lock_file.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
-            return Err(Error::InUse { path: db_path.into(), log_dir });
-        }
-        let segments = recover_segments(io.as_ref(), &log_dir, header_frame_no)?;
+        };
         let last = last_commit(&segments, header_frame_no, db_file.as_ref(), db_path)?;
         let checkpointed_frame_no = segments.last().map_or(last.frame_no, |s| s.start_frame_no - 1);
         tracing::debug!(
@@ -235,10 +223,18 @@ impl SharedWal {
 
     /// The segment the writer appends to, created (or swapped in) if needed. Write lock held.
     pub fn current_segment_for_write(&self) -> Result<SegmentRef> {
-        if let Some(current) = self.segments.read().unwrap_or_else(|e| e.into_inner()).first()
+        let current = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().cloned();
+        if let Some(current) = current
             && !current.is_sealed()
         {
-            return Ok(current.clone());
+            if current.committed_frames() < self.config.segment_frames_max {
+                return Ok(current);
+            }
+            // A seal that failed after an earlier commit: retry it now, or keep appending.
+            if let Err(e) = current.seal() {
+                tracing::error!("sealing segment {} failed again: {e}", current.path.display());
+                return Ok(current);
+            }
         }
         let next_frame_no = lock(&self.commit).last.frame_no + 1;
         let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
@@ -405,15 +401,15 @@ impl SharedWal {
         // Only now that the pages are durable may the mark say they are there.
         let frame_no = newest.last_committed_frame_no();
         self.db_file
-            .write_all_at(&frame_no.to_le_bytes(), DB_HEADER_FRAME_NO_OFFSET)
+            .write_all_at(&encode_checkpoint_mark(frame_no), DB_HEADER_MARK_OFFSET)
             .map_err(Error::io("writing", &self.db_path))?;
         self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
         lock(&self.commit).checkpointed_frame_no = frame_no;
         Ok(())
     }
 
-    /// Forgets checkpointed segments and removes their files, oldest first, so what is left
-    /// after a crash is always a suffix of the log.
+    /// Forgets checkpointed segments and removes their files. Whatever a crash leaves of
+    /// them is at or below the checkpoint mark, and recovery removes it.
     fn drop_segments(&self, done: &[SegmentRef]) -> Result<()> {
         self.segments.write().unwrap_or_else(|e| e.into_inner()).retain(|s| !done.iter().any(|d| Arc::ptr_eq(s, d)));
         for segment in done {
@@ -459,47 +455,35 @@ impl SharedWal {
             }
         }
         if self.segments().is_empty() {
-            let lock_path = self.log_dir.join("lock");
-            let removed = self.io.remove_file(&lock_path).and_then(|()| self.io.remove_dir(&self.log_dir));
-            if let Err(e) = removed {
+            // A process opening the database meanwhile either finds the directory gone and
+            // fails to open (it may retry), or recreates the lock file first and then owns a
+            // log we have emptied; our rmdir then fails harmlessly on a non-empty directory.
+            if let Err(e) = ownership::release(self.io.as_ref(), &self.log_dir) {
                 tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
             }
         }
-        lock(&self.lock_file).take();
+        self.release_lock();
+    }
+
+    fn release_lock(&self) {
+        if let Some(file) = lock(&self.lock_file).take()
+            && let Err(e) = file.unlock()
+        {
+            tracing::warn!(dir = %self.log_dir.display(), "could not unlock the log: {e}");
+        }
     }
 }
 
-fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
-    io.create_dir_all(log_dir).map_err(Error::io("creating", log_dir))?;
-    if let Some(parent) = log_dir.parent() {
-        io.sync_dir(parent).map_err(Error::io("syncing", parent))?;
+impl Drop for SharedWal {
+    fn drop(&mut self) {
+        self.release_lock();
     }
-    Ok(())
-}
-
-/// Refuses a database whose page size is not 4096 (before touching anything) and returns
-/// the frame_no mark of the last checkpoint (0 if none).
-fn check_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<u64> {
-    let len = db_file.size().map_err(Error::io("reading", db_path))?;
-    if len < 100 {
-        return Ok(0);
-    }
-    let mut header = [0u8; 100];
-    db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
-    if &header[..16] != b"SQLite format 3\0" {
-        return Err(Error::CannotOpen { path: db_path.into(), reason: "not a SQLite database".into() });
-    }
-    let page_size = sqlite_header_page_size(&header);
-    if page_size as usize != PAGE_SIZE {
-        return Err(Error::UnsupportedPageSize { path: db_path.into(), page_size });
-    }
-    let mark = DB_HEADER_FRAME_NO_OFFSET as usize;
-    Ok(u64::from_le_bytes(header[mark..mark + 8].try_into().expect("8 bytes")))
 }
 
 fn write_header_frame_no(page: &mut [u8], frame_no: u64) {
-    let mark = DB_HEADER_FRAME_NO_OFFSET as usize;
-    page[mark..mark + 8].copy_from_slice(&frame_no.to_le_bytes());
+    let at = DB_HEADER_MARK_OFFSET as usize;
+    let mark = encode_checkpoint_mark(frame_no);
+    page[at..at + mark.len()].copy_from_slice(&mark);
 }
 
 /// Opens every segment of the log, newest first in the result. Segments wholly covered by
@@ -515,7 +499,18 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> 
     let mut segments: Vec<SegmentRef> = Vec::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         let is_tail = i + 1 == paths.len();
-        let segment = Segment::recover(io, path, is_tail)?;
+        let short = matches!(io.kind(path), Ok(Some(FileKind::File { len })) if len <= SEGMENT_HEADER_SIZE as u64);
+        let segment = match Segment::recover(io, path, is_tail) {
+            Ok(segment) => segment,
+            // A crash inside `Segment::create` leaves a newest segment without a (durable)
+            // header. It never held a frame: remove it.
+            Err(e) if is_tail && short => {
+                tracing::warn!(path = %path.display(), "removing a segment whose creation was cut short: {e}");
+                io.remove_file(path).map_err(Error::io("removing", path))?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if segment.committed_frames() == 0 && !is_tail {
             return Err(Error::corrupt(path, "an empty segment before the newest one"));
         }
@@ -524,18 +519,14 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> 
             segment.remove(io)?;
             continue;
         }
-        if let Some(previous) = segments.last() {
-            let expected = previous.last_committed_frame_no() + 1;
-            if segment.start_frame_no != expected {
-                return Err(Error::corrupt(
-                    path,
-                    format!(
-                        "segment starts at frame_no {} but the log ends at {}",
-                        segment.start_frame_no,
-                        expected - 1
-                    ),
-                ));
-            }
+        let expected = segments.last().map_or(checkpointed_frame_no + 1, |p| p.last_committed_frame_no() + 1);
+        if segment.start_frame_no != expected {
+            let reason = format!(
+                "segment starts at frame_no {} but the log (or the database file) ends at {}",
+                segment.start_frame_no,
+                expected - 1
+            );
+            return Err(Error::corrupt(path, reason));
         }
         segments.push(Arc::new(segment));
     }

@@ -356,7 +356,7 @@ impl Wal for LibsqlWal {
             txn.segment = None;
         }
         if let Err(e) = self.shared.swap_if_full(&segment) {
-            // The commit stands; the swap is retried before the next write.
+            // The commit stands; the next transaction's first write retries the seal.
             tracing::error!("sealing segment {} failed: {e}", segment.path.display());
         }
         Ok(frames as usize)
@@ -387,7 +387,7 @@ impl Wal for LibsqlWal {
                 let page_no = NonZeroU32::new(page_no).expect("page numbers start at 1");
                 let frame_no = NonZeroU32::new(frame_no.min(u32::MAX as u64) as u32).expect("frame_no > 0");
                 cb.frame(u32::MAX, page, page_no, frame_no)
-                    .map_err(|e| Error::CannotOpen { path: "checkpoint callback".into(), reason: e.to_string() })?;
+                    .map_err(|e| Error::CheckpointCallback { code: e.extended_code })?;
             }
             Ok(())
         };

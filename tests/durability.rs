@@ -45,6 +45,12 @@ impl IoFile for CountingFile {
     fn try_lock_exclusive(&self) -> io::Result<bool> {
         self.inner.try_lock_exclusive()
     }
+    fn unlock(&self) -> io::Result<()> {
+        self.inner.unlock()
+    }
+    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
+        self.inner.try_lock_byte(offset)
+    }
 }
 
 impl Io for CountingIo {
