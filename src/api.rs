@@ -27,7 +27,9 @@ pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) ->
     absorb_sqlite_wal(manager, db_path)?;
     // Taking the log here first turns "cannot open" into the precise reason.
     let held = match manager.io().kind(db_path).map_err(Error::io("opening", db_path))? {
-        Some(FileKind::File { .. }) => Some(registry::acquire(manager.io(), db_path, manager.config())?),
+        Some(FileKind::File { .. }) => {
+            Some(registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer())?)
+        }
         _ => None,
     };
     let conn = Connection::open(
@@ -126,12 +128,16 @@ pub struct LogInfo {
     pub db_pages: u32,
     /// Pages in the database file itself.
     pub db_file_pages: u64,
+    /// Background checkpoints of this database that failed in this process, and the last
+    /// failure's message.
+    pub checkpoint_errors: u64,
+    pub last_checkpoint_error: Option<String>,
 }
 
 /// Opens (and so recovers) the log of `db_path` and describes it.
 pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<LogInfo> {
     let db_path = db_path.as_ref();
-    let shared = registry::acquire(manager.io(), db_path, manager.config())?;
+    let shared = registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer())?;
     let last = shared.last_commit();
     let segments = shared
         .segments()
@@ -148,7 +154,10 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
             created_unix_ms: s.created_unix_ms,
         })
         .collect();
+    let (checkpoint_errors, last_checkpoint_error) = shared.checkpoint_errors();
     let info = LogInfo {
+        checkpoint_errors,
+        last_checkpoint_error,
         segments,
         last_frame_no: last.frame_no,
         db_pages: last.db_size,

@@ -15,6 +15,7 @@
 //! See `ARCHITECTURE.md` for the map of the crate and `docs/FORMAT.md` for the files.
 
 mod api;
+pub mod checkpointer;
 mod error;
 pub mod format;
 pub mod io;
@@ -26,6 +27,7 @@ pub mod stress;
 mod wal;
 
 pub use api::{LogInfo, SegmentInfo, checkpoint, inspect, open_connection, open_sqlite_connection};
+pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, Result};
 pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
 pub use wal::{LibsqlWal, LibsqlWalManager};

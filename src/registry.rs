@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
+use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
 use crate::io::{FileKind, Io};
 use crate::ownership::log_dir_of;
@@ -23,13 +24,21 @@ pub(crate) fn canonical(io: &dyn Io, db_path: &Path) -> Result<PathBuf> {
 
 /// The live log of `db_path`, opening (and recovering) it if this process has none yet.
 /// Counts one more open connection.
-pub(crate) fn acquire(io: &Arc<dyn Io>, db_path: &Path, config: &WalConfig) -> Result<Arc<SharedWal>> {
+pub(crate) fn acquire(
+    io: &Arc<dyn Io>,
+    db_path: &Path,
+    config: &WalConfig,
+    checkpointer: Option<&Checkpointer>,
+) -> Result<Arc<SharedWal>> {
     let path = canonical(io.as_ref(), db_path)?;
     let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     let shared = match registry.get(&path).and_then(Weak::upgrade) {
         Some(shared) => shared,
         None => {
             let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone())?);
+            if let Some(checkpointer) = checkpointer {
+                shared.attach_checkpointer(checkpointer);
+            }
             registry.insert(path, Arc::downgrade(&shared));
             shared
         }

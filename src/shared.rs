@@ -13,9 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
 
+use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
 use crate::format::{DB_HEADER_MARK_OFFSET, PAGE_SIZE, SEGMENT_HEADER_SIZE, encode_checkpoint_mark};
 use crate::io::{FileKind, Io, IoFile};
@@ -28,8 +30,13 @@ pub(crate) type PageVisitor<'a> = dyn FnMut(u32, &[u8], u64) -> Result<()> + 'a;
 /// Tuning of one database's log.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
-    /// The current segment is sealed (swapped) once it holds at least this many frames.
+    /// Swap by size: the current segment is sealed once it holds at least this many frames
+    /// (`u32::MAX`: never by size).
     pub segment_frames_max: u32,
+    /// Swap by age: the background checkpointer seals a current segment older than this, so
+    /// a quiet database still gets its tail checkpointed (`None`: never by age). Both swap
+    /// strategies can be on at once; the first to fire seals.
+    pub segment_age_max: Option<Duration>,
     /// Checkpoint everything when the last connection in the process closes (SQLite's
     /// behaviour), so the file is a plain SQLite database afterwards.
     pub checkpoint_on_close: bool,
@@ -37,7 +44,11 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> Self {
-        WalConfig { segment_frames_max: 4096, checkpoint_on_close: true }
+        WalConfig {
+            segment_frames_max: 4096,
+            segment_age_max: Some(Duration::from_secs(10)),
+            checkpoint_on_close: true,
+        }
     }
 }
 
@@ -59,6 +70,9 @@ struct CommitState {
     /// Where the log "restarted" in SQLite's terms: the frame counts that
     /// `PRAGMA wal_checkpoint` reports count from here, as SQLite's own WAL would.
     restart_frame_no: u64,
+    /// How far the last checkpoint *SQLite asked for* got. SQLite restarts its log only
+    /// after one of its own checkpoints; background checkpoints leave its counts alone.
+    foreground_checkpointed_frame_no: u64,
 }
 
 /// The write lock owner used by a checkpoint that seals the current segment.
@@ -77,6 +91,15 @@ pub(crate) struct SharedWal {
     checkpoint_lock: Mutex<()>,
     next_connection_id: AtomicU64,
     pub(crate) open_connections: AtomicUsize,
+    /// The background checkpointer this log is registered with, if any.
+    checkpointer: Mutex<Option<Checkpointer>>,
+    /// A checkpoint left sealed segments behind for an open reader: the next reader to
+    /// finish asks for another.
+    held_back_by_readers: AtomicBool,
+    checkpoint_errors: AtomicU64,
+    last_checkpoint_error: Mutex<Option<String>>,
+    /// Set by `shutdown`: a background checkpoint that started late finds nothing to do.
+    closed: AtomicBool,
 }
 
 /// Checkpoint modes, as SQLite names them.
@@ -142,11 +165,17 @@ impl SharedWal {
                 readers: BTreeMap::new(),
                 checkpointed_frame_no,
                 restart_frame_no: checkpointed_frame_no,
+                foreground_checkpointed_frame_no: checkpointed_frame_no,
             }),
             writer: Mutex::new(None),
             checkpoint_lock: Mutex::new(()),
             next_connection_id: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
+            checkpointer: Mutex::new(None),
+            held_back_by_readers: AtomicBool::new(false),
+            checkpoint_errors: AtomicU64::new(0),
+            last_checkpoint_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -175,12 +204,44 @@ impl SharedWal {
                 commit.readers.remove(&snapshot.frame_no);
             }
         }
+        drop(commit);
+        if self.held_back_by_readers.swap(false, Ordering::SeqCst) {
+            self.notify_checkpointer();
+        }
     }
 
-    /// Is everything in the log also in the database file?
-    pub fn fully_checkpointed(&self) -> bool {
+    /// Would SQLite restart its log at the next write? Only after a checkpoint it ran itself
+    /// copied everything (see `foreground_checkpointed_frame_no`).
+    pub fn log_restartable(&self) -> bool {
         let commit = lock(&self.commit);
-        commit.checkpointed_frame_no == commit.last.frame_no
+        commit.foreground_checkpointed_frame_no == commit.last.frame_no
+    }
+
+    /// Registers this log with a background checkpointer, which then owns checkpoints
+    /// (SQLite's autocheckpoint is turned off: `has_checkpointer`).
+    pub fn attach_checkpointer(self: &Arc<Self>, checkpointer: &Checkpointer) {
+        *lock(&self.checkpointer) = Some(checkpointer.clone());
+        checkpointer.register(self);
+    }
+
+    pub fn has_checkpointer(&self) -> bool {
+        lock(&self.checkpointer).is_some()
+    }
+
+    fn notify_checkpointer(&self) {
+        if let Some(checkpointer) = lock(&self.checkpointer).as_ref() {
+            checkpointer.notify(&self.db_path);
+        }
+    }
+
+    pub fn record_checkpoint_error(&self, error: &Error) {
+        self.checkpoint_errors.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.last_checkpoint_error) = Some(error.to_string());
+    }
+
+    /// Failed background checkpoints so far, and the last failure.
+    pub fn checkpoint_errors(&self) -> (u64, Option<String>) {
+        (self.checkpoint_errors.load(Ordering::SeqCst), lock(&self.last_checkpoint_error).clone())
     }
 
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
@@ -210,7 +271,7 @@ impl SharedWal {
     /// numbers never restart, but the counts we report must, to say what SQLite says.
     pub fn restart_log_counts(&self) {
         let mut commit = lock(&self.commit);
-        if commit.checkpointed_frame_no == commit.last.frame_no {
+        if commit.foreground_checkpointed_frame_no == commit.last.frame_no {
             commit.restart_frame_no = commit.last.frame_no;
         }
     }
@@ -263,8 +324,33 @@ impl SharedWal {
     pub fn swap_if_full(&self, segment: &Segment) -> Result<()> {
         if segment.committed_frames() >= self.config.segment_frames_max {
             segment.seal()?;
+            self.notify_checkpointer();
         }
         Ok(())
+    }
+
+    /// Seals the current segment if it holds commits and was created at least `age_max` ago,
+    /// unless a writer holds the lock (then it is not quiet: try again later). The seal is
+    /// short (index, trailer, one sync); the copy happens later, without the lock.
+    pub fn seal_if_older_than(&self, age_max: Duration) -> Result<bool> {
+        let Some(current) = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().cloned() else {
+            return Ok(false);
+        };
+        let now_ms = self.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let age = Duration::from_millis(now_ms.saturating_sub(current.created_unix_ms));
+        if current.is_sealed() || current.committed_frames() == 0 || age < age_max {
+            return Ok(false);
+        }
+        {
+            let mut writer = lock(&self.writer);
+            if writer.is_some() {
+                return Ok(false);
+            }
+            *writer = Some(CHECKPOINT_WRITER_ID);
+        }
+        let result = self.seal_current_locked();
+        self.end_write(CHECKPOINT_WRITER_ID);
+        result.map(|()| true)
     }
 
     /// Finds the newest frame of `page_no` no newer than `max_frame_no`.
@@ -296,6 +382,40 @@ impl SharedWal {
     ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
         let mut blocked = !self.seal_current(mode, busy)?;
+        blocked |= self.copy_ready_segments(mode, busy, on_page)?;
+        if mode == CheckpointMode::Truncate && !blocked {
+            self.remove_empty_current()?;
+            let mut commit = lock(&self.commit);
+            commit.restart_frame_no = commit.last.frame_no;
+        }
+        let mut commit = lock(&self.commit);
+        commit.foreground_checkpointed_frame_no = commit.checkpointed_frame_no;
+        Ok(CheckpointResult {
+            busy: blocked,
+            log_frames: (commit.last.frame_no - commit.restart_frame_no) as u32,
+            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no) as u32,
+        })
+    }
+
+    /// The background checkpoint: copies what is already sealed, never waits, never takes
+    /// the write lock.
+    pub fn checkpoint_sealed(&self) -> Result<()> {
+        let _guard = lock(&self.checkpoint_lock);
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.copy_ready_segments(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).map(|_| ())
+    }
+
+    /// Copies and drops sealed segments as far as readers allow; in the waiting modes, asks
+    /// `busy` while a reader holds some back. Returns whether some were left behind.
+    fn copy_ready_segments(
+        &self,
+        mode: CheckpointMode,
+        busy: &mut dyn FnMut() -> bool,
+        on_page: &mut PageVisitor<'_>,
+    ) -> Result<bool> {
+        let mut blocked = false;
         loop {
             let (ready, waiting) = self.checkpointable_segments();
             if !ready.is_empty() {
@@ -311,17 +431,10 @@ impl SharedWal {
                 break;
             }
         }
-        if mode == CheckpointMode::Truncate && !blocked {
-            self.remove_empty_current()?;
-            let mut commit = lock(&self.commit);
-            commit.restart_frame_no = commit.last.frame_no;
+        if blocked {
+            self.held_back_by_readers.store(true, Ordering::SeqCst);
         }
-        let commit = lock(&self.commit);
-        Ok(CheckpointResult {
-            busy: blocked,
-            log_frames: (commit.last.frame_no - commit.restart_frame_no) as u32,
-            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no) as u32,
-        })
+        Ok(blocked)
     }
 
     /// Seals the current segment so the checkpoint can take it. Returns false if a writer
@@ -448,12 +561,19 @@ impl SharedWal {
     /// (if configured) and, once the log is empty, hand the file back to plain SQLite by
     /// removing the log directory.
     pub fn shutdown(&self, checkpoint: bool) {
+        if let Some(checkpointer) = lock(&self.checkpointer).take() {
+            checkpointer.unregister(&self.db_path);
+        }
         if checkpoint && self.config.checkpoint_on_close {
             let result = self.checkpoint(CheckpointMode::Truncate, &mut || false, &mut |_, _, _| Ok(()));
             if let Err(e) = result {
                 tracing::error!(db = %self.db_path.display(), "checkpoint on close failed: {e}");
             }
         }
+        // From here no checkpoint of ours may touch the files: another process may own
+        // them as soon as the lock is released.
+        let _guard = lock(&self.checkpoint_lock);
+        self.closed.store(true, Ordering::SeqCst);
         if self.segments().is_empty() {
             // A process opening the database meanwhile either finds the directory gone and
             // fails to open (it may retry), or recreates the lock file first and then owns a

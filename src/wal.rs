@@ -15,6 +15,7 @@ use libsql_sys::wal::{
     UndoHandler, Vfs, Wal, WalManager,
 };
 
+use crate::checkpointer::Checkpointer;
 use crate::error::Error;
 use crate::format::{FRAME_SIZE, PAGE_SIZE};
 use crate::io::{Io, StdIo};
@@ -30,17 +31,34 @@ type SqlResult<T> = libsql_sys::wal::Result<T>;
 pub struct LibsqlWalManager {
     io: Arc<dyn Io>,
     config: WalConfig,
+    checkpointer: Option<Checkpointer>,
 }
 
+/// The real file system, the default configuration and the process's shared background
+/// checkpointer ([`Checkpointer::global`]).
 impl Default for LibsqlWalManager {
     fn default() -> Self {
-        LibsqlWalManager::new(StdIo::shared(), WalConfig::default())
+        LibsqlWalManager::new(StdIo::shared(), WalConfig::default()).with_checkpointer(Checkpointer::global())
     }
 }
 
 impl LibsqlWalManager {
+    /// A manager without a background checkpointer: SQLite's autocheckpoint (on the
+    /// committing connection, past 1000 frames), `PRAGMA wal_checkpoint` and the last close
+    /// checkpoint, synchronously. Add one with [`LibsqlWalManager::with_checkpointer`].
     pub fn new(io: Arc<dyn Io>, config: WalConfig) -> Self {
-        LibsqlWalManager { io, config }
+        LibsqlWalManager { io, config, checkpointer: None }
+    }
+
+    /// Databases first opened through this manager are checkpointed in the background by
+    /// `checkpointer`, and SQLite's autocheckpoint is turned off for them (`callback` is 0).
+    pub fn with_checkpointer(mut self, checkpointer: Checkpointer) -> Self {
+        self.checkpointer = Some(checkpointer);
+        self
+    }
+
+    pub fn checkpointer(&self) -> Option<&Checkpointer> {
+        self.checkpointer.as_ref()
     }
 
     pub fn io(&self) -> &Arc<dyn Io> {
@@ -71,7 +89,8 @@ impl WalManager for LibsqlWalManager {
         _max_log_size: i64,
         db_path: &CStr,
     ) -> SqlResult<LibsqlWal> {
-        let shared = registry::acquire(&self.io, path_of(db_path), &self.config).map_err(Error::into_sqlite)?;
+        let shared = registry::acquire(&self.io, path_of(db_path), &self.config, self.checkpointer.as_ref())
+            .map_err(Error::into_sqlite)?;
         Ok(LibsqlWal::new(shared))
     }
 
@@ -208,7 +227,7 @@ impl Wal for LibsqlWal {
             self.end_read_txn();
         }
         let snapshot = self.shared.begin_read();
-        self.read_on_checkpointed_log = self.shared.fully_checkpointed();
+        self.read_on_checkpointed_log = self.shared.log_restartable();
         self.read = Some(snapshot);
         self.last_found = None;
         let changed = self.previous_frame_no != Some(snapshot.frame_no);
@@ -420,8 +439,12 @@ impl Wal for LibsqlWal {
 
     fn set_db(&mut self, _db: &mut Sqlite3Db) {}
 
+    /// With a background checkpointer, 0: SQLite's autocheckpoint never runs on the commit
+    /// path. Without one, the frames in the log since the last commit was reported, which
+    /// drives SQLite's autocheckpoint as on its own WAL.
     fn callback(&self) -> i32 {
-        self.callback_frames.replace(0) as i32
+        let frames = self.callback_frames.replace(0);
+        if self.shared.has_checkpointer() { 0 } else { frames as i32 }
     }
 
     fn frames_in_wal(&self) -> u32 {

@@ -23,7 +23,7 @@ const FRAME_SIZE: u64 = FRAME_HEADER_SIZE + 4096;
 const TRAILER_SIZE: u64 = 48;
 
 fn manager(segment_frames_max: u32, checkpoint_on_close: bool) -> LibsqlWalManager {
-    LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max, checkpoint_on_close })
+    LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max, checkpoint_on_close, ..Default::default() })
 }
 
 /// Keeps the log on close, so the test can damage it.

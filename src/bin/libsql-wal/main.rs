@@ -159,6 +159,10 @@ fn info(db: &Path) -> Result<ExitCode, String> {
     println!("db pages (last commit): {}", info.db_pages);
     println!("db file pages: {}", info.db_file_pages);
     println!("last frame_no: {}", info.last_frame_no);
+    println!("checkpoint errors: {}", info.checkpoint_errors);
+    if let Some(error) = &info.last_checkpoint_error {
+        println!("last checkpoint error: {error}");
+    }
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
     println!("segments: {} ({frames} frames in the log)", info.segments.len());
     for s in &info.segments {
@@ -191,7 +195,8 @@ fn stress(
         }
     };
     let config = libsql_wal::WalConfig { segment_frames_max: segment_frames.max(1), ..Default::default() };
-    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config);
+    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config)
+        .with_checkpointer(libsql_wal::Checkpointer::global());
     let stress = StressConfig { duration: std::time::Duration::from_secs(seconds), readers, seed };
     println!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
     let report = run_bank(&db, &manager, &stress).map_err(|e| e.to_string())?;

@@ -1,0 +1,396 @@
+//! The background checkpointer: copies sealed segments into database files on its own
+//! threads, a bounded number of databases at a time, so a commit never waits for a copy.
+//!
+//! - A database is *notified* when it has sealed segments (after a swap, or when a reader
+//!   that held a checkpoint back goes away). A notification for a database already queued is
+//!   merged; one for a database being checkpointed makes it run once more afterwards. One
+//!   database is never checkpointed twice at once.
+//! - At most `concurrency_max` checkpoints run at once, across all databases.
+//! - A failed checkpoint is logged, counted on the database (`info` shows it) and retried
+//!   after an exponential backoff; failures never stop other databases' checkpoints.
+//! - A ticker seals the current segment of databases whose segment is older than their
+//!   `segment_age_max`, so a quiet database still gets its tail checkpointed.
+//! - `shutdown` seals current segments (if configured), drains the queue and joins the
+//!   threads.
+//!
+//! Architecture invariant: the checkpointer never holds a database's write lock while it
+//! copies pages; it only ever calls `SharedWal::checkpoint_sealed` (copy what is sealed) and
+//! `SharedWal::seal_if_older_than` (a short seal for quiet databases).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::shared::SharedWal;
+
+/// Tuning of the background checkpointer.
+#[derive(Debug, Clone)]
+pub struct CheckpointerConfig {
+    /// Checkpoints running at once, across all databases (the worker thread count).
+    pub concurrency_max: usize,
+    /// First retry delay after a failure; doubled per consecutive failure.
+    pub retry_delay_min: Duration,
+    /// Longest retry delay.
+    pub retry_delay_max: Duration,
+    /// How often segment ages and due retries are looked at.
+    pub tick: Duration,
+    /// Seal every current segment at shutdown, so the drain checkpoints everything.
+    pub seal_on_shutdown: bool,
+}
+
+impl Default for CheckpointerConfig {
+    fn default() -> Self {
+        CheckpointerConfig {
+            concurrency_max: 4,
+            retry_delay_min: Duration::from_millis(50),
+            retry_delay_max: Duration::from_secs(30),
+            tick: Duration::from_millis(100),
+            seal_on_shutdown: true,
+        }
+    }
+}
+
+/// Counters, for `info`, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointerStats {
+    pub completed: u64,
+    pub failed: u64,
+    /// The most checkpoints ever seen running at once.
+    pub running_max_seen: usize,
+}
+
+/// A handle on the checkpointer service; clones share it.
+#[derive(Clone)]
+pub struct Checkpointer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CheckpointerConfig,
+    state: Mutex<State>,
+    /// Workers wait here for work.
+    work: Condvar,
+    /// `drain` waits here for the queue to empty.
+    idle: Condvar,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    running_now: AtomicUsize,
+    running_max_seen: AtomicUsize,
+    completed: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    databases: HashMap<PathBuf, Entry>,
+    ready: VecDeque<PathBuf>,
+    started: bool,
+    paused: bool,
+    stopping: bool,
+}
+
+struct Entry {
+    wal: Weak<SharedWal>,
+    queued: bool,
+    running: bool,
+    /// Notified while running: run again when done.
+    again: bool,
+    consecutive_failures: u32,
+    retry_at: Option<Instant>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Checkpointer {
+    /// A checkpointer; its threads start with the first database registered.
+    pub fn new(config: CheckpointerConfig) -> Self {
+        let config = CheckpointerConfig { concurrency_max: config.concurrency_max.max(1), ..config };
+        Checkpointer {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                work: Condvar::new(),
+                idle: Condvar::new(),
+                threads: Mutex::new(Vec::new()),
+                running_now: AtomicUsize::new(0),
+                running_max_seen: AtomicUsize::new(0),
+                completed: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The process's shared checkpointer, with the default configuration: what
+    /// `LibsqlWalManager::default()` uses.
+    pub fn global() -> Checkpointer {
+        static GLOBAL: std::sync::LazyLock<Checkpointer> =
+            std::sync::LazyLock::new(|| Checkpointer::new(CheckpointerConfig::default()));
+        GLOBAL.clone()
+    }
+
+    pub fn config(&self) -> &CheckpointerConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> CheckpointerStats {
+        CheckpointerStats {
+            completed: self.inner.completed.load(Ordering::SeqCst),
+            failed: self.inner.failed.load(Ordering::SeqCst),
+            running_max_seen: self.inner.running_max_seen.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stops starting checkpoints (running ones finish) until `resume`. For benchmarks that
+    /// build a large log first.
+    pub fn pause(&self) {
+        lock(&self.inner.state).paused = true;
+    }
+
+    pub fn resume(&self) {
+        lock(&self.inner.state).paused = false;
+        self.inner.work.notify_all();
+    }
+
+    pub(crate) fn register(&self, wal: &Arc<SharedWal>) {
+        let mut state = lock(&self.inner.state);
+        if state.stopping {
+            return;
+        }
+        state.databases.insert(
+            wal.db_path.clone(),
+            Entry {
+                wal: Arc::downgrade(wal),
+                queued: false,
+                running: false,
+                again: false,
+                consecutive_failures: 0,
+                retry_at: None,
+            },
+        );
+        if !state.started {
+            state.started = true;
+            drop(state);
+            self.start_threads();
+            return;
+        }
+        drop(state);
+        self.notify(&wal.db_path);
+    }
+
+    pub(crate) fn unregister(&self, db_path: &PathBuf) {
+        lock(&self.inner.state).databases.remove(db_path);
+    }
+
+    /// Asks for a checkpoint of `db_path` (merged with one already queued or running).
+    pub(crate) fn notify(&self, db_path: &PathBuf) {
+        notify_inner(&self.inner, db_path);
+    }
+
+    fn start_threads(&self) {
+        let mut threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..self.inner.config.concurrency_max {
+            let inner = self.inner.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("libsql-wal-checkpoint-{i}")).spawn(move || worker(&inner));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => tracing::error!("could not start a checkpointer thread: {e}"),
+            }
+        }
+        let inner = self.inner.clone();
+        match std::thread::Builder::new().name("libsql-wal-ticker".into()).spawn(move || ticker(&inner)) {
+            Ok(handle) => threads.push(handle),
+            Err(e) => tracing::error!("could not start the checkpointer ticker: {e}"),
+        }
+    }
+
+    /// Waits until nothing is queued or running (retries still backing off are not waited
+    /// for), or `timeout` passes. Returns whether it drained.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.inner.state);
+        loop {
+            let busy = !state.ready.is_empty() || state.databases.values().any(|e| e.running);
+            if !busy {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self.inner.idle.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Seals current segments (if configured), checkpoints what it can within `timeout`,
+    /// then stops the threads. Databases stay usable: their logs simply stop being
+    /// checkpointed in the background.
+    pub fn shutdown(&self, timeout: Duration) {
+        let live: Vec<Arc<SharedWal>> = {
+            let mut state = lock(&self.inner.state);
+            state.paused = false;
+            for entry in state.databases.values_mut() {
+                entry.retry_at = None;
+            }
+            state.databases.values().filter_map(|e| e.wal.upgrade()).collect()
+        };
+        for wal in &live {
+            if self.inner.config.seal_on_shutdown
+                && let Err(e) = wal.seal_if_older_than(Duration::ZERO)
+            {
+                tracing::warn!(db = %wal.db_path.display(), "could not seal at shutdown: {e}");
+            }
+            self.notify(&wal.db_path);
+        }
+        drop(live);
+        if !self.drain(timeout) {
+            tracing::warn!("checkpointer shutdown: some checkpoints did not finish in {timeout:?}");
+        }
+        lock(&self.inner.state).stopping = true;
+        self.inner.work.notify_all();
+        let threads: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in threads {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn worker(inner: &Inner) {
+    loop {
+        let Some((path, wal)) = next_job(inner) else { return };
+        let running = inner.running_now.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.running_max_seen.fetch_max(running, Ordering::SeqCst);
+        let result = wal.checkpoint_sealed();
+        inner.running_now.fetch_sub(1, Ordering::SeqCst);
+        finish_job(inner, &path, &wal, result);
+        drop(wal);
+        inner.idle.notify_all();
+    }
+}
+
+/// Waits for the next database to checkpoint; `None` when the checkpointer stops.
+fn next_job(inner: &Inner) -> Option<(PathBuf, Arc<SharedWal>)> {
+    let mut state = lock(&inner.state);
+    loop {
+        if state.stopping {
+            return None;
+        }
+        if !state.paused
+            && let Some(path) = state.ready.pop_front()
+        {
+            let Some(entry) = state.databases.get_mut(&path) else { continue };
+            entry.queued = false;
+            match entry.wal.upgrade() {
+                Some(wal) => {
+                    entry.running = true;
+                    return Some((path, wal));
+                }
+                None => {
+                    state.databases.remove(&path);
+                    inner.idle.notify_all();
+                    continue;
+                }
+            }
+        }
+        state = inner.work.wait_timeout(state, inner.config.tick).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}
+
+fn finish_job(inner: &Inner, path: &PathBuf, wal: &SharedWal, result: crate::Result<()>) {
+    let mut state = lock(&inner.state);
+    let Some(entry) = state.databases.get_mut(path) else { return };
+    entry.running = false;
+    match result {
+        Ok(()) => {
+            inner.completed.fetch_add(1, Ordering::SeqCst);
+            entry.consecutive_failures = 0;
+        }
+        Err(e) => {
+            inner.failed.fetch_add(1, Ordering::SeqCst);
+            wal.record_checkpoint_error(&e);
+            entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
+            let delay = backoff(&inner.config, entry.consecutive_failures);
+            tracing::warn!(
+                db = %path.display(),
+                failures = entry.consecutive_failures,
+                "background checkpoint failed, retrying in {delay:?}: {e}"
+            );
+            entry.retry_at = Some(Instant::now() + delay);
+            entry.again = false;
+            return;
+        }
+    }
+    if std::mem::take(&mut entry.again) && !entry.queued {
+        entry.queued = true;
+        state.ready.push_back(path.clone());
+        inner.work.notify_one();
+    }
+}
+
+/// retry_delay_min × 2^(failures − 1), at most retry_delay_max.
+fn backoff(config: &CheckpointerConfig, failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    config.retry_delay_min.saturating_mul(factor).min(config.retry_delay_max)
+}
+
+/// Every tick: requeue due retries, and seal the current segment of databases whose
+/// segment has grown old (each database's own `segment_age_max`).
+fn ticker(inner: &Inner) {
+    loop {
+        let live: Vec<Arc<SharedWal>> = {
+            let mut state = lock(&inner.state);
+            if state.stopping {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<PathBuf> = state
+                .databases
+                .iter_mut()
+                .filter(|(_, e)| e.retry_at.is_some_and(|at| at <= now))
+                .map(|(path, e)| {
+                    e.retry_at = None;
+                    path.clone()
+                })
+                .collect();
+            for path in due {
+                if let Some(entry) = state.databases.get_mut(&path)
+                    && !entry.queued
+                    && !entry.running
+                {
+                    entry.queued = true;
+                    state.ready.push_back(path);
+                }
+            }
+            inner.work.notify_all();
+            if state.paused { Vec::new() } else { state.databases.values().filter_map(|e| e.wal.upgrade()).collect() }
+        };
+        for wal in live {
+            if let Some(age_max) = wal.config.segment_age_max {
+                match wal.seal_if_older_than(age_max) {
+                    Ok(true) => notify_inner(inner, &wal.db_path),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(db = %wal.db_path.display(), "sealing an old segment failed: {e}"),
+                }
+            }
+        }
+        std::thread::sleep(inner.config.tick);
+    }
+}
+
+/// Queues `db_path` unless it is queued, running (then: run again after) or backing off.
+fn notify_inner(inner: &Inner, db_path: &PathBuf) {
+    let mut state = lock(&inner.state);
+    let Some(entry) = state.databases.get_mut(db_path) else { return };
+    if entry.running {
+        entry.again = true;
+    } else if !entry.queued && entry.retry_at.is_none() {
+        entry.queued = true;
+        state.ready.push_back(db_path.clone());
+        inner.work.notify_one();
+    }
+}
