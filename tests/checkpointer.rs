@@ -1,0 +1,209 @@
+//! The background checkpointer: a bounded number of checkpoints at once across databases,
+//! never two at once on one database, retries after failures until they succeed (nothing
+//! lost, no panic), quiet databases sealed by age, readers' snapshots untouched, SQLite's
+//! autocheckpoint off, and a clean shutdown that leaves plain SQLite files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::TestIo;
+use libsql_sys::rusqlite::Connection;
+use libsql_wal::{Checkpointer, CheckpointerConfig, LibsqlWalManager, WalConfig, inspect, open_connection};
+
+fn count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn fast_checkpointer(concurrency_max: usize) -> Checkpointer {
+    Checkpointer::new(CheckpointerConfig {
+        concurrency_max,
+        retry_delay_min: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(200),
+        tick: Duration::from_millis(10),
+        seal_on_shutdown: true,
+    })
+}
+
+fn small_segments() -> WalConfig {
+    WalConfig { segment_frames_max: 8, segment_age_max: None, ..Default::default() }
+}
+
+fn fill(conn: &Connection, rows: i64) {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS t(x INTEGER PRIMARY KEY, pad BLOB)").unwrap();
+    for _ in 0..rows {
+        conn.execute("INSERT INTO t(pad) VALUES (randomblob(3000))", []).unwrap();
+    }
+}
+
+fn stock_sqlite(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3").arg(db).arg(sql).output().expect("stock sqlite3");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn never_more_than_k_checkpoints_at_once_nor_two_on_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (io, switches) = TestIo::new();
+    switches.db_write_delay_ms.store(2, Ordering::SeqCst);
+    let checkpointer = fast_checkpointer(2);
+    let manager = LibsqlWalManager::new(io, small_segments()).with_checkpointer(checkpointer.clone());
+    let paths: Vec<PathBuf> = (0..8).map(|i| dir.path().join(format!("d{i}.db"))).collect();
+    let conns: Vec<_> = paths.iter().map(|p| open_connection(p, &manager).unwrap()).collect();
+    // Interleave commits so every database keeps sealing segments while others copy.
+    for _ in 0..12 {
+        for conn in &conns {
+            fill(conn, 2);
+        }
+    }
+    assert!(checkpointer.drain(Duration::from_secs(60)));
+    let stats = checkpointer.stats();
+    assert!(stats.completed >= 8, "{stats:?}");
+    assert_eq!(stats.running_max_seen, 2, "limit 2 must be reached but never passed: {stats:?}");
+    assert_eq!(switches.db_writers_max_per_file.load(Ordering::SeqCst), 1, "one database checkpointed twice at once");
+    for (path, conn) in paths.iter().zip(&conns) {
+        assert_eq!(count(conn), 24);
+        let info = inspect(path, &manager).unwrap();
+        assert!(info.segments.iter().all(|s| !s.sealed), "sealed segments left behind in {}", path.display());
+    }
+}
+
+#[test]
+fn failing_database_writes_are_retried_until_they_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let (io, switches) = TestIo::new();
+    let checkpointer = fast_checkpointer(1);
+    let manager = LibsqlWalManager::new(io, small_segments()).with_checkpointer(checkpointer.clone());
+    let conn = open_connection(&path, &manager).unwrap();
+    fill(&conn, 1);
+    assert!(checkpointer.drain(Duration::from_secs(10)));
+    switches.fail_db_writes.store(true, Ordering::SeqCst);
+    fill(&conn, 40);
+    wait_until("several failed checkpoints", Duration::from_secs(10), || {
+        inspect(&path, &manager).unwrap().checkpoint_errors >= 3
+    });
+    let info = inspect(&path, &manager).unwrap();
+    assert!(info.last_checkpoint_error.as_deref().unwrap_or("").contains("d.db"), "{info:?}");
+    // Commits and reads go on while checkpoints fail.
+    fill(&conn, 5);
+    assert_eq!(count(&conn), 46);
+    switches.fail_db_writes.store(false, Ordering::SeqCst);
+    wait_until("the log to be checkpointed", Duration::from_secs(10), || {
+        inspect(&path, &manager).unwrap().segments.iter().all(|s| !s.sealed)
+    });
+    assert!(checkpointer.stats().failed >= 3);
+    assert_eq!(count(&conn), 46);
+    drop(conn);
+    assert_eq!(stock_sqlite(&path, "SELECT count(*) FROM t; PRAGMA integrity_check;"), "46\nok\n");
+}
+
+#[test]
+fn a_quiet_database_gets_its_tail_sealed_and_checkpointed_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let checkpointer = fast_checkpointer(1);
+    let config = WalConfig {
+        segment_frames_max: u32::MAX,
+        segment_age_max: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config).with_checkpointer(checkpointer);
+    let conn = open_connection(&path, &manager).unwrap();
+    fill(&conn, 3);
+    assert!(!inspect(&path, &manager).unwrap().segments.is_empty());
+    wait_until("the quiet tail to reach the database file", Duration::from_secs(10), || {
+        let info = inspect(&path, &manager).unwrap();
+        info.segments.is_empty() && info.db_file_pages >= 4
+    });
+    assert_eq!(count(&conn), 3);
+}
+
+#[test]
+fn background_checkpoints_never_change_what_an_open_reader_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let checkpointer = fast_checkpointer(2);
+    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), small_segments())
+        .with_checkpointer(checkpointer.clone());
+    let writer = open_connection(&path, &manager).unwrap();
+    writer
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB);
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000)
+             INSERT INTO t SELECT i, 1, zeroblob(300) FROM c;",
+        )
+        .unwrap();
+    assert!(checkpointer.drain(Duration::from_secs(10)));
+    let reader = open_connection(&path, &manager).unwrap();
+    reader.execute_batch("PRAGMA cache_size = 2; BEGIN;").unwrap();
+    let sum = |c: &Connection| -> i64 { c.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)).unwrap() };
+    assert_eq!(sum(&reader), 1000);
+    for round in 0..20 {
+        writer.execute_batch("UPDATE t SET v = v + 1").unwrap();
+        assert!(checkpointer.drain(Duration::from_secs(10)));
+        assert_eq!(sum(&reader), 1000, "round {round}: a background checkpoint changed the reader's snapshot");
+    }
+    let held = inspect(&path, &manager).unwrap();
+    assert!(held.segments.iter().any(|s| s.sealed), "the reader should hold sealed segments back");
+    reader.execute_batch("COMMIT").unwrap();
+    // The reader going away lets the held-back segments through.
+    wait_until("held-back segments to be checkpointed", Duration::from_secs(10), || {
+        inspect(&path, &manager).unwrap().segments.iter().all(|s| !s.sealed)
+    });
+    assert_eq!(sum(&reader), 21_000);
+}
+
+#[test]
+fn sqlite_autocheckpoint_does_not_run_with_a_background_checkpointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let config = WalConfig { segment_frames_max: u32::MAX, segment_age_max: None, ..Default::default() };
+    let manager =
+        LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config).with_checkpointer(fast_checkpointer(1));
+    let conn = open_connection(&path, &manager).unwrap();
+    fill(&conn, 1500);
+    let info = inspect(&path, &manager).unwrap();
+    let frames: u32 = info.segments.iter().map(|s| s.frames).sum();
+    // SQLite's autocheckpoint (1000 frames) would have emptied the log on the commit path.
+    assert!(frames > 1500, "the log was checkpointed on the commit path: {frames} frames left");
+    assert_eq!(info.db_file_pages, 1, "nothing may reach the database file yet");
+}
+
+#[test]
+fn shutdown_seals_and_drains_and_every_database_is_plain_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpointer = fast_checkpointer(2);
+    let config = WalConfig { segment_frames_max: 1_000_000, segment_age_max: None, checkpoint_on_close: false };
+    let manager =
+        LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config).with_checkpointer(checkpointer.clone());
+    let paths: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("d{i}.db"))).collect();
+    let conns: Vec<_> = paths.iter().map(|p| open_connection(p, &manager).unwrap()).collect();
+    for conn in &conns {
+        fill(conn, 30);
+    }
+    checkpointer.shutdown(Duration::from_secs(30));
+    for path in &paths {
+        let info = inspect(path, &manager).unwrap();
+        assert!(info.segments.iter().all(|s| s.frames == 0 || !s.sealed), "{info:?}");
+        assert!(info.db_file_pages > 30, "shutdown did not checkpoint {}: {info:?}", path.display());
+    }
+    for conn in &conns {
+        assert_eq!(count(conn), 30);
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    }
+    drop(conns);
+    for path in &paths {
+        assert_eq!(stock_sqlite(path, "SELECT count(*) FROM t; PRAGMA integrity_check;"), "30\nok\n");
+    }
+}

@@ -1,0 +1,140 @@
+//! An `Io` for tests: the real file system, plus switches to slow down or fail writes to
+//! database files (not segments), and counters of what happened.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use libsql_wal::io::{FileKind, Io, IoFile, StdIo};
+
+#[derive(Default)]
+pub struct Switches {
+    /// Each write to a database file sleeps this long first.
+    pub db_write_delay_ms: AtomicU64,
+    /// Writes to database files fail with EIO while set.
+    pub fail_db_writes: AtomicBool,
+    pub segment_syncs: AtomicU64,
+    pub failed_db_writes: AtomicU64,
+    /// Writers inside a database-file write right now, per file, and the most ever seen
+    /// inside one file at once.
+    in_db_write: Mutex<HashMap<PathBuf, usize>>,
+    pub db_writers_max_per_file: AtomicUsize,
+}
+
+pub struct TestIo {
+    inner: StdIo,
+    pub switches: Arc<Switches>,
+}
+
+impl TestIo {
+    pub fn new() -> (Arc<TestIo>, Arc<Switches>) {
+        let switches = Arc::new(Switches::default());
+        (Arc::new(TestIo { inner: StdIo, switches: switches.clone() }), switches)
+    }
+}
+
+struct TestFile {
+    inner: Box<dyn IoFile>,
+    path: PathBuf,
+    is_segment: bool,
+    is_db: bool,
+    switches: Arc<Switches>,
+}
+
+impl IoFile for TestFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.is_db {
+            return self.inner.write_all_at(buf, offset);
+        }
+        let s = &self.switches;
+        {
+            let mut inside = s.in_db_write.lock().unwrap();
+            let n = inside.entry(self.path.clone()).or_default();
+            *n += 1;
+            s.db_writers_max_per_file.fetch_max(*n, Ordering::SeqCst);
+        }
+        let delay = s.db_write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let result = if s.fail_db_writes.load(Ordering::SeqCst) {
+            s.failed_db_writes.fetch_add(1, Ordering::SeqCst);
+            Err(io::Error::from_raw_os_error(5))
+        } else {
+            self.inner.write_all_at(buf, offset)
+        };
+        *s.in_db_write.lock().unwrap().get_mut(&self.path).unwrap() -= 1;
+        result
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.is_segment {
+            self.switches.segment_syncs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.sync_data()
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn try_lock_exclusive(&self) -> io::Result<bool> {
+        self.inner.try_lock_exclusive()
+    }
+    fn unlock(&self) -> io::Result<()> {
+        self.inner.unlock()
+    }
+    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
+        self.inner.try_lock_byte(offset)
+    }
+}
+
+impl Io for TestIo {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let is_segment = name.ends_with(".seg");
+        let is_db = !is_segment && name != "lock" && !name.ends_with("-shm");
+        Ok(Box::new(TestFile {
+            inner: self.inner.open(path, create)?,
+            path: path.to_path_buf(),
+            is_segment,
+            is_db,
+            switches: self.switches.clone(),
+        }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        self.inner.list_dir(path)
+    }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.inner.canonicalize(path)
+    }
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
+        self.inner.kind(path)
+    }
+    fn now(&self) -> SystemTime {
+        self.inner.now()
+    }
+    fn random_u32(&self) -> u32 {
+        self.inner.random_u32()
+    }
+}
