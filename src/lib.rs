@@ -15,6 +15,7 @@
 //! See `ARCHITECTURE.md` for the map of the crate and `docs/FORMAT.md` for the files.
 
 mod api;
+pub mod bench;
 pub mod checkpointer;
 mod error;
 pub mod format;

@@ -42,6 +42,11 @@ enum Command {
     },
     /// Describe a database's log: segments, frame ranges, sizes, pages.
     Info { db: PathBuf },
+    /// Benchmarks against SQLite's own WAL, side by side in one run, with ratios.
+    Bench {
+        #[command(subcommand)]
+        workload: BenchWorkload,
+    },
     /// Concurrency stress: a writer moves money between accounts while readers check every
     /// snapshot (constant total, counter never backwards) and checkpoints run. Exits 1 on any
     /// violation or corruption error.
@@ -58,6 +63,32 @@ enum Command {
         /// Seal segments at this many frames (small values mean many swaps and checkpoints).
         #[arg(long, default_value_t = 256)]
         segment_frames: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWorkload {
+    /// Commit latency (p50/p99/max) while a large log is checkpointed: SQLite's
+    /// autocheckpoint on the committing connection vs our background checkpointer.
+    CheckpointLatency {
+        /// Size of the log to checkpoint, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        log_mib: u64,
+        /// Transactions measured per side and round.
+        #[arg(long, default_value_t = 3000)]
+        commits: usize,
+        /// Rows (pages) updated per transaction.
+        #[arg(long, default_value_t = 8)]
+        rows_per_commit: usize,
+        /// Rounds per side, alternating; the median of each figure is reported.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Where the databases go (default: a temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -88,6 +119,7 @@ fn main() -> ExitCode {
         Command::Exec { wal, seed, db, sql, file } => exec(wal, seed, &db, sql, file),
         Command::Checkpoint { db, mode } => checkpoint(&db, mode),
         Command::Info { db } => info(&db),
+        Command::Bench { workload } => bench(workload),
         Command::Stress { db, seconds, readers, seed, segment_frames } => {
             stress(db, seconds, readers, seed, segment_frames)
         }
@@ -215,4 +247,65 @@ fn stress(
     }
     let clean = report.violations == 0 && report.corrupt_errors == 0 && report.other_errors == 0;
     Ok(if clean && report.commits > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
+    use libsql_wal::bench::{CheckpointLatencyConfig, LatencyReport, Side, checkpoint_latency};
+    let BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } = workload;
+    let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-{}", std::process::id()));
+    let base = dir.unwrap_or_else(|| tmp.clone());
+    let config = CheckpointLatencyConfig { log_bytes: log_mib << 20, commits, rows_per_commit, seed: 7 };
+    let mut results: Vec<LatencyReport> = Vec::new();
+    for round in 0..rounds.max(1) {
+        for side in [Side::Sqlite, Side::Ours] {
+            let run_dir = base.join(format!("round{round}-{}", side.name()));
+            std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+            eprintln!("round {round}: {} ({log_mib} MiB log, {commits} commits)...", side.name());
+            let report = checkpoint_latency(&run_dir, side, &config).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&run_dir);
+            results.push(report);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let median = |side: Side, f: &dyn Fn(&LatencyReport) -> f64| -> f64 {
+        let mut v: Vec<f64> = results.iter().filter(|r| r.side == side).map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let rows: Vec<(&str, f64, f64)> = vec![
+        ("commit p50 (ms)", median(Side::Sqlite, &|r| ms(r.p50)), median(Side::Ours, &|r| ms(r.p50))),
+        ("commit p99 (ms)", median(Side::Sqlite, &|r| ms(r.p99)), median(Side::Ours, &|r| ms(r.p99))),
+        ("commit max (ms)", median(Side::Sqlite, &|r| ms(r.max)), median(Side::Ours, &|r| ms(r.max))),
+        (
+            "checkpoint time (ms)",
+            median(Side::Sqlite, &|r| ms(r.checkpoint_time)),
+            median(Side::Ours, &|r| ms(r.checkpoint_time)),
+        ),
+    ];
+    let overlapped = results.iter().filter(|r| r.side == Side::Ours).all(|r| r.checkpoint_still_running_at_end);
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(name, a, b)| {
+                format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.3},\"ours\":{b:.3},\"ratio\":{:.3}}}", b / a)
+            })
+            .collect();
+        println!(
+            "{{\"workload\":\"checkpoint-latency\",\"log_mib\":{log_mib},\"commits\":{commits},\"rounds\":{},\"ours_checkpoint_overlapped_all_commits\":{overlapped},\"rows\":[{}]}}",
+            rounds.max(1),
+            items.join(",")
+        );
+    } else {
+        println!(
+            "checkpoint-latency: {log_mib} MiB log, {commits} commits of {rows_per_commit} rows, synchronous=NORMAL, median of {} round(s)",
+            rounds.max(1)
+        );
+        println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
+        for (name, a, b) in &rows {
+            println!("{name:<22} {a:>12.3} {b:>12.3} {:>8.3}", b / a);
+        }
+        println!("our background checkpoint still running when the last measured commit returned: {overlapped}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
