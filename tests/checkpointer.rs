@@ -109,6 +109,35 @@ fn failing_database_writes_are_retried_until_they_succeed() {
 }
 
 #[test]
+fn one_failing_database_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, good) = (dir.path().join("bad.db"), dir.path().join("good.db"));
+    let (io, switches) = TestIo::new();
+    *switches.fail_only_names_containing.lock().unwrap() = Some("bad.db".into());
+    switches.fail_db_writes.store(true, Ordering::SeqCst);
+    let checkpointer = fast_checkpointer(1);
+    let manager = LibsqlWalManager::new(io, small_segments()).with_checkpointer(checkpointer.clone());
+    let bad_conn = open_connection(&bad, &manager).unwrap();
+    let good_conn = open_connection(&good, &manager).unwrap();
+    for _ in 0..10 {
+        fill(&bad_conn, 3);
+        fill(&good_conn, 3);
+    }
+    // With one worker, the failing database keeps coming back; the good one still drains.
+    wait_until("the good database to be checkpointed", Duration::from_secs(10), || {
+        inspect(&good, &manager).unwrap().segments.iter().all(|s| !s.sealed)
+    });
+    let bad_info = inspect(&bad, &manager).unwrap();
+    assert!(bad_info.checkpoint_errors > 0 && bad_info.segments.iter().any(|s| s.sealed), "{bad_info:?}");
+    assert_eq!(inspect(&good, &manager).unwrap().checkpoint_errors, 0);
+    assert_eq!((count(&bad_conn), count(&good_conn)), (30, 30));
+    switches.fail_db_writes.store(false, Ordering::SeqCst);
+    wait_until("the bad database to recover", Duration::from_secs(10), || {
+        inspect(&bad, &manager).unwrap().segments.iter().all(|s| !s.sealed)
+    });
+}
+
+#[test]
 fn a_quiet_database_gets_its_tail_sealed_and_checkpointed_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.db");

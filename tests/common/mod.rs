@@ -16,8 +16,10 @@ use libsql_wal::io::{FileKind, Io, IoFile, StdIo};
 pub struct Switches {
     /// Each write to a database file sleeps this long first.
     pub db_write_delay_ms: AtomicU64,
-    /// Writes to database files fail with EIO while set.
+    /// Writes to database files fail with EIO while set (only to files whose name contains
+    /// `fail_only_names_containing`, when that is set).
     pub fail_db_writes: AtomicBool,
+    pub fail_only_names_containing: Mutex<Option<String>>,
     pub segment_syncs: AtomicU64,
     pub failed_db_writes: AtomicU64,
     /// Writers inside a database-file write right now, per file, and the most ever seen
@@ -65,7 +67,11 @@ impl IoFile for TestFile {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        let result = if s.fail_db_writes.load(Ordering::SeqCst) {
+        let selected = match s.fail_only_names_containing.lock().unwrap().as_deref() {
+            Some(part) => self.path.to_string_lossy().contains(part),
+            None => true,
+        };
+        let result = if selected && s.fail_db_writes.load(Ordering::SeqCst) {
             s.failed_db_writes.fetch_add(1, Ordering::SeqCst);
             Err(io::Error::from_raw_os_error(5))
         } else {
