@@ -42,10 +42,16 @@ pub fn encode_checkpoint_mark(frame_no: u64) -> [u8; DB_HEADER_MARK_SIZE] {
     mark
 }
 
-/// The frame_no of a checkpoint mark, or 0 when the bytes are not a valid mark.
-pub fn decode_checkpoint_mark(bytes: &[u8]) -> u64 {
-    let frame_no = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    if bytes[..DB_HEADER_MARK_SIZE] == encode_checkpoint_mark(frame_no) { frame_no } else { 0 }
+/// The frame_no of a checkpoint mark: `Some(0)` for no mark at all (zeros, as SQLite leaves
+/// the bytes), `None` when the bytes are not a valid mark (torn, or left by another tool):
+/// then nobody knows how far checkpoints got, and recovery trusts only the segments.
+pub fn decode_checkpoint_mark(bytes: &[u8]) -> Option<u64> {
+    let mark = &bytes[..DB_HEADER_MARK_SIZE];
+    if mark.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let frame_no = u64::from_le_bytes(mark[..8].try_into().expect("8 bytes"));
+    (mark == encode_checkpoint_mark(frame_no)).then_some(frame_no)
 }
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -246,8 +252,9 @@ mod tests {
         let mark = encode_checkpoint_mark(77);
         assert_eq!(&mark[..8], &77u64.to_le_bytes());
         assert_eq!(&mark[8..], &crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..8]).to_le_bytes());
-        assert_eq!(decode_checkpoint_mark(&mark), 77);
-        assert_eq!(decode_checkpoint_mark(&[0xAB; 12]), 0, "foreign bytes are no mark");
+        assert_eq!(decode_checkpoint_mark(&mark), Some(77));
+        assert_eq!(decode_checkpoint_mark(&[0; 12]), Some(0), "zeros: nothing checkpointed yet");
+        assert_eq!(decode_checkpoint_mark(&[0xAB; 12]), None, "foreign or torn bytes are no mark");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod api;
 pub mod bench;
 pub mod checkpointer;
 mod error;
+pub mod faulty;
 pub mod format;
 pub mod io;
 mod ownership;

@@ -41,11 +41,11 @@ pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
 }
 
 /// Reads the database header: refuses a file that is not SQLite or whose page size is not
-/// 4096, and returns the frame_no mark of the last checkpoint (0 if none).
-pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<u64> {
+/// 4096, and returns the checkpoint mark (see `format::decode_checkpoint_mark`).
+pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<u64>> {
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
     if len < 100 {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let mut header = [0u8; 100];
     db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;

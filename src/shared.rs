@@ -136,6 +136,9 @@ impl SharedWal {
         let log_dir = ownership::log_dir_of(db_path);
         let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
         let header_frame_no = ownership::read_db_header(db_file.as_ref(), db_path)?;
+        if header_frame_no.is_none() {
+            tracing::warn!(db = %db_path.display(), "the checkpoint mark is unreadable (torn?): trusting the segments alone");
+        }
         let lock_file = ownership::take(io.as_ref(), db_path)?;
         let segments = match recover_segments(io.as_ref(), &log_dir, header_frame_no) {
             Ok(segments) => segments,
@@ -608,7 +611,9 @@ fn write_header_frame_no(page: &mut [u8], frame_no: u64) {
 
 /// Opens every segment of the log, newest first in the result. Segments wholly covered by
 /// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
-fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> Result<Vec<SegmentRef>> {
+/// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
+/// then nothing is deleted and the oldest segment may start anywhere.
+fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Vec<SegmentRef>> {
     let mut paths: Vec<PathBuf> = io
         .list_dir(log_dir)
         .map_err(Error::io("reading", log_dir))?
@@ -634,13 +639,22 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> 
         if segment.committed_frames() == 0 && !is_tail {
             return Err(Error::corrupt(path, "an empty segment before the newest one"));
         }
-        if segment.committed_frames() > 0 && segment.last_committed_frame_no() <= checkpointed_frame_no {
+        if let Some(mark) = mark
+            && segment.committed_frames() > 0
+            && segment.last_committed_frame_no() <= mark
+        {
             tracing::info!(path = %path.display(), "removing a segment already in the database file");
             segment.remove(io)?;
             continue;
         }
-        let expected = segments.last().map_or(checkpointed_frame_no + 1, |p| p.last_committed_frame_no() + 1);
-        if segment.start_frame_no != expected {
+        let expected = match (segments.last(), mark) {
+            (Some(previous), _) => Some(previous.last_committed_frame_no() + 1),
+            (None, Some(mark)) => Some(mark + 1),
+            (None, None) => None,
+        };
+        if let Some(expected) = expected
+            && segment.start_frame_no != expected
+        {
             let reason = format!(
                 "segment starts at frame_no {} but the log (or the database file) ends at {}",
                 segment.start_frame_no,
@@ -654,12 +668,7 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, checkpointed_frame_no: u64) -> 
     Ok(segments)
 }
 
-fn last_commit(
-    segments: &[SegmentRef],
-    header_frame_no: u64,
-    db_file: &dyn IoFile,
-    db_path: &Path,
-) -> Result<Snapshot> {
+fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile, db_path: &Path) -> Result<Snapshot> {
     for segment in segments {
         if segment.committed_frames() > 0 {
             return Ok(Snapshot {
@@ -671,7 +680,7 @@ fn last_commit(
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
     let frame_no = match segments.last() {
         Some(oldest) => oldest.start_frame_no - 1,
-        None => header_frame_no,
+        None => mark.unwrap_or(0),
     };
     Ok(Snapshot { frame_no, db_size: (len / PAGE_SIZE as u64) as u32 })
 }
