@@ -252,3 +252,131 @@ fn power_cuts_leave_a_prefix_of_committed_transactions() {
 fn injected_io_errors_never_lose_committed_data() {
     run_all("io errors", 100, io_error_case);
 }
+
+/// A fixed workload (swaps every 4 frames, FULL and NORMAL commits, a savepoint rollback, a
+/// rollback, checkpoints, a reopen), so that every one of its I/O operations can be made the
+/// fault in turn: `(acked, in_doubt)` as in `Outcome`.
+fn scripted(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo) -> Outcome {
+    let mut outcome = Outcome { acked: Vec::new(), in_doubt: Vec::new(), commits_after_fault: 0 };
+    let mut conn = open_connection(path, manager).ok();
+    let mut fault_seen = false;
+    for id in 1..=12i64 {
+        if io.crashed() {
+            break;
+        }
+        if id == 9 {
+            drop(conn.take());
+            conn = open_connection(path, manager).ok();
+        }
+        let Some(c) = conn.as_ref() else { break };
+        let rows = id % 3 + 1;
+        let full = id % 2 == 0;
+        let mut sql = format!("PRAGMA synchronous = {}; BEGIN;", if full { "FULL" } else { "NORMAL" });
+        for r in 0..rows {
+            sql += &format!("INSERT INTO t(txn, pad) VALUES ({id}, zeroblob({}));", 500 + 700 * r);
+        }
+        if id == 6 {
+            sql += "SAVEPOINT s; INSERT INTO t(txn, pad) VALUES (-6, zeroblob(3000)); ROLLBACK TO s; RELEASE s;";
+        }
+        sql += "COMMIT;";
+        match c.execute_batch(&sql) {
+            Ok(()) => {
+                outcome.acked.push((id, rows, full));
+                outcome.commits_after_fault += fault_seen as usize;
+            }
+            Err(_) => {
+                fault_seen = true;
+                outcome.in_doubt.push((id, rows));
+                let _ = c.execute_batch("ROLLBACK");
+            }
+        }
+        let extra = match id {
+            3 => "BEGIN; INSERT INTO t(txn, pad) VALUES (-3, zeroblob(10)); ROLLBACK;",
+            4 => "PRAGMA wal_checkpoint(PASSIVE);",
+            7 => "PRAGMA wal_checkpoint(TRUNCATE);",
+            11 => "PRAGMA wal_checkpoint(FULL);",
+            _ => "",
+        };
+        if !extra.is_empty() && c.execute_batch(extra).is_err() {
+            fault_seen = true;
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
+    drop(conn);
+    outcome
+}
+
+fn scripted_case(fault_at: u64, fault: Fault, lost: LostWrites) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("d.db");
+    let io = FaultyIo::new(fault_at, lost);
+    let config = WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false };
+    let manager = LibsqlWalManager::new(Arc::new(io.clone()), config);
+    setup(&path, &manager);
+    io.arm(fault_at, fault);
+    let outcome = scripted(&path, &manager, &io);
+    if fault == Fault::Crash {
+        io.power_cut().map_err(|e| format!("power cut: {e}"))?;
+    }
+    let (present, integrity) = contents(&path)?;
+    if integrity != "ok" {
+        return Err(format!("integrity_check: {integrity}"));
+    }
+    if present.keys().any(|id| *id < 0) {
+        return Err(format!("rolled-back rows present: {present:?}"));
+    }
+    let expected: BTreeMap<i64, i64> =
+        outcome.acked.iter().map(|(id, rows, _)| (*id, *rows)).chain(outcome.in_doubt.iter().copied()).collect();
+    for (id, rows) in &present {
+        if expected.get(id) != Some(rows) {
+            return Err(format!("transaction {id}: {rows} rows, expected {:?}", expected.get(id)));
+        }
+    }
+    let must_have: Vec<i64> = match fault {
+        // After a power cut: every FULL commit that returned, and everything before it.
+        Fault::Crash => {
+            let last_full = outcome.acked.iter().filter(|a| a.2).map(|a| a.0).max().unwrap_or(0);
+            let ids: Vec<i64> = present.keys().copied().collect();
+            if ids != (1..=ids.len() as i64).collect::<Vec<_>>() {
+                return Err(format!("not a prefix: {ids:?}"));
+            }
+            (1..=last_full).collect()
+        }
+        // After an I/O error the process lives on: every commit that returned.
+        Fault::Fail => outcome.acked.iter().map(|a| a.0).collect(),
+    };
+    if let Some(missing) = must_have.iter().find(|id| !present.contains_key(id)) {
+        return Err(format!("committed transaction {missing} is missing: {present:?}"));
+    }
+    Ok(())
+}
+
+/// Every I/O operation of the scripted workload, made in turn the one that fails, the one
+/// the machine crashes at (losing all unsynced writes), and the one it crashes at keeping a
+/// random part of them.
+#[test]
+fn every_operation_of_a_workload_can_fail_or_crash() {
+    let io = FaultyIo::new(0, LostWrites::All);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let config = WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false };
+    let manager = LibsqlWalManager::new(Arc::new(io.clone()), config);
+    setup(&path, &manager);
+    let before = io.ops();
+    let clean = scripted(&path, &manager, &io);
+    let total = io.ops() - before;
+    assert_eq!(clean.acked.len(), 12, "the scripted workload must run cleanly without faults");
+    assert!(total > 50, "the workload does too little I/O to be interesting: {total} operations");
+    let mut failures = Vec::new();
+    for op in 1..=total + 1 {
+        for (fault, lost) in
+            [(Fault::Fail, LostWrites::All), (Fault::Crash, LostWrites::All), (Fault::Crash, LostWrites::RandomPrefix)]
+        {
+            if let Err(why) = scripted_case(op, fault, lost) {
+                failures.push(format!("{fault:?} at operation {op} ({lost:?}): {why}"));
+            }
+        }
+    }
+    println!("every operation: {total} operations x 3 faults, {} failures", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
