@@ -166,3 +166,128 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
     registry::release(&shared, false);
     Ok(info)
 }
+
+/// What `verify` found: one line per finding, and how many were errors.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub lines: Vec<String>,
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+impl VerifyReport {
+    fn ok(&mut self, line: String) {
+        self.lines.push(format!("ok       {line}"));
+    }
+    fn warn(&mut self, line: String) {
+        self.warnings += 1;
+        self.lines.push(format!("warning  {line}"));
+    }
+    fn error(&mut self, line: String) {
+        self.errors += 1;
+        self.lines.push(format!("ERROR    {line}"));
+    }
+}
+
+/// Checks a database and its log without repairing anything: every segment's header,
+/// checksums, seal and index, frame-number continuity (with the database file's checkpoint
+/// mark), then SQLite's `integrity_check` through our WAL (opening it recovers the log; a
+/// torn tail, reported as a warning first, is then cut as at any open).
+pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<VerifyReport> {
+    let db_path = db_path.as_ref();
+    let io = manager.io().as_ref();
+    let mut report = VerifyReport::default();
+    let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+    let mark = match ownership::read_db_header(db_file.as_ref(), db_path) {
+        Ok(mark) => mark,
+        Err(e) => {
+            report.error(format!("database file: {e}"));
+            return Ok(report);
+        }
+    };
+    drop(db_file);
+    match mark {
+        Some(m) => report.ok(format!("database file: SQLite, 4096-byte pages, checkpoint mark {m}")),
+        None => report.warn("database file: the checkpoint mark is unreadable (torn or foreign)".into()),
+    }
+    let log_dir = ownership::log_dir_of(db_path);
+    match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+        None => report.ok("no log: a plain SQLite database".into()),
+        Some(FileKind::File { len }) => {
+            report.warn(format!("{} is SQLite's own -wal file ({len} bytes)", log_dir.display()))
+        }
+        Some(FileKind::Dir) => verify_segments(io, &log_dir, mark, &mut report)?,
+    }
+    if report.errors > 0 {
+        report.lines.push("integrity_check skipped: the log is damaged".into());
+        return Ok(report);
+    }
+    match open_connection(db_path, manager) {
+        Ok(conn) => {
+            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+            let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+            if lines == ["ok"] {
+                report.ok("integrity_check: ok".into());
+            } else {
+                for line in lines {
+                    report.error(format!("integrity_check: {line}"));
+                }
+            }
+        }
+        Err(e) => report.error(format!("cannot open the database: {e}")),
+    }
+    Ok(report)
+}
+
+fn verify_segments(io: &dyn crate::io::Io, log_dir: &Path, mark: Option<u64>, report: &mut VerifyReport) -> Result<()> {
+    let mut paths: Vec<PathBuf> = io
+        .list_dir(log_dir)
+        .map_err(Error::io("reading", log_dir))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    let mut previous_end: Option<u64> = None;
+    for (i, path) in paths.iter().enumerate() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let check = crate::segment::check_segment(io, path)?;
+        let is_tail = i + 1 == paths.len();
+        for error in &check.errors {
+            report.error(format!("{name}: {error}"));
+        }
+        for warning in &check.warnings {
+            report.warn(format!("{name}: {warning}"));
+        }
+        if !check.errors.is_empty() {
+            previous_end = None;
+            continue;
+        }
+        if !check.sealed && !is_tail && check.valid_frames > 0 {
+            report.error(format!("{name}: not sealed, but not the newest segment"));
+        }
+        let covered = mark.is_some_and(|m| check.valid_frames > 0 && check.last_frame_no <= m);
+        let expected = previous_end.map(|end| end + 1).or(mark.filter(|_| !covered).map(|m| m + 1));
+        if let Some(expected) = expected
+            && check.start_frame_no != expected
+            && !covered
+        {
+            report.error(format!(
+                "{name}: starts at frame_no {} but {} was expected: frames are missing",
+                check.start_frame_no, expected
+            ));
+        }
+        let state = if check.sealed { "sealed" } else { "current" };
+        let note = if covered { ", already in the database file (removed at open)" } else { "" };
+        report.ok(format!(
+            "{name}: {state}, frames {}..={} ({} frames), checksums ok{note}",
+            check.start_frame_no, check.last_frame_no, check.valid_frames
+        ));
+        if !covered {
+            previous_end = Some(check.last_frame_no);
+        }
+    }
+    if paths.is_empty() {
+        report.ok("log directory: no segment".into());
+    }
+    Ok(())
+}

@@ -28,7 +28,9 @@ mod shared;
 pub mod stress;
 mod wal;
 
-pub use api::{LogInfo, SegmentInfo, checkpoint, inspect, open_connection, open_sqlite_connection};
+pub use api::{
+    LogInfo, SegmentInfo, VerifyReport, checkpoint, inspect, open_connection, open_sqlite_connection, verify,
+};
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, Result};
 pub use shared::{CheckpointMode, CheckpointResult, WalConfig};

@@ -458,7 +458,7 @@ fn verify_sealed_index(
     trailer: &SealTrailer,
     salt: u32,
     rebuilt: &HashMap<u32, Vec<u32>>,
-) {
+) -> bool {
     let count = trailer.index_entry_count.get() as usize;
     let mut bytes = vec![0u8; count * INDEX_ENTRY_SIZE];
     let ok = file.read_exact_at(&mut bytes, trailer.index_offset.get()).is_ok()
@@ -470,6 +470,80 @@ fn verify_sealed_index(
     if !ok {
         tracing::warn!(path = %path.display(), "sealed segment index is damaged; rebuilt it from the frames");
     }
+    ok
+}
+
+/// What a read-only check of one segment file found (`libsql-wal verify`).
+#[derive(Debug, Clone)]
+pub struct SegmentCheck {
+    pub start_frame_no: u64,
+    /// Committed frames that passed every check.
+    pub valid_frames: u32,
+    /// frame_no of the last valid commit frame (start − 1 when none).
+    pub last_frame_no: u64,
+    pub sealed: bool,
+    /// Damage that loses or refuses data: a bad header or a bad frame in a sealed segment.
+    pub errors: Vec<String>,
+    /// Damage recovery repairs by itself: a torn tail, a damaged index.
+    pub warnings: Vec<String>,
+}
+
+/// Checks a segment file without changing it: header, every frame's checksum chain, the
+/// seal trailer and the index.
+pub(crate) fn check_segment(io: &dyn Io, path: &Path) -> Result<SegmentCheck> {
+    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let len = file.size().map_err(Error::io("reading", path))?;
+    let mut check = SegmentCheck {
+        start_frame_no: 0,
+        valid_frames: 0,
+        last_frame_no: 0,
+        sealed: false,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
+    if len < SEGMENT_HEADER_SIZE as u64 || file.read_exact_at(&mut header_bytes, 0).is_err() {
+        check.errors.push(format!("{len} bytes: no header"));
+        return Ok(check);
+    }
+    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
+    if let Some(problem) = header.problem() {
+        check.errors.push(problem);
+        return Ok(check);
+    }
+    let (start, salt) = (header.start_frame_no.get(), header.salt.get());
+    check.start_frame_no = start;
+    let trailer = read_trailer(file.as_ref(), len, salt);
+    let frames_in_file = match &trailer {
+        Some(t) => (t.last_frame_no.get().saturating_sub(start) + 1) as u32,
+        None => ((len - SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64) as u32,
+    };
+    let scan = scan_frames(file.as_ref(), path, start, salt, frames_in_file)?;
+    check.valid_frames = scan.committed_frames;
+    check.last_frame_no = start + scan.committed_frames as u64 - 1;
+    check.sealed = trailer.is_some();
+    match &trailer {
+        Some(t) => {
+            if t.index_offset.get() != frame_offset(frames_in_file) {
+                check.errors.push("seal trailer does not match the frames".into());
+            } else if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
+                let bad = start + scan.first_bad.unwrap_or(scan.committed_frames) as u64;
+                check.errors.push(format!("bad frame at frame_no {bad} in a sealed segment"));
+            } else if !verify_sealed_index(file.as_ref(), path, t, salt, &scan.index) {
+                check.warnings.push("damaged index (rebuilt from the frames at open)".into());
+            }
+        }
+        None => {
+            let keep = frame_offset(scan.committed_frames);
+            if len > keep {
+                check.warnings.push(format!(
+                    "{} bytes after the last commit frame (a torn or unfinished transaction, cut at open)",
+                    len - keep
+                ));
+            }
+        }
+    }
+    Ok(check)
 }
 
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:

@@ -42,6 +42,9 @@ enum Command {
     },
     /// Describe a database's log: segments, frame ranges, sizes, pages.
     Info { db: PathBuf },
+    /// Check a database and its log (checksums, seals, indexes, frame continuity, then
+    /// SQLite's integrity_check) and report; exits 1 on any error.
+    Verify { db: PathBuf },
     /// Benchmarks against SQLite's own WAL, side by side in one run, with ratios.
     Bench {
         #[command(subcommand)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Exec { wal, seed, db, sql, file } => exec(wal, seed, &db, sql, file),
         Command::Checkpoint { db, mode } => checkpoint(&db, mode),
         Command::Info { db } => info(&db),
+        Command::Verify { db } => verify(&db),
         Command::Bench { workload } => bench(workload),
         Command::Stress { db, seconds, readers, seed, segment_frames } => {
             stress(db, seconds, readers, seed, segment_frames)
@@ -308,4 +312,20 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
         println!("our background checkpoint still running when the last measured commit returned: {overlapped}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(db: &Path) -> Result<ExitCode, String> {
+    if !db.exists() {
+        return Err(format!("no database at {}", db.display()));
+    }
+    // Verify repairs nothing of its own: no checkpoint on close, no background checkpointer.
+    let config = libsql_wal::WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
+    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config);
+    let report = libsql_wal::verify(db, &manager).map_err(|e| e.to_string())?;
+    println!("verify {}", db.display());
+    for line in &report.lines {
+        println!("  {line}");
+    }
+    println!("{} errors, {} warnings", report.errors, report.warnings);
+    Ok(if report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
