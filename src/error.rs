@@ -99,3 +99,37 @@ fn io_code(action: &str, source: &std::io::Error) -> i32 {
         _ => ffi::SQLITE_IOERR,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error(action: &'static str, source: std::io::Error) -> Error {
+        Error::Io { action, path: "x".into(), source }
+    }
+
+    #[test]
+    fn each_error_maps_to_the_sqlite_code_sqlite_would_use() {
+        let eio = || std::io::Error::from_raw_os_error(5);
+        assert_eq!(io_error("writing", eio()).sqlite_code(), ffi::SQLITE_IOERR_WRITE);
+        assert_eq!(io_error("reading", eio()).sqlite_code(), ffi::SQLITE_IOERR_READ);
+        assert_eq!(io_error("syncing", eio()).sqlite_code(), ffi::SQLITE_IOERR_FSYNC);
+        assert_eq!(io_error("truncating", eio()).sqlite_code(), ffi::SQLITE_IOERR_TRUNCATE);
+        assert_eq!(io_error("removing", eio()).sqlite_code(), ffi::SQLITE_IOERR_DELETE);
+        assert_eq!(io_error("opening", eio()).sqlite_code(), ffi::SQLITE_CANTOPEN);
+        let short = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(io_error("reading", short).sqlite_code(), ffi::SQLITE_IOERR_SHORT_READ);
+        let full = std::io::Error::from_raw_os_error(28);
+        assert_eq!(io_error("writing", full).sqlite_code(), ffi::SQLITE_FULL);
+        assert_eq!(Error::corrupt("x", "bad").sqlite_code(), ffi::SQLITE_CORRUPT);
+        assert_eq!(
+            Error::UnsupportedPageSize { path: "x".into(), page_size: 1024 }.sqlite_code(),
+            ffi::SQLITE_CANTOPEN
+        );
+        let version = Error::UnsupportedVersion { path: "x".into(), version: 9, supported: 1 };
+        assert_eq!(version.sqlite_code(), ffi::SQLITE_CANTOPEN);
+        assert_eq!(Error::Busy.sqlite_code(), ffi::SQLITE_BUSY);
+        assert_eq!(Error::BusySnapshot.sqlite_code(), ffi::SQLITE_BUSY_SNAPSHOT);
+        assert_eq!(Error::InUse { path: "x".into(), log_dir: "x-wal".into() }.sqlite_code(), ffi::SQLITE_BUSY);
+    }
+}

@@ -27,6 +27,8 @@ use crate::io::{FileKind, Io, IoFile, StdIo};
 pub enum Fault {
     /// That operation fails with EIO; the following ones work.
     Fail,
+    /// That operation fails with ENOSPC (the disk is full); the following ones work.
+    NoSpace,
     /// The machine stops there (a torn write if it is one); see [`FaultyIo::power_cut`].
     Crash,
 }
@@ -75,6 +77,14 @@ struct State {
 #[derive(Clone)]
 pub struct FaultyIo {
     state: Arc<Mutex<State>>,
+}
+
+/// The error an injected failure returns.
+fn failure(fault: Fault, what: &str) -> io::Error {
+    match fault {
+        Fault::NoSpace => io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => eio(what),
+    }
 }
 
 fn eio(what: &str) -> io::Error {
@@ -231,8 +241,8 @@ impl IoFile for FaultyFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let fault = self.io.step("write")?;
-        if fault == Some(Fault::Fail) {
-            return Err(eio("write"));
+        if let Some(f @ (Fault::Fail | Fault::NoSpace)) = fault {
+            return Err(failure(f, "write"));
         }
         let len_before = self.inner.size()?;
         let overlap = len_before.saturating_sub(offset).min(buf.len() as u64) as usize;
@@ -252,7 +262,7 @@ impl IoFile for FaultyFile {
 
     fn sync_data(&self) -> io::Result<()> {
         match self.io.step("sync")? {
-            Some(Fault::Fail) => Err(eio("sync")),
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => Err(failure(f, "sync")),
             Some(Fault::Crash) => Err(eio("crash during sync")),
             None => {
                 self.inner.sync_data()?;
@@ -268,7 +278,7 @@ impl IoFile for FaultyFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         match self.io.step("truncate")? {
-            Some(Fault::Fail) => return Err(eio("truncate")),
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "truncate")),
             Some(Fault::Crash) => return Err(eio("crash during truncate")),
             None => {}
         }
@@ -302,7 +312,7 @@ impl Io for FaultyIo {
         let existed = path.exists();
         if create && !existed {
             match self.step("create")? {
-                Some(Fault::Fail) => return Err(eio("create")),
+                Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "create")),
                 Some(Fault::Crash) => return Err(eio("crash during create")),
                 None => {}
             }
@@ -322,7 +332,7 @@ impl Io for FaultyIo {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         match self.step("directory sync")? {
-            Some(Fault::Fail) => Err(eio("directory sync")),
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => Err(failure(f, "directory sync")),
             Some(Fault::Crash) => Err(eio("crash during directory sync")),
             None => {
                 StdIo.sync_dir(path)?;
@@ -339,7 +349,7 @@ impl Io for FaultyIo {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         match self.step("remove")? {
-            Some(Fault::Fail) => return Err(eio("remove")),
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "remove")),
             Some(Fault::Crash) => return Err(eio("crash during remove")),
             None => {}
         }

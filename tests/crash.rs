@@ -343,7 +343,7 @@ fn scripted_case(fault_at: u64, fault: Fault, lost: LostWrites) -> Result<(), St
             (1..=last_full).collect()
         }
         // After an I/O error the process lives on: every commit that returned.
-        Fault::Fail => outcome.acked.iter().map(|a| a.0).collect(),
+        Fault::Fail | Fault::NoSpace => outcome.acked.iter().map(|a| a.0).collect(),
     };
     if let Some(missing) = must_have.iter().find(|id| !present.contains_key(id)) {
         return Err(format!("committed transaction {missing} is missing: {present:?}"));
@@ -351,9 +351,9 @@ fn scripted_case(fault_at: u64, fault: Fault, lost: LostWrites) -> Result<(), St
     Ok(())
 }
 
-/// Every I/O operation of the scripted workload, made in turn the one that fails, the one
-/// the machine crashes at (losing all unsynced writes), and the one it crashes at keeping a
-/// random part of them.
+/// Every I/O operation of the scripted workload, made in turn the one that fails (EIO, then
+/// ENOSPC), the one the machine crashes at (losing all unsynced writes), and the one it
+/// crashes at keeping a random part of them.
 #[test]
 fn every_operation_of_a_workload_can_fail_or_crash() {
     let io = FaultyIo::new(0, LostWrites::All);
@@ -369,14 +369,45 @@ fn every_operation_of_a_workload_can_fail_or_crash() {
     assert!(total > 50, "the workload does too little I/O to be interesting: {total} operations");
     let mut failures = Vec::new();
     for op in 1..=total + 1 {
-        for (fault, lost) in
-            [(Fault::Fail, LostWrites::All), (Fault::Crash, LostWrites::All), (Fault::Crash, LostWrites::RandomPrefix)]
-        {
+        for (fault, lost) in [
+            (Fault::Fail, LostWrites::All),
+            (Fault::NoSpace, LostWrites::All),
+            (Fault::Crash, LostWrites::All),
+            (Fault::Crash, LostWrites::RandomPrefix),
+        ] {
             if let Err(why) = scripted_case(op, fault, lost) {
                 failures.push(format!("{fault:?} at operation {op} ({lost:?}): {why}"));
             }
         }
     }
-    println!("every operation: {total} operations x 3 faults, {} failures", failures.len());
+    println!("every operation: {total} operations x 4 faults, {} failures", failures.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An injected failure reaches SQLite as the right code, and the connection keeps working.
+#[test]
+fn a_failed_write_reaches_sqlite_as_its_code_and_the_database_goes_on() {
+    use libsql_sys::rusqlite::ffi;
+    for (fault, code) in [(Fault::Fail, ffi::SQLITE_IOERR_WRITE), (Fault::NoSpace, ffi::SQLITE_FULL)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let io = FaultyIo::new(1, LostWrites::All);
+        let manager = LibsqlWalManager::new(Arc::new(io.clone()), WalConfig::default());
+        setup(&path, &manager);
+        let conn = open_connection(&path, &manager).unwrap();
+        conn.execute("INSERT INTO t(txn, pad) VALUES (1, zeroblob(10))", []).unwrap();
+        io.arm(1, fault); // the next operation: the frames' write
+        let err = conn.execute("INSERT INTO t(txn, pad) VALUES (2, zeroblob(10))", []).unwrap_err();
+        let extended = err.sqlite_error().map(|e| e.extended_code);
+        assert_eq!(extended, Some(code), "{fault:?}: {err}");
+        conn.execute("INSERT INTO t(txn, pad) VALUES (3, zeroblob(10))", []).unwrap();
+        let txns: Vec<i64> = conn
+            .prepare("SELECT txn FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(txns, [1, 3], "{fault:?}");
+    }
 }
