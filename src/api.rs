@@ -207,7 +207,10 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
     };
     drop(db_file);
     match mark {
-        Some(m) => report.ok(format!("database file: SQLite, 4096-byte pages, checkpoint mark {m}")),
+        Some(m) => report.ok(format!(
+            "database file: SQLite, 4096-byte pages, checkpointed up to frame_no {} ({} pages)",
+            m.frame_no, m.db_pages
+        )),
         None => report.warn("database file: the checkpoint mark is unreadable (torn or foreign)".into()),
     }
     let log_dir = ownership::log_dir_of(db_path);
@@ -216,7 +219,7 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         Some(FileKind::File { len }) => {
             report.warn(format!("{} is SQLite's own -wal file ({len} bytes)", log_dir.display()))
         }
-        Some(FileKind::Dir) => verify_segments(io, &log_dir, mark, &mut report)?,
+        Some(FileKind::Dir) => verify_segments(io, &log_dir, mark.map(|m| m.frame_no), &mut report)?,
     }
     if report.errors > 0 {
         report.lines.push("integrity_check skipped: the log is damaged".into());

@@ -3,7 +3,8 @@
 //! It works on real files (SQLite reads the database file through its own VFS, so the files
 //! must be real) and keeps, per file, an undo log of everything not yet synced. Faults:
 //! - **fail**: the N-th mutating operation (write, sync, truncate, create, remove, directory
-//!   sync) returns an I/O error once, and the process goes on;
+//!   sync) returns an I/O error (EIO, or ENOSPC) once, and the process goes on; reads are
+//!   counted apart, and the N-th read can fail the same way ([`FaultyIo::arm_read`]);
 //! - **crash**: at the N-th mutating operation the "machine" stops: that write is torn (a
 //!   random prefix of it lands), and every later call fails. [`FaultyIo::power_cut`] then
 //!   throws away what the disk had not been told to keep: writes and truncations since the
@@ -65,6 +66,9 @@ struct State {
     rng: fastrand::Rng,
     ops: u64,
     fault_at: Option<(u64, Fault)>,
+    reads: u64,
+    /// The read (counted apart from mutating operations) that fails with EIO.
+    read_fault_at: Option<u64>,
     crashed: bool,
     lost_writes: LostWrites,
     /// Per file: what happened since its last sync, oldest first.
@@ -98,6 +102,8 @@ impl FaultyIo {
                 rng: fastrand::Rng::with_seed(seed),
                 ops: 0,
                 fault_at: None,
+                reads: 0,
+                read_fault_at: None,
                 crashed: false,
                 lost_writes,
                 unsynced: HashMap::new(),
@@ -115,6 +121,15 @@ impl FaultyIo {
         let mut state = self.state();
         let at = state.ops + op.max(1);
         state.fault_at = Some((at, fault));
+    }
+
+    /// Makes the `n`-th read from now (1 = the next one) fail with EIO, once. Reads are
+    /// counted apart: they happen at every page lookup, and their number varies with
+    /// SQLite's page cache.
+    pub fn arm_read(&self, n: u64) {
+        let mut state = self.state();
+        let at = state.reads + n.max(1);
+        state.read_fault_at = Some(at);
     }
 
     /// Mutating operations so far.
@@ -233,8 +248,16 @@ struct FaultyFile {
 
 impl IoFile for FaultyFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.io.crashed() {
-            return Err(eio("read after the crash"));
+        {
+            let mut state = self.io.state();
+            if state.crashed {
+                return Err(eio("read after the crash"));
+            }
+            state.reads += 1;
+            if state.read_fault_at == Some(state.reads) {
+                state.read_fault_at = None;
+                return Err(eio("read"));
+            }
         }
         self.inner.read_exact_at(buf, offset)
     }

@@ -25,33 +25,48 @@ pub const FRAME_SIZE: usize = FRAME_HEADER_SIZE + PAGE_SIZE;
 pub const INDEX_ENTRY_SIZE: usize = 8;
 pub const SEAL_TRAILER_SIZE: usize = 48;
 
-/// Where in the database header we keep the checkpoint mark: the last frame_no copied into
-/// the file (u64 at 72..80) and its check (u32 at 80..84, see [`encode_checkpoint_mark`]).
-/// Frame numbers keep counting from it after the log is emptied. SQLite reserves bytes
-/// 72..92 of its header "for expansion" and never reads them.
+/// Where in the database header we keep the checkpoint mark (see [`CheckpointMark`]):
+/// 16 bytes at 72..88. SQLite reserves bytes 72..92 of its header "for expansion" and never
+/// reads them.
 pub const DB_HEADER_MARK_OFFSET: u64 = 72;
-pub const DB_HEADER_MARK_SIZE: usize = 12;
+pub const DB_HEADER_MARK_SIZE: usize = 16;
 
-/// The 12 bytes of the checkpoint mark. The check makes bytes that some other tool left
-/// there read as "no mark" rather than as a frame_no (which recovery trusts).
-pub fn encode_checkpoint_mark(frame_no: u64) -> [u8; DB_HEADER_MARK_SIZE] {
-    let mut mark = [0u8; DB_HEADER_MARK_SIZE];
-    mark[..8].copy_from_slice(&frame_no.to_le_bytes());
-    let check = crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..8]);
-    mark[8..].copy_from_slice(&check.to_le_bytes());
-    mark
+/// What the last checkpoint left in the database file: frames up to `frame_no` are in it,
+/// and it is `db_pages` pages long. Frame numbers keep counting from it after the log is
+/// emptied; recovery removes segments it covers and refuses a file shorter than it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckpointMark {
+    pub frame_no: u64,
+    pub db_pages: u32,
 }
 
-/// The frame_no of a checkpoint mark: `Some(0)` for no mark at all (zeros, as SQLite leaves
-/// the bytes), `None` when the bytes are not a valid mark (torn, or left by another tool):
-/// then nobody knows how far checkpoints got, and recovery trusts only the segments.
-pub fn decode_checkpoint_mark(bytes: &[u8]) -> Option<u64> {
-    let mark = &bytes[..DB_HEADER_MARK_SIZE];
-    if mark.iter().all(|&b| b == 0) {
-        return Some(0);
+impl CheckpointMark {
+    /// frame_no (u64 at 0..8), db_pages (u32 at 8..12), check (u32 at 12..16) =
+    /// crc32c_append(crc32c("LSQLMARK"), bytes 0..12). The check makes bytes some other tool
+    /// left there, or a torn write, read as "unknown" rather than as a frame_no.
+    pub fn encode(self) -> [u8; DB_HEADER_MARK_SIZE] {
+        let mut mark = [0u8; DB_HEADER_MARK_SIZE];
+        mark[..8].copy_from_slice(&self.frame_no.to_le_bytes());
+        mark[8..12].copy_from_slice(&self.db_pages.to_le_bytes());
+        let check = crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..12]);
+        mark[12..].copy_from_slice(&check.to_le_bytes());
+        mark
     }
-    let frame_no = u64::from_le_bytes(mark[..8].try_into().expect("8 bytes"));
-    (mark == encode_checkpoint_mark(frame_no)).then_some(frame_no)
+
+    /// `Some(default)` for no mark at all (zeros, as SQLite leaves the bytes), `None` when
+    /// the bytes are not a valid mark: then nobody knows how far checkpoints got, and
+    /// recovery trusts only the segments.
+    pub fn decode(bytes: &[u8]) -> Option<CheckpointMark> {
+        let bytes = &bytes[..DB_HEADER_MARK_SIZE];
+        if bytes.iter().all(|&b| b == 0) {
+            return Some(CheckpointMark::default());
+        }
+        let mark = CheckpointMark {
+            frame_no: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            db_pages: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        };
+        (bytes == mark.encode()).then_some(mark)
+    }
 }
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -249,12 +264,14 @@ mod tests {
         assert_eq!(&t[40..44], &6u32.to_le_bytes());
         assert_eq!(&t[44..48], &crc32c::crc32c_append(42, &t[..44]).to_le_bytes());
 
-        let mark = encode_checkpoint_mark(77);
-        assert_eq!(&mark[..8], &77u64.to_le_bytes());
-        assert_eq!(&mark[8..], &crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..8]).to_le_bytes());
-        assert_eq!(decode_checkpoint_mark(&mark), Some(77));
-        assert_eq!(decode_checkpoint_mark(&[0; 12]), Some(0), "zeros: nothing checkpointed yet");
-        assert_eq!(decode_checkpoint_mark(&[0xAB; 12]), None, "foreign or torn bytes are no mark");
+        let mark = CheckpointMark { frame_no: 77, db_pages: 5 };
+        let m = mark.encode();
+        assert_eq!(&m[..8], &77u64.to_le_bytes());
+        assert_eq!(&m[8..12], &5u32.to_le_bytes());
+        assert_eq!(&m[12..], &crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &m[..12]).to_le_bytes());
+        assert_eq!(CheckpointMark::decode(&m), Some(mark));
+        assert_eq!(CheckpointMark::decode(&[0; 16]), Some(CheckpointMark::default()), "zeros: no checkpoint yet");
+        assert_eq!(CheckpointMark::decode(&[0xAB; 16]), None, "foreign or torn bytes are no mark");
     }
 
     #[test]

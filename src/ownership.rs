@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{PAGE_SIZE, sqlite_header_page_size};
+use crate::format::{CheckpointMark, PAGE_SIZE, sqlite_header_page_size};
 use crate::io::{FileKind, Io, IoFile};
 
 /// Byte of `<db>-shm` that every SQLite connection using the WAL keeps read-locked (the
@@ -41,11 +41,11 @@ pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
 }
 
 /// Reads the database header: refuses a file that is not SQLite or whose page size is not
-/// 4096, and returns the checkpoint mark (see `format::decode_checkpoint_mark`).
-pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<u64>> {
+/// 4096, and returns the checkpoint mark (see `CheckpointMark::decode`).
+pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<CheckpointMark>> {
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
     if len < 100 {
-        return Ok(Some(0));
+        return Ok(Some(CheckpointMark::default()));
     }
     let mut header = [0u8; 100];
     db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
@@ -57,7 +57,7 @@ pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Opt
         return Err(Error::UnsupportedPageSize { path: db_path.into(), page_size });
     }
     let mark = crate::format::DB_HEADER_MARK_OFFSET as usize;
-    Ok(crate::format::decode_checkpoint_mark(&header[mark..]))
+    Ok(CheckpointMark::decode(&header[mark..]))
 }
 
 /// Is some process (this one included) connected to the database through SQLite's WAL?

@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
-use crate::format::{DB_HEADER_MARK_OFFSET, PAGE_SIZE, SEGMENT_HEADER_SIZE, encode_checkpoint_mark};
+use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, PAGE_SIZE, SEGMENT_HEADER_SIZE};
 use crate::io::{FileKind, Io, IoFile};
 use crate::ownership;
 use crate::segment::{Segment, SegmentRef};
@@ -135,19 +135,24 @@ impl SharedWal {
     pub fn open(io: Arc<dyn Io>, db_path: &Path, config: WalConfig) -> Result<SharedWal> {
         let log_dir = ownership::log_dir_of(db_path);
         let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
-        let header_frame_no = ownership::read_db_header(db_file.as_ref(), db_path)?;
-        if header_frame_no.is_none() {
+        let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
+        if mark.is_none() {
             tracing::warn!(db = %db_path.display(), "the checkpoint mark is unreadable (torn?): trusting the segments alone");
         }
+        let mark_frame_no = mark.map(|m| m.frame_no);
         let lock_file = ownership::take(io.as_ref(), db_path)?;
-        let segments = match recover_segments(io.as_ref(), &log_dir, header_frame_no) {
-            Ok(segments) => segments,
+        let recovered = recover_segments(io.as_ref(), &log_dir, mark_frame_no).and_then(|segments| {
+            let last = last_commit(&segments, mark_frame_no, db_file.as_ref(), db_path)?;
+            check_db_file_length(&segments, mark, &last, db_file.as_ref(), db_path)?;
+            Ok((segments, last))
+        });
+        let (segments, last) = match recovered {
+            Ok(recovered) => recovered,
             Err(e) => {
                 let _ = lock_file.unlock();
                 return Err(e);
             }
         };
-        let last = last_commit(&segments, header_frame_no, db_file.as_ref(), db_path)?;
         let checkpointed_frame_no = segments.last().map_or(last.frame_no, |s| s.start_frame_no - 1);
         tracing::debug!(
             db = %db_path.display(),
@@ -499,14 +504,16 @@ impl SharedWal {
             }
         }
         let db_size = newest.committed_size_after();
-        let old_header_frame_no = lock(&self.commit).checkpointed_frame_no;
+        let durable_mark = self.read_mark_bytes()?;
         let mut page = vec![0u8; PAGE_SIZE];
         for (&page_no, &(segment, pos)) in pages.range(..=db_size) {
             segment.read_page(pos, &mut page)?;
             on_page(page_no, &page, segment.start_frame_no + pos as u64)?;
             if page_no == 1 {
-                // Keep our frame_no mark monotonic until the pages are durable.
-                write_header_frame_no(&mut page, old_header_frame_no);
+                // The log's page 1 holds whatever mark SQLite had cached: keep the durable
+                // one until the pages it would vouch for are durable too.
+                let at = DB_HEADER_MARK_OFFSET as usize;
+                page[at..at + DB_HEADER_MARK_SIZE].copy_from_slice(&durable_mark);
             }
             let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
             self.db_file.write_all_at(&page, offset).map_err(Error::io("writing", &self.db_path))?;
@@ -516,12 +523,24 @@ impl SharedWal {
         self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
         // Only now that the pages are durable may the mark say they are there.
         let frame_no = newest.last_committed_frame_no();
+        let mark = CheckpointMark { frame_no, db_pages: db_size };
         self.db_file
-            .write_all_at(&encode_checkpoint_mark(frame_no), DB_HEADER_MARK_OFFSET)
+            .write_all_at(&mark.encode(), DB_HEADER_MARK_OFFSET)
             .map_err(Error::io("writing", &self.db_path))?;
         self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
         lock(&self.commit).checkpointed_frame_no = frame_no;
         Ok(())
+    }
+
+    /// The mark bytes as the database file holds them now (zeros for a file too short).
+    fn read_mark_bytes(&self) -> Result<[u8; DB_HEADER_MARK_SIZE]> {
+        let mut bytes = [0u8; DB_HEADER_MARK_SIZE];
+        if self.db_file.size().map_err(Error::io("reading", &self.db_path))? >= 100 {
+            self.db_file
+                .read_exact_at(&mut bytes, DB_HEADER_MARK_OFFSET)
+                .map_err(Error::io("reading", &self.db_path))?;
+        }
+        Ok(bytes)
     }
 
     /// Forgets checkpointed segments and removes their files. Whatever a crash leaves of
@@ -603,12 +622,6 @@ impl Drop for SharedWal {
     }
 }
 
-fn write_header_frame_no(page: &mut [u8], frame_no: u64) {
-    let at = DB_HEADER_MARK_OFFSET as usize;
-    let mark = encode_checkpoint_mark(frame_no);
-    page[at..at + mark.len()].copy_from_slice(&mark);
-}
-
 /// Opens every segment of the log, newest first in the result. Segments wholly covered by
 /// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
 /// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
@@ -666,6 +679,31 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Ve
     }
     segments.reverse();
     Ok(segments)
+}
+
+/// While a log exists nothing but us writes the database file, so it must hold every page
+/// the log does not: at least what the last checkpoint left (or the database's size, if
+/// smaller). A shorter file lost pages; reading on would give wrong answers (SQLite reads a
+/// missing page as zeros), so refuse with a clear error instead.
+fn check_db_file_length(
+    segments: &[SegmentRef],
+    mark: Option<CheckpointMark>,
+    last: &Snapshot,
+    db_file: &dyn IoFile,
+    db_path: &Path,
+) -> Result<()> {
+    let Some(mark) = mark else { return Ok(()) };
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let needed = mark.db_pages.min(last.db_size) as u64;
+    let pages = db_file.size().map_err(Error::io("reading", db_path))? / PAGE_SIZE as u64;
+    if pages < needed {
+        let reason =
+            format!("the database file holds {pages} pages but its last checkpoint left {needed}: it was cut short");
+        return Err(Error::corrupt(db_path, reason));
+    }
+    Ok(())
 }
 
 fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile, db_path: &Path) -> Result<Snapshot> {

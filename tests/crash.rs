@@ -419,3 +419,23 @@ fn a_failed_write_reaches_sqlite_as_its_code_and_the_database_goes_on() {
         assert_eq!(txns, [1, 3], "{fault:?}");
     }
 }
+
+/// A failed read of a logged page reaches SQLite as SQLITE_IOERR_READ; the next read works.
+#[test]
+fn a_failed_read_reaches_sqlite_as_ioerr_read_and_the_next_read_works() {
+    use libsql_sys::rusqlite::ffi;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let io = FaultyIo::new(1, LostWrites::All);
+    let config = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
+    let manager = LibsqlWalManager::new(Arc::new(io.clone()), config);
+    setup(&path, &manager);
+    let writer = open_connection(&path, &manager).unwrap();
+    writer.execute_batch("INSERT INTO t(txn, pad) SELECT 1, zeroblob(500) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 200) SELECT i FROM c);").unwrap();
+    let reader = open_connection(&path, &manager).unwrap();
+    io.arm_read(1);
+    let err = reader.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap_err();
+    assert_eq!(err.sqlite_error().map(|e| e.extended_code), Some(ffi::SQLITE_IOERR_READ), "{err}");
+    let n: i64 = reader.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 200);
+}

@@ -472,3 +472,45 @@ fn unknown_version_of_a_sealed_segment_is_refused() {
 fn unknown_version_of_the_current_segment_is_refused() {
     unknown_version_is_refused(|segs| segs.last().unwrap().clone());
 }
+
+// ---------------------------------------------------------------------------------------
+// (f) other damage: garbage in place of a segment, a truncated sealed segment, a database
+// file shorter than its last checkpoint left it
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn garbage_in_place_of_a_sealed_segment_is_refused() {
+    sealed_segment_damage_is_refused(|seg| {
+        let len = std::fs::metadata(seg).unwrap().len() as usize;
+        let mut rng = fastrand::Rng::with_seed(7);
+        std::fs::write(seg, (0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>()).unwrap();
+    });
+}
+
+#[test]
+fn a_truncated_sealed_segment_is_refused() {
+    sealed_segment_damage_is_refused(|seg| {
+        let len = std::fs::metadata(seg).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
+        file.set_len(len - TRAILER_SIZE - 100).unwrap();
+    });
+}
+
+#[test]
+fn a_database_file_cut_short_under_a_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    {
+        let conn = open_connection(&db, &manager(8, false)).unwrap();
+        create_table(&conn);
+        commit_rows(&conn, 1..=40);
+        conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
+        commit_rows(&conn, 41..=45);
+    }
+    assert!(!segment_files(&db).is_empty(), "the log must still hold the last commits");
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len > 8 * 4096, "the checkpoint should have filled the database file");
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(4096).unwrap();
+    let message = open_fails(&db, &["cut short"]);
+    eprintln!("refused: {message}");
+}
