@@ -243,13 +243,7 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
 }
 
 fn verify_segments(io: &dyn crate::io::Io, log_dir: &Path, mark: Option<u64>, report: &mut VerifyReport) -> Result<()> {
-    let mut paths: Vec<PathBuf> = io
-        .list_dir(log_dir)
-        .map_err(Error::io("reading", log_dir))?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    paths.sort();
+    let paths = crate::segment::list_segment_files(io, log_dir)?;
     let mut previous_end: Option<u64> = None;
     for (i, path) in paths.iter().enumerate() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

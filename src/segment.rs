@@ -72,6 +72,18 @@ pub(crate) fn segment_file_name(start_frame_no: u64) -> String {
     format!("{start_frame_no:020}.seg")
 }
 
+/// The segment files of a log directory, oldest first (names sort as frame numbers).
+pub(crate) fn list_segment_files(io: &dyn Io, log_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = io
+        .list_dir(log_dir)
+        .map_err(Error::io("reading", log_dir))?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 impl Segment {
     /// Creates an empty segment starting at `start_frame_no`, durable (file and directory
     /// entry synced) before it returns, so a commit acknowledged in it cannot lose its file.

@@ -627,13 +627,7 @@ impl Drop for SharedWal {
 /// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
 /// then nothing is deleted and the oldest segment may start anywhere.
 fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Vec<SegmentRef>> {
-    let mut paths: Vec<PathBuf> = io
-        .list_dir(log_dir)
-        .map_err(Error::io("reading", log_dir))?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    paths.sort();
+    let paths = crate::segment::list_segment_files(io, log_dir)?;
     let mut segments: Vec<SegmentRef> = Vec::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         let is_tail = i + 1 == paths.len();
