@@ -6,11 +6,15 @@
 use std::time::Duration;
 
 use libsql_wal::stress::{StressConfig, run_bank};
-use libsql_wal::{LibsqlWalManager, WalConfig, io::StdIo};
+use libsql_wal::{Checkpointer, CheckpointerConfig, LibsqlWalManager, WalConfig, io::StdIo};
 
-fn run(segment_frames_max: u32, readers: usize, seed: u64) {
+fn run(segment_frames_max: u32, readers: usize, seed: u64, background: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let manager = LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max, ..Default::default() });
+    let mut manager = LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max, ..Default::default() });
+    if background {
+        let config = CheckpointerConfig { tick: Duration::from_millis(10), ..Default::default() };
+        manager = manager.with_checkpointer(Checkpointer::new(config));
+    }
     let config = StressConfig { duration: Duration::from_secs(4), readers, seed };
     let report = run_bank(&dir.path().join("bank.db"), &manager, &config).unwrap();
     println!("seed {seed}: {report:?}");
@@ -31,10 +35,16 @@ fn run(segment_frames_max: u32, readers: usize, seed: u64) {
 
 #[test]
 fn readers_see_consistent_snapshots_with_small_segments() {
-    run(16, 2, 1);
+    run(16, 2, 1, false);
 }
 
 #[test]
 fn readers_see_consistent_snapshots_with_default_segments() {
-    run(WalConfig::default().segment_frames_max, 2, 2);
+    run(WalConfig::default().segment_frames_max, 2, 2, false);
+}
+
+/// The same with the background checkpointer copying sealed segments all along.
+#[test]
+fn readers_see_consistent_snapshots_with_background_checkpoints() {
+    run(16, 2, 3, true);
 }
