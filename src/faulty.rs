@@ -2,7 +2,7 @@
 //!
 //! It works on real files (SQLite reads the database file through its own VFS, so the files
 //! must be real) and keeps, per file, an undo log of everything not yet synced. Faults:
-//! - **fail**: the N-th mutating operation (write, sync, truncate, create, remove, directory
+//! - **fail**: the N-th counted operation (open, write, sync, truncate, remove, directory
 //!   sync) returns an I/O error (EIO, or ENOSPC) once, and the process goes on; reads are
 //!   counted apart, and the N-th read can fail the same way ([`FaultyIo::arm_read`]);
 //! - **crash**: at the N-th mutating operation the "machine" stops: that write is torn (a
@@ -159,7 +159,14 @@ impl FaultyIo {
                 DirChange::Created(path) => {
                     let _ = std::fs::remove_file(&path);
                 }
-                DirChange::Removed { path, content } => std::fs::write(&path, content)?,
+                DirChange::Removed { path, content } => {
+                    // The directory may have been removed after it emptied; its removal
+                    // is as undurable as the file's.
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, content)?
+                }
             }
         }
         state.crashed = false;
@@ -329,16 +336,11 @@ impl IoFile for FaultyFile {
 
 impl Io for FaultyIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
-        if self.crashed() {
-            return Err(eio("open after the crash"));
-        }
         let existed = path.exists();
-        if create && !existed {
-            match self.step("create")? {
-                Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "create")),
-                Some(Fault::Crash) => return Err(eio("crash during create")),
-                None => {}
-            }
+        match self.step("open")? {
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "open")),
+            Some(Fault::Crash) => return Err(eio("crash during open")),
+            None => {}
         }
         let inner = StdIo.open(path, create)?;
         if create && !existed {
