@@ -142,3 +142,59 @@ pub fn checkpoint_latency(dir: &Path, side: Side, config: &CheckpointLatencyConf
         }
     }
 }
+
+/// `PRAGMA synchronous` for the commit-rate workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// Commits per second: one small row per transaction, on a fresh database.
+pub fn commits_per_sec(dir: &Path, side: Side, synchronous: Synchronous, commits: usize) -> Result<f64> {
+    let path = dir.join(format!("commits-{}-{synchronous:?}.db", side.name()));
+    let pragma = match synchronous {
+        Synchronous::Full => "PRAGMA synchronous = FULL;",
+        Synchronous::Normal => "PRAGMA synchronous = NORMAL;",
+    };
+    let run = |conn: &Connection| -> rusqlite::Result<f64> {
+        conn.execute_batch(pragma)?;
+        conn.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, v BLOB)")?;
+        let mut insert = conn.prepare("INSERT INTO t(v) VALUES (?1)")?;
+        let started = Instant::now();
+        for i in 0..commits {
+            insert.execute([i as i64])?;
+        }
+        Ok(commits as f64 / started.elapsed().as_secs_f64())
+    };
+    let rate = match side {
+        Side::Sqlite => run(&*open_sqlite_connection(&path)?)?,
+        Side::Ours => {
+            let manager = LibsqlWalManager::new(StdIo::shared(), WalConfig::default())
+                .with_checkpointer(Checkpointer::new(CheckpointerConfig::default()));
+            run(&*open_connection(&path, &manager)?)?
+        }
+    };
+    Ok(rate)
+}
+
+/// The disk's own limit for durable appends: a bare loop of one 4120-byte `pwrite` at the end
+/// of a file and one `fdatasync`, per "commit". No WAL can commit durably faster than this.
+pub fn raw_sync_loop_per_sec(dir: &Path, commits: usize) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("raw-sync-loop");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(crate::Error::io("opening", &path))?;
+    let frame = vec![0x5Au8; crate::format::FRAME_SIZE];
+    let started = Instant::now();
+    for i in 0..commits {
+        file.write_all_at(&frame, (i * frame.len()) as u64).map_err(crate::Error::io("writing", &path))?;
+        file.sync_data().map_err(crate::Error::io("syncing", &path))?;
+    }
+    Ok(commits as f64 / started.elapsed().as_secs_f64())
+}

@@ -71,6 +71,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWorkload {
+    /// Commits per second, one small row per transaction, synchronous=FULL and NORMAL, with
+    /// a bare pwrite+fdatasync loop as the disk's limit.
+    Commits {
+        /// Transactions per side, mode and round.
+        #[arg(long, default_value_t = 2000)]
+        commits: usize,
+        /// Rounds, alternating sides; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Commit latency (p50/p99/max) while a large log is checkpointed: SQLite's
     /// autocheckpoint on the committing connection vs our background checkpointer.
     CheckpointLatency {
@@ -254,8 +268,79 @@ fn stress(
 }
 
 fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
+    match workload {
+        BenchWorkload::Commits { commits, rounds, dir, json } => bench_commits(commits, rounds, dir, json),
+        BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {
+            bench_checkpoint_latency(log_mib, commits, rows_per_commit, rounds, dir, json)
+        }
+    }
+}
+
+fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool) -> Result<ExitCode, String> {
+    use libsql_wal::bench::{Side, Synchronous, commits_per_sec, raw_sync_loop_per_sec};
+    let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-{}", std::process::id()));
+    let base = dir.unwrap_or_else(|| tmp.clone());
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    for sync in [Synchronous::Full, Synchronous::Normal] {
+        let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+        for round in 0..rounds.max(1) {
+            for side in [Side::Sqlite, Side::Ours] {
+                let run_dir = base.join(format!("round{round}-{}-{sync:?}", side.name()));
+                std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+                eprintln!("round {round}: {} {sync:?} commits...", side.name());
+                let rate = commits_per_sec(&run_dir, side, sync, commits).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&run_dir);
+                if side == Side::Sqlite { theirs.push(rate) } else { ours.push(rate) }
+            }
+        }
+        rows.push((format!("commits/s {sync:?}"), median(theirs), median(ours)));
+    }
+    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    for _ in 0..rounds.max(1) {
+        raw.push(raw_sync_loop_per_sec(&base, commits).map_err(|e| e.to_string())?);
+    }
+    let raw = median(raw);
+    let _ = std::fs::remove_dir_all(&tmp);
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(name, a, b)| {
+                format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.1},\"ours\":{b:.1},\"ratio\":{:.3}}}", b / a)
+            })
+            .collect();
+        println!(
+            "{{\"workload\":\"commits\",\"commits\":{commits},\"rounds\":{},\"raw_sync_loop_per_sec\":{raw:.1},\"rows\":[{}]}}",
+            rounds.max(1),
+            items.join(",")
+        );
+    } else {
+        println!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
+        println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
+        for (name, a, b) in &rows {
+            println!("{name:<22} {a:>12.1} {b:>12.1} {:>8.3}", b / a);
+        }
+        println!(
+            "{:<22} {:>12.1}   (pwrite + fdatasync loop: the disk's limit for FULL commits)",
+            "raw sync loop/s", raw
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_checkpoint_latency(
+    log_mib: u64,
+    commits: usize,
+    rows_per_commit: usize,
+    rounds: usize,
+    dir: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode, String> {
     use libsql_wal::bench::{CheckpointLatencyConfig, LatencyReport, Side, checkpoint_latency};
-    let BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } = workload;
     let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-{}", std::process::id()));
     let base = dir.unwrap_or_else(|| tmp.clone());
     let config = CheckpointLatencyConfig { log_bytes: log_mib << 20, commits, rows_per_commit, seed: 7 };
