@@ -307,23 +307,14 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
     let raw = median(raw);
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
-        let items: Vec<String> = rows
-            .iter()
-            .map(|(name, a, b)| {
-                format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.1},\"ours\":{b:.1},\"ratio\":{:.3}}}", b / a)
-            })
-            .collect();
         println!(
             "{{\"workload\":\"commits\",\"commits\":{commits},\"rounds\":{},\"raw_sync_loop_per_sec\":{raw:.1},\"rows\":[{}]}}",
             rounds.max(1),
-            items.join(",")
+            json_rows(&rows)
         );
     } else {
         println!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
-        println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
-        for (name, a, b) in &rows {
-            println!("{name:<22} {a:>12.1} {b:>12.1} {:>8.3}", b / a);
-        }
+        print_rows(&rows);
         println!(
             "{:<22} {:>12.1}   (pwrite + fdatasync loop: the disk's limit for FULL commits)",
             "raw sync loop/s", raw
@@ -374,26 +365,17 @@ fn bench_checkpoint_latency(
     ];
     let overlapped = results.iter().filter(|r| r.side == Side::Ours).all(|r| r.checkpoint_still_running_at_end);
     if json {
-        let items: Vec<String> = rows
-            .iter()
-            .map(|(name, a, b)| {
-                format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.3},\"ours\":{b:.3},\"ratio\":{:.3}}}", b / a)
-            })
-            .collect();
         println!(
             "{{\"workload\":\"checkpoint-latency\",\"log_mib\":{log_mib},\"commits\":{commits},\"rounds\":{},\"ours_checkpoint_overlapped_all_commits\":{overlapped},\"rows\":[{}]}}",
             rounds.max(1),
-            items.join(",")
+            json_rows(&rows)
         );
     } else {
         println!(
             "checkpoint-latency: {log_mib} MiB log, {commits} commits of {rows_per_commit} rows, synchronous=NORMAL, median of {} round(s)",
             rounds.max(1)
         );
-        println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
-        for (name, a, b) in &rows {
-            println!("{name:<22} {a:>12.3} {b:>12.3} {:>8.3}", b / a);
-        }
+        print_rows(&rows);
         println!("our background checkpoint still running when the last measured commit returned: {overlapped}");
     }
     Ok(ExitCode::SUCCESS)
@@ -413,4 +395,23 @@ fn verify(db: &Path) -> Result<ExitCode, String> {
     }
     println!("{} errors, {} warnings", report.errors, report.warnings);
     Ok(if report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Benchmark rows (metric, SQLite, ours) as JSON objects with their ratio.
+fn json_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) -> String {
+    rows.iter()
+        .map(|(name, a, b)| {
+            let name = name.as_ref();
+            format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.3},\"ours\":{b:.3},\"ratio\":{:.3}}}", b / a)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Benchmark rows (metric, SQLite, ours) as a table with their ratio.
+fn print_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) {
+    println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
+    for (name, a, b) in rows {
+        println!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
+    }
 }
