@@ -3,6 +3,8 @@
 //! frame numbers keep counting across an emptied log and a reopen (invariant 3), and the
 //! result is a plain SQLite file (invariant 6).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use libsql_sys::rusqlite::Connection;
@@ -22,19 +24,13 @@ fn checkpoint_never_changes_what_an_open_reader_sees() {
     let path = dir.path().join("d.db");
     let manager = small_segments();
     let writer = open_connection(&path, &manager).unwrap();
-    writer
-        .execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB);
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 10000)
-             INSERT INTO t SELECT i, 1, zeroblob(300) FROM c;",
-        )
-        .unwrap();
+    common::create_reader_table(&writer);
     checkpoint(&writer, "TRUNCATE");
     let reader = open_connection(&path, &manager).unwrap();
     // A tiny cache and a table of ~800 pages: the reader goes back to the log and the file
     // for nearly every page (SQLite keeps a table of ~100 pages cached whatever cache_size).
     reader.execute_batch("PRAGMA cache_size = 2; BEGIN;").unwrap();
-    let sum = |c: &Connection| -> i64 { c.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)).unwrap() };
+    let sum = common::sum_v;
     assert_eq!(sum(&reader), 10_000);
     for round in 0..8 {
         writer.execute_batch("UPDATE t SET v = v + 1").unwrap();

@@ -166,17 +166,11 @@ fn background_checkpoints_never_change_what_an_open_reader_sees() {
     let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), small_segments())
         .with_checkpointer(checkpointer.clone());
     let writer = open_connection(&path, &manager).unwrap();
-    writer
-        .execute_batch(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB);
-             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 10000)
-             INSERT INTO t SELECT i, 1, zeroblob(300) FROM c;",
-        )
-        .unwrap();
+    common::create_reader_table(&writer);
     assert!(checkpointer.drain(Duration::from_secs(10)));
     let reader = open_connection(&path, &manager).unwrap();
     reader.execute_batch("PRAGMA cache_size = 2; BEGIN;").unwrap();
-    let sum = |c: &Connection| -> i64 { c.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)).unwrap() };
+    let sum = common::sum_v;
     assert_eq!(sum(&reader), 10_000);
     for round in 0..8 {
         writer.execute_batch("UPDATE t SET v = v + 1").unwrap();

@@ -144,3 +144,20 @@ impl Io for TestIo {
         self.inner.random_u32()
     }
 }
+
+/// Table `t` of 10,000 rows (`v` = 1 each), about 800 pages: far more than SQLite keeps
+/// cached (~100 pages whatever `cache_size`), so a reader with a tiny cache goes back to the
+/// log and the database file for nearly every page.
+pub fn create_reader_table(conn: &libsql_sys::rusqlite::Connection) {
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, pad BLOB);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 10000)
+         INSERT INTO t SELECT i, 1, zeroblob(300) FROM c;",
+    )
+    .unwrap();
+}
+
+/// `SELECT sum(v) FROM t`.
+pub fn sum_v(conn: &libsql_sys::rusqlite::Connection) -> i64 {
+    conn.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)).unwrap()
+}
