@@ -1,6 +1,7 @@
 //! The library's front door: open connections on our WAL, checkpoint, and inspect a log.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libsql_sys::Connection;
 use libsql_sys::rusqlite::OpenFlags;
@@ -11,7 +12,13 @@ use crate::io::FileKind;
 use crate::ownership;
 use crate::registry;
 use crate::shared::{CheckpointMode, CheckpointResult};
+use crate::storage::durability::DurabilityInfo;
 use crate::wal::{LibsqlWal, LibsqlWalManager};
+
+fn acquire(manager: &LibsqlWalManager, db_path: &Path) -> Result<std::sync::Arc<crate::shared::SharedWal>> {
+    let binding = manager.storage_binding(db_path)?;
+    registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer(), binding.as_ref())
+}
 
 /// SQLite's default: the committing connection checkpoints past 1000 frames in the log.
 const AUTOCHECKPOINT_FRAMES: u32 = 1000;
@@ -27,9 +34,7 @@ pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) ->
     absorb_sqlite_wal(manager, db_path)?;
     // Taking the log here first turns "cannot open" into the precise reason.
     let held = match manager.io().kind(db_path).map_err(Error::io("opening", db_path))? {
-        Some(FileKind::File { .. }) => {
-            Some(registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer())?)
-        }
+        Some(FileKind::File { .. }) => Some(acquire(manager, db_path)?),
         _ => None,
     };
     let conn = Connection::open(
@@ -101,6 +106,57 @@ pub fn checkpoint(
     Ok(CheckpointResult { busy: busy != 0, log_frames: log as u32, checkpointed_frames: done as u32 })
 }
 
+/// The durable frame_no of `db_path` (every frame up to it is in storage): `None` without
+/// storage, or while storage has not been reached since the log was opened.
+pub fn durable_frame_no(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Option<u64>> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let durable = shared.durability().and_then(|d| d.frame_no());
+    registry::release(&shared, false);
+    Ok(durable)
+}
+
+/// Waits until `frame_no` of `db_path` is durable or `timeout` passes (`None`: no limit).
+/// Returns whether it is durable. A frame in the current (unsealed) segment becomes durable
+/// only once the segment is sealed: see [`flush_to_storage`] to seal it now.
+pub fn wait_durable(
+    db_path: impl AsRef<Path>,
+    frame_no: u64,
+    timeout: Option<Duration>,
+    manager: &LibsqlWalManager,
+) -> Result<bool> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let durable = match shared.durability() {
+        Some(durability) => durability.wait(frame_no, timeout),
+        None => false,
+    };
+    registry::release(&shared, false);
+    Ok(durable)
+}
+
+/// Seals the current segment and waits until every commit so far is durable, or `timeout`
+/// passes (`None`: no limit). Returns the last commit's frame_no if it is durable. Waits for
+/// a writer to finish its transaction first (within the timeout).
+pub fn flush_to_storage(
+    db_path: impl AsRef<Path>,
+    timeout: Option<Duration>,
+    manager: &LibsqlWalManager,
+) -> Result<Option<u64>> {
+    let db_path = db_path.as_ref();
+    if manager.storage().is_none() {
+        return Err(Error::CannotOpen { path: db_path.into(), reason: "no storage is configured".into() });
+    }
+    let shared = acquire(manager, db_path)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let result = shared.seal_current_waiting(deadline).map(|sealed| {
+        let last = shared.last_commit().frame_no;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let durable = sealed && shared.durability().is_some_and(|d| d.wait(last, left));
+        durable.then_some(last)
+    });
+    registry::release(&shared, false);
+    result
+}
+
 /// One segment file, as `libsql-wal info` shows it.
 #[derive(Debug, Clone)]
 pub struct SegmentInfo {
@@ -132,12 +188,22 @@ pub struct LogInfo {
     /// failure's message.
     pub checkpoint_errors: u64,
     pub last_checkpoint_error: Option<String>,
+    /// Storage state, when storage is (or once was) configured for this log.
+    pub durability: Option<DurabilityInfo>,
+}
+
+impl LogInfo {
+    /// Committed frames not yet in storage (`None`: no storage, or not known yet).
+    pub fn durable_lag_frames(&self) -> Option<u64> {
+        let durable = self.durability.as_ref()?.durable_frame_no?;
+        Some(self.last_frame_no.saturating_sub(durable))
+    }
 }
 
 /// Opens (and so recovers) the log of `db_path` and describes it.
 pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<LogInfo> {
     let db_path = db_path.as_ref();
-    let shared = registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer())?;
+    let shared = acquire(manager, db_path)?;
     let last = shared.last_commit();
     let segments = shared
         .segments()
@@ -156,6 +222,7 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
         .collect();
     let (checkpoint_errors, last_checkpoint_error) = shared.checkpoint_errors();
     let info = LogInfo {
+        durability: shared.durability().map(|d| d.info()),
         checkpoint_errors,
         last_checkpoint_error,
         segments,

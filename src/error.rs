@@ -37,6 +37,12 @@ pub enum Error {
     CannotOpen { path: PathBuf, reason: String },
     #[error("{0}")]
     Sqlite(#[from] libsql_sys::rusqlite::Error),
+    #[error("invalid namespace {namespace:?}: {reason}")]
+    InvalidNamespace { namespace: String, reason: String },
+    #[error("storage {url}: {reason}")]
+    Storage { url: String, reason: String },
+    #[error("restore: {0}")]
+    Restore(String),
     #[error("database is locked: another connection holds the write lock")]
     Busy,
     #[error("database is locked: the snapshot is stale, another connection committed since")]
@@ -64,7 +70,10 @@ impl Error {
             Error::UnsupportedPageSize { .. }
             | Error::UnsupportedVersion { .. }
             | Error::ForeignWal { .. }
-            | Error::CannotOpen { .. } => ffi::SQLITE_CANTOPEN,
+            | Error::CannotOpen { .. }
+            | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
+            Error::Storage { .. } => ffi::SQLITE_IOERR,
+            Error::Restore(_) => ffi::SQLITE_ERROR,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
             Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,

@@ -199,6 +199,98 @@ impl SealTrailer {
     }
 }
 
+pub const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSNAP");
+pub const SNAPSHOT_END_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSEND");
+pub const SNAPSHOT_HEADER_SIZE: usize = 64;
+pub const SNAPSHOT_TRAILER_SIZE: usize = 16;
+
+/// The head of a snapshot object: the whole database as of `frame_no`, `db_pages` pages
+/// following the header, then a [`SnapshotTrailer`].
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SnapshotHeader {
+    pub magic: U64,
+    pub version: U32,
+    pub page_size: U32,
+    pub frame_no: U64,
+    pub db_pages: U32,
+    pub reserved0: U32,
+    pub taken_unix_ms: U64,
+    pub reserved1: [u8; 20],
+    /// crc32c of bytes 0..60.
+    pub checksum: U32,
+}
+
+/// The end of a snapshot object; an object without it was cut short.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SnapshotTrailer {
+    /// crc32c of every page, in order.
+    pub pages_checksum: U32,
+    pub reserved: U32,
+    pub magic: U64,
+}
+
+const _: () = assert!(size_of::<SnapshotHeader>() == SNAPSHOT_HEADER_SIZE);
+const _: () = assert!(size_of::<SnapshotTrailer>() == SNAPSHOT_TRAILER_SIZE);
+
+impl SnapshotHeader {
+    pub fn new(frame_no: u64, db_pages: u32, taken_unix_ms: u64) -> Self {
+        let mut header = SnapshotHeader {
+            magic: SNAPSHOT_MAGIC.into(),
+            version: FORMAT_VERSION.into(),
+            page_size: (PAGE_SIZE as u32).into(),
+            frame_no: frame_no.into(),
+            db_pages: db_pages.into(),
+            reserved0: 0.into(),
+            taken_unix_ms: taken_unix_ms.into(),
+            reserved1: [0; 20],
+            checksum: 0.into(),
+        };
+        header.checksum = crc32c::crc32c(&header.as_bytes()[..SNAPSHOT_HEADER_SIZE - 4]).into();
+        header
+    }
+
+    /// Why this header cannot be trusted, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.magic.get() != SNAPSHOT_MAGIC {
+            return Some("not a libsql-wal snapshot (bad magic)".into());
+        }
+        if self.checksum.get() != crc32c::crc32c(&self.as_bytes()[..SNAPSHOT_HEADER_SIZE - 4]) {
+            return Some("snapshot header checksum mismatch".into());
+        }
+        if self.version.get() != FORMAT_VERSION || self.page_size.get() != PAGE_SIZE as u32 {
+            return Some(format!(
+                "snapshot version {} with {}-byte pages; this build reads version {FORMAT_VERSION}, 4096-byte pages",
+                self.version.get(),
+                self.page_size.get()
+            ));
+        }
+        None
+    }
+}
+
+/// The local record of a database's durable frame_no (`<db>-wal/durable`, 16 bytes):
+/// frame_no (u64), crc32c of those 8 bytes (u32), 4 zero bytes. A record failing its
+/// check is ignored and rebuilt from storage.
+pub const DURABLE_RECORD_SIZE: usize = 16;
+
+pub fn encode_durable_record(frame_no: u64) -> [u8; DURABLE_RECORD_SIZE] {
+    let mut bytes = [0u8; DURABLE_RECORD_SIZE];
+    bytes[..8].copy_from_slice(&frame_no.to_le_bytes());
+    let check = crc32c::crc32c(&bytes[..8]);
+    bytes[8..12].copy_from_slice(&check.to_le_bytes());
+    bytes
+}
+
+pub fn decode_durable_record(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() != DURABLE_RECORD_SIZE || bytes[12..] != [0; 4] {
+        return None;
+    }
+    let check = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
+    (crc32c::crc32c(&bytes[..8]) == check).then(|| u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")))
+}
+
 /// Byte offset of frame `index` (0-based) in a segment file.
 pub fn frame_offset(index: u32) -> u64 {
     SEGMENT_HEADER_SIZE as u64 + index as u64 * FRAME_SIZE as u64
@@ -272,6 +364,31 @@ mod tests {
         assert_eq!(CheckpointMark::decode(&m), Some(mark));
         assert_eq!(CheckpointMark::decode(&[0; 16]), Some(CheckpointMark::default()), "zeros: no checkpoint yet");
         assert_eq!(CheckpointMark::decode(&[0xAB; 16]), None, "foreign or torn bytes are no mark");
+    }
+
+    #[test]
+    fn snapshot_and_durable_record_bytes_match_format_md() {
+        let header = SnapshotHeader::new(0x0102, 3, 9);
+        let b = header.as_bytes();
+        assert_eq!(&b[0..8], b"LSQLSNAP");
+        assert_eq!(&b[8..12], &1u32.to_le_bytes());
+        assert_eq!(&b[12..16], &4096u32.to_le_bytes());
+        assert_eq!(&b[16..24], &0x0102u64.to_le_bytes());
+        assert_eq!(&b[24..28], &3u32.to_le_bytes());
+        assert_eq!(&b[32..40], &9u64.to_le_bytes());
+        assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
+        assert!(header.problem().is_none());
+        let trailer =
+            SnapshotTrailer { pages_checksum: 7.into(), reserved: 0.into(), magic: SNAPSHOT_END_MAGIC.into() };
+        assert_eq!(&trailer.as_bytes()[8..], b"LSQLSEND");
+
+        let record = encode_durable_record(4096);
+        assert_eq!(&record[..8], &4096u64.to_le_bytes());
+        assert_eq!(&record[8..12], &crc32c::crc32c(&4096u64.to_le_bytes()).to_le_bytes());
+        assert_eq!(decode_durable_record(&record), Some(4096));
+        let mut torn = record;
+        torn[3] ^= 1;
+        assert_eq!(decode_durable_record(&torn), None);
     }
 
     #[test]

@@ -25,13 +25,18 @@ mod ownership;
 mod registry;
 mod segment;
 mod shared;
+pub mod storage;
 pub mod stress;
 mod wal;
 
 pub use api::{
-    LogInfo, SegmentInfo, VerifyReport, checkpoint, inspect, open_connection, open_sqlite_connection, verify,
+    LogInfo, SegmentInfo, VerifyReport, checkpoint, durable_frame_no, flush_to_storage, inspect, open_connection,
+    open_sqlite_connection, verify, wait_durable,
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, Result};
 pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
-pub use wal::{LibsqlWal, LibsqlWalManager};
+pub use storage::durability::{DurabilityInfo, StorageBinding};
+pub use storage::restore::{RestoreReport, restore};
+pub use storage::{Storage, StorageConfig};
+pub use wal::{LibsqlWal, LibsqlWalManager, namespace_of};

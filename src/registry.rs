@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::io::{FileKind, Io};
 use crate::ownership::log_dir_of;
 use crate::shared::{SharedWal, WalConfig};
+use crate::storage::durability::StorageBinding;
 
 static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::new(Default::default);
 
@@ -29,22 +30,51 @@ pub(crate) fn acquire(
     db_path: &Path,
     config: &WalConfig,
     checkpointer: Option<&Checkpointer>,
+    storage: Option<&StorageBinding>,
 ) -> Result<Arc<SharedWal>> {
     let path = canonical(io.as_ref(), db_path)?;
     let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     let shared = match registry.get(&path).and_then(Weak::upgrade) {
-        Some(shared) => shared,
+        Some(shared) => {
+            check_same_storage(&shared, storage)?;
+            shared
+        }
         None => {
-            let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone())?);
+            let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone(), storage.cloned())?);
             if let Some(checkpointer) = checkpointer {
                 shared.attach_checkpointer(checkpointer);
             }
+            shared.start();
             registry.insert(path, Arc::downgrade(&shared));
             shared
         }
     };
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     Ok(shared)
+}
+
+/// One database has one namespace in one store: a second open asking for another is refused
+/// rather than silently ignored.
+fn check_same_storage(shared: &SharedWal, storage: Option<&StorageBinding>) -> Result<()> {
+    let Some(wanted) = storage else { return Ok(()) };
+    let current = shared.durability().and_then(|d| d.binding());
+    match current {
+        Some(current) if current.namespace == wanted.namespace && current.storage.url() == wanted.storage.url() => {
+            Ok(())
+        }
+        _ => {
+            let now = current
+                .map_or("no storage".to_string(), |c| format!("namespace {} in {}", c.namespace, c.storage.url()));
+            Err(Error::CannotOpen {
+                path: shared.db_path.clone(),
+                reason: format!(
+                    "already open in this process with {now}; asked for namespace {} in {}",
+                    wanted.namespace,
+                    wanted.storage.url()
+                ),
+            })
+        }
+    }
 }
 
 /// One connection is done with `shared`; the last one shuts the log down (checkpointing

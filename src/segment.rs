@@ -446,6 +446,14 @@ impl Segment {
 
     /// Removes the file. The caller has made sure nobody will look for a page in it again;
     /// readers that still hold the `Arc` keep reading from the open handle.
+    /// The whole file of a sealed segment (immutable, so read without locks), for upload.
+    pub fn read_all(&self) -> Result<Vec<u8>> {
+        let len = self.file.size().map_err(Error::io("reading", &self.path))?;
+        let mut bytes = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut bytes, 0).map_err(Error::io("reading", &self.path))?;
+        Ok(bytes)
+    }
+
     pub fn remove(&self, io: &dyn Io) -> Result<()> {
         io.remove_file(&self.path).map_err(Error::io("removing", &self.path))
     }

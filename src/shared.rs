@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::checkpointer::Checkpointer;
@@ -23,6 +23,7 @@ use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, 
 use crate::io::{FileKind, Io, IoFile};
 use crate::ownership;
 use crate::segment::{Segment, SegmentRef};
+use crate::storage::durability::{Durability, StorageBinding};
 
 /// Sees each page a checkpoint copies: (page_no, page, frame_no it came from).
 pub(crate) type PageVisitor<'a> = dyn FnMut(u32, &[u8], u64) -> Result<()> + 'a;
@@ -75,6 +76,16 @@ struct CommitState {
     foreground_checkpointed_frame_no: u64,
 }
 
+/// What keeps a sealed segment out of the database file for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocker {
+    None,
+    /// An open snapshot older than the segment's end (invariant 5).
+    Reader,
+    /// The segment is not durable yet (invariant 7).
+    Storage,
+}
+
 /// The write lock owner used by a checkpoint that seals the current segment.
 const CHECKPOINT_WRITER_ID: u64 = u64::MAX;
 
@@ -100,6 +111,10 @@ pub(crate) struct SharedWal {
     last_checkpoint_error: Mutex<Option<String>>,
     /// Set by `shutdown`: a background checkpoint that started late finds nothing to do.
     closed: AtomicBool,
+    /// The durable frame_no and its uploads, when storage is (or once was) configured.
+    durability: Option<Arc<Durability>>,
+    /// Set once by the registry: lets `&self` methods start tasks that outlive the call.
+    this: OnceLock<Weak<SharedWal>>,
 }
 
 /// Checkpoint modes, as SQLite names them.
@@ -132,7 +147,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SharedWal {
     /// Takes ownership of the database's log and recovers it.
-    pub fn open(io: Arc<dyn Io>, db_path: &Path, config: WalConfig) -> Result<SharedWal> {
+    pub fn open(
+        io: Arc<dyn Io>,
+        db_path: &Path,
+        config: WalConfig,
+        storage: Option<StorageBinding>,
+    ) -> Result<SharedWal> {
         let log_dir = ownership::log_dir_of(db_path);
         let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
         let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
@@ -144,9 +164,10 @@ impl SharedWal {
         let recovered = recover_segments(io.as_ref(), &log_dir, mark_frame_no).and_then(|segments| {
             let last = last_commit(&segments, mark_frame_no, db_file.as_ref(), db_path)?;
             check_db_file_length(&segments, mark, &last, db_file.as_ref(), db_path)?;
-            Ok((segments, last))
+            let durability = Durability::open(&io, &log_dir, storage)?;
+            Ok((segments, last, durability))
         });
-        let (segments, last) = match recovered {
+        let (segments, last, durability) = match recovered {
             Ok(recovered) => recovered,
             Err(e) => {
                 let _ = lock_file.unlock();
@@ -184,7 +205,40 @@ impl SharedWal {
             checkpoint_errors: AtomicU64::new(0),
             last_checkpoint_error: Mutex::new(None),
             closed: AtomicBool::new(false),
+            durability,
+            this: OnceLock::new(),
         })
+    }
+
+    /// Called once by the registry right after the log is shared: starts its uploads (the
+    /// sealed segments a previous process left unuploaded go first).
+    pub fn start(self: &Arc<Self>) {
+        let _ = self.this.set(Arc::downgrade(self));
+        self.notify_uploader();
+    }
+
+    pub fn durability(&self) -> Option<&Arc<Durability>> {
+        self.durability.as_ref()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn checkpointed_frame_no(&self) -> u64 {
+        lock(&self.commit).checkpointed_frame_no
+    }
+
+    /// Reads from the database file (for snapshots: the caller keeps it from changing).
+    pub fn read_db_file(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.db_file.read_exact_at(buf, offset).map_err(Error::io("reading", &self.db_path))
+    }
+
+    /// A segment was sealed (or the log opened): upload what is not durable yet.
+    fn notify_uploader(&self) {
+        if let (Some(durability), Some(this)) = (&self.durability, self.this.get().and_then(Weak::upgrade)) {
+            durability.schedule(&this);
+        }
     }
 
     pub fn new_connection_id(&self) -> u64 {
@@ -236,7 +290,7 @@ impl SharedWal {
         lock(&self.checkpointer).is_some()
     }
 
-    fn notify_checkpointer(&self) {
+    pub(crate) fn notify_checkpointer(&self) {
         if let Some(checkpointer) = lock(&self.checkpointer).as_ref() {
             checkpointer.notify(&self.db_path);
         }
@@ -304,6 +358,7 @@ impl SharedWal {
                 tracing::error!("sealing segment {} failed again: {e}", current.path.display());
                 return Ok(current);
             }
+            self.notify_uploader();
         }
         let next_frame_no = lock(&self.commit).last.frame_no + 1;
         let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
@@ -332,6 +387,7 @@ impl SharedWal {
     pub fn swap_if_full(&self, segment: &Segment) -> Result<()> {
         if segment.committed_frames() >= self.config.segment_frames_max {
             segment.seal()?;
+            self.notify_uploader();
             self.notify_checkpointer();
         }
         Ok(())
@@ -423,26 +479,25 @@ impl SharedWal {
         busy: &mut dyn FnMut() -> bool,
         on_page: &mut PageVisitor<'_>,
     ) -> Result<bool> {
-        let mut blocked = false;
         loop {
-            let (ready, waiting) = self.checkpointable_segments();
+            let (ready, blocker) = self.checkpointable_segments();
             if !ready.is_empty() {
                 self.copy_segments(&ready, on_page)?;
                 self.drop_segments(&ready)?;
             }
-            if !waiting || mode == CheckpointMode::Passive {
-                blocked |= waiting;
-                break;
-            }
-            if !busy() {
-                blocked = true;
-                break;
+            let give_up = match blocker {
+                Blocker::None => return Ok(false),
+                _ if mode == CheckpointMode::Passive => true,
+                _ => !busy(),
+            };
+            if give_up {
+                if blocker == Blocker::Reader {
+                    self.held_back_by_readers.store(true, Ordering::SeqCst);
+                }
+                // Not durable yet: the upload that makes it durable notifies the checkpointer.
+                return Ok(true);
             }
         }
-        if blocked {
-            self.held_back_by_readers.store(true, Ordering::SeqCst);
-        }
-        Ok(blocked)
     }
 
     /// Seals the current segment so the checkpoint can take it. Returns false if a writer
@@ -465,32 +520,48 @@ impl SharedWal {
         }
     }
 
+    /// Seals the current segment, waiting (until `deadline`, if any) for a writer to finish.
+    /// Returns false if the deadline passed first.
+    pub fn seal_current_waiting(&self, deadline: Option<std::time::Instant>) -> Result<bool> {
+        self.seal_current(CheckpointMode::Full, &mut || {
+            std::thread::sleep(Duration::from_millis(1));
+            deadline.is_none_or(|d| std::time::Instant::now() < d)
+        })
+    }
+
     fn seal_current_locked(&self) -> Result<()> {
         let current = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().cloned();
         match current {
-            Some(segment) if !segment.is_sealed() && segment.committed_frames() > 0 => segment.seal(),
+            Some(segment) if !segment.is_sealed() && segment.committed_frames() > 0 => {
+                segment.seal()?;
+                self.notify_uploader();
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
-    /// Sealed segments (oldest first) that no open snapshot stops us from copying, and
-    /// whether some sealed segment had to wait for a reader.
-    fn checkpointable_segments(&self) -> (Vec<SegmentRef>, bool) {
+    /// Sealed segments (oldest first) that may be copied now, and what holds back the next
+    /// sealed one, if anything does.
+    fn checkpointable_segments(&self) -> (Vec<SegmentRef>, Blocker) {
         let segments = self.segments();
         let oldest_reader = lock(&self.commit).readers.keys().next().copied().unwrap_or(u64::MAX);
+        // Invariant 7: nothing leaves the log before storage has it.
+        let durable = self.durability.as_ref().map_or(u64::MAX, |d| d.gate_frame_no());
         let mut ready = Vec::new();
-        let mut waiting = false;
         for segment in segments.iter().rev().filter(|s| s.is_sealed()) {
+            let end = segment.last_committed_frame_no();
+            if end > durable {
+                return (ready, Blocker::Storage);
+            }
             // A reader older than the segment's end could still need an older version of
             // one of its pages from the database file (invariant 5).
-            if segment.last_committed_frame_no() <= oldest_reader {
-                ready.push(segment.clone());
-            } else {
-                waiting = true;
-                break;
+            if end > oldest_reader {
+                return (ready, Blocker::Reader);
             }
+            ready.push(segment.clone());
         }
-        (ready, waiting)
+        (ready, Blocker::None)
     }
 
     /// Writes the newest version of every page of `segments` (oldest first) into the
@@ -586,6 +657,13 @@ impl SharedWal {
         if let Some(checkpointer) = lock(&self.checkpointer).take() {
             checkpointer.unregister(&self.db_path);
         }
+        if self.durability.as_ref().is_some_and(|d| d.binding().is_some()) {
+            // A clean shutdown seals the tail so it can be uploaded (now, or by the next
+            // process to open the log): storage never lacks more than a crash's tail.
+            if let Err(e) = self.seal_current(CheckpointMode::Passive, &mut || false) {
+                tracing::error!(db = %self.db_path.display(), "sealing the log on close failed: {e}");
+            }
+        }
         if checkpoint && self.config.checkpoint_on_close {
             let result = self.checkpoint(CheckpointMode::Truncate, &mut || false, &mut |_, _, _| Ok(()));
             if let Err(e) = result {
@@ -596,7 +674,11 @@ impl SharedWal {
         // them as soon as the lock is released.
         let _guard = lock(&self.checkpoint_lock);
         self.closed.store(true, Ordering::SeqCst);
-        if self.segments().is_empty() {
+        let log_empty = self.segments().is_empty();
+        if let Some(durability) = &self.durability {
+            durability.close(log_empty);
+        }
+        if log_empty {
             // A process opening the database meanwhile either finds the directory gone and
             // fails to open (it may retry), or recreates the lock file first and then owns a
             // log we have emptied; our rmdir then fails harmlessly on a non-empty directory.

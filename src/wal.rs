@@ -22,6 +22,8 @@ use crate::io::{Io, StdIo};
 use crate::registry;
 use crate::segment::SegmentRef;
 use crate::shared::{CheckpointMode, SharedWal, Snapshot, WalConfig};
+use crate::storage::Storage;
+use crate::storage::durability::StorageBinding;
 
 type SqlResult<T> = libsql_sys::wal::Result<T>;
 
@@ -32,6 +34,9 @@ pub struct LibsqlWalManager {
     io: Arc<dyn Io>,
     config: WalConfig,
     checkpointer: Option<Checkpointer>,
+    storage: Option<Storage>,
+    /// The namespace of every database opened through this manager; `None`: each file's stem.
+    namespace: Option<String>,
 }
 
 /// The real file system, the default configuration and the process's shared background
@@ -47,7 +52,7 @@ impl LibsqlWalManager {
     /// committing connection, past 1000 frames), `PRAGMA wal_checkpoint` and the last close
     /// checkpoint, synchronously. Add one with [`LibsqlWalManager::with_checkpointer`].
     pub fn new(io: Arc<dyn Io>, config: WalConfig) -> Self {
-        LibsqlWalManager { io, config, checkpointer: None }
+        LibsqlWalManager { io, config, checkpointer: None, storage: None, namespace: None }
     }
 
     /// Databases first opened through this manager are checkpointed in the background by
@@ -55,6 +60,36 @@ impl LibsqlWalManager {
     pub fn with_checkpointer(mut self, checkpointer: Checkpointer) -> Self {
         self.checkpointer = Some(checkpointer);
         self
+    }
+
+    /// Databases first opened through this manager ship their sealed segments to `storage`
+    /// and are checkpointed only as far as storage has them.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The storage namespace of the databases opened through this manager (default: each
+    /// database file's name without its extension). Checked when set.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> crate::error::Result<Self> {
+        let namespace = namespace.into();
+        crate::storage::layout::validate_namespace(&namespace)?;
+        self.namespace = Some(namespace);
+        Ok(self)
+    }
+
+    pub fn storage(&self) -> Option<&Storage> {
+        self.storage.as_ref()
+    }
+
+    /// Where `db_path`'s segments go, if storage is configured.
+    pub(crate) fn storage_binding(&self, db_path: &Path) -> crate::error::Result<Option<StorageBinding>> {
+        let Some(storage) = &self.storage else { return Ok(None) };
+        let namespace = match &self.namespace {
+            Some(namespace) => namespace.clone(),
+            None => namespace_of(db_path)?,
+        };
+        Ok(Some(StorageBinding { storage: storage.clone(), namespace }))
     }
 
     pub fn checkpointer(&self) -> Option<&Checkpointer> {
@@ -68,6 +103,13 @@ impl LibsqlWalManager {
     pub fn config(&self) -> &WalConfig {
         &self.config
     }
+}
+
+/// A database file's default namespace: its name without the extension.
+pub fn namespace_of(db_path: &Path) -> crate::error::Result<String> {
+    let stem = db_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::storage::layout::validate_namespace(&stem)?;
+    Ok(stem)
 }
 
 fn path_of(db_path: &CStr) -> &Path {
@@ -89,7 +131,12 @@ impl WalManager for LibsqlWalManager {
         _max_log_size: i64,
         db_path: &CStr,
     ) -> SqlResult<LibsqlWal> {
-        let shared = registry::acquire(&self.io, path_of(db_path), &self.config, self.checkpointer.as_ref())
+        let db_path = path_of(db_path);
+        let shared = self
+            .storage_binding(db_path)
+            .and_then(|binding| {
+                registry::acquire(&self.io, db_path, &self.config, self.checkpointer.as_ref(), binding.as_ref())
+            })
             .map_err(Error::into_sqlite)?;
         Ok(LibsqlWal::new(shared))
     }

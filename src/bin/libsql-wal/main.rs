@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use libsql_wal::{CheckpointMode, LibsqlWalManager};
 
 mod script;
+mod storage_cmd;
+
+use storage_cmd::StorageArgs;
 
 #[derive(Parser)]
 #[command(name = "libsql-wal", version, about = "A segmented, shared write-ahead log for libSQL")]
@@ -33,18 +36,50 @@ enum Command {
         /// Read the SQL from this file.
         #[arg(short = 'f', long = "file", conflicts_with = "sql")]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// With --storage: return without waiting for the commits to be durable (the next
+        /// process to open the database uploads what is left).
+        #[arg(long, requires = "storage")]
+        no_wait: bool,
     },
     /// Checkpoint the log into the database file and print `busy|log|checkpointed`.
     Checkpoint {
         db: PathBuf,
         #[arg(long, value_enum, default_value_t = ModeArg::Passive)]
         mode: ModeArg,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
-    /// Describe a database's log: segments, frame ranges, sizes, pages.
-    Info { db: PathBuf },
+    /// Describe a database's log: segments, frame ranges, sizes, pages, and with --storage
+    /// the durable frame_no and the upload lag.
+    Info {
+        db: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Check a database and its log (checksums, seals, indexes, frame continuity, then
     /// SQLite's integrity_check) and report; exits 1 on any error.
-    Verify { db: PathBuf },
+    Verify {
+        db: PathBuf,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Rebuild a database from storage alone, at the namespace's durable frame_no.
+    Restore {
+        /// The store, as a URL: file:///dir, s3://bucket/prefix, gs://..., az://..., memory://name.
+        #[arg(long, value_name = "URL")]
+        storage: String,
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// The database file to create (must not exist).
+        out: PathBuf,
+    },
+    /// Look into a store.
+    Storage {
+        #[command(subcommand)]
+        command: storage_cmd::StorageCommand,
+    },
     /// Benchmarks against SQLite's own WAL, side by side in one run, with ratios.
     Bench {
         #[command(subcommand)]
@@ -133,10 +168,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Exec { wal, seed, db, sql, file } => exec(wal, seed, &db, sql, file),
-        Command::Checkpoint { db, mode } => checkpoint(&db, mode),
-        Command::Info { db } => info(&db),
-        Command::Verify { db } => verify(&db),
+        Command::Exec { wal, seed, db, sql, file, storage, no_wait } => {
+            exec(wal, seed, &db, sql, file, &storage, no_wait)
+        }
+        Command::Checkpoint { db, mode, storage } => checkpoint(&db, mode, &storage),
+        Command::Info { db, storage } => info(&db, &storage),
+        Command::Verify { db, storage } => verify(&db, &storage),
+        Command::Restore { storage, namespace, out } => storage_cmd::restore(&storage, &namespace, &out),
+        Command::Storage { command } => storage_cmd::run(command),
         Command::Bench { workload } => bench(workload),
         Command::Stress { db, seconds, readers, seed, segment_frames } => {
             stress(db, seconds, readers, seed, segment_frames)
@@ -157,6 +196,8 @@ fn exec(
     db: &Path,
     sql: Option<String>,
     file: Option<PathBuf>,
+    storage: &StorageArgs,
+    no_wait: bool,
 ) -> Result<ExitCode, String> {
     let sql = match (sql, file) {
         (Some(sql), None) => sql,
@@ -170,9 +211,16 @@ fn exec(
     let mut out = stdout.lock();
     let ok = match wal {
         WalKind::Libsql => {
-            let manager = LibsqlWalManager::default();
+            let manager = storage.manager(db)?;
             let conn = libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?;
-            script::run(&conn, &sql, seed, &mut out)
+            let ok = script::run(&conn, &sql, seed, &mut out);
+            if manager.storage().is_some() && !no_wait {
+                storage_cmd::wait_until_durable(db, &manager)?;
+            }
+            ok
+        }
+        WalKind::Sqlite if storage.storage.is_some() => {
+            return Err("--storage works with our WAL only (--wal libsql)".into());
         }
         WalKind::Sqlite => {
             let conn = libsql_wal::open_sqlite_connection(db).map_err(|e| e.to_string())?;
@@ -183,7 +231,7 @@ fn exec(
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn checkpoint(db: &Path, mode: ModeArg) -> Result<ExitCode, String> {
+fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCode, String> {
     let mode = match mode {
         ModeArg::Passive => CheckpointMode::Passive,
         ModeArg::Full => CheckpointMode::Full,
@@ -193,17 +241,22 @@ fn checkpoint(db: &Path, mode: ModeArg) -> Result<ExitCode, String> {
     if !db.exists() {
         return Err(format!("no database at {}", db.display()));
     }
-    let manager = LibsqlWalManager::default();
+    let manager = storage.manager(db)?;
     let r = libsql_wal::checkpoint(db, mode, &manager).map_err(|e| e.to_string())?;
     println!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
     Ok(if r.busy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn info(db: &Path) -> Result<ExitCode, String> {
+fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     if !db.exists() {
         return Err(format!("no database at {}", db.display()));
     }
-    let manager = LibsqlWalManager::default();
+    // Opening the log with storage starts its uploads: give them a moment to reach storage,
+    // so the durable frame_no shown is current rather than "unknown".
+    let manager = storage.manager(db)?;
+    if manager.storage().is_some() {
+        let _ = libsql_wal::wait_durable(db, u64::MAX, Some(std::time::Duration::from_secs(2)), &manager);
+    }
     let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
     println!("database: {}", db.display());
     println!("db pages (last commit): {}", info.db_pages);
@@ -213,6 +266,7 @@ fn info(db: &Path) -> Result<ExitCode, String> {
     if let Some(error) = &info.last_checkpoint_error {
         println!("last checkpoint error: {error}");
     }
+    storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
     println!("segments: {} ({frames} frames in the log)", info.segments.len());
     for s in &info.segments {
@@ -381,13 +435,13 @@ fn bench_checkpoint_latency(
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(db: &Path) -> Result<ExitCode, String> {
+fn verify(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     if !db.exists() {
         return Err(format!("no database at {}", db.display()));
     }
     // Verify repairs nothing of its own: no checkpoint on close, no background checkpointer.
     let config = libsql_wal::WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
-    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config);
+    let manager = storage.attach(db, LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config))?;
     let report = libsql_wal::verify(db, &manager).map_err(|e| e.to_string())?;
     println!("verify {}", db.display());
     for line in &report.lines {

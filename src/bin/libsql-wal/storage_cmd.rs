@@ -1,0 +1,158 @@
+//! The storage side of the CLI: `--storage`/`--namespace` on database commands, `restore`,
+//! and `storage ls`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use libsql_wal::{LibsqlWalManager, LogInfo, Storage};
+
+/// How often a waiting `exec` says what it waits for.
+const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Ship sealed segments to this store: file:///dir, s3://bucket/prefix, gs://bucket,
+    /// az://container, memory://name. Credentials and endpoints come from the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_ALLOW_HTTP, GOOGLE_*, AZURE_*).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// The database's namespace in the store (default: the file name without extension).
+    #[arg(long, value_name = "NS", requires = "storage")]
+    pub namespace: Option<String>,
+}
+
+impl StorageArgs {
+    /// The default manager (background checkpointer), with storage if asked for.
+    pub fn manager(&self, db: &Path) -> Result<LibsqlWalManager, String> {
+        self.attach(db, LibsqlWalManager::default())
+    }
+
+    pub fn attach(&self, db: &Path, manager: LibsqlWalManager) -> Result<LibsqlWalManager, String> {
+        let Some(url) = &self.storage else { return Ok(manager) };
+        let namespace = match &self.namespace {
+            Some(namespace) => namespace.clone(),
+            None => libsql_wal::namespace_of(db).map_err(|e| format!("{e} (name it with --namespace)"))?,
+        };
+        let storage = Storage::open(url).map_err(|e| e.to_string())?;
+        manager.with_storage(storage).with_namespace(namespace).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum StorageCommand {
+    /// List the namespaces of a store, or the objects of one namespace with their frame
+    /// ranges and times.
+    Ls {
+        #[arg(value_name = "URL")]
+        url: String,
+        #[arg(value_name = "NS")]
+        namespace: Option<String>,
+    },
+}
+
+pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
+    match command {
+        StorageCommand::Ls { url, namespace } => ls(&url, namespace.as_deref()),
+    }
+}
+
+fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
+    let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    let Some(namespace) = namespace else {
+        for namespace in storage.list_namespaces().map_err(|e| e.to_string())? {
+            let chain = storage.chain(&namespace).map_err(|e| e.to_string())?;
+            println!("{namespace}  durable up to frame {}  ({} bytes to restore)", chain.end_frame_no, chain.bytes());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let objects = storage.list(namespace).map_err(|e| e.to_string())?;
+    let chain = libsql_wal::storage::layout::chain(&objects);
+    println!("namespace {namespace} in {}: {} objects", storage.url(), objects.len());
+    for object in &objects {
+        let used = chain.objects().any(|o| o.key == object.key);
+        let stranded = chain.stranded.iter().any(|o| o.key == object.key);
+        let note = if used {
+            ""
+        } else if stranded {
+            "  (after a gap: not restorable)"
+        } else {
+            "  (superseded)"
+        };
+        println!("  {object}{note}");
+    }
+    println!("durable up to frame {}", chain.end_frame_no);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seals the log and waits until storage has every commit, saying so while it waits (an
+/// outage makes this wait as long as the outage; `--no-wait` skips it).
+pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), String> {
+    loop {
+        match libsql_wal::flush_to_storage(db, Some(WAIT_REPORT_INTERVAL), manager).map_err(|e| e.to_string())? {
+            Some(_) => return Ok(()),
+            None => {
+                let info = libsql_wal::inspect(db, manager).map_err(|e| e.to_string())?;
+                let durable = info.durability.as_ref().and_then(|d| d.durable_frame_no);
+                let error = info.durability.as_ref().and_then(|d| d.last_error.clone()).unwrap_or_default();
+                eprintln!(
+                    "waiting for storage: durable up to {} of {} ({error}); --no-wait skips this",
+                    durable.map_or("unknown".into(), |d| d.to_string()),
+                    info.last_frame_no
+                );
+            }
+        }
+    }
+}
+
+pub fn print_durability(info: &LogInfo) {
+    let Some(durability) = &info.durability else { return };
+    match (&durability.storage_url, &durability.namespace) {
+        (Some(url), Some(namespace)) => println!("storage: {url} namespace {namespace}"),
+        _ => println!("storage: not configured here, but this log has a durable record: segments stay until uploaded"),
+    }
+    match durability.durable_frame_no {
+        Some(durable) => {
+            println!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
+        }
+        None => println!("durable frame_no: unknown (storage not reached yet)"),
+    }
+    println!(
+        "uploads: {} ({} bytes), failed requests: {}",
+        durability.uploads, durability.uploaded_bytes, durability.failures
+    );
+    if let Some(error) = &durability.last_error {
+        println!("last storage error: {error}");
+    }
+}
+
+pub fn restore(url: &str, namespace: &str, out: &Path) -> Result<ExitCode, String> {
+    let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    bar.set_message(namespace.to_string());
+    let report = libsql_wal::restore(&storage, namespace, out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| e.to_string())?;
+    println!(
+        "restored {namespace} to {} at frame_no {}: {} pages from {} objects ({} bytes)",
+        out.display(),
+        report.frame_no,
+        report.db_pages,
+        report.objects,
+        report.bytes
+    );
+    if report.stranded > 0 {
+        println!("note: {} segments after a gap in storage were not applied", report.stranded);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,363 @@
+//! The durable frame_no of one database, and the task that moves it forward by uploading
+//! sealed segments in order.
+//!
+//! - *Durable frame_no*: every frame up to it is in storage (acknowledged). It only grows. It
+//!   is recorded in `<db>-wal/durable` after each acknowledgement; without a valid record it
+//!   is unknown until storage has been listed (then it is where the stored chain ends).
+//! - The gate (invariant 7): checkpoints copy (and delete) only segments whose last frame is
+//!   at or below [`Durability::gate_frame_no`]; unknown counts as "nothing durable". A log
+//!   whose directory holds a record keeps the gate even when opened without storage, so
+//!   segments never uploaded are never deleted by a process that cannot upload them.
+//! - One upload task per database at a time, started when a segment is sealed and at open;
+//!   it uploads the oldest sealed segment not yet durable, then the next, and so on. Failed
+//!   requests are retried after an exponential backoff with jitter, forever: commits do not
+//!   wait for any of this, the local log just grows (`info` shows the lag).
+//! - Before its first upload the task reconciles with storage: a namespace whose stored
+//!   chain ends before the database file's checkpoint (storage configured on an existing
+//!   database, or a wiped bucket) first gets a snapshot of the database file; a namespace
+//!   that is *ahead* of the database is a different history and is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::format::{DURABLE_RECORD_SIZE, decode_durable_record, encode_durable_record};
+use crate::io::{FileKind, Io};
+use crate::segment::SegmentRef;
+use crate::shared::SharedWal;
+use crate::storage::{Storage, layout, snapshot};
+
+/// Storage for one database: where, and under which namespace.
+#[derive(Clone)]
+pub struct StorageBinding {
+    pub storage: Storage,
+    pub namespace: String,
+}
+
+/// What `info` shows of a database's durability.
+#[derive(Debug, Clone, Default)]
+pub struct DurabilityInfo {
+    pub storage_url: Option<String>,
+    pub namespace: Option<String>,
+    /// `None`: not known yet (storage not listed since the last start).
+    pub durable_frame_no: Option<u64>,
+    pub uploads: u64,
+    pub uploaded_bytes: u64,
+    /// Failed storage requests since the start (each is retried).
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Durability {
+    binding: Option<StorageBinding>,
+    io: Arc<dyn Io>,
+    record_path: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    frame_no: Option<u64>,
+    record_exists: bool,
+    /// Set at shutdown: no more records written (another process may own the directory).
+    closed: bool,
+    task_running: bool,
+    /// Work arrived while the task ran: look again before stopping.
+    rerun: bool,
+    uploads: u64,
+    uploaded_bytes: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+enum Step {
+    Reconcile,
+    Upload(SegmentRef),
+    Idle,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Durability {
+    /// The durability of the log in `log_dir` (owned by the caller): `None` when neither
+    /// storage is configured nor a record says it once was.
+    pub fn open(io: &Arc<dyn Io>, log_dir: &Path, binding: Option<StorageBinding>) -> Result<Option<Arc<Durability>>> {
+        let record_path = log_dir.join("durable");
+        let recorded = read_record(io.as_ref(), &record_path)?;
+        if binding.is_none() && recorded.is_none() {
+            return Ok(None);
+        }
+        let frame_no = recorded.flatten();
+        if recorded.is_some() && frame_no.is_none() {
+            tracing::warn!(path = %record_path.display(), "the durable frame_no record is damaged: rebuilding it from storage");
+        }
+        let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
+        Ok(Some(Arc::new(Durability {
+            binding,
+            io: io.clone(),
+            record_path,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        })))
+    }
+
+    pub fn binding(&self) -> Option<&StorageBinding> {
+        self.binding.as_ref()
+    }
+
+    /// The highest frame_no a checkpoint may copy: the durable frame_no (0 while unknown).
+    pub fn gate_frame_no(&self) -> u64 {
+        lock(&self.state).frame_no.unwrap_or(0)
+    }
+
+    pub fn frame_no(&self) -> Option<u64> {
+        lock(&self.state).frame_no
+    }
+
+    pub fn info(&self) -> DurabilityInfo {
+        let state = lock(&self.state);
+        DurabilityInfo {
+            storage_url: self.binding.as_ref().map(|b| b.storage.url().to_string()),
+            namespace: self.binding.as_ref().map(|b| b.namespace.clone()),
+            durable_frame_no: state.frame_no,
+            uploads: state.uploads,
+            uploaded_bytes: state.uploaded_bytes,
+            failures: state.failures,
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    /// Waits until `frame_no` is durable, or `timeout` passes (`None`: no limit), or the
+    /// log is closed. Returns whether it is durable.
+    pub fn wait(&self, frame_no: u64, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = lock(&self.state);
+        loop {
+            if state.frame_no.is_some_and(|d| d >= frame_no) {
+                return true;
+            }
+            if state.closed {
+                return false;
+            }
+            let wait = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) => left,
+                    None => return false,
+                },
+                None => Duration::from_secs(3600),
+            };
+            state = self.changed.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Starts the upload task unless it runs already (then it looks again before stopping).
+    pub fn schedule(self: &Arc<Self>, shared: &Arc<SharedWal>) {
+        let Some(binding) = &self.binding else { return };
+        {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return;
+            }
+            if state.task_running {
+                state.rerun = true;
+                return;
+            }
+            state.task_running = true;
+        }
+        binding.storage.spawn(upload_task(self.clone(), Arc::downgrade(shared)));
+    }
+
+    /// Stops recording (the log is being handed back); removes the record too when the
+    /// log is empty, since the directory goes with it. Called under the checkpoint lock.
+    pub fn close(&self, log_empty: bool) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if log_empty && state.record_exists {
+            if let Err(e) = self.io.remove_file(&self.record_path) {
+                tracing::warn!(path = %self.record_path.display(), "could not remove the durable record: {e}");
+            }
+            state.record_exists = false;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Storage acknowledged everything up to `frame_no`.
+    fn advance(&self, frame_no: u64) -> Result<()> {
+        let mut state = lock(&self.state);
+        if state.frame_no.is_some_and(|d| d >= frame_no) {
+            return Ok(());
+        }
+        if !state.closed {
+            self.write_record(frame_no, !state.record_exists)?;
+            state.record_exists = true;
+        }
+        state.frame_no = Some(frame_no);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn write_record(&self, frame_no: u64, create: bool) -> Result<()> {
+        let path = &self.record_path;
+        let file = self.io.open(path, true).map_err(Error::io("opening", path))?;
+        file.write_all_at(&encode_durable_record(frame_no), 0).map_err(Error::io("writing", path))?;
+        file.sync_data().map_err(Error::io("syncing", path))?;
+        if create && let Some(dir) = path.parent() {
+            self.io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
+        }
+        Ok(())
+    }
+
+    fn next_step(&self, shared: &SharedWal) -> Step {
+        let state = lock(&self.state);
+        if state.closed || shared.is_closed() {
+            return Step::Idle;
+        }
+        let Some(durable) = state.frame_no else { return Step::Reconcile };
+        let segments = shared.segments();
+        let next = segments.iter().rev().find(|s| s.is_sealed() && s.last_committed_frame_no() > durable);
+        next.map_or(Step::Idle, |s| Step::Upload(s.clone()))
+    }
+
+    /// The task ran out of work: stop, unless more arrived meanwhile.
+    fn finish(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.rerun && !state.closed {
+            state.rerun = false;
+            return false;
+        }
+        state.task_running = false;
+        true
+    }
+
+    fn record_failure(&self, error: &Error) {
+        let mut state = lock(&self.state);
+        state.failures += 1;
+        state.last_error = Some(error.to_string());
+    }
+
+    fn record_success(&self, bytes: u64) {
+        let mut state = lock(&self.state);
+        state.uploads += 1;
+        state.uploaded_bytes += bytes;
+        state.last_error = None;
+    }
+}
+
+/// Reads the record: `None` when there is none, `Some(None)` when it is damaged.
+fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<u64>>> {
+    match io.kind(path).map_err(Error::io("reading", path))? {
+        Some(FileKind::File { .. }) => {}
+        _ => return Ok(None),
+    }
+    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let mut bytes = [0u8; DURABLE_RECORD_SIZE];
+    let frame_no = match file.read_exact_at(&mut bytes, 0) {
+        Ok(()) => decode_durable_record(&bytes),
+        Err(_) => None,
+    };
+    Ok(Some(frame_no))
+}
+
+async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
+    let binding = durability.binding.clone().expect("the task runs only with storage");
+    let mut failures_in_row = 0u32;
+    loop {
+        let Some(wal) = shared.upgrade() else { break };
+        let result = match durability.next_step(&wal) {
+            Step::Idle => {
+                drop(wal);
+                if durability.finish() {
+                    return;
+                }
+                continue;
+            }
+            Step::Reconcile => reconcile(&durability, &binding, &wal).await,
+            Step::Upload(segment) => upload_segment(&durability, &binding, &wal, &segment).await,
+        };
+        drop(wal);
+        match result {
+            Ok(()) => failures_in_row = 0,
+            Err(e) => {
+                failures_in_row = failures_in_row.saturating_add(1);
+                tracing::warn!(namespace = %binding.namespace, "storage: {e} (retrying)");
+                durability.record_failure(&e);
+                tokio::time::sleep(backoff(binding.storage.config(), failures_in_row)).await;
+            }
+        }
+    }
+    lock(&durability.state).task_running = false;
+}
+
+/// Exponential backoff with full jitter: uniform in [delay/2, delay].
+fn backoff(config: &crate::storage::StorageConfig, failures_in_row: u32) -> Duration {
+    let exponent = failures_in_row.saturating_sub(1).min(20);
+    let delay = config.retry_delay_min.saturating_mul(1 << exponent).min(config.retry_delay_max);
+    let half = delay / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+async fn upload_segment(
+    durability: &Durability,
+    binding: &StorageBinding,
+    shared: &Arc<SharedWal>,
+    segment: &SegmentRef,
+) -> Result<()> {
+    let durable = durability.frame_no().unwrap_or(0);
+    if segment.start_frame_no > durable + 1 {
+        // Only a broken gate could have deleted frames storage never had.
+        return Err(Error::corrupt(
+            &segment.path,
+            format!("frames {}..{} are neither in storage nor in the log", durable + 1, segment.start_frame_no),
+        ));
+    }
+    let last = segment.last_committed_frame_no();
+    let key = layout::segment_key(&binding.namespace, segment.start_frame_no, last, segment.created_unix_ms);
+    let bytes = segment.read_all()?;
+    let len = bytes.len() as u64;
+    let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
+    binding.storage.put(&key, bytes).await?;
+    tracing::debug!(namespace = %binding.namespace, key, "uploaded");
+    durability.record_success(len);
+    durability.advance(last)?;
+    shared.notify_checkpointer();
+    Ok(())
+}
+
+/// Finds where storage's chain ends and, if storage lacks the base the log builds on,
+/// uploads a snapshot of the database file first.
+async fn reconcile(durability: &Durability, binding: &StorageBinding, shared: &Arc<SharedWal>) -> Result<()> {
+    let objects = binding.storage.list_async(&binding.namespace).await?;
+    let chain = layout::chain(&objects);
+    let checkpointed = shared.checkpointed_frame_no();
+    let last = shared.last_commit().frame_no;
+    if chain.end_frame_no > last {
+        return Err(binding.storage.error(
+            &format!("namespace {}", binding.namespace),
+            format!(
+                "storage holds frames up to {} but this database only up to {last}: it is another \
+                 history; restore it from storage (`libsql-wal restore`) or use another namespace",
+                chain.end_frame_no
+            ),
+        ));
+    }
+    let stored_nothing = chain.end_frame_no == 0 && chain.snapshot.is_none();
+    let base_missing = chain.end_frame_no < checkpointed || (stored_nothing && shared.db_file_len() > 0);
+    if !base_missing {
+        return durability.advance(chain.end_frame_no);
+    }
+    // While the durable frame_no is unknown the gate stops every checkpoint, so the
+    // database file holds exactly the state at `checkpointed` while we read it.
+    let taken_unix_ms = shared.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let key = layout::snapshot_key(&binding.namespace, checkpointed, taken_unix_ms);
+    let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
+    let bytes = snapshot::upload(&binding.storage, &key, shared, checkpointed).await?;
+    tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
+    durability.record_success(bytes);
+    durability.advance(checkpointed)?;
+    shared.notify_checkpointer();
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! Where things live in the object store, and which objects make up a namespace's history.
+//!
+//! Keys (under the store URL's own prefix; numbers zero-padded so that names sort as numbers):
+//!
+//! ```text
+//! <namespace>/segments/<start_frame_no:020>-<end_frame_no:020>-<created_unix_ms:013>.seg
+//! <namespace>/snapshots/<frame_no:020>-<taken_unix_ms:013>.snap
+//! ```
+//!
+//! A segment object is a sealed segment file, byte for byte; a snapshot object is a whole
+//! database file at a frame_no (see `docs/FORMAT.md`). The *chain* of a namespace is the
+//! newest snapshot (or an empty database at frame 0 when there is none), followed by segments
+//! each starting at most one frame after the previous one ends; its end is the namespace's
+//! durable frame_no as storage sees it.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Longest namespace name accepted.
+pub const NAMESPACE_LEN_MAX: usize = 128;
+
+/// Checks a namespace name: 1 to 128 characters of `[A-Za-z0-9._-]`, not starting with a
+/// dot (so never `.` or `..`). Names become key prefixes: nothing may escape or nest.
+pub fn validate_namespace(namespace: &str) -> Result<()> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= NAMESPACE_LEN_MAX
+        && !namespace.starts_with('.')
+        && namespace.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidNamespace {
+            namespace: namespace.to_string(),
+            reason: format!("use 1 to {NAMESPACE_LEN_MAX} characters of A-Z a-z 0-9 . _ - (not starting with a dot)"),
+        })
+    }
+}
+
+/// One object of a namespace, as its key describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// Frames `start_frame_no..=end_frame_no`.
+    Segment { start_frame_no: u64, end_frame_no: u64, created_unix_ms: u64 },
+    /// The whole database as of `frame_no`.
+    Snapshot { frame_no: u64, taken_unix_ms: u64 },
+}
+
+/// An object of a namespace: its key (relative to the store root), size and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub kind: ObjectKind,
+}
+
+impl StoredObject {
+    /// The last frame_no this object brings the database to.
+    pub fn end_frame_no(&self) -> u64 {
+        match self.kind {
+            ObjectKind::Segment { end_frame_no, .. } => end_frame_no,
+            ObjectKind::Snapshot { frame_no, .. } => frame_no,
+        }
+    }
+}
+
+impl fmt::Display for StoredObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms } => write!(
+                f,
+                "segment  frames {start_frame_no}..={end_frame_no}  {} bytes  created {}",
+                self.size,
+                format_unix_ms(created_unix_ms)
+            ),
+            ObjectKind::Snapshot { frame_no, taken_unix_ms } => {
+                write!(f, "snapshot at frame {frame_no}  {} bytes  taken {}", self.size, format_unix_ms(taken_unix_ms))
+            }
+        }
+    }
+}
+
+/// `2026-11-27T21:38:26.123Z` from milliseconds since the Unix epoch.
+pub fn format_unix_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), for dates after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+pub fn segment_key(namespace: &str, start_frame_no: u64, end_frame_no: u64, created_unix_ms: u64) -> String {
+    format!("{namespace}/segments/{start_frame_no:020}-{end_frame_no:020}-{created_unix_ms:013}.seg")
+}
+
+pub fn snapshot_key(namespace: &str, frame_no: u64, taken_unix_ms: u64) -> String {
+    format!("{namespace}/snapshots/{frame_no:020}-{taken_unix_ms:013}.snap")
+}
+
+/// Reads a key written by [`segment_key`] or [`snapshot_key`]; anything else is `None`
+/// (foreign or temporary objects are ignored, never guessed at).
+pub fn parse_key(namespace: &str, key: &str) -> Option<ObjectKind> {
+    let rest = key.strip_prefix(namespace)?.strip_prefix('/')?;
+    if let Some(name) = rest.strip_prefix("segments/").and_then(|n| n.strip_suffix(".seg")) {
+        let mut parts = name.split('-');
+        let start_frame_no = parse_number(parts.next()?, 20)?;
+        let end_frame_no = parse_number(parts.next()?, 20)?;
+        let created_unix_ms = parse_number(parts.next()?, 13)?;
+        if parts.next().is_some() || start_frame_no == 0 || end_frame_no < start_frame_no {
+            return None;
+        }
+        return Some(ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms });
+    }
+    if let Some(name) = rest.strip_prefix("snapshots/").and_then(|n| n.strip_suffix(".snap")) {
+        let (frame_no, taken) = name.split_once('-')?;
+        return Some(ObjectKind::Snapshot {
+            frame_no: parse_number(frame_no, 20)?,
+            taken_unix_ms: parse_number(taken, 13)?,
+        });
+    }
+    None
+}
+
+fn parse_number(digits: &str, width: usize) -> Option<u64> {
+    if digits.len() != width || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The objects to apply, in order, to rebuild a namespace's newest state: a base snapshot
+/// (if any) then segments. `end_frame_no` is where the chain ends (0: nothing stored).
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    pub snapshot: Option<StoredObject>,
+    pub segments: Vec<StoredObject>,
+    pub end_frame_no: u64,
+    /// Segments past a gap in the chain (unusable; reported, never applied).
+    pub stranded: Vec<StoredObject>,
+}
+
+impl Chain {
+    pub fn objects(&self) -> impl Iterator<Item = &StoredObject> {
+        self.snapshot.iter().chain(self.segments.iter())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.objects().map(|o| o.size).sum()
+    }
+}
+
+/// Builds the chain from a namespace's objects (any order). Duplicates (the same segment
+/// uploaded twice) collapse; where segments overlap, the one reaching furthest is taken.
+pub fn chain(objects: &[StoredObject]) -> Chain {
+    let snapshot = objects
+        .iter()
+        .filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }))
+        .max_by_key(|o| (o.end_frame_no(), o.key.clone()))
+        .cloned();
+    let mut end = snapshot.as_ref().map_or(0, StoredObject::end_frame_no);
+    let mut segments: Vec<&StoredObject> =
+        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Segment { .. })).collect();
+    segments.sort_by_key(|o| match o.kind {
+        ObjectKind::Segment { start_frame_no, end_frame_no, .. } => (start_frame_no, u64::MAX - end_frame_no),
+        ObjectKind::Snapshot { .. } => (0, 0),
+    });
+    let mut chain = Chain { snapshot, ..Chain::default() };
+    for segment in segments {
+        let ObjectKind::Segment { start_frame_no, end_frame_no, .. } = segment.kind else { continue };
+        if end_frame_no <= end {
+            continue; // Already covered by the snapshot or an earlier segment.
+        }
+        if start_frame_no > end + 1 {
+            chain.stranded.push(segment.clone());
+            continue;
+        }
+        chain.segments.push(segment.clone());
+        end = end_frame_no;
+    }
+    chain.stranded.retain(|s| s.end_frame_no() > end);
+    chain.end_frame_no = end;
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(start: u64, end: u64) -> StoredObject {
+        StoredObject {
+            key: segment_key("ns", start, end, 1),
+            size: 1,
+            kind: ObjectKind::Segment { start_frame_no: start, end_frame_no: end, created_unix_ms: 1 },
+        }
+    }
+
+    #[test]
+    fn namespace_names_cannot_escape_or_nest() {
+        for good in ["shop", "a", "my-db_2.v1", &"x".repeat(128)] {
+            validate_namespace(good).unwrap();
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "a\\b", "with space", "é", &"x".repeat(129)] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_sort_as_numbers() {
+        let key = segment_key("ns", 4097, 8192, 1_764_279_506_123);
+        assert_eq!(key, "ns/segments/00000000000000004097-00000000000000008192-1764279506123.seg");
+        assert_eq!(
+            parse_key("ns", &key),
+            Some(ObjectKind::Segment { start_frame_no: 4097, end_frame_no: 8192, created_unix_ms: 1_764_279_506_123 })
+        );
+        assert!(segment_key("ns", 9, 10, 0) < segment_key("ns", 10, 11, 0));
+        let snap = snapshot_key("ns", 7, 5);
+        assert_eq!(parse_key("ns", &snap), Some(ObjectKind::Snapshot { frame_no: 7, taken_unix_ms: 5 }));
+        assert_eq!(parse_key("other", &snap), None);
+        assert_eq!(parse_key("ns", "ns/segments/1-2-3.seg"), None);
+        assert_eq!(parse_key("ns", "ns/segments/tmp.seg.part"), None);
+    }
+
+    #[test]
+    fn chain_follows_contiguous_segments_and_reports_gaps() {
+        let objects = vec![segment(11, 20), segment(1, 10), segment(1, 10), segment(31, 40)];
+        let chain = chain(&objects);
+        assert_eq!(chain.end_frame_no, 20);
+        assert_eq!(chain.segments.len(), 2);
+        assert_eq!(chain.stranded.len(), 1);
+    }
+
+    #[test]
+    fn chain_starts_at_the_newest_snapshot() {
+        let snapshot = StoredObject {
+            key: snapshot_key("ns", 15, 1),
+            size: 1,
+            kind: ObjectKind::Snapshot { frame_no: 15, taken_unix_ms: 1 },
+        };
+        let chain = chain(&[segment(1, 10), segment(11, 20), segment(21, 30), snapshot]);
+        assert_eq!(chain.snapshot.as_ref().map(StoredObject::end_frame_no), Some(15));
+        // 11..=20 overlaps the snapshot and still brings frames 16..=20.
+        assert_eq!(chain.segments.iter().map(StoredObject::end_frame_no).collect::<Vec<_>>(), vec![20, 30]);
+        assert_eq!(chain.end_frame_no, 30);
+    }
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_unix_ms(1_764_279_506_123), "2025-11-27T21:38:26.123Z");
+    }
+}

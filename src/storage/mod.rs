@@ -1,0 +1,339 @@
+//! Durable storage: sealed segments shipped to an object store, and what is rebuilt from it.
+//!
+//! - [`Storage`]: one object store, chosen by URL (`file://`, `s3://`, `gs://`, `az://`,
+//!   `memory://`), with the runtime its requests run on and the bound on concurrent uploads.
+//! - `layout`: object keys, namespace names, and the *chain* of objects that rebuilds a
+//!   namespace.
+//! - `durability`: per database, the durable frame_no, its local record, and the upload task
+//!   that moves it forward (never on the commit path).
+//! - `snapshot`: whole-database objects, the base of a namespace whose early frames are no
+//!   longer in any segment.
+//! - `restore`: a database file rebuilt from storage alone.
+//!
+//! Architecture invariant (brief, invariant 7): a segment is copied into the database file
+//! and deleted only once it is durable; `SharedWal::checkpointable_segments` enforces it with
+//! [`durability::Durability::gate_frame_no`].
+
+pub mod durability;
+pub mod layout;
+pub mod restore;
+pub(crate) mod snapshot;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig};
+use url::Url;
+
+use crate::error::{Error, Result};
+use layout::{Chain, StoredObject};
+
+/// Tuning of storage traffic.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Uploads in flight at once, across every namespace of the process using this storage.
+    pub upload_concurrency_max: usize,
+    /// First delay before retrying a failed upload; doubled per consecutive failure, with
+    /// jitter, up to `retry_delay_max`.
+    pub retry_delay_min: Duration,
+    pub retry_delay_max: Duration,
+    /// One request's time limit (a hung server must not hang an upload forever).
+    pub request_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            upload_concurrency_max: 8,
+            retry_delay_min: Duration::from_millis(100),
+            retry_delay_max: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An object store and how this process talks to it. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<StorageInner>,
+}
+
+struct StorageInner {
+    /// The URL without credentials or query, for messages.
+    display_url: String,
+    store: Arc<dyn ObjectStore>,
+    /// Set for `file://` stores: puts are followed by an fsync of the file and directory,
+    /// which the local backend does not do itself.
+    local_root: Option<PathBuf>,
+    config: StorageConfig,
+    uploads: Arc<tokio::sync::Semaphore>,
+}
+
+/// The runtime every storage request runs on: its own threads, so neither commits nor a
+/// caller's runtime ever wait on network I/O.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("libsql-wal-storage")
+            .enable_all()
+            .build()
+            .expect("cannot start the storage runtime's threads")
+    });
+    &RUNTIME
+}
+
+/// `memory://NAME` stores live as long as the process, shared by name.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> = LazyLock::new(Default::default);
+    let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
+    stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+}
+
+impl Storage {
+    /// Opens the store at `url`. Credentials and endpoints come from the usual environment
+    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_*`,
+    /// `AZURE_*`); they are never logged.
+    pub fn open(url: &str) -> Result<Storage> {
+        Storage::open_with(url, &[], StorageConfig::default())
+    }
+
+    /// As [`Storage::open`], with builder options (`("aws_endpoint", "http://...")`, ...)
+    /// taking precedence over the environment.
+    pub fn open_with(url: &str, options: &[(&str, &str)], config: StorageConfig) -> Result<Storage> {
+        let bad = |reason: String| Error::Storage { url: redact(url), reason };
+        let parsed = Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+        let client =
+            ClientOptions::new().with_timeout(config.request_timeout).with_connect_timeout(Duration::from_secs(5));
+        // Our own upload loop retries forever with backoff; the client's retries only smooth
+        // over a blip, so an outage shows up (in `info`) within seconds.
+        let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
+        let mut local_root = None;
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|()| bad("a file:// URL needs an absolute path".into()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+                local_root = Some(dir);
+                Arc::new(store)
+            }
+            "memory" => memory_store(parsed.host_str().unwrap_or("")),
+            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
+                let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
+                let store = cloud_store(scheme, url, options, client, retry).map_err(|e| bad(e.to_string()))?;
+                let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
+                if prefix.as_ref().is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) }
+            }
+            other => return Err(bad(format!("unsupported scheme {other}: use file, s3, gs, az or memory"))),
+        };
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.upload_concurrency_max.max(1)));
+        Ok(Storage { inner: Arc::new(StorageInner { display_url: redact(url), store, local_root, config, uploads }) })
+    }
+
+    /// The URL, without credentials.
+    pub fn url(&self) -> &str {
+        &self.inner.display_url
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// Namespaces holding at least one object, sorted.
+    pub fn list_namespaces(&self) -> Result<Vec<String>> {
+        let store = self.inner.store.clone();
+        let listed = self.block_on(async move { store.list_with_delimiter(None).await })?;
+        let mut names: Vec<String> = listed
+            .map_err(|e| self.error("listing namespaces", e))?
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|n| layout::validate_namespace(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The objects of `namespace` (keys this crate wrote; anything else is ignored), sorted
+    /// by key.
+    pub fn list(&self, namespace: &str) -> Result<Vec<StoredObject>> {
+        layout::validate_namespace(namespace)?;
+        let storage = self.clone();
+        let namespace = namespace.to_string();
+        self.block_on(async move { storage.list_async(&namespace).await })?
+    }
+
+    /// What a restore of `namespace` would apply, and the frame_no it reaches.
+    pub fn chain(&self, namespace: &str) -> Result<Chain> {
+        Ok(layout::chain(&self.list(namespace)?))
+    }
+
+    pub(crate) async fn list_async(&self, namespace: &str) -> Result<Vec<StoredObject>> {
+        let prefix = ObjectPath::from(namespace);
+        let metas: Vec<_> = self
+            .inner
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(&format!("listing {namespace}"), e))?;
+        let mut objects: Vec<StoredObject> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let key = meta.location.to_string();
+                let kind = layout::parse_key(namespace, &key)?;
+                Some(StoredObject { key, size: meta.size, kind })
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    /// Stores `bytes` under `key` in one request (atomic: a reader sees all or nothing).
+    pub(crate) async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
+        self.inner
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(&format!("uploading {key}"), e))?;
+        self.sync_local(key).await
+    }
+
+    /// Stores what `fill` writes under `key`, in parts for large objects; the object appears
+    /// only once complete.
+    pub(crate) fn writer(&self, key: &str) -> Result<object_store::buffered::BufWriter> {
+        let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
+        Ok(object_store::buffered::BufWriter::new(self.inner.store.clone(), path))
+    }
+
+    /// On a local-directory store, makes a completed object durable (file and directory).
+    pub(crate) async fn sync_local(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.inner.local_root else { return Ok(()) };
+        let file = root.join(key);
+        let sync = move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        tokio::task::spawn_blocking(sync)
+            .await
+            .map_err(|e| self.error(key, e))?
+            .map_err(|e| self.error(&format!("syncing {key}"), e))
+    }
+
+    pub(crate) fn upload_permits(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.uploads
+    }
+
+    pub(crate) fn error(&self, action: &str, e: impl std::fmt::Display) -> Error {
+        Error::Storage { url: self.inner.display_url.clone(), reason: format!("{action}: {e}") }
+    }
+
+    /// Runs `future` on the storage runtime and waits for it, from any thread (also from
+    /// inside another runtime, where `block_on` would panic).
+    pub(crate) fn block_on<F>(&self, future: F) -> Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime().spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv().map_err(|_| self.error("waiting for storage", "the storage runtime stopped"))
+    }
+
+    /// As [`Storage::block_on`], calling `tick` about every 100 ms while it waits.
+    pub(crate) fn block_on_with_progress<F>(&self, future: F, tick: &mut dyn FnMut()) -> Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime().spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(output) => return Ok(output),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tick(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.error("waiting for storage", "the storage runtime stopped"));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        runtime().spawn(future);
+    }
+}
+
+fn cloud_store(
+    scheme: ObjectStoreScheme,
+    url: &str,
+    options: &[(&str, &str)],
+    client: ClientOptions,
+    retry: RetryConfig,
+) -> object_store::Result<Arc<dyn ObjectStore>> {
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::AmazonS3 => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+            for (key, value) in options {
+                builder = builder.with_config(key.parse()?, *value);
+            }
+            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+            for (key, value) in options {
+                builder = builder.with_config(key.parse()?, *value);
+            }
+            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+            for (key, value) in options {
+                builder = builder.with_config(key.parse()?, *value);
+            }
+            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
+        }
+        other => {
+            return Err(object_store::Error::NotSupported {
+                source: format!("scheme {other:?} is not a cloud store").into(),
+            });
+        }
+    };
+    Ok(store)
+}
+
+/// `scheme://host/path`, without user info, password or query (where credentials hide).
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        Err(_) => "<invalid URL>".to_string(),
+    }
+}

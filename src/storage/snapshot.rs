@@ -1,0 +1,96 @@
+//! Snapshot objects: a whole database file as of a frame_no, the base a namespace's chain
+//! starts from when its early frames are in no stored segment (storage added to an existing
+//! database). Layout in `docs/FORMAT.md`: [`SnapshotHeader`] (64 bytes), the pages, then a
+//! [`SnapshotTrailer`] (16 bytes) with the pages' crc32c.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    PAGE_SIZE, SNAPSHOT_END_MAGIC, SNAPSHOT_HEADER_SIZE, SNAPSHOT_TRAILER_SIZE, SnapshotHeader, SnapshotTrailer,
+};
+use crate::io::IoFile;
+use crate::shared::SharedWal;
+use crate::storage::Storage;
+
+/// Pages read from the database file per write to the store.
+const CHUNK_PAGES: usize = 256;
+
+/// Streams the database file of `shared` (which must hold exactly the state at `frame_no`
+/// and not change meanwhile) to `key`. Returns the object's size.
+pub(crate) async fn upload(storage: &Storage, key: &str, shared: &Arc<SharedWal>, frame_no: u64) -> Result<u64> {
+    let db_pages = (shared.db_file_len() / PAGE_SIZE as u64) as u32;
+    let taken_unix_ms = shared.io.now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms);
+    let mut writer = storage.writer(key)?;
+    let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);
+    writer.write_all(header.as_bytes()).await.map_err(put_error)?;
+    let mut checksum = 0u32;
+    let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
+    let mut page = 0u32;
+    while page < db_pages {
+        let n = (db_pages - page).min(CHUNK_PAGES as u32) as usize;
+        let buf = &mut chunk[..n * PAGE_SIZE];
+        shared.read_db_file(buf, page as u64 * PAGE_SIZE as u64)?;
+        checksum = crc32c::crc32c_append(checksum, buf);
+        writer.write_all(buf).await.map_err(put_error)?;
+        page += n as u32;
+    }
+    let trailer =
+        SnapshotTrailer { pages_checksum: checksum.into(), reserved: 0.into(), magic: SNAPSHOT_END_MAGIC.into() };
+    writer.write_all(trailer.as_bytes()).await.map_err(put_error)?;
+    writer.shutdown().await.map_err(put_error)?;
+    storage.sync_local(key).await?;
+    Ok((SNAPSHOT_HEADER_SIZE + db_pages as usize * PAGE_SIZE + SNAPSHOT_TRAILER_SIZE) as u64)
+}
+
+/// Checks a downloaded snapshot file and copies its pages into `out` from page 1. Returns
+/// (frame_no, db_pages).
+pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<(u64, u32)> {
+    let len = snapshot.size().map_err(Error::io("reading", path))?;
+    let mut header_bytes = [0u8; SNAPSHOT_HEADER_SIZE];
+    if len < (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 {
+        return Err(Error::corrupt(path, format!("snapshot of {len} bytes is cut short")));
+    }
+    snapshot.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    let header = SnapshotHeader::read_from_bytes(&header_bytes).expect("exact size");
+    if let Some(problem) = header.problem() {
+        return Err(Error::corrupt(path, problem));
+    }
+    let db_pages = header.db_pages.get();
+    let expected = (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 + db_pages as u64 * PAGE_SIZE as u64;
+    if len != expected {
+        return Err(Error::corrupt(
+            path,
+            format!("snapshot of {db_pages} pages should be {expected} bytes, not {len}"),
+        ));
+    }
+    let mut trailer_bytes = [0u8; SNAPSHOT_TRAILER_SIZE];
+    snapshot
+        .read_exact_at(&mut trailer_bytes, len - SNAPSHOT_TRAILER_SIZE as u64)
+        .map_err(Error::io("reading", path))?;
+    let trailer = SnapshotTrailer::read_from_bytes(&trailer_bytes).expect("exact size");
+    if trailer.magic.get() != SNAPSHOT_END_MAGIC {
+        return Err(Error::corrupt(path, "snapshot trailer missing"));
+    }
+    let mut checksum = 0u32;
+    let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
+    let mut page = 0u32;
+    while page < db_pages {
+        let n = (db_pages - page).min(CHUNK_PAGES as u32) as usize;
+        let buf = &mut chunk[..n * PAGE_SIZE];
+        let offset = page as u64 * PAGE_SIZE as u64;
+        snapshot.read_exact_at(buf, SNAPSHOT_HEADER_SIZE as u64 + offset).map_err(Error::io("reading", path))?;
+        checksum = crc32c::crc32c_append(checksum, buf);
+        out.write_all_at(buf, offset).map_err(Error::io("writing", out_path))?;
+        page += n as u32;
+    }
+    if checksum != trailer.pages_checksum.get() {
+        return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
+    }
+    Ok((header.frame_no.get(), db_pages))
+}
