@@ -72,6 +72,9 @@ struct State {
     last_error: Option<String>,
 }
 
+/// The record's value for "storage is configured, durable frame_no not known yet".
+const UNKNOWN: u64 = u64::MAX;
+
 enum Step {
     Reconcile,
     Upload(SegmentRef),
@@ -91,18 +94,20 @@ impl Durability {
         if binding.is_none() && recorded.is_none() {
             return Ok(None);
         }
-        let frame_no = recorded.flatten();
-        if recorded.is_some() && frame_no.is_none() {
+        let frame_no = recorded.flatten().filter(|&f| f != UNKNOWN);
+        if recorded == Some(None) {
             tracing::warn!(path = %record_path.display(), "the durable frame_no record is damaged: rebuilding it from storage");
         }
         let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
-        Ok(Some(Arc::new(Durability {
-            binding,
-            io: io.clone(),
-            record_path,
-            state: Mutex::new(state),
-            changed: Condvar::new(),
-        })))
+        let durability =
+            Durability { binding, io: io.clone(), record_path, state: Mutex::new(state), changed: Condvar::new() };
+        if recorded.is_none() {
+            // From now on this log keeps its segments until storage has them, whoever opens
+            // it: say so on disk before the first commit can depend on it.
+            durability.write_record(UNKNOWN, true)?;
+            lock(&durability.state).record_exists = true;
+        }
+        Ok(Some(Arc::new(durability)))
     }
 
     pub fn binding(&self) -> Option<&StorageBinding> {

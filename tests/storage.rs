@@ -1,0 +1,282 @@
+//! Durable storage with the embedded stores (local directory, memory): restore equals the
+//! original page by page, checkpoints wait for durability (invariant 7), segments left behind
+//! are uploaded by the next process, storage added to an existing database starts from a
+//! snapshot, a namespace with another history is refused, damaged objects are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use libsql_sys::rusqlite::Connection;
+use libsql_wal::io::StdIo;
+use libsql_wal::storage::layout::ObjectKind;
+use libsql_wal::{
+    LibsqlWalManager, Storage, StorageConfig, WalConfig, flush_to_storage, inspect, open_connection, restore,
+    wait_durable,
+};
+
+fn fast() -> StorageConfig {
+    StorageConfig {
+        retry_delay_min: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(100),
+        ..StorageConfig::default()
+    }
+}
+
+fn local_store(dir: &Path) -> Storage {
+    Storage::open_with(&format!("file://{}", dir.display()), &[], fast()).unwrap()
+}
+
+/// An S3 endpoint nobody listens on: every request fails at once.
+fn unreachable_store() -> Storage {
+    let options = [
+        ("aws_endpoint", "http://127.0.0.1:9"),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+    ];
+    Storage::open_with("s3://bucket/prefix", &options, fast()).unwrap()
+}
+
+fn small_segments() -> WalConfig {
+    WalConfig { segment_frames_max: 8, segment_age_max: None, ..Default::default() }
+}
+
+fn wal_manager(storage: Option<Storage>, namespace: &str) -> LibsqlWalManager {
+    let manager = LibsqlWalManager::new(StdIo::shared(), small_segments());
+    match storage {
+        Some(storage) => manager.with_storage(storage).with_namespace(namespace).unwrap(),
+        None => manager,
+    }
+}
+
+/// Transactions of varied sizes, updates and deletes, so pages are rewritten and freed.
+fn write(conn: &Connection, from: i64, to: i64) {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+    for i in from..to {
+        conn.execute("INSERT INTO t VALUES (?1, zeroblob(?2))", (i, (i * 37) % 3000)).unwrap();
+        if i % 10 == 0 {
+            conn.execute("UPDATE t SET v = randomblob(100) WHERE id % 7 = ?1", [i % 7]).unwrap();
+        }
+        if i % 25 == 0 {
+            conn.execute("DELETE FROM t WHERE id % 5 = 0 AND id < ?1", [i - 10]).unwrap();
+        }
+    }
+}
+
+fn rows(conn: &Connection) -> (i64, i64) {
+    conn.query_row("SELECT count(*), coalesce(sum(length(v)), 0) FROM t", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+}
+
+fn segment_files(db: &Path) -> usize {
+    let dir = PathBuf::from(format!("{}-wal", db.display()));
+    std::fs::read_dir(dir)
+        .map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg")).count())
+}
+
+fn stock_integrity(db: &Path) -> String {
+    let out = Command::new("sqlite3").arg(db).arg("PRAGMA integrity_check").output().expect("sqlite3 is installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn restore_to(storage: &Storage, namespace: &str, out: &Path) -> libsql_wal::RestoreReport {
+    let mut calls = 0;
+    let report = restore(storage, namespace, out, &mut |done, total| {
+        assert!(done <= total);
+        calls += 1;
+    })
+    .unwrap();
+    assert!(calls > 0, "progress was reported");
+    report
+}
+
+#[test]
+fn restore_equals_the_original_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let storage = local_store(&dir.path().join("store"));
+    let manager = wal_manager(Some(storage.clone()), "shop");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 400);
+    let expected = rows(&conn);
+    let durable = flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap();
+    let last = inspect(&db, &manager).unwrap().last_frame_no;
+    assert_eq!(durable, Some(last), "flush makes every commit durable");
+    drop(conn);
+    // Everything was durable, so the last close checkpointed it all: the file is the
+    // database at the durable frame_no.
+    assert_eq!(segment_files(&db), 0);
+
+    let out = dir.path().join("restored.db");
+    let report = restore_to(&storage, "shop", &out);
+    assert_eq!(report.frame_no, last);
+    assert!(report.objects > 10, "many segments: {report:?}");
+    let original = std::fs::read(&db).unwrap();
+    let restored = std::fs::read(&out).unwrap();
+    assert_eq!(original.len(), restored.len());
+    for (i, (a, b)) in original.chunks(4096).zip(restored.chunks(4096)).enumerate() {
+        assert!(a == b, "page {} differs", i + 1);
+    }
+    assert_eq!(stock_integrity(&out), "ok");
+    let conn = Connection::open(&out).unwrap();
+    assert_eq!(rows(&conn), expected);
+}
+
+#[test]
+fn checkpoints_wait_for_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gate.db");
+    let manager = wal_manager(Some(unreachable_store()), "gate");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 100);
+    let expected = rows(&conn);
+    let db_len_before = std::fs::metadata(&db).unwrap().len();
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!((busy, done), (1, 0), "nothing durable, nothing checkpointed (log {log})");
+    assert!(segment_files(&db) > 5);
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), db_len_before, "the database file was not written");
+    std::thread::sleep(Duration::from_millis(300));
+    let info = inspect(&db, &manager).unwrap();
+    let durability = info.durability.clone().unwrap();
+    assert_eq!(durability.durable_frame_no, None);
+    assert!(durability.failures > 0 && durability.last_error.is_some(), "{durability:?}");
+    assert!(!wait_durable(&db, 1, Some(Duration::from_millis(50)), &manager).unwrap());
+    drop(conn);
+    let kept = segment_files(&db);
+    assert!(kept > 5, "the last close kept what storage does not have");
+
+    // A process without storage keeps the gate: the log says storage was configured.
+    let plain = wal_manager(None, "gate");
+    let conn = open_connection(&db, &plain).unwrap();
+    let (busy, _, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!((busy, done), (1, 0));
+    assert_eq!(rows(&conn), expected);
+    drop(conn);
+    assert_eq!(segment_files(&db), kept);
+
+    // The next process with working storage uploads what was left, then checkpoints.
+    let storage = local_store(&dir.path().join("store"));
+    let good = wal_manager(Some(storage.clone()), "gate");
+    let conn = open_connection(&db, &good).unwrap();
+    let last = inspect(&db, &good).unwrap().last_frame_no;
+    assert!(wait_durable(&db, last, Some(Duration::from_secs(60)), &good).unwrap());
+    let (busy, _, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!(busy, 0);
+    assert_eq!(segment_files(&db), 0);
+    drop(conn);
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_to(&storage, "gate", &out).frame_no, last);
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
+    assert_eq!(stock_integrity(&out), "ok");
+}
+
+#[test]
+fn storage_added_to_an_existing_database_starts_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let conn = open_connection(&db, &wal_manager(None, "old")).unwrap();
+    write(&conn, 0, 200);
+    drop(conn); // Checkpointed into the file: its frames are in no segment any more.
+    assert_eq!(segment_files(&db), 0);
+
+    let storage = local_store(&dir.path().join("store"));
+    let manager = wal_manager(Some(storage.clone()), "old");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 200, 260);
+    let expected = rows(&conn);
+    let last = flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+    let objects = storage.list("old").unwrap();
+    assert!(objects.iter().any(|o| matches!(o.kind, ObjectKind::Snapshot { frame_no, .. } if frame_no > 0)));
+
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_to(&storage, "old", &out).frame_no, last);
+    assert_eq!(std::fs::read(&db).unwrap(), std::fs::read(&out).unwrap());
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
+}
+
+#[test]
+fn a_namespace_with_another_history_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let first = dir.path().join("first.db");
+    let manager = wal_manager(Some(storage.clone()), "shared-name");
+    let conn = open_connection(&first, &manager).unwrap();
+    write(&conn, 0, 100);
+    flush_to_storage(&first, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+    let before = storage.list("shared-name").unwrap();
+
+    // A new database claiming the same namespace is behind it: not the same history.
+    let second = dir.path().join("second.db");
+    let conn = open_connection(&second, &manager).unwrap();
+    write(&conn, 0, 5);
+    assert_eq!(flush_to_storage(&second, Some(Duration::from_millis(500)), &manager).unwrap(), None);
+    let durability = inspect(&second, &manager).unwrap().durability.unwrap();
+    assert!(durability.last_error.as_deref().unwrap_or("").contains("another history"), "{durability:?}");
+    drop(conn);
+    assert_eq!(storage.list("shared-name").unwrap(), before, "nothing of the second database was uploaded");
+    assert!(segment_files(&second) > 0, "and nothing of it was checkpointed away");
+}
+
+#[test]
+fn damaged_or_missing_objects_fail_the_restore_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let storage = local_store(&store_dir);
+    let db = dir.path().join("ns.db");
+    let manager = wal_manager(Some(storage.clone()), "ns");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 50);
+    flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+
+    let out = dir.path().join("out.db");
+    std::fs::write(&out, b"keep me").unwrap();
+    let error = restore(&storage, "ns", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("exists"), "{error}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    std::fs::remove_file(&out).unwrap();
+
+    let error = restore(&storage, "nobody", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("holds nothing"), "{error}");
+    let error = restore(&storage, "../escape", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("invalid namespace"), "{error}");
+
+    // Flip one byte in the middle of a stored segment: its frame checksum chain breaks.
+    let segment =
+        storage.list("ns").unwrap().into_iter().find(|o| matches!(o.kind, ObjectKind::Segment { .. })).unwrap();
+    let path = store_dir.join(&segment.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    let error = restore(&storage, "ns", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("corrupt"), "{error}");
+    assert!(!out.exists(), "a failed restore leaves no database behind");
+}
+
+#[test]
+fn memory_store_round_trip_and_namespace_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open_with("memory://round-trip", &[], fast()).unwrap();
+    assert!(LibsqlWalManager::default().with_storage(storage.clone()).with_namespace("a/b").is_err());
+    assert!(LibsqlWalManager::default().with_storage(storage.clone()).with_namespace("..").is_err());
+    let db = dir.path().join("mem.db");
+    let manager = wal_manager(Some(storage.clone()), "mem");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 30);
+    let expected = rows(&conn);
+    flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+    assert_eq!(storage.list_namespaces().unwrap(), vec!["mem".to_string()]);
+    let out = dir.path().join("out.db");
+    restore_to(&storage, "mem", &out);
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
+    assert!(Storage::open("ftp://nowhere").is_err());
+    assert!(Storage::open("not a url").is_err());
+}
