@@ -445,7 +445,15 @@ impl SharedWal {
         on_page: &mut PageVisitor<'_>,
     ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
-        let mut blocked = !self.seal_current(mode, busy)?;
+        let mut blocked = false;
+        if self.uploads_pending() {
+            // Sealing would not let this checkpoint copy the current segment any sooner, only
+            // cut it short: during a storage outage SQLite's autocheckpoint runs at every
+            // commit, and would leave a segment per commit.
+            blocked = true;
+        } else {
+            blocked |= !self.seal_current(mode, busy)?;
+        }
         blocked |= self.copy_ready_segments(mode, busy, on_page)?;
         if mode == CheckpointMode::Truncate && !blocked {
             self.remove_empty_current()?;
@@ -518,6 +526,14 @@ impl SharedWal {
                 return Ok(false);
             }
         }
+    }
+
+    /// Is some sealed segment still waiting to be uploaded?
+    fn uploads_pending(&self) -> bool {
+        let Some(durability) = &self.durability else { return false };
+        let durable = durability.gate_frame_no();
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segments.iter().any(|s| s.is_sealed() && s.last_committed_frame_no() > durable)
     }
 
     /// Seals the current segment, waiting (until `deadline`, if any) for a writer to finish.

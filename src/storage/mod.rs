@@ -287,6 +287,10 @@ impl Storage {
     }
 }
 
+/// Builds a cloud store: our client options first, then the environment's variables for
+/// that cloud (`AWS_*`, `GOOGLE_*`, `AZURE_*`), then the URL, then explicit `options`. (The
+/// builders' `from_env` would be overwritten by `with_client_options`, losing for example
+/// `AWS_ALLOW_HTTP`.)
 fn cloud_store(
     scheme: ObjectStoreScheme,
     url: &str,
@@ -294,35 +298,40 @@ fn cloud_store(
     client: ClientOptions,
     retry: RetryConfig,
 ) -> object_store::Result<Arc<dyn ObjectStore>> {
-    let store: Arc<dyn ObjectStore> = match scheme {
-        ObjectStoreScheme::AmazonS3 => {
-            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+    macro_rules! build {
+        ($builder:ty, $env_prefix:expr) => {{
+            let mut builder = <$builder>::new().with_client_options(client).with_retry(retry);
+            for (key, value) in settings($env_prefix) {
+                if let Ok(key) = key.parse() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            builder = builder.with_url(url);
             for (key, value) in options {
                 builder = builder.with_config(key.parse()?, *value);
             }
-            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
-        }
-        ObjectStoreScheme::GoogleCloudStorage => {
-            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-            for (key, value) in options {
-                builder = builder.with_config(key.parse()?, *value);
-            }
-            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
-        }
-        ObjectStoreScheme::MicrosoftAzure => {
-            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-            for (key, value) in options {
-                builder = builder.with_config(key.parse()?, *value);
-            }
-            Arc::new(builder.with_client_options(client).with_retry(retry).build()?)
-        }
+            Arc::new(builder.build()?) as Arc<dyn ObjectStore>
+        }};
+    }
+    Ok(match scheme {
+        ObjectStoreScheme::AmazonS3 => build!(object_store::aws::AmazonS3Builder, "AWS_"),
+        ObjectStoreScheme::GoogleCloudStorage => build!(object_store::gcp::GoogleCloudStorageBuilder, "GOOGLE_"),
+        ObjectStoreScheme::MicrosoftAzure => build!(object_store::azure::MicrosoftAzureBuilder, "AZURE_"),
         other => {
             return Err(object_store::Error::NotSupported {
                 source: format!("scheme {other:?} is not a cloud store").into(),
             });
         }
-    };
-    Ok(store)
+    })
+}
+
+/// Environment variables starting with `prefix`, as lower-case builder keys.
+fn settings(prefix: &str) -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(key, _)| key.starts_with(prefix))
+        .map(|(key, value)| (key.to_ascii_lowercase(), value))
+        .collect()
 }
 
 /// `scheme://host/path`, without user info, password or query (where credentials hide).
