@@ -4,102 +4,33 @@
 //! segments left by a closed process uploaded by the next one, and a restore from S3 equal to
 //! the original page by page.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libsql_sys::rusqlite::Connection;
+use libsql_wal::bench::loopback_s3::S3Server;
 use libsql_wal::io::StdIo;
 use libsql_wal::{
     LibsqlWalManager, Storage, StorageConfig, WalConfig, durable_frame_no, flush_to_storage, inspect, open_connection,
     restore, wait_durable,
 };
 
-const BUCKET: &str = "bucket";
-
-/// The `s3s-fs` binary: `$S3S_FS`, or on `PATH`, or in cargo's bin directory.
-fn s3s_fs() -> PathBuf {
-    if let Some(path) = std::env::var_os("S3S_FS") {
-        return path.into();
-    }
-    let mut candidates: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("s3s-fs")).collect();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cargo/bin/s3s-fs"));
-    }
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("s3s-fs not found: `cargo install s3s-fs@0.14.1 --features binary --locked` (.ci/test does it)")
-    })
+fn start_server(root: &Path) -> S3Server {
+    S3Server::start(root)
+        .expect("s3s-fs starts (`cargo install s3s-fs@0.14.1 --features binary --locked`, .ci/test does it)")
 }
 
-/// An `s3s-fs` process serving `root` on a fixed loopback port, restartable.
-struct S3Server {
-    root: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl S3Server {
-    fn start(root: &Path) -> S3Server {
-        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = S3Server { root: root.into(), port, child: None };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", "test-key", "--secret-key", "test-secret"])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: whatever request is in flight is cut.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn storage(&self) -> Storage {
-        let endpoint = format!("http://127.0.0.1:{}", self.port);
-        let options = [
-            ("aws_endpoint", endpoint.as_str()),
-            ("aws_allow_http", "true"),
-            ("aws_access_key_id", "test-key"),
-            ("aws_secret_access_key", "test-secret"),
-            ("aws_region", "us-east-1"),
-        ];
-        let config = StorageConfig {
-            retry_delay_min: Duration::from_millis(20),
-            retry_delay_max: Duration::from_millis(300),
-            request_timeout: Duration::from_secs(5),
-            ..StorageConfig::default()
-        };
-        Storage::open_with(&format!("s3://{BUCKET}/tests"), &options, config).unwrap()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn s3_storage(server: &S3Server) -> Storage {
+    let config = StorageConfig {
+        retry_delay_min: Duration::from_millis(20),
+        retry_delay_max: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(5),
+        ..StorageConfig::default()
+    };
+    server.storage("tests", config).unwrap()
 }
 
 fn manager(storage: &Storage, namespace: &str) -> LibsqlWalManager {
@@ -131,8 +62,8 @@ fn stock_integrity(db: &Path) -> String {
 #[test]
 fn server_killed_mid_upload_and_restarted_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = S3Server::start(&dir.path().join("s3"));
-    let storage = server.storage();
+    let mut server = start_server(&dir.path().join("s3"));
+    let storage = s3_storage(&server);
     let db = dir.path().join("orders.db");
     let manager = manager(&storage, "orders");
     let conn = open_connection(&db, &manager).unwrap();
@@ -176,7 +107,7 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
         let lag = info.durable_lag_frames().unwrap_or(info.last_frame_no);
         assert!(lag > 64, "round {round}: the log grows while storage is down (lag {lag})");
         assert!(durability.last_error.is_some(), "round {round}: the outage shows in info");
-        server.restart();
+        server.restart().unwrap();
     }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
@@ -206,8 +137,8 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
 #[test]
 fn segments_left_by_a_closed_process_are_uploaded_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = S3Server::start(&dir.path().join("s3"));
-    let storage = server.storage();
+    let mut server = start_server(&dir.path().join("s3"));
+    let storage = s3_storage(&server);
     server.kill();
     let db = dir.path().join("left.db");
     {
@@ -226,7 +157,7 @@ fn segments_left_by_a_closed_process_are_uploaded_by_the_next() {
         .count();
     assert!(left > 5, "{left} segments left behind");
 
-    server.restart();
+    server.restart().unwrap();
     let manager = manager(&storage, "left");
     let conn = open_connection(&db, &manager).unwrap();
     let expected = rows(&conn);

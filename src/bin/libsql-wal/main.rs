@@ -106,6 +106,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWorkload {
+    /// Durable-frame lag (commit to durable, p50/p99/max) at a steady commit rate, and upload
+    /// MB/s of a backlog, to a local-directory store and to an S3 server (s3s-fs) on loopback.
+    Storage {
+        /// Seconds of steady commits per store.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Commits per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Frames per segment (a frame is durable once its segment is sealed and uploaded).
+        #[arg(long, default_value_t = 4096)]
+        segment_frames: u32,
+        /// Size of the backlog uploaded for the MB/s figure, in MiB.
+        #[arg(long, default_value_t = 128)]
+        upload_mib: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Commits per second, one small row per transaction, synchronous=FULL and NORMAL, with
     /// a bare pwrite+fdatasync loop as the disk's limit.
     Commits {
@@ -323,6 +343,9 @@ fn stress(
 
 fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
     match workload {
+        BenchWorkload::Storage { seconds, rate, segment_frames, upload_mib, dir, json } => {
+            storage_cmd::bench(seconds, rate, segment_frames, upload_mib, dir, json)
+        }
         BenchWorkload::Commits { commits, rounds, dir, json } => bench_commits(commits, rounds, dir, json),
         BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {
             bench_checkpoint_latency(log_mib, commits, rows_per_commit, rounds, dir, json)

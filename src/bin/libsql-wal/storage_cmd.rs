@@ -156,3 +156,103 @@ pub fn restore(url: &str, namespace: &str, out: &Path) -> Result<ExitCode, Strin
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `bench storage`: rows (store, metric, value).
+pub fn bench(
+    seconds: u64,
+    rate: u32,
+    segment_frames: u32,
+    upload_mib: u64,
+    dir: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    use libsql_wal::bench::loopback_s3::s3s_fs_binary;
+    use libsql_wal::bench::storage::{durable_lag, upload_throughput};
+    let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-storage-{}", std::process::id()));
+    let base = dir.unwrap_or_else(|| tmp.clone());
+    let config = libsql_wal::WalConfig { segment_frames_max: segment_frames.max(1), ..Default::default() };
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    let mut stores = vec![BenchStore::LocalDir];
+    if s3s_fs_binary().is_some() {
+        stores.push(BenchStore::S3Loopback);
+    } else {
+        eprintln!("s3s-fs not found: S3 rows skipped (cargo install s3s-fs@0.14.1 --features binary --locked)");
+    }
+    for store in stores {
+        let name = store.name();
+        for (what, run) in [("lag", base.join(format!("{name}-lag"))), ("upload", base.join(format!("{name}-upload")))]
+        {
+            std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+            let (storage, _server) = store.open(&run)?;
+            if what == "lag" {
+                eprintln!("{name}: {rate} commits/s for {seconds} s...");
+                let lag = durable_lag(&run, &storage, config.clone(), rate, Duration::from_secs(seconds))
+                    .map_err(|e| e.to_string())?;
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                rows.push((name.to_string(), "commits/s reached".into(), lag.rate));
+                rows.push((name.to_string(), "durable lag p50 (ms)".into(), ms(lag.p50)));
+                rows.push((name.to_string(), "durable lag p99 (ms)".into(), ms(lag.p99)));
+                rows.push((name.to_string(), "durable lag max (ms)".into(), ms(lag.max)));
+            } else {
+                eprintln!("{name}: uploading a {upload_mib} MiB backlog...");
+                let mb_s = upload_throughput(&run, &storage, upload_mib << 20).map_err(|e| e.to_string())?;
+                rows.push((name.to_string(), "upload MB/s".into(), mb_s));
+            }
+            let _ = std::fs::remove_dir_all(&run);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(store, metric, value)| {
+                format!("{{\"store\":\"{store}\",\"metric\":\"{metric}\",\"value\":{value:.3}}}")
+            })
+            .collect();
+        println!(
+            "{{\"workload\":\"storage\",\"rate\":{rate},\"seconds\":{seconds},\"segment_frames\":{segment_frames},\"rows\":[{}]}}",
+            items.join(",")
+        );
+    } else {
+        println!(
+            "storage: {rate} commits/s for {seconds} s, {segment_frames}-frame segments; {upload_mib} MiB backlog upload"
+        );
+        println!("{:<12} {:<22} {:>12}", "store", "metric", "value");
+        for (store, metric, value) in &rows {
+            println!("{store:<12} {metric:<22} {value:>12.1}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `bench storage` uploads to.
+#[derive(Clone, Copy)]
+enum BenchStore {
+    LocalDir,
+    S3Loopback,
+}
+
+impl BenchStore {
+    fn name(self) -> &'static str {
+        match self {
+            BenchStore::LocalDir => "local-dir",
+            BenchStore::S3Loopback => "s3-loopback",
+        }
+    }
+
+    /// A fresh store under `run` (and the server behind it, kept alive by the caller).
+    fn open(self, run: &Path) -> Result<(Storage, Option<libsql_wal::bench::loopback_s3::S3Server>), String> {
+        match self {
+            BenchStore::LocalDir => {
+                let url = format!("file://{}", run.join("store").display());
+                Ok((Storage::open(&url).map_err(|e| e.to_string())?, None))
+            }
+            BenchStore::S3Loopback => {
+                let server =
+                    libsql_wal::bench::loopback_s3::S3Server::start(&run.join("s3")).map_err(|e| e.to_string())?;
+                let storage = server.storage("bench", Default::default()).map_err(|e| e.to_string())?;
+                Ok((storage, Some(server)))
+            }
+        }
+    }
+}

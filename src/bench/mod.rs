@@ -10,6 +10,9 @@ use libsql_sys::rusqlite::{self, Connection};
 use crate::{Checkpointer, CheckpointerConfig, LibsqlWalManager, Result, WalConfig, inspect, io::StdIo};
 use crate::{open_connection, open_sqlite_connection};
 
+pub mod loopback_s3;
+pub mod storage;
+
 /// Which WAL a measurement ran on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
