@@ -106,8 +106,9 @@ pub fn checkpoint(
     Ok(CheckpointResult { busy: busy != 0, log_frames: log as u32, checkpointed_frames: done as u32 })
 }
 
-/// The durable frame_no of `db_path` (every frame up to it is in storage): `None` without
-/// storage, or while storage has not been reached since the log was opened.
+/// The durable frame_no of `db_path` (every frame up to it is in storage): `None` when the
+/// log has no storage (and no durable record), or while storage has not been reached since
+/// the log was opened. A log opened without storage reports its recorded value.
 pub fn durable_frame_no(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Option<u64>> {
     let shared = acquire(manager, db_path.as_ref())?;
     let durable = shared.durability().and_then(|d| d.frame_no());

@@ -271,24 +271,43 @@ impl SnapshotHeader {
 }
 
 /// The local record of a database's durable frame_no (`<db>-wal/durable`, 16 bytes):
-/// frame_no (u64), crc32c of those 8 bytes (u32), 4 zero bytes. A record failing its
-/// check is ignored and rebuilt from storage.
+/// frame_no (u64), the identity of the store and namespace it counts in (u32, see
+/// [`storage_identity`]), crc32c of bytes 0..12 (u32). A record failing its check is ignored
+/// and rebuilt from storage; one for another store or namespace is not trusted either.
 pub const DURABLE_RECORD_SIZE: usize = 16;
 
-pub fn encode_durable_record(frame_no: u64) -> [u8; DURABLE_RECORD_SIZE] {
-    let mut bytes = [0u8; DURABLE_RECORD_SIZE];
-    bytes[..8].copy_from_slice(&frame_no.to_le_bytes());
-    let check = crc32c::crc32c(&bytes[..8]);
-    bytes[8..12].copy_from_slice(&check.to_le_bytes());
-    bytes
+/// What a durable record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableRecord {
+    pub frame_no: u64,
+    pub identity: u32,
 }
 
-pub fn decode_durable_record(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() != DURABLE_RECORD_SIZE || bytes[12..] != [0; 4] {
-        return None;
+impl DurableRecord {
+    pub fn encode(self) -> [u8; DURABLE_RECORD_SIZE] {
+        let mut bytes = [0u8; DURABLE_RECORD_SIZE];
+        bytes[..8].copy_from_slice(&self.frame_no.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.identity.to_le_bytes());
+        let check = crc32c::crc32c(&bytes[..12]);
+        bytes[12..].copy_from_slice(&check.to_le_bytes());
+        bytes
     }
-    let check = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
-    (crc32c::crc32c(&bytes[..8]) == check).then(|| u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")))
+
+    pub fn decode(bytes: &[u8]) -> Option<DurableRecord> {
+        if bytes.len() != DURABLE_RECORD_SIZE {
+            return None;
+        }
+        let check = u32::from_le_bytes(bytes[12..16].try_into().ok()?);
+        (crc32c::crc32c(&bytes[..12]) == check).then(|| DurableRecord {
+            frame_no: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+            identity: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+/// The identity a durable record is bound to: crc32c of `url`, a zero byte, `namespace`.
+pub fn storage_identity(url: &str, namespace: &str) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(url.as_bytes()), &[0]), namespace.as_bytes())
 }
 
 /// Byte offset of frame `index` (0-based) in a segment file.
@@ -382,13 +401,18 @@ mod tests {
             SnapshotTrailer { pages_checksum: 7.into(), reserved: 0.into(), magic: SNAPSHOT_END_MAGIC.into() };
         assert_eq!(&trailer.as_bytes()[8..], b"LSQLSEND");
 
-        let record = encode_durable_record(4096);
-        assert_eq!(&record[..8], &4096u64.to_le_bytes());
-        assert_eq!(&record[8..12], &crc32c::crc32c(&4096u64.to_le_bytes()).to_le_bytes());
-        assert_eq!(decode_durable_record(&record), Some(4096));
-        let mut torn = record;
+        let identity = storage_identity("s3://bucket/prefix", "shop");
+        let record = DurableRecord { frame_no: 4096, identity };
+        let bytes = record.encode();
+        assert_eq!(&bytes[..8], &4096u64.to_le_bytes());
+        assert_eq!(&bytes[8..12], &identity.to_le_bytes());
+        assert_eq!(&bytes[12..], &crc32c::crc32c(&bytes[..12]).to_le_bytes());
+        assert_eq!(DurableRecord::decode(&bytes), Some(record));
+        let mut torn = bytes;
         torn[3] ^= 1;
-        assert_eq!(decode_durable_record(&torn), None);
+        assert_eq!(DurableRecord::decode(&torn), None);
+        assert_ne!(identity, storage_identity("s3://bucket/prefix", "shop2"));
+        assert_ne!(identity, storage_identity("s3://bucket/prefi", "xshop"));
     }
 
     #[test]

@@ -444,8 +444,6 @@ impl Segment {
             .collect()
     }
 
-    /// Removes the file. The caller has made sure nobody will look for a page in it again;
-    /// readers that still hold the `Arc` keep reading from the open handle.
     /// The whole file of a sealed segment (immutable, so read without locks), for upload.
     pub fn read_all(&self) -> Result<Vec<u8>> {
         let len = self.file.size().map_err(Error::io("reading", &self.path))?;
@@ -454,6 +452,8 @@ impl Segment {
         Ok(bytes)
     }
 
+    /// Removes the file. The caller has made sure nobody will look for a page in it again;
+    /// readers that still hold the `Arc` keep reading from the open handle.
     pub fn remove(&self, io: &dyn Io) -> Result<()> {
         io.remove_file(&self.path).map_err(Error::io("removing", &self.path))
     }

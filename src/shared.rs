@@ -446,11 +446,14 @@ impl SharedWal {
     ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
         let mut blocked = false;
-        if self.uploads_pending() {
-            // Sealing would not let this checkpoint copy the current segment any sooner, only
-            // cut it short: during a storage outage SQLite's autocheckpoint runs at every
-            // commit, and would leave a segment per commit.
-            blocked = true;
+        if self.durability.is_some() && (mode == CheckpointMode::Passive || self.uploads_pending()) {
+            // With storage, sealing cannot let this checkpoint copy the current segment (it
+            // is not durable yet), only cut it short; and SQLite's autocheckpoint (PASSIVE)
+            // asks at every commit while the log is long, as it stays during an upload: a
+            // seal each time would chop the log into tiny segments. Segments are sealed by
+            // size, age, `flush_to_storage`, shutdown, or a FULL/RESTART/TRUNCATE
+            // checkpoint with no upload pending.
+            blocked = self.segments().first().is_some_and(|s| !s.is_sealed() && s.committed_frames() > 0);
         } else {
             blocked |= !self.seal_current(mode, busy)?;
         }

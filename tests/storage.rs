@@ -280,3 +280,18 @@ fn memory_store_round_trip_and_namespace_checks() {
     assert!(Storage::open("ftp://nowhere").is_err());
     assert!(Storage::open("not a url").is_err());
 }
+
+#[test]
+fn every_backend_opens_by_url_and_urls_shown_carry_no_secrets() {
+    let s3 = [("aws_region", "us-east-1"), ("aws_access_key_id", "id"), ("aws_secret_access_key", "key")];
+    assert_eq!(Storage::open_with("s3://bucket/prefix", &s3, fast()).unwrap().url(), "s3://bucket/prefix");
+    Storage::open_with("gs://bucket/prefix", &[], fast()).unwrap();
+    let az = [("azure_storage_account_name", "account"), ("azure_storage_account_key", "a2V5")];
+    Storage::open_with("az://container/prefix", &az, fast()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = local_store(&dir.path().join("made/on/demand"));
+    assert!(dir.path().join("made/on/demand").is_dir());
+    assert!(local.url().starts_with("file:///"));
+    let shown = Storage::open_with("s3://user:hunter2@bucket/x?token=abc", &s3, fast()).unwrap().url().to_string();
+    assert!(!shown.contains("hunter2") && !shown.contains("abc"), "{shown}");
+}

@@ -170,3 +170,39 @@ fn segments_left_by_a_closed_process_are_uploaded_by_the_next() {
     assert_same_pages(&db, &out);
     assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
 }
+
+#[test]
+fn a_log_moved_to_another_store_starts_there_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(&dir.path().join("s3"));
+    let s3 = s3_storage(&server);
+    let db = dir.path().join("moved.db");
+    {
+        let manager = manager(&s3, "moved");
+        let conn = open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+        for i in 0..300 {
+            insert(&conn, i);
+        }
+        flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+        server.kill();
+        for i in 300..600 {
+            insert(&conn, i);
+        }
+    } // Closed with a durable record (for S3) and segments S3 never got.
+    assert!(dir.path().join("moved.db-wal/durable").exists());
+
+    // The record counts in S3, not here: the local store must get everything, from a base.
+    let local = Storage::open(&format!("file://{}", dir.path().join("store").display())).unwrap();
+    let manager = manager(&local, "moved");
+    let conn = open_connection(&db, &manager).unwrap();
+    let expected = rows(&conn);
+    let last = flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap();
+    assert_eq!(last, Some(inspect(&db, &manager).unwrap().last_frame_no));
+    drop(conn);
+    let out = dir.path().join("restored.db");
+    let report = restore(&local, "moved", &out, &mut |_, _| {}).unwrap();
+    assert_eq!(Some(report.frame_no), last);
+    assert_same_pages(&db, &out);
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
+}

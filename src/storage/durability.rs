@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::format::{DURABLE_RECORD_SIZE, decode_durable_record, encode_durable_record};
+use crate::format::{DURABLE_RECORD_SIZE, DurableRecord, storage_identity};
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::shared::SharedWal;
@@ -51,6 +51,9 @@ pub struct DurabilityInfo {
 
 pub(crate) struct Durability {
     binding: Option<StorageBinding>,
+    /// Which store and namespace the record counts in (`format::storage_identity`; 0 when
+    /// the log has no storage here: then the record is only read, never written).
+    identity: u32,
     io: Arc<dyn Io>,
     record_path: PathBuf,
     state: Mutex<State>,
@@ -94,17 +97,32 @@ impl Durability {
         if binding.is_none() && recorded.is_none() {
             return Ok(None);
         }
-        let frame_no = recorded.flatten().filter(|&f| f != UNKNOWN);
-        if recorded == Some(None) {
-            tracing::warn!(path = %record_path.display(), "the durable frame_no record is damaged: rebuilding it from storage");
-        }
+        let identity = binding.as_ref().map(|b| storage_identity(b.storage.url(), &b.namespace));
+        let record = match recorded {
+            Some(None) => {
+                tracing::warn!(path = %record_path.display(), "the durable frame_no record is damaged: rebuilding it from storage");
+                None
+            }
+            Some(Some(record)) if identity.is_some_and(|id| id != record.identity) => {
+                tracing::info!(path = %record_path.display(), "the durable record counts in another store or namespace: listing this one");
+                None
+            }
+            other => other.flatten(),
+        };
+        let frame_no = record.map(|r| r.frame_no).filter(|&f| f != UNKNOWN);
         let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
-        let durability =
-            Durability { binding, io: io.clone(), record_path, state: Mutex::new(state), changed: Condvar::new() };
-        if recorded.is_none() {
-            // From now on this log keeps its segments until storage has them, whoever opens
-            // it: say so on disk before the first commit can depend on it.
-            durability.write_record(UNKNOWN, true)?;
+        let durability = Durability {
+            binding,
+            identity: identity.unwrap_or(0),
+            io: io.clone(),
+            record_path,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        };
+        if durability.binding.is_some() && record.is_none() {
+            // From now on this log keeps its segments until this store has them, whoever
+            // opens it: say so on disk before the first commit can depend on it.
+            durability.write_record(UNKNOWN, recorded.is_none())?;
             lock(&durability.state).record_exists = true;
         }
         Ok(Some(Arc::new(durability)))
@@ -208,7 +226,8 @@ impl Durability {
     fn write_record(&self, frame_no: u64, create: bool) -> Result<()> {
         let path = &self.record_path;
         let file = self.io.open(path, true).map_err(Error::io("opening", path))?;
-        file.write_all_at(&encode_durable_record(frame_no), 0).map_err(Error::io("writing", path))?;
+        let record = DurableRecord { frame_no, identity: self.identity };
+        file.write_all_at(&record.encode(), 0).map_err(Error::io("writing", path))?;
         file.sync_data().map_err(Error::io("syncing", path))?;
         if create && let Some(dir) = path.parent() {
             self.io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
@@ -253,7 +272,7 @@ impl Durability {
 }
 
 /// Reads the record: `None` when there is none, `Some(None)` when it is damaged.
-fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<u64>>> {
+fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<DurableRecord>>> {
     match io.kind(path).map_err(Error::io("reading", path))? {
         Some(FileKind::File { .. }) => {}
         _ => return Ok(None),
@@ -261,7 +280,7 @@ fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<u64>>> {
     let file = io.open(path, false).map_err(Error::io("opening", path))?;
     let mut bytes = [0u8; DURABLE_RECORD_SIZE];
     let frame_no = match file.read_exact_at(&mut bytes, 0) {
-        Ok(()) => decode_durable_record(&bytes),
+        Ok(()) => DurableRecord::decode(&bytes),
         Err(_) => None,
     };
     Ok(Some(frame_no))
@@ -352,14 +371,17 @@ async fn reconcile(durability: &Durability, binding: &StorageBinding, shared: &A
     let stored_nothing = chain.end_frame_no == 0 && chain.snapshot.is_none();
     let base_missing = chain.end_frame_no < checkpointed || (stored_nothing && shared.db_file_len() > 0);
     if !base_missing {
-        return durability.advance(chain.end_frame_no);
+        durability.advance(chain.end_frame_no)?;
+        // Segments storage already had are checkpointable now.
+        shared.notify_checkpointer();
+        return Ok(());
     }
     // While the durable frame_no is unknown the gate stops every checkpoint, so the
     // database file holds exactly the state at `checkpointed` while we read it.
     let taken_unix_ms = shared.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let key = layout::snapshot_key(&binding.namespace, checkpointed, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    let bytes = snapshot::upload(&binding.storage, &key, shared, checkpointed).await?;
+    let bytes = snapshot::upload(&binding.storage, &key, shared, checkpointed, taken_unix_ms).await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     durability.record_success(bytes);
     durability.advance(checkpointed)?;

@@ -6,7 +6,8 @@
 //! trailer; a snapshot by size, header and pages checksum) and applied in order: newest
 //! version of each page written at its place. The file is then cut to the last commit's
 //! size, given the checkpoint mark of the chain's last frame_no, synced, and only then
-//! renamed to the output path: a failed restore never leaves a half-built database there.
+//! linked in at the output path (never replacing a file): a failed restore never leaves a
+//! half-built database there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,7 +105,9 @@ fn rebuild(
     }
     db.sync_data().map_err(Error::io("syncing", &db_path))?;
     drop(db);
-    std::fs::rename(&db_path, out).map_err(Error::io("renaming", out))?;
+    // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
+    // since the check at the start. The scratch directory (and its name) goes afterwards.
+    std::fs::hard_link(&db_path, out).map_err(Error::io("linking", out))?;
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
     Ok((db_pages, total))

@@ -22,9 +22,14 @@ const CHUNK_PAGES: usize = 256;
 
 /// Streams the database file of `shared` (which must hold exactly the state at `frame_no`
 /// and not change meanwhile) to `key`. Returns the object's size.
-pub(crate) async fn upload(storage: &Storage, key: &str, shared: &Arc<SharedWal>, frame_no: u64) -> Result<u64> {
+pub(crate) async fn upload(
+    storage: &Storage,
+    key: &str,
+    shared: &Arc<SharedWal>,
+    frame_no: u64,
+    taken_unix_ms: u64,
+) -> Result<u64> {
     let db_pages = (shared.db_file_len() / PAGE_SIZE as u64) as u32;
-    let taken_unix_ms = shared.io.now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms);
     let mut writer = storage.writer(key)?;
     let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);

@@ -272,10 +272,14 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
         return Err(format!("no database at {}", db.display()));
     }
     // Opening the log with storage starts its uploads: give them a moment to reach storage,
-    // so the durable frame_no shown is current rather than "unknown".
+    // so the durable frame_no shown is known rather than "unknown" (if storage answers).
     let manager = storage.manager(db)?;
+    // With storage, a connection is held meanwhile so the log stays open (and uploading)
+    // between the calls below.
+    let mut _held = None;
     if manager.storage().is_some() {
-        let _ = libsql_wal::wait_durable(db, u64::MAX, Some(std::time::Duration::from_secs(2)), &manager);
+        _held = Some(libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?);
+        storage_cmd::wait_until_known(db, &manager, std::time::Duration::from_secs(2));
     }
     let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
     println!("database: {}", db.display());

@@ -107,6 +107,17 @@ pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), S
     }
 }
 
+/// Waits up to `timeout` for the durable frame_no to be known (storage listed once).
+pub fn wait_until_known(db: &Path, manager: &LibsqlWalManager, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        match libsql_wal::durable_frame_no(db, manager) {
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
+}
+
 pub fn print_durability(info: &LogInfo) {
     let Some(durability) = &info.durability else { return };
     match (&durability.storage_url, &durability.namespace) {
