@@ -24,6 +24,13 @@ use crate::io::{Io, IoFile};
 /// Frames read at once while scanning a segment during recovery.
 const SCAN_BATCH_FRAMES: u32 = 256;
 
+/// A current segment's file is grown in steps of this many bytes of zeros, ahead of the
+/// frames, for synchronous commits: a commit then overwrites blocks the file already has, so
+/// its fdatasync flushes data only, not the file's new size and blocks (a journal commit),
+/// except once per step. Zeros never pass for frames (frame_no 0 and page_no 0 are invalid),
+/// and recovery cuts them off with the torn tail.
+pub(crate) const PREALLOCATE_BYTES: u64 = 2 << 20;
+
 pub(crate) struct Segment {
     pub path: PathBuf,
     pub start_frame_no: u64,
@@ -50,6 +57,8 @@ struct AppendState {
     /// Position of the first frame whose checksum must be recomputed before commit
     /// (a page rewritten in place by the open transaction).
     recompute_from: Option<u32>,
+    /// The file's length: frames, then (current segments) zeros preallocated for more.
+    file_len: u64,
     /// A commit frame was written but the commit did not complete (its sync failed): the
     /// rollback must make its removal durable, or a crash could bring the commit back.
     unfinished_commit: bool,
@@ -111,10 +120,27 @@ impl Segment {
                 committed_checksum: salt,
                 committed_size_after: 0,
                 recompute_from: None,
+                file_len: SEGMENT_HEADER_SIZE as u64,
                 unfinished_commit: false,
                 sealed: false,
             }),
         })
+    }
+
+    /// Makes the file long enough for `more` frames past the last one, growing it by
+    /// [`PREALLOCATE_BYTES`] steps of zeros. Called before the frames of a synchronous
+    /// commit are written; the commit's fdatasync makes the zeros durable with them.
+    pub fn preallocate(&self, more: u32) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let needed = frame_offset(state.frames + more);
+        if needed <= state.file_len {
+            return Ok(());
+        }
+        let new_len = needed.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
+        let zeros = vec![0u8; (new_len - state.file_len) as usize];
+        self.file.write_all_at(&zeros, state.file_len).map_err(Error::io("writing", &self.path))?;
+        state.file_len = new_len;
+        Ok(())
     }
 
     /// Opens an existing segment, verifies every frame and, if it is the log's tail
@@ -169,10 +195,13 @@ impl Segment {
             return Err(Error::corrupt(path, "a segment before the newest one is not sealed"));
         }
         let sealed = trailer.is_some();
+        let mut file_len = len;
         if !sealed && is_tail {
             let keep = frame_offset(scan.committed_frames);
             if len != keep {
-                if scan.uncommitted_tail > 0 || len > keep {
+                // Zeros past the frames are preallocation, not damage: cut them silently.
+                let preallocated = scan.uncommitted_tail == 0 && zeros_from(file.as_ref(), path, keep, len)?;
+                if !preallocated {
                     tracing::warn!(
                         path = %path.display(),
                         "recovery: cutting {} bytes after the last commit frame (frame_no {})",
@@ -182,6 +211,7 @@ impl Segment {
                 }
                 file.set_len(keep).map_err(Error::io("truncating", path))?;
                 file.sync_data().map_err(Error::io("syncing", path))?;
+                file_len = keep;
             }
         }
         Ok(Segment {
@@ -198,6 +228,7 @@ impl Segment {
                 committed_checksum: scan.committed_checksum,
                 committed_size_after: scan.committed_size_after,
                 recompute_from: None,
+                file_len,
                 unfinished_commit: false,
                 sealed,
             }),
@@ -295,6 +326,7 @@ impl Segment {
             buf.extend_from_slice(data);
         }
         self.file.write_all_at(&buf, frame_offset(state.frames)).map_err(Error::io("writing", &self.path))?;
+        state.file_len = state.file_len.max(frame_offset(state.frames + appended.len() as u32));
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for (i, &(page_no, _, _)) in appended.iter().enumerate() {
             index.entry(page_no).or_default().push(state.frames + i as u32);
@@ -373,6 +405,7 @@ impl Segment {
         state.last_checksum = if keep == 0 { self.salt } else { self.frame_checksum(keep - 1)? };
         // Cut the file so no dropped frame can ever be mistaken for part of the log.
         self.file.set_len(frame_offset(keep)).map_err(Error::io("truncating", &self.path))?;
+        state.file_len = frame_offset(keep);
         if state.unfinished_commit {
             self.sync()?;
             state.unfinished_commit = false;
@@ -416,17 +449,22 @@ impl Segment {
         let mut buf = Vec::with_capacity(index_bytes.len() + SEAL_TRAILER_SIZE);
         buf.extend_from_slice(index_bytes);
         buf.extend_from_slice(trailer.as_bytes());
+        let end = index_offset + buf.len() as u64;
+        // The trailer must end the file: preallocated zeros after it are cut first.
         let written = self
             .file
             .write_all_at(&buf, index_offset)
+            .and_then(|()| if state.file_len > end { self.file.set_len(end) } else { Ok(()) })
             .map_err(Error::io("writing", &self.path))
             .and_then(|()| self.sync());
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
             // of the file would claim a seal that no longer matches: cut both off.
             let _ = self.file.set_len(index_offset);
+            state.file_len = index_offset;
             return Err(e);
         }
+        state.file_len = end;
         state.sealed = true;
         Ok(())
     }
@@ -555,7 +593,8 @@ pub(crate) fn check_segment(io: &dyn Io, path: &Path) -> Result<SegmentCheck> {
         }
         None => {
             let keep = frame_offset(scan.committed_frames);
-            if len > keep {
+            let preallocated = scan.uncommitted_tail == 0 && zeros_from(file.as_ref(), path, keep, len)?;
+            if len > keep && !preallocated {
                 check.warnings.push(format!(
                     "{} bytes after the last commit frame (a torn or unfinished transaction, cut at open)",
                     len - keep
@@ -564,6 +603,21 @@ pub(crate) fn check_segment(io: &dyn Io, path: &Path) -> Result<SegmentCheck> {
         }
     }
     Ok(check)
+}
+
+/// Are bytes `from..len` of `file` all zero (preallocated, never written)?
+fn zeros_from(file: &dyn IoFile, path: &Path, from: u64, len: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = from;
+    while offset < len {
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset).map_err(Error::io("reading", path))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
+    Ok(true)
 }
 
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:
@@ -636,6 +690,34 @@ mod tests {
         let mut buf = vec![0; PAGE_SIZE];
         segment.read_page(pos, &mut buf).unwrap();
         buf[0]
+    }
+
+    #[test]
+    fn preallocated_zeros_are_overwritten_cut_at_recovery_and_at_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(1));
+        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let a = page(7);
+        for i in 0..3u32 {
+            segment.preallocate(1).unwrap();
+            segment.write_pages(&[(i + 1, &a)], i, Some(i + 1)).unwrap();
+            segment.mark_committed(i + 1);
+        }
+        assert_eq!(segment.file_len(), PREALLOCATE_BYTES, "one step of zeros holds all three frames");
+        let check = check_segment(&StdIo, &path).unwrap();
+        assert!(check.warnings.is_empty() && check.errors.is_empty(), "{check:?}");
+        assert_eq!(check.valid_frames, 3);
+        drop(segment);
+
+        let recovered = Segment::recover(&StdIo, &path, true).unwrap();
+        assert_eq!(recovered.committed_frames(), 3);
+        assert_eq!(recovered.file_len(), frame_offset(3), "recovery cut the zeros");
+        recovered.preallocate(1).unwrap();
+        recovered.seal().unwrap();
+        drop(recovered);
+        let sealed = Segment::recover(&StdIo, &path, false).unwrap();
+        assert!(sealed.is_sealed(), "the trailer ends the file once sealed");
+        assert_eq!(sealed.committed_frames(), 3);
     }
 
     #[test]

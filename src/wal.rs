@@ -401,13 +401,17 @@ impl Wal for LibsqlWal {
         }
         let commit = (is_commit && size_after > 0).then_some(size_after);
         self.last_found = None;
+        // `sync_flags & 3` is SQLite's WAL_SYNC_FLAGS: set under synchronous=FULL (and
+        // EXTRA), clear under NORMAL. A FULL commit is on stable storage before we return.
+        let synchronous = sync_flags & 0x03 != 0;
+        if commit.is_some() && synchronous {
+            segment.preallocate(pages.len() as u32).map_err(Error::into_sqlite)?;
+        }
         segment.write_pages(&pages, start, commit).map_err(Error::into_sqlite)?;
         if commit.is_none() {
             return Ok(0);
         }
-        // `sync_flags & 3` is SQLite's WAL_SYNC_FLAGS: set under synchronous=FULL (and
-        // EXTRA), clear under NORMAL. A FULL commit is on stable storage before we return.
-        if sync_flags & 0x03 != 0 {
+        if synchronous {
             segment.sync().map_err(Error::into_sqlite)?;
         }
         segment.mark_committed(size_after);

@@ -12,6 +12,7 @@ use crate::{open_connection, open_sqlite_connection};
 
 pub mod loopback_s3;
 pub mod storage;
+pub mod workloads;
 
 /// Which WAL a measurement ran on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +182,9 @@ pub fn commits_per_sec(dir: &Path, side: Side, synchronous: Synchronous, commits
     Ok(rate)
 }
 
-/// The disk's own limit for durable appends: a bare loop of one 4120-byte `pwrite` at the end
-/// of a file and one `fdatasync`, per "commit". No WAL can commit durably faster than this.
+/// The disk's own limit for durable commits: a bare loop of one 4120-byte `pwrite` and one
+/// `fdatasync` per "commit", into a file whose blocks were written (zeros) and synced
+/// beforehand, so each fdatasync flushes data only. No WAL can commit durably faster.
 pub fn raw_sync_loop_per_sec(dir: &Path, commits: usize) -> Result<f64> {
     use std::os::unix::fs::FileExt;
     let path = dir.join("raw-sync-loop");
@@ -194,6 +196,9 @@ pub fn raw_sync_loop_per_sec(dir: &Path, commits: usize) -> Result<f64> {
         .open(&path)
         .map_err(crate::Error::io("opening", &path))?;
     let frame = vec![0x5Au8; crate::format::FRAME_SIZE];
+    let zeros = vec![0u8; commits * frame.len()];
+    file.write_all_at(&zeros, 0).map_err(crate::Error::io("writing", &path))?;
+    file.sync_data().map_err(crate::Error::io("syncing", &path))?;
     let started = Instant::now();
     for i in 0..commits {
         file.write_all_at(&frame, (i * frame.len()) as u64).map_err(crate::Error::io("writing", &path))?;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use libsql_wal::{CheckpointMode, LibsqlWalManager};
 
+mod bench_cmd;
 mod script;
 mod storage_cmd;
 
@@ -80,10 +81,14 @@ enum Command {
         #[command(subcommand)]
         command: storage_cmd::StorageCommand,
     },
-    /// Benchmarks against SQLite's own WAL, side by side in one run, with ratios.
+    /// Benchmarks against SQLite's own WAL, side by side in one run, with ratios. Without a
+    /// subcommand: every workload, with the target ratios (`--quick`: under a minute).
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        workload: BenchWorkload,
+        workload: Option<BenchWorkload>,
+        #[command(flatten)]
+        suite: bench_cmd::SuiteArgs,
     },
     /// Concurrency stress: a writer moves money between accounts while readers check every
     /// snapshot (constant total, counter never backwards) and checkpoints run. Exits 1 on any
@@ -196,7 +201,8 @@ fn main() -> ExitCode {
         Command::Verify { db, storage } => verify(&db, &storage),
         Command::Restore { storage, namespace, out } => storage_cmd::restore(&storage, &namespace, &out),
         Command::Storage { command } => storage_cmd::run(command),
-        Command::Bench { workload } => bench(workload),
+        Command::Bench { workload: Some(workload), .. } => bench(workload),
+        Command::Bench { workload: None, suite } => bench_cmd::run(&suite),
         Command::Stress { db, seconds, readers, seed, segment_frames } => {
             stress(db, seconds, readers, seed, segment_frames)
         }
