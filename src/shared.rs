@@ -250,12 +250,17 @@ impl SharedWal {
     }
 
     /// Opens a snapshot at the last commit and registers it, atomically with respect to
-    /// checkpoints (which read the registrations under the same lock).
-    pub fn begin_read(&self) -> Snapshot {
+    /// checkpoints (which read the registrations under the same lock). Also says whether the
+    /// log is fully checkpointed by SQLite's own checkpoints (`foreground_checkpointed_frame_no`),
+    /// read under the same lock (SQLite restarts its log only after one of its own checkpoints
+    /// copied everything): one lock per read transaction, not two (every statement
+    /// outside a transaction is one).
+    pub fn begin_read(&self) -> (Snapshot, bool) {
         let mut commit = lock(&self.commit);
         let snapshot = commit.last;
+        let restartable = commit.foreground_checkpointed_frame_no == commit.last.frame_no;
         *commit.readers.entry(snapshot.frame_no).or_default() += 1;
-        snapshot
+        (snapshot, restartable)
     }
 
     pub fn end_read(&self, snapshot: Snapshot) {
@@ -267,16 +272,12 @@ impl SharedWal {
             }
         }
         drop(commit);
-        if self.held_back_by_readers.swap(false, Ordering::SeqCst) {
+        // Load first: a swap on every read transaction would bounce the cache line between
+        // the readers' cores for a flag that is almost always false.
+        if self.held_back_by_readers.load(Ordering::Relaxed) && self.held_back_by_readers.swap(false, Ordering::SeqCst)
+        {
             self.notify_checkpointer();
         }
-    }
-
-    /// Would SQLite restart its log at the next write? Only after a checkpoint it ran itself
-    /// copied everything (see `foreground_checkpointed_frame_no`).
-    pub fn log_restartable(&self) -> bool {
-        let commit = lock(&self.commit);
-        commit.foreground_checkpointed_frame_no == commit.last.frame_no
     }
 
     /// Registers this log with a background checkpointer, which then owns checkpoints

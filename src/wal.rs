@@ -273,8 +273,8 @@ impl Wal for LibsqlWal {
         if self.read.is_some() {
             self.end_read_txn();
         }
-        let snapshot = self.shared.begin_read();
-        self.read_on_checkpointed_log = self.shared.log_restartable();
+        let (snapshot, restartable) = self.shared.begin_read();
+        self.read_on_checkpointed_log = restartable;
         self.read = Some(snapshot);
         self.last_found = None;
         let changed = self.previous_frame_no != Some(snapshot.frame_no);
