@@ -247,11 +247,7 @@ impl Storage {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::channel();
-        runtime().spawn(async move {
-            let _ = tx.send(future.await);
-        });
-        rx.recv().map_err(|_| self.error("waiting for storage", "the storage runtime stopped"))
+        self.block_on_with_progress(future, &mut || {})
     }
 
     /// As [`Storage::block_on`], calling `tick` about every 100 ms while it waits.
