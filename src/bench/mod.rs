@@ -206,3 +206,34 @@ pub fn raw_sync_loop_per_sec(dir: &Path, commits: usize) -> Result<f64> {
     }
     Ok(commits as f64 / started.elapsed().as_secs_f64())
 }
+
+/// One segment file driven directly, for the micro-benchmarks under `benches/` (the type
+/// itself stays private to the crate).
+pub struct SegmentBench {
+    segment: crate::segment::Segment,
+}
+
+impl SegmentBench {
+    /// A fresh current segment in `dir`, starting at frame_no 1.
+    pub fn create(dir: &Path) -> Result<SegmentBench> {
+        Ok(SegmentBench { segment: crate::segment::Segment::create(&StdIo, dir, 1)? })
+    }
+
+    /// Appends one frame of `page_no` as its own committed transaction (no sync).
+    pub fn append_commit(&self, page_no: u32, page: &[u8]) -> Result<()> {
+        let start = self.segment.frames();
+        self.segment.write_pages(&[(page_no, page)], start, Some(page_no.max(1)))?;
+        self.segment.mark_committed(page_no.max(1));
+        Ok(())
+    }
+
+    /// Seals the segment (index and trailer, one sync).
+    pub fn seal(&self) -> Result<()> {
+        self.segment.seal()
+    }
+
+    /// The position of the newest frame of `page_no`, as `find_frame` asks it.
+    pub fn find(&self, page_no: u32) -> Option<u32> {
+        self.segment.find(page_no, u64::MAX)
+    }
+}
