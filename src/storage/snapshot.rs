@@ -20,6 +20,15 @@ use crate::storage::Storage;
 /// Pages read from the database file per write to the store.
 const CHUNK_PAGES: usize = 256;
 
+/// The database's pages in runs of at most `CHUNK_PAGES`: (byte offset in the database,
+/// length in bytes).
+fn page_chunks(db_pages: u32) -> impl Iterator<Item = (u64, usize)> {
+    (0..db_pages).step_by(CHUNK_PAGES).map(move |page| {
+        let n = (db_pages - page).min(CHUNK_PAGES as u32) as usize;
+        (page as u64 * PAGE_SIZE as u64, n * PAGE_SIZE)
+    })
+}
+
 /// Streams the database file of `shared` (which must hold exactly the state at `frame_no`
 /// and not change meanwhile) to `key`. Returns the object's size.
 pub(crate) async fn upload(
@@ -36,14 +45,11 @@ pub(crate) async fn upload(
     writer.write_all(header.as_bytes()).await.map_err(put_error)?;
     let mut checksum = 0u32;
     let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
-    let mut page = 0u32;
-    while page < db_pages {
-        let n = (db_pages - page).min(CHUNK_PAGES as u32) as usize;
-        let buf = &mut chunk[..n * PAGE_SIZE];
-        shared.read_db_file(buf, page as u64 * PAGE_SIZE as u64)?;
+    for (offset, len) in page_chunks(db_pages) {
+        let buf = &mut chunk[..len];
+        shared.read_db_file(buf, offset)?;
         checksum = crc32c::crc32c_append(checksum, buf);
         writer.write_all(buf).await.map_err(put_error)?;
-        page += n as u32;
     }
     let trailer =
         SnapshotTrailer { pages_checksum: checksum.into(), reserved: 0.into(), magic: SNAPSHOT_END_MAGIC.into() };
@@ -84,15 +90,11 @@ pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_pa
     }
     let mut checksum = 0u32;
     let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
-    let mut page = 0u32;
-    while page < db_pages {
-        let n = (db_pages - page).min(CHUNK_PAGES as u32) as usize;
-        let buf = &mut chunk[..n * PAGE_SIZE];
-        let offset = page as u64 * PAGE_SIZE as u64;
+    for (offset, len) in page_chunks(db_pages) {
+        let buf = &mut chunk[..len];
         snapshot.read_exact_at(buf, SNAPSHOT_HEADER_SIZE as u64 + offset).map_err(Error::io("reading", path))?;
         checksum = crc32c::crc32c_append(checksum, buf);
         out.write_all_at(buf, offset).map_err(Error::io("writing", out_path))?;
-        page += n as u32;
     }
     if checksum != trailer.pages_checksum.get() {
         return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
