@@ -43,6 +43,9 @@ pub enum Error {
     Storage { url: String, reason: String },
     #[error("restore: {0}")]
     Restore(String),
+    /// A benchmark found its data wrong (never raised on the `Wal` path).
+    #[error("benchmark: {0}")]
+    Bench(String),
     #[error("database is locked: another connection holds the write lock")]
     Busy,
     #[error("database is locked: the snapshot is stale, another connection committed since")]
@@ -73,7 +76,7 @@ impl Error {
             | Error::CannotOpen { .. }
             | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
             Error::Storage { .. } => ffi::SQLITE_IOERR,
-            Error::Restore(_) => ffi::SQLITE_ERROR,
+            Error::Restore(_) | Error::Bench(_) => ffi::SQLITE_ERROR,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
             Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,

@@ -3,11 +3,18 @@
 //! Architecture invariant: two `SharedWal`s for one file never exist in one process; the
 //! registry's lock is held while one is created (recovery) or shut down, so an open racing a
 //! close either gets the live log or waits and opens a fresh one.
+//!
+//! Idle logs: a log whose last connection closed is shut down at once (SQLite's behaviour),
+//! unless its config says `keep_open_when_idle` (a server with many databases: reopening is
+//! then free). Idle logs still hold their files (the database file, the lock that makes the
+//! log ours, the segments), so the registry bounds the descriptors they hold together by
+//! [`set_idle_open_files_max`]: past it, the least recently used idle logs are shut down
+//! (without a checkpoint: their segments stay on disk and the next open recovers them).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
@@ -16,7 +23,104 @@ use crate::ownership::log_dir_of;
 use crate::shared::{SharedWal, WalConfig};
 use crate::storage::durability::StorageBinding;
 
-static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<SharedWal>>>> = LazyLock::new(Default::default);
+/// Descriptors idle logs may hold together unless [`set_idle_open_files_max`] says otherwise:
+/// a quarter of the usual soft limit of 1,024 per process.
+pub const DEFAULT_IDLE_OPEN_FILES_MAX: usize = 256;
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
+    Mutex::new(Registry {
+        logs: HashMap::new(),
+        idle: IdleLogs::default(),
+        idle_open_files_max: DEFAULT_IDLE_OPEN_FILES_MAX,
+    })
+});
+
+struct Registry {
+    /// Every live log, active or idle.
+    logs: HashMap<PathBuf, Weak<SharedWal>>,
+    /// Logs without connections kept open (they hold the only strong references).
+    idle: IdleLogs,
+    idle_open_files_max: usize,
+}
+
+/// Idle logs, least recently used first, with the descriptors each held when it went idle
+/// (an upper bound: an idle log only loses files, as checkpoints remove its segments).
+#[derive(Default)]
+struct IdleLogs {
+    by_age: BTreeMap<u64, (Arc<SharedWal>, usize)>,
+    age_of: HashMap<PathBuf, u64>,
+    files: usize,
+    next_age: u64,
+}
+
+impl IdleLogs {
+    fn insert(&mut self, shared: Arc<SharedWal>) {
+        let files = shared.open_files();
+        let age = self.next_age;
+        self.next_age += 1;
+        self.files += files;
+        self.age_of.insert(shared.db_path.clone(), age);
+        self.by_age.insert(age, (shared, files));
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<Arc<SharedWal>> {
+        let age = self.age_of.remove(path)?;
+        let (shared, files) = self.by_age.remove(&age)?;
+        self.files -= files;
+        Some(shared)
+    }
+
+    fn pop_oldest(&mut self) -> Option<Arc<SharedWal>> {
+        let (_, (shared, files)) = self.by_age.pop_first()?;
+        self.age_of.remove(&shared.db_path);
+        self.files -= files;
+        Some(shared)
+    }
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bounds the file descriptors that logs kept open without connections hold together
+/// (`WalConfig::keep_open_when_idle`); idle logs past it are closed, least recently used
+/// first, now and from then on. Connections and logs in use are not counted: they hold what
+/// they need.
+pub fn set_idle_open_files_max(max: usize) {
+    let mut registry = registry();
+    registry.idle_open_files_max = max;
+    registry.evict_idle();
+}
+
+/// Closes every log kept open without connections (checkpointing it first when its config
+/// says `checkpoint_on_close`), as a server does before it exits. Returns how many.
+pub fn close_idle_logs() -> usize {
+    let mut registry = registry();
+    let mut closed = 0;
+    while let Some(shared) = registry.idle.pop_oldest() {
+        shared.shutdown(true);
+        registry.logs.remove(&shared.db_path);
+        closed += 1;
+    }
+    closed
+}
+
+/// What the registry holds: (logs open, of which idle, descriptors the idle ones hold at most).
+pub fn registry_stats() -> (usize, usize, usize) {
+    let registry = registry();
+    (registry.logs.len(), registry.idle.by_age.len(), registry.idle.files)
+}
+
+impl Registry {
+    fn evict_idle(&mut self) {
+        while self.idle.files > self.idle_open_files_max {
+            let Some(shared) = self.idle.pop_oldest() else { break };
+            tracing::debug!(db = %shared.db_path.display(), "closing an idle log: too many idle files open");
+            shared.shutdown(false);
+            self.logs.remove(&shared.db_path);
+        }
+    }
+}
 
 /// The canonical path of a database file (which must exist).
 pub(crate) fn canonical(io: &dyn Io, db_path: &Path) -> Result<PathBuf> {
@@ -33,10 +137,11 @@ pub(crate) fn acquire(
     storage: Option<&StorageBinding>,
 ) -> Result<Arc<SharedWal>> {
     let path = canonical(io.as_ref(), db_path)?;
-    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let shared = match registry.get(&path).and_then(Weak::upgrade) {
+    let mut registry = registry();
+    let shared = match registry.logs.get(&path).and_then(Weak::upgrade) {
         Some(shared) => {
             check_same_storage(&shared, storage)?;
+            registry.idle.remove(&path);
             shared
         }
         None => {
@@ -45,7 +150,7 @@ pub(crate) fn acquire(
                 shared.attach_checkpointer(checkpointer);
             }
             shared.start();
-            registry.insert(path, Arc::downgrade(&shared));
+            registry.logs.insert(path, Arc::downgrade(&shared));
             shared
         }
     };
@@ -78,12 +183,18 @@ fn check_same_storage(shared: &SharedWal, storage: Option<&StorageBinding>) -> R
 }
 
 /// One connection is done with `shared`; the last one shuts the log down (checkpointing
-/// everything first when `checkpoint`).
+/// everything first when `checkpoint`), or leaves it open but idle when its config says so.
 pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
-    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    if shared.open_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+    let mut registry = registry();
+    if shared.open_connections.fetch_sub(1, Ordering::SeqCst) != 1 {
+        return;
+    }
+    if shared.config.keep_open_when_idle {
+        registry.idle.insert(shared.clone());
+        registry.evict_idle();
+    } else {
         shared.shutdown(checkpoint);
-        registry.remove(&shared.db_path);
+        registry.logs.remove(&shared.db_path);
     }
 }
 

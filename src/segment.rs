@@ -143,6 +143,20 @@ impl Segment {
         Ok(())
     }
 
+    /// Gives back the zeros preallocated past the last frame (a log closed without being
+    /// emptied keeps its current segment: 2 MiB per idle database would add up). Not synced:
+    /// zeros a crash brings back are cut by recovery like any preallocation.
+    pub fn trim_preallocation(&self) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let end = frame_offset(state.frames);
+        if state.sealed || state.file_len <= end {
+            return Ok(());
+        }
+        self.file.set_len(end).map_err(Error::io("truncating", &self.path))?;
+        state.file_len = end;
+        Ok(())
+    }
+
     /// Opens an existing segment, verifies every frame and, if it is the log's tail
     /// (`is_tail`), cuts a torn or corrupt end at the last valid commit frame.
     pub fn recover(io: &dyn Io, path: &Path, is_tail: bool) -> Result<Segment> {
@@ -712,6 +726,10 @@ mod tests {
         let recovered = Segment::recover(&StdIo, &path, true).unwrap();
         assert_eq!(recovered.committed_frames(), 3);
         assert_eq!(recovered.file_len(), frame_offset(3), "recovery cut the zeros");
+        recovered.preallocate(1).unwrap();
+        recovered.trim_preallocation().unwrap();
+        assert_eq!(recovered.file_len(), frame_offset(3), "a close gives the zeros back");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), frame_offset(3));
         recovered.preallocate(1).unwrap();
         recovered.seal().unwrap();
         drop(recovered);

@@ -41,6 +41,11 @@ pub struct WalConfig {
     /// Checkpoint everything when the last connection in the process closes (SQLite's
     /// behaviour), so the file is a plain SQLite database afterwards.
     pub checkpoint_on_close: bool,
+    /// Keep the log open when its last connection in the process closes, so the next open
+    /// finds it recovered and ready (a server holding many databases). Idle logs are closed
+    /// when the descriptors they hold together pass `set_idle_open_files_max`, or by
+    /// `close_idle_logs`. Off by default: SQLite closes (and checkpoints) at the last close.
+    pub keep_open_when_idle: bool,
 }
 
 impl Default for WalConfig {
@@ -49,6 +54,7 @@ impl Default for WalConfig {
             segment_frames_max: 4096,
             segment_age_max: Some(Duration::from_secs(10)),
             checkpoint_on_close: true,
+            keep_open_when_idle: false,
         }
     }
 }
@@ -428,6 +434,11 @@ impl SharedWal {
     }
 
     /// All segments, newest first.
+    /// The file descriptors this log holds: the database file, the lock, each segment.
+    pub fn open_files(&self) -> usize {
+        2 + self.segments.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn segments(&self) -> Vec<SegmentRef> {
         self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -694,7 +705,13 @@ impl SharedWal {
         // them as soon as the lock is released.
         let _guard = lock(&self.checkpoint_lock);
         self.closed.store(true, Ordering::SeqCst);
-        let log_empty = self.segments().is_empty();
+        let segments = self.segments();
+        let log_empty = segments.is_empty();
+        if let Some(current) = segments.first()
+            && let Err(e) = current.trim_preallocation()
+        {
+            tracing::warn!(db = %self.db_path.display(), "could not give back the segment's preallocated zeros: {e}");
+        }
         if let Some(durability) = &self.durability {
             durability.close(log_empty);
         }

@@ -207,7 +207,12 @@ fn sqlite_autocheckpoint_does_not_run_with_a_background_checkpointer() {
 fn shutdown_seals_and_drains_and_every_database_is_plain_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let checkpointer = fast_checkpointer(2);
-    let config = WalConfig { segment_frames_max: 1_000_000, segment_age_max: None, checkpoint_on_close: false };
+    let config = WalConfig {
+        segment_frames_max: 1_000_000,
+        segment_age_max: None,
+        checkpoint_on_close: false,
+        ..Default::default()
+    };
     let manager =
         LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config).with_checkpointer(checkpointer.clone());
     let paths: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("d{i}.db"))).collect();

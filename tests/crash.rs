@@ -142,7 +142,12 @@ fn setup(path: &Path, manager: &LibsqlWalManager) {
 }
 
 fn manager_for(io: &FaultyIo, rng: &mut fastrand::Rng) -> LibsqlWalManager {
-    let config = WalConfig { segment_frames_max: rng.u32(4..64), segment_age_max: None, checkpoint_on_close: false };
+    let config = WalConfig {
+        segment_frames_max: rng.u32(4..64),
+        segment_age_max: None,
+        checkpoint_on_close: false,
+        ..Default::default()
+    };
     LibsqlWalManager::new(Arc::new(io.clone()), config)
 }
 
@@ -318,7 +323,8 @@ fn scripted_case(fault_at: u64, fault: Fault, lost: LostWrites) -> Result<(), St
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("d.db");
     let io = FaultyIo::new(fault_at, lost);
-    let config = WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false };
+    let config =
+        WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
     let manager = LibsqlWalManager::new(Arc::new(io.clone()), config);
     setup(&path, &manager);
     io.arm(fault_at, fault);
@@ -367,7 +373,8 @@ fn every_operation_of_a_workload_can_fail_or_crash() {
     let io = FaultyIo::new(0, LostWrites::All);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.db");
-    let config = WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false };
+    let config =
+        WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
     let manager = LibsqlWalManager::new(Arc::new(io.clone()), config);
     setup(&path, &manager);
     let before = io.ops();

@@ -12,7 +12,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
 /// A database whose log keeps several sealed segments and a current one.
 fn database_with_a_log(dir: &Path) -> PathBuf {
     let path = dir.join("d.db");
-    let config = WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false };
+    let config =
+        WalConfig { segment_frames_max: 4, segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
     let manager = LibsqlWalManager::new(StdIo::shared(), config);
     let conn = open_connection(&path, &manager).unwrap();
     conn.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, pad BLOB)").unwrap();

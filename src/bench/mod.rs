@@ -11,6 +11,7 @@ use crate::{Checkpointer, CheckpointerConfig, LibsqlWalManager, Result, WalConfi
 use crate::{open_connection, open_sqlite_connection};
 
 pub mod loopback_s3;
+pub mod scale;
 pub mod storage;
 pub mod workloads;
 

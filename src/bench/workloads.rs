@@ -20,11 +20,15 @@ const READ_CACHE_KIB: i64 = 2048;
 type Conn = Box<dyn std::ops::Deref<Target = Connection> + Send>;
 
 /// A connection on one side; ours with its own background checkpointer, as a server has.
+/// Waits up to 5 s when busy, as an application with concurrent connections would (SQLite's
+/// default of not waiting makes a reader opening during a writer's commit fail).
 fn open(side: Side, path: &Path, manager: &LibsqlWalManager) -> Result<Conn> {
-    Ok(match side {
+    let conn: Conn = match side {
         Side::Sqlite => Box::new(open_sqlite_connection(path)?),
         Side::Ours => Box::new(open_connection(path, manager)?),
-    })
+    };
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 fn manager() -> LibsqlWalManager {

@@ -1,13 +1,13 @@
 //! `libsql-wal bench` without a subcommand: every workload on SQLite's WAL and ours, side by
 //! side, alternating sides, `--rounds` times (median reported), with the target ratios.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use libsql_wal::bench::scale::{ScaleConfig, idle_databases};
 use libsql_wal::bench::workloads::{ReadTable, bulk_load, mixed, point_reads};
 use libsql_wal::bench::{
     CheckpointLatencyConfig, Side, Synchronous, checkpoint_latency, commits_per_sec, raw_sync_loop_per_sec,
@@ -27,6 +27,26 @@ pub struct SuiteArgs {
     /// Where the databases go (default: a temporary directory, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run only these workloads (comma-separated): full, normal, bulk, reads, mixed,
+    /// latency, limit, scale. Default: all of them.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Workload>,
+    /// Run one side only (for profiling one WAL): sqlite or libsql. Ratios need both.
+    #[arg(long, value_parser = ["sqlite", "libsql"])]
+    pub side: Option<String>,
+}
+
+/// The suite's workloads, as `--only` names them.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Full,
+    Normal,
+    Bulk,
+    Reads,
+    Mixed,
+    Latency,
+    Limit,
+    Scale,
 }
 
 /// Sizes of one suite run.
@@ -38,6 +58,7 @@ struct Sizes {
     read_time: Duration,
     latency_log_mib: u64,
     latency_commits: usize,
+    scale_databases: usize,
 }
 
 impl Sizes {
@@ -51,6 +72,7 @@ impl Sizes {
                 read_time: Duration::from_millis(500),
                 latency_log_mib: 32,
                 latency_commits: 300,
+                scale_databases: 1000,
             }
         } else {
             Sizes {
@@ -61,17 +83,29 @@ impl Sizes {
                 read_time: Duration::from_secs(3),
                 latency_log_mib: 1024,
                 latency_commits: 3000,
+                scale_databases: 10_000,
             }
         }
     }
 }
 
-/// One row of the table: a metric measured on both sides, and the ratio it should reach.
+/// What a row must reach.
+#[derive(Clone, Copy)]
+enum Target {
+    /// ours ÷ SQLite at least this (rates).
+    RatioAtLeast(f64),
+    /// ours ÷ SQLite at most this (latencies).
+    RatioAtMost(f64),
+    /// Ours alone at most this (costs with no SQLite counterpart).
+    AtMost(f64),
+    /// Shown for information.
+    None,
+}
+
+/// One row of the table: a metric measured on one or both sides, and its target.
 struct Row {
-    metric: &'static str,
-    /// Higher is better (rates), or lower (latencies).
-    higher_is_better: bool,
-    target: f64,
+    metric: String,
+    target: Target,
     sqlite: Vec<f64>,
     ours: Vec<f64>,
 }
@@ -83,36 +117,44 @@ fn median(values: &[f64]) -> f64 {
 }
 
 impl Row {
-    fn ratio(&self) -> f64 {
-        median(&self.ours) / median(&self.sqlite)
+    /// ours ÷ SQLite, when both sides were measured.
+    fn ratio(&self) -> Option<f64> {
+        (!self.sqlite.is_empty() && !self.ours.is_empty()).then(|| median(&self.ours) / median(&self.sqlite))
     }
 
-    fn met(&self) -> bool {
-        if self.higher_is_better { self.ratio() >= self.target } else { self.ratio() <= self.target }
+    fn met(&self) -> Option<bool> {
+        match self.target {
+            Target::RatioAtLeast(t) => self.ratio().map(|r| r >= t),
+            Target::RatioAtMost(t) => self.ratio().map(|r| r <= t),
+            Target::AtMost(t) => (!self.ours.is_empty()).then(|| median(&self.ours) <= t),
+            Target::None => None,
+        }
+    }
+
+    fn target_text(&self, ascii: bool) -> String {
+        let (ge, le) = if ascii { (">=", "<=") } else { ("≥", "≤") };
+        match self.target {
+            Target::RatioAtLeast(t) => format!("{ge}{t}"),
+            Target::RatioAtMost(t) => format!("{le}{t}"),
+            Target::AtMost(t) => format!("{le}{t} abs"),
+            Target::None => String::new(),
+        }
     }
 }
 
 struct Suite {
-    rows: BTreeMap<usize, Row>,
-    order: Vec<&'static str>,
+    rows: Vec<Row>,
 }
 
 impl Suite {
-    fn record(&mut self, metric: &'static str, higher_is_better: bool, target: f64, side: Side, value: f64) {
-        let position = match self.order.iter().position(|m| *m == metric) {
-            Some(p) => p,
+    fn record(&mut self, metric: &str, target: Target, side: Side, value: f64) {
+        let row = match self.rows.iter().position(|r| r.metric == metric) {
+            Some(p) => &mut self.rows[p],
             None => {
-                self.order.push(metric);
-                self.order.len() - 1
+                self.rows.push(Row { metric: metric.to_string(), target, sqlite: Vec::new(), ours: Vec::new() });
+                self.rows.last_mut().expect("just pushed")
             }
         };
-        let row = self.rows.entry(position).or_insert(Row {
-            metric,
-            higher_is_better,
-            target,
-            sqlite: Vec::new(),
-            ours: Vec::new(),
-        });
         match side {
             Side::Sqlite => row.sqlite.push(value),
             Side::Ours => row.ours.push(value),
@@ -125,50 +167,84 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
     let rounds = args.rounds.max(1);
     let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-suite-{}", std::process::id()));
     let base = args.dir.clone().unwrap_or_else(|| tmp.clone());
-    let steps_per_round = 2 * 7 + 1;
+    let runs = |w: Workload| args.only.is_empty() || args.only.contains(&w);
+    let steps_per_round = 2 * 7 + 2;
     let bar = ProgressBar::new((rounds * steps_per_round) as u64);
     bar.set_style(
         ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg} ({elapsed})")
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
     );
-    let mut suite = Suite { rows: BTreeMap::new(), order: Vec::new() };
+    let mut suite = Suite { rows: Vec::new() };
     let result = (|| -> Result<(), String> {
         for round in 0..rounds {
             // Alternate which side goes first, round by round.
             let sides = if round % 2 == 0 { [Side::Sqlite, Side::Ours] } else { [Side::Ours, Side::Sqlite] };
             for side in sides {
+                if args.side.as_deref().is_some_and(|only| (only == "sqlite") != (side == Side::Sqlite)) {
+                    continue;
+                }
                 let dir = fresh_dir(&base, round, side)?;
                 let step = |what: &str| {
                     bar.set_message(format!("round {} {}: {what}", round + 1, side.name()));
                 };
-                step("FULL commits");
-                let full = commits_per_sec(&dir, side, Synchronous::Full, sizes.full_commits).map_err(s)?;
-                suite.record("commits/s synchronous=FULL", true, 1.2, side, full);
-                bar.inc(1);
-                step("NORMAL commits");
-                let normal = commits_per_sec(&dir, side, Synchronous::Normal, sizes.normal_commits).map_err(s)?;
-                suite.record("commits/s synchronous=NORMAL", true, 1.0, side, normal);
-                bar.inc(1);
-                step("bulk load");
-                let bulk = bulk_load(&dir, side, sizes.bulk_bytes).map_err(s)?;
-                suite.record("bulk load MB/s (one transaction)", true, 1.0, side, bulk);
-                bar.inc(1);
-                step("point reads");
-                let table = ReadTable::create(&dir, side, sizes.read_table_bytes).map_err(s)?;
-                for (threads, metric) in
-                    [(1, "point reads/s, 1 thread"), (2, "point reads/s, 2 threads"), (4, "point reads/s, 4 threads")]
-                {
-                    let reads = point_reads(&table, threads, sizes.read_time).map_err(s)?;
-                    suite.record(metric, true, 1.0, side, reads);
-                    bar.inc(1);
+                if runs(Workload::Full) {
+                    step("FULL commits");
+                    let full = commits_per_sec(&dir, side, Synchronous::Full, sizes.full_commits).map_err(s)?;
+                    suite.record("commits/s synchronous=FULL", Target::RatioAtLeast(1.2), side, full);
                 }
-                step("mixed");
-                let report = mixed(&table, sizes.read_time).map_err(s)?;
-                suite.record("mixed: reads/s (2 readers + 1 writer)", true, 1.5, side, report.reads_per_sec);
-                suite.record("mixed: commits/s (2 readers + 1 writer)", true, 1.5, side, report.commits_per_sec);
-                drop(table);
                 bar.inc(1);
+                if runs(Workload::Normal) {
+                    step("NORMAL commits");
+                    let normal = commits_per_sec(&dir, side, Synchronous::Normal, sizes.normal_commits).map_err(s)?;
+                    suite.record("commits/s synchronous=NORMAL", Target::RatioAtLeast(1.0), side, normal);
+                }
+                bar.inc(1);
+                if runs(Workload::Bulk) {
+                    step("bulk load");
+                    let bulk = bulk_load(&dir, side, sizes.bulk_bytes).map_err(s)?;
+                    suite.record("bulk load MB/s (one transaction)", Target::RatioAtLeast(1.0), side, bulk);
+                }
+                bar.inc(1);
+                if runs(Workload::Reads) || runs(Workload::Mixed) {
+                    step("point reads");
+                    let table = ReadTable::create(&dir, side, sizes.read_table_bytes).map_err(s)?;
+                    for (threads, metric) in [
+                        (1, "point reads/s, 1 thread"),
+                        (2, "point reads/s, 2 threads"),
+                        (4, "point reads/s, 4 threads"),
+                    ] {
+                        if runs(Workload::Reads) {
+                            let reads = point_reads(&table, threads, sizes.read_time).map_err(s)?;
+                            suite.record(metric, Target::RatioAtLeast(1.0), side, reads);
+                        }
+                        bar.inc(1);
+                    }
+                    if runs(Workload::Mixed) {
+                        step("mixed");
+                        let report = mixed(&table, sizes.read_time).map_err(s)?;
+                        suite.record(
+                            "mixed: reads/s (2 readers + 1 writer)",
+                            Target::RatioAtLeast(1.5),
+                            side,
+                            report.reads_per_sec,
+                        );
+                        suite.record(
+                            "mixed: commits/s (2 readers + 1 writer)",
+                            Target::RatioAtLeast(1.5),
+                            side,
+                            report.commits_per_sec,
+                        );
+                    }
+                } else {
+                    bar.inc(3);
+                }
+                bar.inc(1);
+                if !runs(Workload::Latency) {
+                    bar.inc(1);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                }
                 step("commit latency during a checkpoint");
                 let config = CheckpointLatencyConfig {
                     log_bytes: sizes.latency_log_mib << 20,
@@ -177,17 +253,35 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
                     seed: 7,
                 };
                 let latency = checkpoint_latency(&dir, side, &config).map_err(s)?;
-                suite.record("commit p99 during a checkpoint (ms)", false, 0.5, side, ms(latency.p99));
-                suite.record("commit max during a checkpoint (ms)", false, 0.5, side, ms(latency.max));
+                suite.record("commit p99 during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.p99));
+                suite.record("commit max during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.max));
                 bar.inc(1);
                 let _ = std::fs::remove_dir_all(&dir);
+            }
+            // Once: its figures are counts, not timings, and creating 10,000 files costs a
+            // minute of file-system work.
+            if round == 0 && runs(Workload::Scale) && args.side.as_deref() != Some("sqlite") {
+                bar.set_message(format!("round {}: {} idle databases", round + 1, sizes.scale_databases));
+                let dir = fresh_dir(&base, round, Side::Ours)?;
+                scale(&mut suite, &dir, sizes.scale_databases)?;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            bar.inc(1);
+            if !runs(Workload::Limit) {
+                bar.inc(1);
+                continue;
             }
             // The disk's own limit for FULL commits, measured in the same run.
             bar.set_message(format!("round {}: bare pwrite+fdatasync loop", round + 1));
             let dir = fresh_dir(&base, round, Side::Sqlite)?;
             let raw = raw_sync_loop_per_sec(&dir, sizes.full_commits).map_err(s)?;
             let _ = std::fs::remove_dir_all(&dir);
-            suite.record("sync-loop limit: ours FULL vs pwrite+fdatasync loop/s", true, 0.9, Side::Sqlite, raw);
+            suite.record(
+                "sync-loop limit: ours FULL vs pwrite+fdatasync loop/s",
+                Target::RatioAtLeast(0.9),
+                Side::Sqlite,
+                raw,
+            );
             bar.inc(1);
         }
         Ok(())
@@ -197,13 +291,55 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
     result?;
     // The limit row compares our FULL rate with the loop: its "ours" column is our FULL.
     let full_ours =
-        suite.rows.values().find(|r| r.metric.starts_with("commits/s synchronous=FULL")).map(|r| r.ours.clone());
-    if let (Some(full), Some(limit)) = (full_ours, suite.rows.values_mut().find(|r| r.metric.starts_with("sync-loop")))
-    {
+        suite.rows.iter().find(|r| r.metric.starts_with("commits/s synchronous=FULL")).map(|r| r.ours.clone());
+    if let (Some(full), Some(limit)) = (full_ours, suite.rows.iter_mut().find(|r| r.metric.starts_with("sync-loop"))) {
         limit.ours = full;
     }
     print(&suite, args, rounds, &sizes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scale workload (ours only: SQLite keeps a database open only with a connection, three
+/// descriptors each): `databases` databases used a little and left idle, within a bound on
+/// the descriptors idle logs hold.
+fn scale(suite: &mut Suite, dir: &Path, databases: usize) -> Result<(), String> {
+    let bound = idle_files_bound();
+    let config = ScaleConfig { databases, commits_per_database: 3, idle_open_files_max: bound };
+    let report = idle_databases(dir, &config).map_err(s)?;
+    let ours = Side::Ours;
+    suite.record(
+        &format!("scale: KiB resident per idle database ({databases})"),
+        Target::AtMost(64.0),
+        ours,
+        report.kib_per_idle_database,
+    );
+    suite.record(
+        "scale: KiB resident per idle log kept open",
+        Target::AtMost(64.0),
+        ours,
+        report.kib_per_warm_idle_database,
+    );
+    suite.record(
+        &format!("scale: descriptors held by the idle databases (bound {bound})"),
+        Target::AtMost(bound as f64),
+        ours,
+        report.open_files as f64,
+    );
+    suite.record("scale: descriptors at the peak of the run", Target::None, ours, report.open_files_peak as f64);
+    suite.record("scale: idle logs kept open", Target::None, ours, report.idle_logs_open as f64);
+    suite.record("scale: reopen + read an idle database (ms)", Target::None, ours, ms(report.reopen_warm));
+    suite.record("scale: reopen + read an evicted database (ms)", Target::None, ours, ms(report.reopen_cold));
+    Ok(())
+}
+
+/// The bound on idle descriptors the scale workload runs with: 3,000 (a thousand idle logs
+/// kept open), or half the process's descriptor limit when that is lower.
+fn idle_files_bound() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let soft =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur as usize } else { 1024 };
+    3000.min(soft / 2)
 }
 
 fn s(e: libsql_wal::Error) -> String {
@@ -221,21 +357,29 @@ fn fresh_dir(base: &Path, round: usize, side: Side) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// A number for JSON: `null` when not measured.
+fn json_number(value: Option<f64>) -> String {
+    value.filter(|v| v.is_finite()).map_or("null".to_string(), |v| format!("{v:.3}"))
+}
+
+fn some_median(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| median(values))
+}
+
 fn print(suite: &Suite, args: &SuiteArgs, rounds: usize, sizes: &Sizes) {
-    let rows: Vec<&Row> = suite.rows.values().collect();
     if args.json {
-        let items: Vec<String> = rows
+        let items: Vec<String> = suite
+            .rows
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"workload\":\"{}\",\"sqlite\":{:.3},\"ours\":{:.3},\"ratio\":{:.3},\"target\":\"{}{}\",\"met\":{}}}",
+                    "{{\"workload\":\"{}\",\"sqlite\":{},\"ours\":{},\"ratio\":{},\"target\":\"{}\",\"met\":{}}}",
                     r.metric,
-                    median(&r.sqlite),
-                    median(&r.ours),
-                    r.ratio(),
-                    if r.higher_is_better { ">=" } else { "<=" },
-                    r.target,
-                    r.met()
+                    json_number(some_median(&r.sqlite)),
+                    json_number(some_median(&r.ours)),
+                    json_number(r.ratio()),
+                    r.target_text(true),
+                    r.met().map_or("null".to_string(), |m| m.to_string())
                 )
             })
             .collect();
@@ -244,29 +388,31 @@ fn print(suite: &Suite, args: &SuiteArgs, rounds: usize, sizes: &Sizes) {
     }
     println!(
         "libsql-wal bench{}: median of {rounds} alternating round(s); ratio = ours ÷ SQLite's WAL \
-         (last row: ours ÷ the bare loop)",
+         (sync-loop row: ours ÷ the bare loop; \"abs\": a bound on our own figure)",
         if args.quick { " --quick" } else { "" }
     );
     println!(
-        "sizes: {} FULL / {} NORMAL commits, bulk {} MiB, read table {} MiB for {:?} per point, checkpoint of a {} MiB log",
+        "sizes: {} FULL / {} NORMAL commits, bulk {} MiB, read table {} MiB for {:?} per point, \
+         checkpoint of a {} MiB log, {} idle databases",
         sizes.full_commits,
         sizes.normal_commits,
         sizes.bulk_bytes >> 20,
         sizes.read_table_bytes >> 20,
         sizes.read_time,
-        sizes.latency_log_mib
+        sizes.latency_log_mib,
+        sizes.scale_databases
     );
-    println!("{:<56} {:>12} {:>12} {:>7} {:>8}", "workload", "sqlite", "libsql-wal", "ratio", "target");
-    for r in rows {
-        let target = format!("{}{}", if r.higher_is_better { "≥" } else { "≤" }, r.target);
-        let verdict = if r.met() { "" } else { "  (missed)" };
+    println!("{:<60} {:>12} {:>12} {:>7} {:>10}", "workload", "sqlite", "libsql-wal", "ratio", "target");
+    let cell = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{v:.1}"));
+    for r in &suite.rows {
+        let verdict = if r.met() == Some(false) { "  (missed)" } else { "" };
         println!(
-            "{:<56} {:>12.1} {:>12.1} {:>7.2} {:>8}{verdict}",
+            "{:<60} {:>12} {:>12} {:>7} {:>10}{verdict}",
             r.metric,
-            median(&r.sqlite),
-            median(&r.ours),
-            r.ratio(),
-            target
+            cell(some_median(&r.sqlite)),
+            cell(some_median(&r.ours)),
+            r.ratio().filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{v:.2}")),
+            r.target_text(false)
         );
     }
 }
