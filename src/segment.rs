@@ -297,6 +297,19 @@ impl Segment {
         self.file.read_exact_at(buf, offset).map_err(Error::io("reading", &self.path))
     }
 
+    /// Reads the pages of the `pages.len() / PAGE_SIZE` consecutive frames from `position`
+    /// with one read of the file (into `frames`, reused between calls): a checkpoint copies
+    /// runs of pages this way, a few system calls per megabyte instead of two per page.
+    pub fn read_pages(&self, position: u32, frames: &mut Vec<u8>, pages: &mut [u8]) -> Result<()> {
+        let count = pages.len() / PAGE_SIZE;
+        frames.resize(count * FRAME_SIZE, 0);
+        self.file.read_exact_at(frames, frame_offset(position)).map_err(Error::io("reading", &self.path))?;
+        for (frame, page) in frames.chunks_exact(FRAME_SIZE).zip(pages.chunks_exact_mut(PAGE_SIZE)) {
+            page.copy_from_slice(&frame[FRAME_HEADER_SIZE..]);
+        }
+        Ok(())
+    }
+
     pub fn read_frame_raw(&self, position: u32, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, frame_offset(position)).map_err(Error::io("reading", &self.path))
     }

@@ -599,26 +599,32 @@ impl SharedWal {
     /// database file, fixes its size, syncs, then records the new checkpointed frame_no.
     fn copy_segments(&self, segments: &[SegmentRef], on_page: &mut PageVisitor<'_>) -> Result<()> {
         let newest = segments.last().expect("non-empty");
-        let mut pages: BTreeMap<u32, (&SegmentRef, u32)> = BTreeMap::new();
-        for segment in segments.iter() {
+        // page_no → (segment, position) of its newest frame: older versions are not copied.
+        let mut pages: BTreeMap<u32, (usize, u32)> = BTreeMap::new();
+        for (i, segment) in segments.iter().enumerate() {
             for (page_no, pos) in segment.latest_pages() {
-                pages.insert(page_no, (segment, pos));
+                pages.insert(page_no, (i, pos));
             }
         }
         let db_size = newest.committed_size_after();
         let durable_mark = self.read_mark_bytes()?;
-        let mut page = vec![0u8; PAGE_SIZE];
-        for (&page_no, &(segment, pos)) in pages.range(..=db_size) {
-            segment.read_page(pos, &mut page)?;
-            on_page(page_no, &page, segment.start_frame_no + pos as u64)?;
-            if page_no == 1 {
-                // The log's page 1 holds whatever mark SQLite had cached: keep the durable
-                // one until the pages it would vouch for are durable too.
-                let at = DB_HEADER_MARK_OFFSET as usize;
-                page[at..at + DB_HEADER_MARK_SIZE].copy_from_slice(&durable_mark);
+        let (mut frames, mut run_pages) = (Vec::new(), Vec::new());
+        for run in page_runs(pages.range(..=db_size).map(|(&page_no, &at)| (page_no, at))) {
+            let segment = &segments[run.segment];
+            run_pages.resize(run.len as usize * PAGE_SIZE, 0);
+            segment.read_pages(run.position, &mut frames, &mut run_pages)?;
+            for (i, page) in run_pages.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                let (page_no, position) = (run.first_page_no + i as u32, run.position + i as u32);
+                on_page(page_no, page, segment.start_frame_no + position as u64)?;
+                if page_no == 1 {
+                    // The log's page 1 holds whatever mark SQLite had cached: keep the durable
+                    // one until the pages it would vouch for are durable too.
+                    let at = DB_HEADER_MARK_OFFSET as usize;
+                    page[at..at + DB_HEADER_MARK_SIZE].copy_from_slice(&durable_mark);
+                }
             }
-            let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
-            self.db_file.write_all_at(&page, offset).map_err(Error::io("writing", &self.db_path))?;
+            let offset = (run.first_page_no as u64 - 1) * PAGE_SIZE as u64;
+            self.db_file.write_all_at(&run_pages, offset).map_err(Error::io("writing", &self.db_path))?;
         }
         let db_len = db_size as u64 * PAGE_SIZE as u64;
         self.db_file.set_len(db_len).map_err(Error::io("truncating", &self.db_path))?;
@@ -741,6 +747,38 @@ impl Drop for SharedWal {
     }
 }
 
+/// Consecutive pages whose newest frames are consecutive in one segment: read and written
+/// with one call each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PageRun {
+    first_page_no: u32,
+    segment: usize,
+    position: u32,
+    len: u32,
+}
+
+/// Frames per run at most: 1 MiB of pages per read and write.
+const PAGE_RUN_MAX: u32 = 32;
+
+/// Groups (page_no, (segment, position)) in page order into runs.
+fn page_runs(pages: impl Iterator<Item = (u32, (usize, u32))>) -> impl Iterator<Item = PageRun> {
+    let mut pages = pages.peekable();
+    std::iter::from_fn(move || {
+        let (first_page_no, (segment, position)) = pages.next()?;
+        let mut run = PageRun { first_page_no, segment, position, len: 1 };
+        while run.len < PAGE_RUN_MAX
+            && pages
+                .next_if(|&(page_no, (s, pos))| {
+                    page_no == run.first_page_no + run.len && s == run.segment && pos == run.position + run.len
+                })
+                .is_some()
+        {
+            run.len += 1;
+        }
+        Some(run)
+    })
+}
+
 /// Opens every segment of the log, newest first in the result. Segments wholly covered by
 /// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
 /// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
@@ -834,4 +872,30 @@ fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile,
         None => mark.unwrap_or(0),
     };
     Ok(Snapshot { frame_no, db_size: (len / PAGE_SIZE as u64) as u32 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_runs_join_consecutive_pages_of_consecutive_frames_of_one_segment() {
+        let pages = [
+            (1, (0, 10)),
+            (2, (0, 11)),
+            (3, (0, 12)),
+            (4, (1, 13)), // another segment
+            (5, (1, 14)),
+            (7, (1, 15)), // a page missing
+            (8, (1, 3)),  // frames not in order
+            (9, (1, 4)),
+        ];
+        let runs: Vec<(u32, usize, u32, u32)> =
+            page_runs(pages.into_iter()).map(|r| (r.first_page_no, r.segment, r.position, r.len)).collect();
+        assert_eq!(runs, [(1, 0, 10, 3), (4, 1, 13, 2), (7, 1, 15, 1), (8, 1, 3, 2)]);
+
+        let long = (1..=600u32).map(|p| (p, (0, p)));
+        let lens: Vec<u32> = page_runs(long).map(|r| r.len).collect();
+        assert_eq!(lens, [PAGE_RUN_MAX, PAGE_RUN_MAX, 600 - 2 * PAGE_RUN_MAX]);
+    }
 }

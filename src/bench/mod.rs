@@ -148,6 +148,19 @@ pub fn checkpoint_latency(dir: &Path, side: Side, config: &CheckpointLatencyConf
     }
 }
 
+/// Writes back every dirty page of the file system holding `dir` and waits for it: a
+/// workload then starts on an idle disk instead of paying for the writeback of the one
+/// before it (the suite calls it before each workload, on both sides).
+pub fn settle(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).map_err(crate::Error::io("opening", dir))?;
+    // SAFETY: syncfs takes a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(crate::Error::io("syncing", dir)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// `PRAGMA synchronous` for the commit-rate workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {

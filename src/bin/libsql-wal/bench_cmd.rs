@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use libsql_wal::bench::scale::{ScaleConfig, idle_databases};
 use libsql_wal::bench::workloads::{ReadTable, bulk_load, mixed, point_reads};
 use libsql_wal::bench::{
-    CheckpointLatencyConfig, Side, Synchronous, checkpoint_latency, commits_per_sec, raw_sync_loop_per_sec,
+    CheckpointLatencyConfig, Side, Synchronous, checkpoint_latency, commits_per_sec, raw_sync_loop_per_sec, settle,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -185,29 +185,30 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
                     continue;
                 }
                 let dir = fresh_dir(&base, round, side)?;
-                let step = |what: &str| {
+                let step = |what: &str| -> Result<(), String> {
                     bar.set_message(format!("round {} {}: {what}", round + 1, side.name()));
+                    settle(&dir).map_err(s)
                 };
                 if runs(Workload::Full) {
-                    step("FULL commits");
+                    step("FULL commits")?;
                     let full = commits_per_sec(&dir, side, Synchronous::Full, sizes.full_commits).map_err(s)?;
                     suite.record("commits/s synchronous=FULL", Target::RatioAtLeast(1.2), side, full);
                 }
                 bar.inc(1);
                 if runs(Workload::Normal) {
-                    step("NORMAL commits");
+                    step("NORMAL commits")?;
                     let normal = commits_per_sec(&dir, side, Synchronous::Normal, sizes.normal_commits).map_err(s)?;
                     suite.record("commits/s synchronous=NORMAL", Target::RatioAtLeast(1.0), side, normal);
                 }
                 bar.inc(1);
                 if runs(Workload::Bulk) {
-                    step("bulk load");
+                    step("bulk load")?;
                     let bulk = bulk_load(&dir, side, sizes.bulk_bytes).map_err(s)?;
                     suite.record("bulk load MB/s (one transaction)", Target::RatioAtLeast(1.0), side, bulk);
                 }
                 bar.inc(1);
                 if runs(Workload::Reads) || runs(Workload::Mixed) {
-                    step("point reads");
+                    step("point reads")?;
                     let table = ReadTable::create(&dir, side, sizes.read_table_bytes).map_err(s)?;
                     for (threads, metric) in [
                         (1, "point reads/s, 1 thread"),
@@ -221,7 +222,7 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
                         bar.inc(1);
                     }
                     if runs(Workload::Mixed) {
-                        step("mixed");
+                        step("mixed")?;
                         let report = mixed(&table, sizes.read_time).map_err(s)?;
                         suite.record(
                             "mixed: reads/s (2 readers + 1 writer)",
@@ -245,7 +246,7 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
                 }
-                step("commit latency during a checkpoint");
+                step("commit latency during a checkpoint")?;
                 let config = CheckpointLatencyConfig {
                     log_bytes: sizes.latency_log_mib << 20,
                     commits: sizes.latency_commits,
@@ -263,6 +264,7 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
             if round == 0 && runs(Workload::Scale) && args.side.as_deref() != Some("sqlite") {
                 bar.set_message(format!("round {}: {} idle databases", round + 1, sizes.scale_databases));
                 let dir = fresh_dir(&base, round, Side::Ours)?;
+                settle(&dir).map_err(s)?;
                 scale(&mut suite, &dir, sizes.scale_databases)?;
                 let _ = std::fs::remove_dir_all(&dir);
             }
@@ -274,6 +276,7 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
             // The disk's own limit for FULL commits, measured in the same run.
             bar.set_message(format!("round {}: bare pwrite+fdatasync loop", round + 1));
             let dir = fresh_dir(&base, round, Side::Sqlite)?;
+            settle(&dir).map_err(s)?;
             let raw = raw_sync_loop_per_sec(&dir, sizes.full_commits).map_err(s)?;
             let _ = std::fs::remove_dir_all(&dir);
             suite.record(
