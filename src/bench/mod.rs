@@ -241,6 +241,13 @@ impl SegmentBench {
         Ok(())
     }
 
+    /// Closes the segment and removes its file.
+    pub fn remove(self) -> Result<()> {
+        let path = self.segment.path.clone();
+        drop(self.segment);
+        std::fs::remove_file(&path).map_err(crate::Error::io("removing", &path))
+    }
+
     /// Seals the segment (index and trailer, one sync).
     pub fn seal(&self) -> Result<()> {
         self.segment.seal()
