@@ -433,12 +433,12 @@ impl SharedWal {
             .find_map(|s| s.find(page_no, max_frame_no).map(|pos| (s.clone(), pos)))
     }
 
-    /// All segments, newest first.
     /// The file descriptors this log holds: the database file, the lock, each segment.
     pub fn open_files(&self) -> usize {
         2 + self.segments.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// All segments, newest first.
     pub fn segments(&self) -> Vec<SegmentRef> {
         self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
