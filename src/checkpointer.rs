@@ -62,10 +62,24 @@ pub struct CheckpointerStats {
     pub running_max_seen: usize,
 }
 
-/// A handle on the checkpointer service; clones share it.
+/// A handle on the checkpointer service; clones share it. When the last handle goes (every
+/// log registered with it holds one), its threads stop.
 #[derive(Clone)]
 pub struct Checkpointer {
     inner: Arc<Inner>,
+    _last_handle: Arc<StopOnLastHandle>,
+}
+
+/// Shared by the handles only, not by the threads (they hold `Inner`): dropped with the last
+/// handle, it tells the threads to stop. Not joined: a worker in the middle of a checkpoint
+/// finishes it first.
+struct StopOnLastHandle(Arc<Inner>);
+
+impl Drop for StopOnLastHandle {
+    fn drop(&mut self) {
+        lock(&self.0.state).stopping = true;
+        self.0.work.notify_all();
+    }
 }
 
 struct Inner {
@@ -109,19 +123,18 @@ impl Checkpointer {
     /// A checkpointer; its threads start with the first database registered.
     pub fn new(config: CheckpointerConfig) -> Self {
         let config = CheckpointerConfig { concurrency_max: config.concurrency_max.max(1), ..config };
-        Checkpointer {
-            inner: Arc::new(Inner {
-                config,
-                state: Mutex::new(State::default()),
-                work: Condvar::new(),
-                idle: Condvar::new(),
-                threads: Mutex::new(Vec::new()),
-                running_now: AtomicUsize::new(0),
-                running_max_seen: AtomicUsize::new(0),
-                completed: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            config,
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+            running_now: AtomicUsize::new(0),
+            running_max_seen: AtomicUsize::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        Checkpointer { _last_handle: Arc::new(StopOnLastHandle(inner.clone())), inner }
     }
 
     /// The process's shared checkpointer, with the default configuration: what

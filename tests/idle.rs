@@ -167,3 +167,32 @@ fn opens_and_closes_from_many_threads_with_evictions_lose_no_commit() {
     let total: i64 = dbs.iter().map(|db| rows(db, &manager)).sum();
     assert_eq!(total, (THREADS * ROUNDS) as i64, "a commit was lost across evictions");
 }
+
+/// Threads of this process whose name starts with `prefix` (names are cut at 15 bytes).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn a_checkpointer_stops_its_threads_when_its_last_handle_goes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _reset = Reset;
+    let dir = tempfile::tempdir().unwrap();
+    let before = threads_named("libsql-wal-");
+    let manager = manager();
+    add_rows(&dir.path().join("a.db"), &manager, "NORMAL", 3);
+    assert!(threads_named("libsql-wal-") > before, "the checkpointer started its threads");
+    // The idle log holds a handle: the threads live on until it closes.
+    drop(manager);
+    assert!(threads_named("libsql-wal-") > before);
+    close_idle_logs();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while threads_named("libsql-wal-") > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(threads_named("libsql-wal-"), before, "checkpointer threads outlived every handle");
+}
