@@ -76,6 +76,16 @@ impl IdleLogs {
         self.files -= files;
         Some(shared)
     }
+
+    /// The oldest idle log no checkpoint is copying, else the oldest: shutting down a log
+    /// waits for its running checkpoint, with the registry locked.
+    fn pop_eviction_victim(&mut self) -> Option<Arc<SharedWal>> {
+        let quiet = self.by_age.values().find(|(shared, _)| !shared.is_checkpointing()).map(|(s, _)| s.db_path.clone());
+        match quiet {
+            Some(path) => self.remove(&path),
+            None => self.pop_oldest(),
+        }
+    }
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -114,7 +124,7 @@ pub fn registry_stats() -> (usize, usize, usize) {
 impl Registry {
     fn evict_idle(&mut self) {
         while self.idle.files > self.idle_open_files_max {
-            let Some(shared) = self.idle.pop_oldest() else { break };
+            let Some(shared) = self.idle.pop_eviction_victim() else { break };
             tracing::debug!(db = %shared.db_path.display(), "closing an idle log: too many idle files open");
             shared.shutdown(false);
             self.logs.remove(&shared.db_path);

@@ -115,7 +115,9 @@ pub(crate) struct SharedWal {
     held_back_by_readers: AtomicBool,
     checkpoint_errors: AtomicU64,
     last_checkpoint_error: Mutex<Option<String>>,
-    /// Set by `shutdown`: a background checkpoint that started late finds nothing to do.
+    /// Set by `shutdown` (`mark_closed`): a background checkpoint or an age-based seal that
+    /// started late finds nothing to do and leaves the files, which another log may own by
+    /// then, alone.
     closed: AtomicBool,
     /// The durable frame_no and its uploads, when storage is (or once was) configured.
     durability: Option<Arc<Durability>>,
@@ -414,7 +416,8 @@ impl SharedWal {
         }
         {
             let mut writer = lock(&self.writer);
-            if writer.is_some() {
+            // Closed: the files may already belong to another log (see `mark_closed`).
+            if writer.is_some() || self.is_closed() {
                 return Ok(false);
             }
             *writer = Some(CHECKPOINT_WRITER_ID);
@@ -431,6 +434,11 @@ impl SharedWal {
             .iter()
             .filter(|s| s.start_frame_no <= max_frame_no)
             .find_map(|s| s.find(page_no, max_frame_no).map(|pos| (s.clone(), pos)))
+    }
+
+    /// Is a checkpoint copying (or about to) right now? Shutting the log down would wait for it.
+    pub fn is_checkpointing(&self) -> bool {
+        matches!(self.checkpoint_lock.try_lock(), Err(std::sync::TryLockError::WouldBlock))
     }
 
     /// The file descriptors this log holds: the database file, the lock, each segment.
@@ -530,6 +538,9 @@ impl SharedWal {
             {
                 let mut writer = lock(&self.writer);
                 if writer.is_none() {
+                    if self.is_closed() {
+                        return Ok(false);
+                    }
                     *writer = Some(CHECKPOINT_WRITER_ID);
                     drop(writer);
                     let result = self.seal_current_locked();
@@ -710,7 +721,7 @@ impl SharedWal {
         // From here no checkpoint of ours may touch the files: another process may own
         // them as soon as the lock is released.
         let _guard = lock(&self.checkpoint_lock);
-        self.closed.store(true, Ordering::SeqCst);
+        self.mark_closed();
         let segments = self.segments();
         let log_empty = segments.is_empty();
         if let Some(current) = segments.first()
@@ -730,6 +741,22 @@ impl SharedWal {
             }
         }
         self.release_lock();
+    }
+
+    /// Sets `closed` once no seal holds the write lock, under the writer mutex: a seal started
+    /// by the ticker (which holds the log without a connection) either finishes first or sees
+    /// `closed` and leaves the files alone. Without this, a late seal could write its trailer
+    /// into a segment that a reopened log (here or in another process) is appending to.
+    fn mark_closed(&self) {
+        loop {
+            let writer = lock(&self.writer);
+            if writer.is_none() {
+                self.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+            drop(writer);
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn release_lock(&self) {
@@ -757,7 +784,8 @@ struct PageRun {
     len: u32,
 }
 
-/// Frames per run at most: 1 MiB of pages per read and write.
+/// Frames per run at most: 128 KiB of pages per read and write. Runs of 256 (1 MiB) made
+/// the commits running meanwhile slower (docs/BENCHMARKS.md).
 const PAGE_RUN_MAX: u32 = 32;
 
 /// Groups (page_no, (segment, position)) in page order into runs.
@@ -877,6 +905,35 @@ fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::StdIo;
+
+    /// A log left by a closed process: three commits in an unsealed current segment.
+    fn log_with_unsealed_tail(dir: &Path) -> (PathBuf, PathBuf) {
+        let db = dir.join("t.db");
+        let config = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..WalConfig::default() };
+        let manager = crate::LibsqlWalManager::new(StdIo::shared(), config);
+        let conn = crate::open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);").unwrap();
+        drop(conn);
+        let segment = crate::segment::list_segment_files(&StdIo, &ownership::log_dir_of(&db)).unwrap().pop().unwrap();
+        (db, segment)
+    }
+
+    #[test]
+    fn a_seal_after_shutdown_leaves_the_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, segment) = log_with_unsealed_tail(dir.path());
+        let db = std::fs::canonicalize(db).unwrap();
+        let config = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..WalConfig::default() };
+        let wal = SharedWal::open(StdIo::shared(), &db, config, None).unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        // What the ticker does with a reference it took before the log was closed.
+        wal.shutdown(false);
+        assert!(!wal.seal_if_older_than(Duration::ZERO).unwrap(), "sealed a closed log");
+        assert!(!wal.seal_current(CheckpointMode::Full, &mut || false).unwrap());
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), len, "a closed log wrote to its segment");
+        assert!(!Segment::recover(&StdIo, &segment, true).unwrap().is_sealed());
+    }
 
     #[test]
     fn page_runs_join_consecutive_pages_of_consecutive_frames_of_one_segment() {
@@ -896,6 +953,9 @@ mod tests {
 
         let long = (1..=600u32).map(|p| (p, (0, p)));
         let lens: Vec<u32> = page_runs(long).map(|r| r.len).collect();
-        assert_eq!(lens, [PAGE_RUN_MAX, PAGE_RUN_MAX, 600 - 2 * PAGE_RUN_MAX]);
+        let full = (600 / PAGE_RUN_MAX) as usize;
+        assert_eq!(lens.len(), full + 1);
+        assert!(lens[..full].iter().all(|&l| l == PAGE_RUN_MAX));
+        assert_eq!(lens[full], 600 % PAGE_RUN_MAX);
     }
 }
