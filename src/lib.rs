@@ -35,7 +35,9 @@ pub use api::{
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, Result};
-pub use registry::{DEFAULT_IDLE_OPEN_FILES_MAX, close_idle_logs, registry_stats, set_idle_open_files_max};
+pub use registry::{
+    DEFAULT_IDLE_OPEN_FILES_MAX, RegistryStats, close_idle_logs, registry_stats, set_idle_open_files_max,
+};
 pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
 pub use storage::durability::{DurabilityInfo, StorageBinding};
 pub use storage::restore::{RestoreReport, restore};

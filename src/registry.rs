@@ -115,10 +115,24 @@ pub fn close_idle_logs() -> usize {
     closed
 }
 
-/// What the registry holds: (logs open, of which idle, descriptors the idle ones hold at most).
-pub fn registry_stats() -> (usize, usize, usize) {
+/// What the process's registry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegistryStats {
+    /// Logs open, in use or idle.
+    pub logs: usize,
+    /// Of those, logs without connections kept open (`keep_open_when_idle`).
+    pub idle_logs: usize,
+    /// Descriptors the idle logs hold at most (what `set_idle_open_files_max` bounds).
+    pub idle_open_files: usize,
+}
+
+pub fn registry_stats() -> RegistryStats {
     let registry = registry();
-    (registry.logs.len(), registry.idle.by_age.len(), registry.idle.files)
+    RegistryStats {
+        logs: registry.logs.len(),
+        idle_logs: registry.idle.by_age.len(),
+        idle_open_files: registry.idle.files,
+    }
 }
 
 impl Registry {

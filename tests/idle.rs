@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use libsql_wal::bench::scale::open_descriptors;
 use libsql_wal::io::StdIo;
 use libsql_wal::{
-    Checkpointer, CheckpointerConfig, DEFAULT_IDLE_OPEN_FILES_MAX, LibsqlWalManager, WalConfig, close_idle_logs,
-    open_connection, registry_stats, set_idle_open_files_max,
+    Checkpointer, CheckpointerConfig, DEFAULT_IDLE_OPEN_FILES_MAX, LibsqlWalManager, RegistryStats, WalConfig,
+    close_idle_logs, open_connection, registry_stats, set_idle_open_files_max,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
@@ -66,8 +66,9 @@ fn an_idle_log_stays_open_and_ours() {
     let db = dir.path().join("idle.db");
     let manager = manager();
     add_rows(&db, &manager, "FULL", 10);
-    let (logs, idle, idle_files) = registry_stats();
-    assert_eq!((logs, idle), (1, 1), "the log outlives its last connection");
+    let stats = registry_stats();
+    assert_eq!((stats.logs, stats.idle_logs), (1, 1), "the log outlives its last connection");
+    let idle_files = stats.idle_open_files;
     assert!(idle_files >= 3, "database file, lock and segment: {idle_files}");
     assert!(log_dir(&db).join("lock").exists());
 
@@ -78,11 +79,11 @@ fn an_idle_log_stays_open_and_ours() {
 
     add_rows(&db, &manager, "FULL", 5);
     assert_eq!(rows(&db, &manager), 15);
-    assert_eq!(registry_stats().1, 1, "reopened and idle again, not a second log");
+    assert_eq!(registry_stats().idle_logs, 1, "reopened and idle again, not a second log");
 
     // Closing idle logs checkpoints them (checkpoint_on_close): a plain SQLite file again.
     assert_eq!(close_idle_logs(), 1);
-    assert_eq!(registry_stats(), (0, 0, 0));
+    assert_eq!(registry_stats(), RegistryStats::default());
     assert!(!log_dir(&db).exists(), "the log was checkpointed and removed");
     let out = Command::new("sqlite3").arg(&db).arg("PRAGMA integrity_check; SELECT count(*) FROM t").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n15\n");
@@ -102,14 +103,14 @@ fn idle_descriptors_stay_within_the_bound_and_evicted_logs_lose_nothing() {
     for (i, db) in dbs.iter().enumerate() {
         // FULL commits preallocate their segment: eviction must give the zeros back.
         add_rows(db, &manager, "FULL", 3 + i % 3);
-        let (_, _, idle_files) = registry_stats();
+        let idle_files = registry_stats().idle_open_files;
         assert!(idle_files <= BOUND, "idle logs hold {idle_files} descriptors, bound {BOUND}");
         // Slack of one log: the ticker may hold a log it listed just before its eviction
         // for a moment, with its three files.
         let held = open_descriptors().unwrap().saturating_sub(before);
         assert!(held <= BOUND + 3, "the process holds {held} more descriptors, bound {BOUND}");
     }
-    let (logs, idle, _) = registry_stats();
+    let RegistryStats { logs, idle_logs: idle, .. } = registry_stats();
     assert_eq!(logs, idle, "no log in use");
     assert!((BOUND / 4..=BOUND / 3).contains(&idle), "{idle} idle logs kept for a bound of {BOUND}");
 
@@ -128,11 +129,11 @@ fn idle_descriptors_stay_within_the_bound_and_evicted_logs_lose_nothing() {
     }
     add_rows(&dbs[0], &manager, "FULL", 1);
     assert_eq!(rows(&dbs[0], &manager), 4);
-    assert!(registry_stats().2 <= BOUND);
+    assert!(registry_stats().idle_open_files <= BOUND);
 
     // Lowering the bound closes idle logs at once.
     set_idle_open_files_max(0);
-    assert_eq!(registry_stats(), (0, 0, 0));
+    assert_eq!(registry_stats(), RegistryStats::default());
     assert!(open_descriptors().unwrap() <= before, "descriptors left open after every log closed");
 }
 
@@ -165,7 +166,7 @@ fn opens_and_closes_from_many_threads_with_evictions_lose_no_commit() {
             });
         }
     });
-    assert!(registry_stats().2 <= 9);
+    assert!(registry_stats().idle_open_files <= 9);
     let total: i64 = dbs.iter().map(|db| rows(db, &manager)).sum();
     assert_eq!(total, (THREADS * ROUNDS) as i64, "a commit was lost across evictions");
 }

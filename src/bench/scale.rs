@@ -72,7 +72,7 @@ pub fn idle_databases(dir: &Path, config: &ScaleConfig) -> Result<ScaleReport> {
     }
     let kib_per_idle = kib_since(rss_before, config.databases)?;
     let open_files = open_descriptors()?.saturating_sub(files_before);
-    let (_, idle_logs_open, _) = registry_stats();
+    let idle_logs_open = registry_stats().idle_logs;
 
     let started = Instant::now();
     check_rows(&path_of(config.databases - 1), &manager, config.commits_per_database)?;
