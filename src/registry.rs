@@ -108,8 +108,7 @@ pub fn close_idle_logs() -> usize {
     let mut registry = registry();
     let mut closed = 0;
     while let Some(shared) = registry.idle.pop_oldest() {
-        shared.shutdown(true);
-        registry.logs.remove(&shared.db_path);
+        registry.close(&shared, true);
         closed += 1;
     }
     closed
@@ -136,12 +135,18 @@ pub fn registry_stats() -> RegistryStats {
 }
 
 impl Registry {
+    /// Shuts a log without connections down and forgets it (the registry's lock held, so an
+    /// open of the same database waits and then recovers a fresh log).
+    fn close(&mut self, shared: &SharedWal, checkpoint: bool) {
+        shared.shutdown(checkpoint);
+        self.logs.remove(&shared.db_path);
+    }
+
     fn evict_idle(&mut self) {
         while self.idle.files > self.idle_open_files_max {
             let Some(shared) = self.idle.pop_eviction_victim() else { break };
             tracing::debug!(db = %shared.db_path.display(), "closing an idle log: too many idle files open");
-            shared.shutdown(false);
-            self.logs.remove(&shared.db_path);
+            self.close(&shared, false);
         }
     }
 }
@@ -217,8 +222,7 @@ pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
         registry.idle.insert(shared.clone());
         registry.evict_idle();
     } else {
-        shared.shutdown(checkpoint);
-        registry.logs.remove(&shared.db_path);
+        registry.close(shared, checkpoint);
     }
 }
 

@@ -633,7 +633,7 @@ pub(crate) fn check_segment(io: &dyn Io, path: &Path) -> Result<SegmentCheck> {
 
 /// Are bytes `from..len` of `file` all zero (preallocated, never written)?
 fn zeros_from(file: &dyn IoFile, path: &Path, from: u64, len: u64) -> Result<bool> {
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; len.saturating_sub(from).min(1 << 20) as usize];
     let mut offset = from;
     while offset < len {
         let n = (len - offset).min(buf.len() as u64) as usize;

@@ -48,7 +48,13 @@ fn rows(db: &Path, manager: &LibsqlWalManager) -> i64 {
     conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
 }
 
-/// Leaves the registry as the next test expects it: nothing idle, the default bound.
+/// Held for a whole test: runs it alone, and leaves the registry as the next test expects
+/// it (nothing idle, the default bound) before letting the next one in.
+struct Alone {
+    _reset: Reset,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
 struct Reset;
 
 impl Drop for Reset {
@@ -58,10 +64,13 @@ impl Drop for Reset {
     }
 }
 
+fn alone() -> Alone {
+    Alone { _one: ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()), _reset: Reset }
+}
+
 #[test]
 fn an_idle_log_stays_open_and_ours() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _reset = Reset;
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("idle.db");
     let manager = manager();
@@ -91,8 +100,7 @@ fn an_idle_log_stays_open_and_ours() {
 
 #[test]
 fn idle_descriptors_stay_within_the_bound_and_evicted_logs_lose_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _reset = Reset;
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let manager = manager();
     const BOUND: usize = 30;
@@ -139,8 +147,7 @@ fn idle_descriptors_stay_within_the_bound_and_evicted_logs_lose_nothing() {
 
 #[test]
 fn opens_and_closes_from_many_threads_with_evictions_lose_no_commit() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _reset = Reset;
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let manager = manager();
     // Room for about three idle logs among twelve databases: most reopens recover.
@@ -182,8 +189,7 @@ fn threads_named(prefix: &str) -> usize {
 
 #[test]
 fn a_checkpointer_stops_its_threads_when_its_last_handle_goes() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _reset = Reset;
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     // The previous test's checkpointer threads may still be on their way out (a tick).
     let before = settled_thread_count("libsql-wal-");

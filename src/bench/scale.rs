@@ -48,6 +48,9 @@ pub struct ScaleReport {
 /// the registry keeps the logs open (`keep_open_when_idle`) within `idle_open_files_max`.
 /// Every database is checked afterwards (reopened, rows counted).
 pub fn idle_databases(dir: &Path, config: &ScaleConfig) -> Result<ScaleReport> {
+    if config.databases == 0 {
+        return Err(Error::Bench("the scale workload needs at least one database".into()));
+    }
     let wal_config = WalConfig { keep_open_when_idle: true, ..WalConfig::default() };
     let manager = LibsqlWalManager::new(StdIo::shared(), wal_config)
         .with_checkpointer(Checkpointer::new(CheckpointerConfig::default()));

@@ -168,7 +168,8 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
     let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-suite-{}", std::process::id()));
     let base = args.dir.clone().unwrap_or_else(|| tmp.clone());
     let runs = |w: Workload| args.only.is_empty() || args.only.contains(&w);
-    let steps_per_round = 2 * 7 + 2;
+    // Per side: FULL, NORMAL, bulk, three read points, mixed, latency; then scale and limit.
+    let steps_per_round = 2 * 8 + 2;
     let bar = ProgressBar::new((rounds * steps_per_round) as u64);
     bar.set_style(
         ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -182,82 +183,14 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
             let sides = if round % 2 == 0 { [Side::Sqlite, Side::Ours] } else { [Side::Ours, Side::Sqlite] };
             for side in sides {
                 if args.side.as_deref().is_some_and(|only| (only == "sqlite") != (side == Side::Sqlite)) {
+                    bar.inc(8);
                     continue;
                 }
                 let dir = fresh_dir(&base, round, side)?;
-                let step = |what: &str| -> Result<(), String> {
-                    bar.set_message(format!("round {} {}: {what}", round + 1, side.name()));
-                    settle(&dir).map_err(s)
-                };
-                if runs(Workload::Full) {
-                    step("FULL commits")?;
-                    let full = commits_per_sec(&dir, side, Synchronous::Full, sizes.full_commits).map_err(s)?;
-                    suite.record("commits/s synchronous=FULL", Target::RatioAtLeast(1.2), side, full);
-                }
-                bar.inc(1);
-                if runs(Workload::Normal) {
-                    step("NORMAL commits")?;
-                    let normal = commits_per_sec(&dir, side, Synchronous::Normal, sizes.normal_commits).map_err(s)?;
-                    suite.record("commits/s synchronous=NORMAL", Target::RatioAtLeast(1.0), side, normal);
-                }
-                bar.inc(1);
-                if runs(Workload::Bulk) {
-                    step("bulk load")?;
-                    let bulk = bulk_load(&dir, side, sizes.bulk_bytes).map_err(s)?;
-                    suite.record("bulk load MB/s (one transaction)", Target::RatioAtLeast(1.0), side, bulk);
-                }
-                bar.inc(1);
-                if runs(Workload::Reads) || runs(Workload::Mixed) {
-                    step("point reads")?;
-                    let table = ReadTable::create(&dir, side, sizes.read_table_bytes).map_err(s)?;
-                    for (threads, metric) in [
-                        (1, "point reads/s, 1 thread"),
-                        (2, "point reads/s, 2 threads"),
-                        (4, "point reads/s, 4 threads"),
-                    ] {
-                        if runs(Workload::Reads) {
-                            let reads = point_reads(&table, threads, sizes.read_time).map_err(s)?;
-                            suite.record(metric, Target::RatioAtLeast(1.0), side, reads);
-                        }
-                        bar.inc(1);
-                    }
-                    if runs(Workload::Mixed) {
-                        step("mixed")?;
-                        let report = mixed(&table, sizes.read_time).map_err(s)?;
-                        suite.record(
-                            "mixed: reads/s (2 readers + 1 writer)",
-                            Target::RatioAtLeast(1.5),
-                            side,
-                            report.reads_per_sec,
-                        );
-                        suite.record(
-                            "mixed: commits/s (2 readers + 1 writer)",
-                            Target::RatioAtLeast(1.5),
-                            side,
-                            report.commits_per_sec,
-                        );
-                    }
-                } else {
-                    bar.inc(3);
-                }
-                bar.inc(1);
-                if !runs(Workload::Latency) {
-                    bar.inc(1);
-                    let _ = std::fs::remove_dir_all(&dir);
-                    continue;
-                }
-                step("commit latency during a checkpoint")?;
-                let config = CheckpointLatencyConfig {
-                    log_bytes: sizes.latency_log_mib << 20,
-                    commits: sizes.latency_commits,
-                    rows_per_commit: 8,
-                    seed: 7,
-                };
-                let latency = checkpoint_latency(&dir, side, &config).map_err(s)?;
-                suite.record("commit p99 during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.p99));
-                suite.record("commit max during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.max));
-                bar.inc(1);
+                let progress = |what: &str| bar.set_message(format!("round {} {}: {what}", round + 1, side.name()));
+                let result = run_side(&mut suite, &dir, side, &sizes, &runs, &progress, &|n| bar.inc(n));
                 let _ = std::fs::remove_dir_all(&dir);
+                result?;
             }
             // Once: its figures are counts, not timings, and creating 10,000 files costs a
             // minute of file-system work.
@@ -300,6 +233,79 @@ pub fn run(args: &SuiteArgs) -> Result<ExitCode, String> {
     }
     print(&suite, args, rounds, &sizes);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One side's workloads of one round, in `dir`, each on an idle file system (`settle`).
+/// `progress` names the workload running; `advance` moves the bar by that many steps (eight
+/// per side, skipped workloads included).
+fn run_side(
+    suite: &mut Suite,
+    dir: &Path,
+    side: Side,
+    sizes: &Sizes,
+    runs: &dyn Fn(Workload) -> bool,
+    progress: &dyn Fn(&str),
+    advance: &dyn Fn(u64),
+) -> Result<(), String> {
+    let step = |what: &str| -> Result<(), String> {
+        progress(what);
+        settle(dir).map_err(s)
+    };
+    if runs(Workload::Full) {
+        step("FULL commits")?;
+        let full = commits_per_sec(dir, side, Synchronous::Full, sizes.full_commits).map_err(s)?;
+        suite.record("commits/s synchronous=FULL", Target::RatioAtLeast(1.2), side, full);
+    }
+    advance(1);
+    if runs(Workload::Normal) {
+        step("NORMAL commits")?;
+        let normal = commits_per_sec(dir, side, Synchronous::Normal, sizes.normal_commits).map_err(s)?;
+        suite.record("commits/s synchronous=NORMAL", Target::RatioAtLeast(1.0), side, normal);
+    }
+    advance(1);
+    if runs(Workload::Bulk) {
+        step("bulk load")?;
+        let bulk = bulk_load(dir, side, sizes.bulk_bytes).map_err(s)?;
+        suite.record("bulk load MB/s (one transaction)", Target::RatioAtLeast(1.0), side, bulk);
+    }
+    advance(1);
+    if runs(Workload::Reads) || runs(Workload::Mixed) {
+        step("point reads")?;
+        let table = ReadTable::create(dir, side, sizes.read_table_bytes).map_err(s)?;
+        for (threads, metric) in
+            [(1, "point reads/s, 1 thread"), (2, "point reads/s, 2 threads"), (4, "point reads/s, 4 threads")]
+        {
+            if runs(Workload::Reads) {
+                let reads = point_reads(&table, threads, sizes.read_time).map_err(s)?;
+                suite.record(metric, Target::RatioAtLeast(1.0), side, reads);
+            }
+            advance(1);
+        }
+        if runs(Workload::Mixed) {
+            step("mixed")?;
+            let report = mixed(&table, sizes.read_time).map_err(s)?;
+            let mixed_target = Target::RatioAtLeast(1.5);
+            suite.record("mixed: reads/s (2 readers + 1 writer)", mixed_target, side, report.reads_per_sec);
+            suite.record("mixed: commits/s (2 readers + 1 writer)", mixed_target, side, report.commits_per_sec);
+        }
+    } else {
+        advance(3);
+    }
+    advance(1);
+    if runs(Workload::Latency) {
+        step("commit latency during a checkpoint")?;
+        let config = CheckpointLatencyConfig {
+            log_bytes: sizes.latency_log_mib << 20,
+            commits: sizes.latency_commits,
+            rows_per_commit: 8,
+            seed: 7,
+        };
+        let latency = checkpoint_latency(dir, side, &config).map_err(s)?;
+        suite.record("commit p99 during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.p99));
+        suite.record("commit max during a checkpoint (ms)", Target::RatioAtMost(0.5), side, ms(latency.max));
+    }
+    advance(1);
+    Ok(())
 }
 
 /// The scale workload (ours only: SQLite keeps a database open only with a connection, three
