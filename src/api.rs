@@ -313,8 +313,21 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
 fn verify_segments(io: &dyn crate::io::Io, log_dir: &Path, mark: Option<u64>, report: &mut VerifyReport) -> Result<()> {
     let paths = crate::segment::list_segment_files(io, log_dir)?;
     let mut previous_end: Option<u64> = None;
+    // Set once the log ends (as recovery would cut it): later segments are reported as such.
+    let mut log_ended = false;
     for (i, path) in paths.iter().enumerate() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if log_ended {
+            report.warn(format!("{name}: after the end of the log (removed at open)"));
+            continue;
+        }
+        if crate::segment::creation_cut_short(io, path)? {
+            report.warn(format!(
+                "{name}: its creation was cut short (no complete header): the log ends before it (removed at open)"
+            ));
+            log_ended = true;
+            continue;
+        }
         let check = crate::segment::check_segment(io, path)?;
         let is_tail = i + 1 == paths.len();
         for error in &check.errors {
@@ -327,21 +340,34 @@ fn verify_segments(io: &dyn crate::io::Io, log_dir: &Path, mark: Option<u64>, re
             previous_end = None;
             continue;
         }
-        if !check.sealed && !is_tail && check.valid_frames > 0 {
-            report.error(format!("{name}: not sealed, but not the newest segment"));
-        }
         let covered = mark.is_some_and(|m| check.valid_frames > 0 && check.last_frame_no <= m);
         let expected = previous_end.map(|end| end + 1).or(mark.filter(|_| !covered).map(|m| m + 1));
         if let Some(expected) = expected
             && check.start_frame_no != expected
             && !covered
         {
-            report.error(format!(
-                "{name}: starts at frame_no {} but {} was expected: frames are missing",
-                check.start_frame_no, expected
-            ));
+            if check.sealed || check.start_frame_no < expected {
+                report.error(format!(
+                    "{name}: starts at frame_no {} but {} was expected: frames are missing",
+                    check.start_frame_no, expected
+                ));
+            } else {
+                // What a power cut under synchronous=NORMAL leaves: recovery cuts the log here.
+                report.warn(format!(
+                    "{name}: starts at frame_no {} but the log ends at {}: a power cut lost the end of the log \
+                     before it (unsynced commits); it and later segments are removed at open",
+                    check.start_frame_no,
+                    expected - 1
+                ));
+                log_ended = true;
+                continue;
+            }
         }
-        let state = if check.sealed { "sealed" } else { "current" };
+        let state = match (check.sealed, is_tail) {
+            (true, _) => "sealed",
+            (false, true) => "current",
+            (false, false) => "full, not sealed yet (sealed at open)",
+        };
         let note = if covered { ", already in the database file (removed at open)" } else { "" };
         report.ok(format!(
             "{name}: {state}, frames {}..={} ({} frames), checksums ok{note}",

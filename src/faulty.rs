@@ -65,6 +65,8 @@ enum DirChange {
 struct State {
     rng: fastrand::Rng,
     ops: u64,
+    /// File and directory syncs that succeeded.
+    syncs: u64,
     fault_at: Option<(u64, Fault)>,
     reads: u64,
     /// The read (counted apart from mutating operations) that fails with EIO.
@@ -101,6 +103,7 @@ impl FaultyIo {
             state: Arc::new(Mutex::new(State {
                 rng: fastrand::Rng::with_seed(seed),
                 ops: 0,
+                syncs: 0,
                 fault_at: None,
                 reads: 0,
                 read_fault_at: None,
@@ -135,6 +138,11 @@ impl FaultyIo {
     /// Mutating operations so far.
     pub fn ops(&self) -> u64 {
         self.state().ops
+    }
+
+    /// File and directory syncs done so far: what a commit or a swap cost in flushes.
+    pub fn syncs(&self) -> u64 {
+        self.state().syncs
     }
 
     pub fn crashed(&self) -> bool {
@@ -296,7 +304,10 @@ impl IoFile for FaultyFile {
             Some(Fault::Crash) => Err(eio("crash during sync")),
             None => {
                 self.inner.sync_data()?;
-                self.io.state().unsynced.remove(&self.path);
+                let mut state = self.io.state();
+                state.unsynced.remove(&self.path);
+                state.syncs += 1;
+                drop(state);
                 Ok(())
             }
         }
@@ -361,6 +372,7 @@ impl Io for FaultyIo {
             Some(Fault::Crash) => Err(eio("crash during directory sync")),
             None => {
                 StdIo.sync_dir(path)?;
+                self.state().syncs += 1;
                 self.state().dir_changes.retain(|change| {
                     let p = match change {
                         DirChange::Created(p) | DirChange::Removed { path: p, .. } => p,

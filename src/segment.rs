@@ -11,6 +11,7 @@
 //! it stores frames, finds them and proves them intact.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
@@ -45,6 +46,13 @@ pub(crate) struct Segment {
     /// page_no → positions (0-based) of its frames in this segment, ascending.
     index: RwLock<PageIndex>,
     state: Mutex<AppendState>,
+    /// Frames were written since the last sync. Set before a write, cleared only after a
+    /// sync succeeds: a FULL commit that sees it clear may rely on the frames being durable.
+    frames_unsynced: AtomicBool,
+    /// The directory was synced since this file was created or opened, so its name
+    /// survives a power cut. Creation does not sync (that cost a commit ~1 ms); the first
+    /// FULL commit or the seal does.
+    entry_durable: AtomicBool,
 }
 
 /// Changed only by the writer holding the write lock (or by recovery, before sharing).
@@ -99,8 +107,11 @@ pub(crate) fn list_segment_files(io: &dyn Io, log_dir: &Path) -> Result<Vec<Path
 }
 
 impl Segment {
-    /// Creates an empty segment starting at `start_frame_no`, durable (file and directory
-    /// entry synced) before it returns, so a commit acknowledged in it cannot lose its file.
+    /// Creates an empty segment starting at `start_frame_no`. Nothing is synced: until the
+    /// segment's first sync (a FULL commit, or its seal) its header may be lost or torn by a
+    /// power cut, and recovery then takes it, and every later segment, as never written
+    /// (see `shared::recover_segments`). A FULL commit syncs the file and its directory
+    /// entry before it returns ([`Segment::make_entry_durable`]).
     pub fn create(io: &dyn Io, dir: &Path, start_frame_no: u64) -> Result<Segment> {
         let path = dir.join(segment_file_name(start_frame_no));
         let salt = io.random_u32();
@@ -109,8 +120,6 @@ impl Segment {
         let file = io.open(&path, true).map_err(Error::io("creating", &path))?;
         file.set_len(0).map_err(Error::io("truncating", &path))?;
         file.write_all_at(header.as_bytes(), 0).map_err(Error::io("writing", &path))?;
-        file.sync_data().map_err(Error::io("syncing", &path))?;
-        io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
         Ok(Segment {
             path,
             start_frame_no,
@@ -129,6 +138,8 @@ impl Segment {
                 unfinished_commit: false,
                 sealed: false,
             }),
+            frames_unsynced: AtomicBool::new(true),
+            entry_durable: AtomicBool::new(false),
         })
     }
 
@@ -162,9 +173,43 @@ impl Segment {
         Ok(())
     }
 
-    /// Opens an existing segment, verifies every frame and, if it is the log's tail
-    /// (`is_tail`), cuts a torn or corrupt end at the last valid commit frame.
-    pub fn recover(io: &dyn Io, path: &Path, is_tail: bool) -> Result<Segment> {
+    /// Opens an existing segment and verifies every frame. A sealed segment must be whole.
+    /// An unsealed one (the current segment, or a full one whose seal had not happened yet)
+    /// has a torn or corrupt end cut at its last valid commit frame, unless `sealed_required`
+    /// (segments from storage are always sealed): then it is refused.
+    pub fn recover(io: &dyn Io, path: &Path, sealed_required: bool) -> Result<Segment> {
+        let segment = Segment::open_verified(io, path, sealed_required)?;
+        segment.cut_torn_end()?;
+        Ok(segment)
+    }
+
+    /// Cuts whatever follows the last valid commit frame of an unsealed segment opened by
+    /// [`Segment::open_verified`]: a torn transaction, garbage, or preallocated zeros.
+    pub fn cut_torn_end(&self) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = frame_offset(state.committed_frames);
+        if state.sealed || state.file_len == keep {
+            return Ok(());
+        }
+        // Zeros past the frames are preallocation, not damage: cut them silently.
+        if !zeros_from(self.file.as_ref(), &self.path, keep, state.file_len)? {
+            tracing::warn!(
+                path = %self.path.display(),
+                "recovery: cutting {} bytes after the last commit frame (frame_no {})",
+                state.file_len - keep,
+                self.start_frame_no + state.committed_frames as u64 - 1
+            );
+        }
+        self.file.set_len(keep).map_err(Error::io("truncating", &self.path))?;
+        self.file.sync_data().map_err(Error::io("syncing", &self.path))?;
+        state.file_len = keep;
+        Ok(())
+    }
+
+    /// [`Segment::recover`] without changing the file: an unsealed segment keeps its torn
+    /// end until [`Segment::cut_torn_end`] (or its seal), so a log refused as damaged after
+    /// this is left exactly as it was found.
+    pub fn open_verified(io: &dyn Io, path: &Path, sealed_required: bool) -> Result<Segment> {
         let file = io.open(path, false).map_err(Error::io("opening", path))?;
         let len = file.size().map_err(Error::io("reading", path))?;
         if len < SEGMENT_HEADER_SIZE as u64 {
@@ -208,31 +253,11 @@ impl Segment {
                 ));
             }
             verify_sealed_index(file.as_ref(), path, t, salt, &scan.index);
-        } else if !is_tail && frames_in_file > 0 {
-            // Only the newest segment is ever written to; an unsealed older one means the
-            // log was damaged or assembled by hand. Refuse rather than guess.
-            return Err(Error::corrupt(path, "a segment before the newest one is not sealed"));
+        } else if sealed_required {
+            return Err(Error::corrupt(path, "the segment is not sealed"));
         }
         let sealed = trailer.is_some();
-        let mut file_len = len;
-        if !sealed && is_tail {
-            let keep = frame_offset(scan.committed_frames);
-            if len != keep {
-                // Zeros past the frames are preallocation, not damage: cut them silently.
-                let preallocated = scan.uncommitted_tail == 0 && zeros_from(file.as_ref(), path, keep, len)?;
-                if !preallocated {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "recovery: cutting {} bytes after the last commit frame (frame_no {})",
-                        len - keep,
-                        start_frame_no + scan.committed_frames as u64 - 1
-                    );
-                }
-                file.set_len(keep).map_err(Error::io("truncating", path))?;
-                file.sync_data().map_err(Error::io("syncing", path))?;
-                file_len = keep;
-            }
-        }
+        let file_len = len;
         Ok(Segment {
             path: path.to_path_buf(),
             start_frame_no,
@@ -251,6 +276,8 @@ impl Segment {
                 unfinished_commit: false,
                 sealed,
             }),
+            frames_unsynced: AtomicBool::new(!sealed),
+            entry_durable: AtomicBool::new(false),
         })
     }
 
@@ -326,6 +353,7 @@ impl Segment {
     pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
+        self.frames_unsynced.store(true, Ordering::SeqCst);
         let mut appended: Vec<(u32, &[u8], u32)> = Vec::with_capacity(pages.len());
         for (i, &(page_no, data)) in pages.iter().enumerate() {
             let is_commit_frame = commit_size_after.is_some() && i + 1 == pages.len();
@@ -404,9 +432,40 @@ impl Segment {
         Ok(FrameHeader::read_from_bytes(&head).expect("exact size").checksum.get())
     }
 
-    /// Makes the committed frames durable.
+    /// Makes the frames written so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(Error::io("syncing", &self.path))
+        self.file.sync_data().map_err(Error::io("syncing", &self.path))?;
+        // Cleared after the sync, never before: a FULL commit that finds it clear skips
+        // syncing this segment. Only the writer (or a seal) writes frames and they never
+        // run during a sync of a segment they do not own, so no write is missed here.
+        self.frames_unsynced.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Were frames written since the last successful sync?
+    pub fn frames_unsynced(&self) -> bool {
+        self.frames_unsynced.load(Ordering::SeqCst)
+    }
+
+    /// Has the directory been synced since this file was created or opened?
+    pub fn entry_durable(&self) -> bool {
+        self.entry_durable.load(Ordering::SeqCst)
+    }
+
+    /// Records that the directory was synced after this file was created or opened.
+    pub fn mark_entry_durable(&self) {
+        self.entry_durable.store(true, Ordering::SeqCst);
+    }
+
+    /// Syncs the directory holding this file, unless that was done since it was created.
+    pub fn make_entry_durable(&self, io: &dyn Io) -> Result<()> {
+        if self.entry_durable() {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
+        self.mark_entry_durable();
+        Ok(())
     }
 
     /// Drops the frames of the open transaction from position `keep` on. `undo` is called
@@ -445,9 +504,11 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: writes the index of latest frames and the trailer, then syncs.
-    /// Only committed frames may be in the file.
-    pub fn seal(&self) -> Result<()> {
+    /// Seals the segment: writes the index of latest frames and the trailer, then syncs the
+    /// file and, unless done already, its directory entry. Only committed frames may be in the
+    /// file. A sealed segment is durable, name included: the checkpoint and the upload take
+    /// only sealed segments, and recovery never cuts one.
+    pub fn seal(&self, io: &dyn Io) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert_eq!(state.frames, state.committed_frames, "seal with an open transaction");
         if state.sealed {
@@ -488,7 +549,8 @@ impl Segment {
             .write_all_at(&buf, index_offset)
             .and_then(|()| if state.file_len > end { self.file.set_len(end) } else { Ok(()) })
             .map_err(Error::io("writing", &self.path))
-            .and_then(|()| self.sync());
+            .and_then(|()| self.sync())
+            .and_then(|()| self.make_entry_durable(io));
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
             // of the file would claim a seal that no longer matches: cut both off.
@@ -570,6 +632,37 @@ pub struct SegmentCheck {
     pub errors: Vec<String>,
     /// Damage recovery repairs by itself: a torn tail, a damaged index.
     pub warnings: Vec<String>,
+}
+
+/// Was this segment's creation cut short by a power cut: a file shorter than a header, or a
+/// header whose checksum field was never written (zero) and that does not check out? A
+/// header is synced only with the segment's first sync (see [`Segment::create`]), so a
+/// crash before it can leave it missing or torn; nothing in such a segment was ever
+/// promised durable. Any other bad header is damage, and refused.
+pub(crate) fn creation_cut_short(io: &dyn Io, path: &Path) -> Result<bool> {
+    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let len = file.size().map_err(Error::io("reading", path))?;
+    if len < SEGMENT_HEADER_SIZE as u64 {
+        return Ok(true);
+    }
+    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
+    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
+    Ok(header.checksum.get() == 0 && header.problem().is_some())
+}
+
+/// Does this file hold a valid header and a seal trailer? Recovery asks before removing
+/// segments past the end of a log: a sealed one was durable, so finding one there is damage.
+pub(crate) fn is_sealed_file(io: &dyn Io, path: &Path) -> Result<bool> {
+    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let len = file.size().map_err(Error::io("reading", path))?;
+    if len < SEGMENT_HEADER_SIZE as u64 {
+        return Ok(false);
+    }
+    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
+    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
+    Ok(header.problem().is_none() && read_trailer(file.as_ref(), len, header.salt.get()).is_some())
 }
 
 /// Checks a segment file without changing it: header, every frame's checksum chain, the
@@ -735,7 +828,7 @@ mod tests {
         assert_eq!(check.valid_frames, 3);
         drop(segment);
 
-        let recovered = Segment::recover(&StdIo, &path, true).unwrap();
+        let recovered = Segment::recover(&StdIo, &path, false).unwrap();
         assert_eq!(recovered.committed_frames(), 3);
         assert_eq!(recovered.file_len(), frame_offset(3), "recovery cut the zeros");
         recovered.preallocate(1).unwrap();
@@ -743,9 +836,9 @@ mod tests {
         assert_eq!(recovered.file_len(), frame_offset(3), "a close gives the zeros back");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), frame_offset(3));
         recovered.preallocate(1).unwrap();
-        recovered.seal().unwrap();
+        recovered.seal(&StdIo).unwrap();
         drop(recovered);
-        let sealed = Segment::recover(&StdIo, &path, false).unwrap();
+        let sealed = Segment::recover(&StdIo, &path, true).unwrap();
         assert!(sealed.is_sealed(), "the trailer ends the file once sealed");
         assert_eq!(sealed.committed_frames(), 3);
     }
@@ -779,7 +872,7 @@ mod tests {
         segment.write_pages(&[(1, &c), (2, &c)], 0, Some(3)).unwrap();
         segment.mark_committed(3);
         drop(segment);
-        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), true).unwrap();
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), false).unwrap();
         assert_eq!(recovered.committed_frames(), 3);
         assert_eq!(recovered.find(1, u64::MAX).map(|p| read(&recovered, p)), Some(3));
         assert_eq!(recovered.find(3, u64::MAX).map(|p| read(&recovered, p)), Some(1));
@@ -800,7 +893,7 @@ mod tests {
         // Frames of an unfinished transaction left in the file are cut by recovery.
         segment.write_pages(&[(4, &a)], 1, None).unwrap();
         drop(segment);
-        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), true).unwrap();
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(1)), false).unwrap();
         assert_eq!(recovered.committed_frames(), 1);
         assert_eq!(recovered.find(4, u64::MAX), None);
         assert_eq!(recovered.file_len(), frame_offset(1));
@@ -815,9 +908,9 @@ mod tests {
         segment.mark_committed(8);
         segment.write_pages(&[(7, &b)], 2, Some(8)).unwrap();
         segment.mark_committed(8);
-        segment.seal().unwrap();
+        segment.seal(&StdIo).unwrap();
         drop(segment);
-        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(5)), false).unwrap();
+        let recovered = Segment::recover(&StdIo, &dir.path().join(segment_file_name(5)), true).unwrap();
         assert!(recovered.is_sealed());
         assert_eq!(recovered.committed_size_after(), 8);
         let mut latest = recovered.latest_pages();

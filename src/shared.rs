@@ -19,8 +19,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
-use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, PAGE_SIZE, SEGMENT_HEADER_SIZE};
-use crate::io::{FileKind, Io, IoFile};
+use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, PAGE_SIZE};
+use crate::io::{Io, IoFile};
 use crate::ownership;
 use crate::segment::{Segment, SegmentRef};
 use crate::storage::durability::{Durability, StorageBinding};
@@ -46,6 +46,11 @@ pub struct WalConfig {
     /// when the descriptors they hold together pass `set_idle_open_files_max`, or by
     /// `close_idle_logs`. Off by default: SQLite closes (and checkpoints) at the last close.
     pub keep_open_when_idle: bool,
+    /// Seal full segments off the commit path even without a background checkpointer: the
+    /// next checkpoint (or open) seals them. With a checkpointer this is always so (its
+    /// workers seal). Off by default: without a checkpointer nothing else would seal them
+    /// soon. Tests turn it on to crash logs holding several unsealed segments.
+    pub defer_seals: bool,
 }
 
 impl Default for WalConfig {
@@ -55,6 +60,7 @@ impl Default for WalConfig {
             segment_age_max: Some(Duration::from_secs(10)),
             checkpoint_on_close: true,
             keep_open_when_idle: false,
+            defer_seals: false,
         }
     }
 }
@@ -362,17 +368,87 @@ impl SharedWal {
             if current.committed_frames() < self.config.segment_frames_max {
                 return Ok(current);
             }
-            // A seal that failed after an earlier commit: retry it now, or keep appending.
-            if let Err(e) = current.seal() {
-                tracing::error!("sealing segment {} failed again: {e}", current.path.display());
-                return Ok(current);
+            if !self.seals_in_background() {
+                // A seal that failed after an earlier commit: retry it now, or keep appending.
+                if let Err(e) = self.seal_in_order(true) {
+                    tracing::error!("sealing segment {} failed again: {e}", current.path.display());
+                    return Ok(current);
+                }
             }
-            self.notify_uploader();
         }
         let next_frame_no = lock(&self.commit).last.frame_no + 1;
         let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
         self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(0, segment.clone());
         Ok(segment)
+    }
+
+    /// Are full segments sealed off the commit path? With a background checkpointer, its
+    /// workers seal them (`checkpoint_sealed`); with `defer_seals` alone, the next checkpoint
+    /// or open does. A full segment is then never written again: the next transaction
+    /// starts a new one.
+    fn seals_in_background(&self) -> bool {
+        self.config.defer_seals || self.has_checkpointer()
+    }
+
+    /// May `segment` (at `position` in the newest-first list) be sealed without the write
+    /// lock? Yes when nothing will append to it again: it is not the newest, or it is full
+    /// and seals happen in the background (see `current_segment_for_write`).
+    fn is_frozen(&self, position: usize, segment: &Segment) -> bool {
+        position > 0 || (self.seals_in_background() && segment.committed_frames() >= self.config.segment_frames_max)
+    }
+
+    /// Seals, oldest first, the unsealed segments nothing appends to any more, and the
+    /// current one too if `current` (the caller holds the write lock then). Seals go in log
+    /// order, so a sealed segment never follows an unsealed one: recovery relies on it (it
+    /// may cut the log before an unsealed segment, never before a sealed one), and the
+    /// checkpoint and the upload take a prefix of sealed segments. Returns whether any was
+    /// sealed.
+    fn seal_in_order(&self, current: bool) -> Result<bool> {
+        let segments = self.segments();
+        let mut sealed_any = false;
+        for (position, segment) in segments.iter().enumerate().rev() {
+            if segment.is_sealed() {
+                continue;
+            }
+            let sealable = self.is_frozen(position, segment) || (current && segment.committed_frames() > 0);
+            if !sealable {
+                break;
+            }
+            segment.seal(self.io.as_ref())?;
+            sealed_any = true;
+        }
+        if sealed_any {
+            self.notify_uploader();
+        }
+        Ok(sealed_any)
+    }
+
+    /// Called before a synchronous (FULL) commit in `current` is synced: makes durable the
+    /// frames of every older segment not yet sealed (NORMAL commits before it), and every
+    /// segment's directory entry. Without this a power cut could keep the FULL commit but
+    /// lose a commit before it, or the file holding it. Usually nothing to do: one pass
+    /// over the list under its read lock.
+    pub fn make_durable_through(&self, current: &Segment) -> Result<()> {
+        let pending: Vec<SegmentRef> = {
+            let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            if segments.iter().all(|s| s.entry_durable() && (std::ptr::eq(s.as_ref(), current) || !s.frames_unsynced()))
+            {
+                return Ok(());
+            }
+            segments.clone()
+        };
+        for segment in pending.iter().rev().filter(|s| !std::ptr::eq(s.as_ref(), current)) {
+            if segment.frames_unsynced() {
+                segment.sync()?;
+            }
+        }
+        if pending.iter().any(|s| !s.entry_durable()) {
+            self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))?;
+            for segment in &pending {
+                segment.mark_entry_durable();
+            }
+        }
+        Ok(())
     }
 
     /// Publishes a commit written (and synced if asked) by the writer. Write lock held.
@@ -392,13 +468,17 @@ impl SharedWal {
         *commit.readers.entry(to.frame_no).or_default() += 1;
     }
 
-    /// Seals the current segment if it is past the size threshold. Write lock held.
+    /// After a commit: if the current segment is past the size threshold, seals it (write
+    /// lock held), or with background seals leaves that to the checkpointer: a seal syncs
+    /// the whole segment, milliseconds a commit should not wait for.
     pub fn swap_if_full(&self, segment: &Segment) -> Result<()> {
-        if segment.committed_frames() >= self.config.segment_frames_max {
-            segment.seal()?;
-            self.notify_uploader();
-            self.notify_checkpointer();
+        if segment.committed_frames() < self.config.segment_frames_max {
+            return Ok(());
         }
+        if !self.seals_in_background() {
+            self.seal_in_order(true)?;
+        }
+        self.notify_checkpointer();
         Ok(())
     }
 
@@ -473,6 +553,7 @@ impl SharedWal {
             // seal each time would chop the log into tiny segments. Segments are sealed by
             // size, age, `flush_to_storage`, shutdown, or a FULL/RESTART/TRUNCATE
             // checkpoint with no upload pending.
+            self.seal_in_order(false)?;
             blocked = self.segments().first().is_some_and(|s| !s.is_sealed() && s.committed_frames() > 0);
         } else {
             blocked |= !self.seal_current(mode, busy)?;
@@ -499,6 +580,9 @@ impl SharedWal {
         if self.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Full segments the writer left behind (background seals): under the checkpoint
+        // lock, so never after `shutdown` has handed the files on.
+        self.seal_in_order(false)?;
         self.copy_ready_segments(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).map(|_| ())
     }
 
@@ -572,15 +656,7 @@ impl SharedWal {
     }
 
     fn seal_current_locked(&self) -> Result<()> {
-        let current = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().cloned();
-        match current {
-            Some(segment) if !segment.is_sealed() && segment.committed_frames() > 0 => {
-                segment.seal()?;
-                self.notify_uploader();
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        self.seal_in_order(true).map(|_| ())
     }
 
     /// Sealed segments (oldest first) that may be copied now, and what holds back the next
@@ -591,7 +667,8 @@ impl SharedWal {
         // Invariant 7: nothing leaves the log before storage has it.
         let durable = self.durability.as_ref().map_or(u64::MAX, |d| d.gate_frame_no());
         let mut ready = Vec::new();
-        for segment in segments.iter().rev().filter(|s| s.is_sealed()) {
+        // A prefix of the log: seals go in order, and the current segment ends it.
+        for segment in segments.iter().rev().take_while(|s| s.is_sealed()) {
             let end = segment.last_committed_frame_no();
             if end > durable {
                 return (ready, Blocker::Storage);
@@ -811,26 +888,24 @@ fn page_runs(pages: impl Iterator<Item = (u32, (usize, u32))>) -> impl Iterator<
 /// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
 /// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
 /// then nothing is deleted and the oldest segment may start anywhere.
+///
+/// The log is a prefix, as SQLite's is: it ends at the first segment whose creation was cut
+/// short, or at a gap in frame numbers before an unsealed segment (a power cut lost the end
+/// of the segment before it, or a whole segment, under `synchronous=NORMAL`). Those files
+/// and every later one are removed: none of their commits was promised durable, since a
+/// FULL commit syncs every segment before its own (`SharedWal::make_durable_through`).
+/// A gap before a *sealed* segment is damage: refused. Full segments a crash left unsealed
+/// are sealed here.
 fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Vec<SegmentRef>> {
     let paths = crate::segment::list_segment_files(io, log_dir)?;
     let mut segments: Vec<SegmentRef> = Vec::with_capacity(paths.len());
+    let mut end_of_log = paths.len();
     for (i, path) in paths.iter().enumerate() {
-        let is_tail = i + 1 == paths.len();
-        let short = matches!(io.kind(path), Ok(Some(FileKind::File { len })) if len <= SEGMENT_HEADER_SIZE as u64);
-        let segment = match Segment::recover(io, path, is_tail) {
-            Ok(segment) => segment,
-            // A crash inside `Segment::create` leaves a newest segment without a (durable)
-            // header. It never held a frame: remove it.
-            Err(e) if is_tail && short => {
-                tracing::warn!(path = %path.display(), "removing a segment whose creation was cut short: {e}");
-                io.remove_file(path).map_err(Error::io("removing", path))?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if segment.committed_frames() == 0 && !is_tail {
-            return Err(Error::corrupt(path, "an empty segment before the newest one"));
+        if crate::segment::creation_cut_short(io, path)? {
+            end_of_log = i;
+            break;
         }
+        let segment = Segment::open_verified(io, path, false)?;
         if let Some(mark) = mark
             && segment.committed_frames() > 0
             && segment.last_committed_frame_no() <= mark
@@ -847,17 +922,49 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Ve
         if let Some(expected) = expected
             && segment.start_frame_no != expected
         {
-            let reason = format!(
-                "segment starts at frame_no {} but the log (or the database file) ends at {}",
-                segment.start_frame_no,
-                expected - 1
-            );
-            return Err(Error::corrupt(path, reason));
+            if segment.is_sealed() || segment.start_frame_no < expected {
+                let reason = format!(
+                    "segment starts at frame_no {} but the log (or the database file) ends at {}",
+                    segment.start_frame_no,
+                    expected - 1
+                );
+                return Err(Error::corrupt(path, reason));
+            }
+            end_of_log = i;
+            break;
         }
         segments.push(Arc::new(segment));
     }
+    // Checked throughout: from here on the files change.
+    cut_log(io, log_dir, &paths[end_of_log..])?;
+    if let Some((newest, complete)) = segments.split_last() {
+        for segment in complete.iter().filter(|s| !s.is_sealed()) {
+            segment.seal(io)?;
+        }
+        newest.cut_torn_end()?;
+    }
     segments.reverse();
     Ok(segments)
+}
+
+/// Removes the segment files past the end of a log recovered after a power cut.
+fn cut_log(io: &dyn Io, log_dir: &Path, lost: &[PathBuf]) -> Result<()> {
+    let Some(first) = lost.first() else { return Ok(()) };
+    for path in lost {
+        if crate::segment::is_sealed_file(io, path)? {
+            let reason = format!("sealed, but the log ends before it (at {}): frames are missing", first.display());
+            return Err(Error::corrupt(path, reason));
+        }
+    }
+    tracing::warn!(
+        from = %first.display(),
+        files = lost.len(),
+        "recovery: the log ends before this segment (a power cut lost unsynced commits); removing it and later ones"
+    );
+    for path in lost {
+        io.remove_file(path).map_err(Error::io("removing", path))?;
+    }
+    io.sync_dir(log_dir).map_err(Error::io("syncing", log_dir))
 }
 
 /// While a log exists nothing but us writes the database file, so it must hold every page
@@ -932,7 +1039,7 @@ mod tests {
         assert!(!wal.seal_if_older_than(Duration::ZERO).unwrap(), "sealed a closed log");
         assert!(!wal.seal_current(CheckpointMode::Full, &mut || false).unwrap());
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), len, "a closed log wrote to its segment");
-        assert!(!Segment::recover(&StdIo, &segment, true).unwrap().is_sealed());
+        assert!(!Segment::recover(&StdIo, &segment, false).unwrap().is_sealed());
     }
 
     #[test]

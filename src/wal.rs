@@ -412,6 +412,7 @@ impl Wal for LibsqlWal {
             return Ok(0);
         }
         if synchronous {
+            self.shared.make_durable_through(&segment).map_err(Error::into_sqlite)?;
             segment.sync().map_err(Error::into_sqlite)?;
         }
         segment.mark_committed(size_after);

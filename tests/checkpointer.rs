@@ -235,3 +235,73 @@ fn shutdown_seals_and_drains_and_every_database_is_plain_sqlite() {
         assert_eq!(stock_sqlite(path, "SELECT count(*) FROM t; PRAGMA integrity_check;"), "30\nok\n");
     }
 }
+
+/// With a background checkpointer, a full segment is sealed by the checkpointer, not by the
+/// commit that filled it: NORMAL commits never wait for a flush (a seal syncs the whole
+/// segment, milliseconds while a checkpoint copies). Once the checkpointer runs, the full
+/// segments are sealed, copied and removed. Without a checkpointer, the seal is on the
+/// commit path, as before.
+#[test]
+fn a_full_segment_is_sealed_by_the_checkpointer_not_by_the_commit_that_filled_it() {
+    use libsql_wal::faulty::{FaultyIo, LostWrites};
+    let dir = tempfile::tempdir().unwrap();
+    for background in [true, false] {
+        let io = FaultyIo::new(0, LostWrites::All);
+        let checkpointer = fast_checkpointer(1);
+        let mut manager = LibsqlWalManager::new(std::sync::Arc::new(io.clone()), small_segments());
+        if background {
+            manager = manager.with_checkpointer(checkpointer.clone());
+        }
+        checkpointer.pause();
+        let db = dir.path().join(format!("background-{background}.db"));
+        let conn = open_connection(&db, &manager).unwrap();
+        conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+        fill(&conn, 1); // creates the log (its directory is synced once)
+        let before = io.syncs();
+        fill(&conn, 59);
+        let segments = inspect(&db, &manager).unwrap().segments;
+        assert!(segments.len() >= 5, "expected several segments, got {}", segments.len());
+        if !background {
+            assert!(io.syncs() > before, "without a checkpointer the commit path seals");
+            continue;
+        }
+        assert_eq!(io.syncs(), before, "a NORMAL commit synced something");
+        assert!(segments.iter().all(|s| !s.sealed), "a segment was sealed on the commit path");
+        checkpointer.resume();
+        wait_until("the full segments checkpointed", Duration::from_secs(20), || {
+            inspect(&db, &manager).unwrap().segments.len() <= 1
+        });
+        assert!(io.syncs() > before);
+        assert_eq!(count(&conn), 60);
+        drop(conn);
+        assert_eq!(stock_sqlite(&db, "PRAGMA integrity_check; SELECT count(*) FROM t;"), "ok\n60\n");
+    }
+}
+
+/// A FULL commit after NORMAL ones that filled unsealed segments makes those durable too
+/// (their frames, and every segment's directory entry) before it returns: else a power cut
+/// could keep it and lose a commit before it. `tests/crash.rs` checks the outcome under
+/// power cuts; this checks the flushes happen on the FULL commit itself.
+#[test]
+fn a_full_commit_flushes_the_unsealed_segments_before_its_own() {
+    use libsql_wal::faulty::{FaultyIo, LostWrites};
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::new(0, LostWrites::All);
+    let config = WalConfig { defer_seals: true, ..small_segments() };
+    let manager = LibsqlWalManager::new(std::sync::Arc::new(io.clone()), config);
+    let db = dir.path().join("d.db");
+    let conn = open_connection(&db, &manager).unwrap();
+    conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+    fill(&conn, 40);
+    let unsealed = inspect(&db, &manager).unwrap().segments.len() as u64;
+    assert!(unsealed >= 4, "expected several unsealed segments, got {unsealed}");
+    let before = io.syncs();
+    conn.execute_batch("PRAGMA synchronous = FULL; INSERT INTO t(pad) VALUES (randomblob(10))").unwrap();
+    // Each older unsealed segment, the directory, the commit's own segment.
+    assert!(io.syncs() - before > unsealed, "{} syncs for {unsealed} segments", io.syncs() - before);
+    let (before, segments_before) = (io.syncs(), inspect(&db, &manager).unwrap().segments.len());
+    conn.execute_batch("INSERT INTO t(pad) VALUES (randomblob(10))").unwrap();
+    // Its own segment; and the directory if the commit started a new segment.
+    let new_segment = inspect(&db, &manager).unwrap().segments.len() > segments_before;
+    assert_eq!(io.syncs() - before, 1 + new_segment as u64, "a second FULL commit flushes more than its own");
+}

@@ -525,3 +525,113 @@ fn a_database_file_cut_short_under_a_log_is_refused() {
     let message = open_fails(&db, &["cut short"]);
     eprintln!("refused: {message}");
 }
+
+// ---------------------------------------------------------------------------------------
+// (g) full segments left unsealed (background seals): a power cut under NORMAL may tear
+// one, and the log then ends there (a prefix, as SQLite's own WAL); a sealed one never is
+// ---------------------------------------------------------------------------------------
+
+/// Seals left to the next checkpoint or open, as with a background checkpointer.
+fn deferred_seals() -> LibsqlWalManager {
+    let config =
+        WalConfig { segment_frames_max: 8, checkpoint_on_close: false, defer_seals: true, ..Default::default() };
+    LibsqlWalManager::new(StdIo::shared(), config)
+}
+
+/// A log holding rows 1..=40 whose segments are all unsealed: (db, segments oldest first).
+fn unsealed_log(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let db = database_with_rows(dir, 40, &deferred_seals());
+    let files = segment_files(&db);
+    assert!(files.len() >= 4, "expected at least 4 segments, got {}", files.len());
+    assert!(files.iter().all(|f| !is_sealed(f)), "a segment was sealed on the commit path");
+    (db, files)
+}
+
+/// Transactions whose commit frame is in `segments` (the first is CREATE TABLE).
+fn commits_in(segments: &[PathBuf]) -> i64 {
+    segments.iter().map(|s| frames_on_disk(s).iter().filter(|(_, size_after, _)| *size_after > 0).count() as i64).sum()
+}
+
+/// Opens the damaged log: `verify` first reports the cut as warnings (no error), then the
+/// rows are exactly 1..=expected, the segments from `removed_from` on are gone, every
+/// segment but the newest is sealed, and the log goes on from the cut.
+fn log_ends_at(db: &Path, files: &[PathBuf], removed_from: usize, expected: i64) {
+    let report = libsql_wal::verify(db, &keep_log()).unwrap();
+    assert_eq!(report.errors, 0, "verify: {:#?}", report.lines);
+    assert!(report.warnings > 0, "verify saw nothing to cut: {:#?}", report.lines);
+    let conn = open_connection(db, &keep_log()).unwrap();
+    assert_eq!(rows(&conn), (1..=expected).collect::<Vec<_>>(), "not the expected prefix");
+    for lost in &files[removed_from..] {
+        assert!(!lost.exists(), "{} is still there after the cut", lost.display());
+    }
+    let after = segment_files(db);
+    assert!(after[..after.len() - 1].iter().all(|f| is_sealed(f)), "an older segment is still unsealed");
+    commit_rows(&conn, expected + 1..=expected + 5);
+    drop(conn);
+    assert_eq!(open_rows(db, &keep_log()), (1..=expected + 5).collect::<Vec<_>>());
+    final_check_with_stock_sqlite(db, expected + 5);
+}
+
+#[test]
+fn full_segments_left_unsealed_are_sealed_at_open_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, files) = unsealed_log(dir.path());
+    assert_eq!(commits_in(&files), 41);
+    let report = libsql_wal::verify(&db, &keep_log()).unwrap();
+    assert_eq!((report.errors, report.warnings), (0, 0), "verify: {:#?}", report.lines);
+    drop(open_connection(&db, &keep_log()).unwrap());
+    let after = segment_files(&db);
+    assert_eq!(after, files, "recovery removed or added a segment");
+    assert!(after[..after.len() - 1].iter().all(|f| is_sealed(f)), "a full segment was not sealed at open");
+    assert!(!is_sealed(after.last().unwrap()), "the current segment was sealed");
+    assert_eq!(open_rows(&db, &keep_log()), (1..=40).collect::<Vec<_>>());
+    final_check_with_stock_sqlite(&db, 40);
+}
+
+#[test]
+fn a_torn_unsealed_segment_ends_the_log_and_later_segments_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, files) = unsealed_log(dir.path());
+    // A power cut kept the start of segment 1 but not its last frame, and kept later files.
+    let torn = &files[1];
+    strip_preallocation(torn); // FULL commits grew it with zeros
+    let len = std::fs::metadata(torn).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(torn).unwrap();
+    file.set_len(len - FRAME_SIZE / 2).unwrap();
+    drop(file);
+    let expected = commits_in(&files[..2]) - 1;
+    assert!(expected < 40);
+    log_ends_at(&db, &files, 2, expected);
+}
+
+#[test]
+fn a_segment_whose_header_never_reached_the_disk_ends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, files) = unsealed_log(dir.path());
+    let mut bytes = std::fs::read(&files[2]).unwrap();
+    bytes[..HEADER_SIZE as usize].fill(0);
+    std::fs::write(&files[2], bytes).unwrap();
+    log_ends_at(&db, &files, 2, commits_in(&files[..2]) - 1);
+}
+
+#[test]
+fn a_damaged_header_of_an_unsealed_segment_is_refused() {
+    // Not a header cut short (its checksum field is written): damage, not a power cut.
+    let dir = tempfile::tempdir().unwrap();
+    let (db, files) = unsealed_log(dir.path());
+    flip_byte(&files[2], 20);
+    let before = snapshot_files(&db);
+    open_fails(&db, &["corrupt"]);
+    assert!(snapshot_files(&db) == before, "refusing a corrupt log changed its files");
+}
+
+#[test]
+fn a_gap_before_a_sealed_segment_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, sealed) = multi_segment_log(dir.path());
+    // The frames of a sealed segment were synced before its seal: losing its file is damage.
+    std::fs::remove_file(&sealed[1]).unwrap();
+    let before = snapshot_files(&db);
+    open_fails(&db, &["corrupt"]);
+    assert!(snapshot_files(&db) == before, "refusing a corrupt log changed its files");
+}

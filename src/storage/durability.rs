@@ -242,7 +242,9 @@ impl Durability {
         }
         let Some(durable) = state.frame_no else { return Step::Reconcile };
         let segments = shared.segments();
-        let next = segments.iter().rev().find(|s| s.is_sealed() && s.last_committed_frame_no() > durable);
+        // The oldest segment storage lacks, once sealed: uploads go in log order, so the
+        // durable frame_no never passes a segment still waiting for its seal.
+        let next = segments.iter().rev().find(|s| s.last_committed_frame_no() > durable).filter(|s| s.is_sealed());
         next.map_or(Step::Idle, |s| Step::Upload(s.clone()))
     }
 

@@ -126,7 +126,7 @@ fn apply_object(io: &dyn Io, object: &StoredObject, path: &Path, db: &dyn IoFile
             Ok(pages)
         }
         ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
-            let segment = Segment::recover(io, path, false).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
+            let segment = Segment::recover(io, path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
             if !segment.is_sealed()
                 || segment.start_frame_no != start_frame_no
                 || segment.last_committed_frame_no() != end_frame_no

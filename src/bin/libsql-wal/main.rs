@@ -299,9 +299,14 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
     println!("segments: {} ({frames} frames in the log)", info.segments.len());
-    for s in &info.segments {
+    for (i, s) in info.segments.iter().enumerate() {
         let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let state = if s.sealed { "sealed" } else { "current" };
+        let state = match (s.sealed, i + 1 == info.segments.len()) {
+            (true, _) => "sealed",
+            (false, true) => "current",
+            // Full, its seal not done yet (background seals).
+            (false, false) => "full",
+        };
         let range = if s.frames == 0 {
             "empty".to_string()
         } else {
