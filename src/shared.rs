@@ -405,6 +405,10 @@ impl SharedWal {
     /// sealed.
     fn seal_in_order(&self, current: bool) -> Result<bool> {
         let segments = self.segments();
+        // One directory sync for all of them (each seal would otherwise sync it again).
+        if segments.iter().any(|s| !s.is_sealed() && !s.entry_durable()) {
+            self.sync_log_dir(&segments)?;
+        }
         let mut sealed_any = false;
         for (position, segment) in segments.iter().enumerate().rev() {
             if segment.is_sealed() {
@@ -443,10 +447,16 @@ impl SharedWal {
             }
         }
         if pending.iter().any(|s| !s.entry_durable()) {
-            self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))?;
-            for segment in &pending {
-                segment.mark_entry_durable();
-            }
+            self.sync_log_dir(&pending)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the log directory: the names of `segments` (all created before) are durable.
+    fn sync_log_dir(&self, segments: &[SegmentRef]) -> Result<()> {
+        self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))?;
+        for segment in segments {
+            segment.mark_entry_durable();
         }
         Ok(())
     }

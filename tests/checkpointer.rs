@@ -32,6 +32,7 @@ fn fast_checkpointer(concurrency_max: usize) -> Checkpointer {
         retry_delay_max: Duration::from_millis(200),
         tick: Duration::from_millis(10),
         seal_on_shutdown: true,
+        worker_nice: 10,
     })
 }
 

@@ -99,6 +99,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Both sides build the log with `synchronous=NORMAL`, then the file system is synced
+/// ([`settle`]): the measured commits share the disk with the checkpoint, not with the
+/// writeback of the gigabyte just written (which neither side had flushed).
 /// SQLite: the log is built with autocheckpoint off, then turned back on (1000 frames):
 /// the first measured commit pays for the whole log, later ones for every 1000 frames.
 /// Ours: the log is built with the background checkpointer paused, then resumed as the
@@ -120,6 +123,7 @@ pub fn checkpoint_latency(dir: &Path, side: Side, config: &CheckpointLatencyConf
             let conn = open_sqlite_connection(&path)?;
             conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
             load(&conn, rows)?;
+            settle(dir)?;
             conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;")?;
             let latencies = measure_commits(&conn, rows, config)?;
             // The first measured commit ran the checkpoint of the whole log: the slowest.
@@ -135,6 +139,7 @@ pub fn checkpoint_latency(dir: &Path, side: Side, config: &CheckpointLatencyConf
             let conn = open_connection(&path, &manager)?;
             conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
             load(&conn, rows)?;
+            settle(dir)?;
             let started = Instant::now();
             checkpointer.resume();
             let latencies = measure_commits(&conn, rows, config)?;
