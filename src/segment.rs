@@ -634,35 +634,41 @@ pub struct SegmentCheck {
     pub warnings: Vec<String>,
 }
 
+/// Opens a segment file and reads its header: the file, its length, and the header unless
+/// the file is shorter than one.
+fn read_header(io: &dyn Io, path: &Path) -> Result<(Box<dyn IoFile>, u64, Option<SegmentHeader>)> {
+    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let len = file.size().map_err(Error::io("reading", path))?;
+    if len < SEGMENT_HEADER_SIZE as u64 {
+        return Ok((file, len, None));
+    }
+    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
+    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
+    Ok((file, len, Some(header)))
+}
+
 /// Was this segment's creation cut short by a power cut: a file shorter than a header, or a
 /// header whose checksum field was never written (zero) and that does not check out? A
 /// header is synced only with the segment's first sync (see [`Segment::create`]), so a
 /// crash before it can leave it missing or torn; nothing in such a segment was ever
 /// promised durable. Any other bad header is damage, and refused.
 pub(crate) fn creation_cut_short(io: &dyn Io, path: &Path) -> Result<bool> {
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
-    let len = file.size().map_err(Error::io("reading", path))?;
-    if len < SEGMENT_HEADER_SIZE as u64 {
-        return Ok(true);
-    }
-    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
-    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
-    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
-    Ok(header.checksum.get() == 0 && header.problem().is_some())
+    Ok(match read_header(io, path)? {
+        (_, _, None) => true,
+        (_, _, Some(header)) => header.checksum.get() == 0 && header.problem().is_some(),
+    })
 }
 
 /// Does this file hold a valid header and a seal trailer? Recovery asks before removing
 /// segments past the end of a log: a sealed one was durable, so finding one there is damage.
 pub(crate) fn is_sealed_file(io: &dyn Io, path: &Path) -> Result<bool> {
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
-    let len = file.size().map_err(Error::io("reading", path))?;
-    if len < SEGMENT_HEADER_SIZE as u64 {
-        return Ok(false);
-    }
-    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
-    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
-    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
-    Ok(header.problem().is_none() && read_trailer(file.as_ref(), len, header.salt.get()).is_some())
+    Ok(match read_header(io, path)? {
+        (file, len, Some(header)) if header.problem().is_none() => {
+            read_trailer(file.as_ref(), len, header.salt.get()).is_some()
+        }
+        _ => false,
+    })
 }
 
 /// Checks a segment file without changing it: header, every frame's checksum chain, the

@@ -405,26 +405,26 @@ impl SharedWal {
     /// sealed.
     fn seal_in_order(&self, current: bool) -> Result<bool> {
         let segments = self.segments();
+        let to_seal: Vec<&SegmentRef> = segments
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, s)| !s.is_sealed())
+            .take_while(|(position, s)| self.is_frozen(*position, s) || (current && s.committed_frames() > 0))
+            .map(|(_, s)| s)
+            .collect();
+        if to_seal.is_empty() {
+            return Ok(false);
+        }
         // One directory sync for all of them (each seal would otherwise sync it again).
-        if segments.iter().any(|s| !s.is_sealed() && !s.entry_durable()) {
+        if to_seal.iter().any(|s| !s.entry_durable()) {
             self.sync_log_dir(&segments)?;
         }
-        let mut sealed_any = false;
-        for (position, segment) in segments.iter().enumerate().rev() {
-            if segment.is_sealed() {
-                continue;
-            }
-            let sealable = self.is_frozen(position, segment) || (current && segment.committed_frames() > 0);
-            if !sealable {
-                break;
-            }
+        for segment in to_seal {
             segment.seal(self.io.as_ref())?;
-            sealed_any = true;
         }
-        if sealed_any {
-            self.notify_uploader();
-        }
-        Ok(sealed_any)
+        self.notify_uploader();
+        Ok(true)
     }
 
     /// Called before a synchronous (FULL) commit in `current` is synced: makes durable the
