@@ -555,6 +555,8 @@ impl SharedWal {
         on_page: &mut PageVisitor<'_>,
     ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
+        // Full segments left for a background seal need no write lock: sealed in any mode.
+        self.seal_in_order(false)?;
         let mut blocked = false;
         if self.durability.is_some() && (mode == CheckpointMode::Passive || self.uploads_pending()) {
             // With storage, sealing cannot let this checkpoint copy the current segment (it
@@ -563,7 +565,6 @@ impl SharedWal {
             // seal each time would chop the log into tiny segments. Segments are sealed by
             // size, age, `flush_to_storage`, shutdown, or a FULL/RESTART/TRUNCATE
             // checkpoint with no upload pending.
-            self.seal_in_order(false)?;
             blocked = self.segments().first().is_some_and(|s| !s.is_sealed() && s.committed_frames() > 0);
         } else {
             blocked |= !self.seal_current(mode, busy)?;
