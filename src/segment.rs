@@ -111,7 +111,7 @@ impl Segment {
     /// segment's first sync (a FULL commit, or its seal) its header may be lost or torn by a
     /// power cut, and recovery then takes it, and every later segment, as never written
     /// (see `shared::recover_segments`). A FULL commit syncs the file and its directory
-    /// entry before it returns ([`Segment::make_entry_durable`]).
+    /// entry before it returns (`SharedWal::make_durable_through`).
     pub fn create(io: &dyn Io, dir: &Path, start_frame_no: u64) -> Result<Segment> {
         let path = dir.join(segment_file_name(start_frame_no));
         let salt = io.random_u32();
@@ -436,8 +436,9 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::io("syncing", &self.path))?;
         // Cleared after the sync, never before: a FULL commit that finds it clear skips
-        // syncing this segment. Only the writer (or a seal) writes frames and they never
-        // run during a sync of a segment they do not own, so no write is missed here.
+        // syncing this segment. No frame can be written between the sync and the clear:
+        // only the writer writes frames, and it syncs its own segment itself; other threads
+        // sync only full segments, which nothing writes any more.
         self.frames_unsynced.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -515,6 +516,8 @@ impl Segment {
             return Ok(());
         }
         assert!(state.committed_frames > 0, "seal of an empty segment");
+        // The name first: a failure here leaves nothing written to take back.
+        self.make_entry_durable(io)?;
         let mut entries: Vec<IndexEntry> = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             index
@@ -549,8 +552,7 @@ impl Segment {
             .write_all_at(&buf, index_offset)
             .and_then(|()| if state.file_len > end { self.file.set_len(end) } else { Ok(()) })
             .map_err(Error::io("writing", &self.path))
-            .and_then(|()| self.sync())
-            .and_then(|()| self.make_entry_durable(io));
+            .and_then(|()| self.sync());
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
             // of the file would claim a seal that no longer matches: cut both off.
