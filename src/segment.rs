@@ -505,8 +505,8 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: writes the index of latest frames and the trailer, then syncs the
-    /// file and, unless done already, its directory entry. Only committed frames may be in the
+    /// Seals the segment: syncs its directory entry (unless done already), writes the index
+    /// of latest frames and the trailer, then syncs the file. Only committed frames may be in the
     /// file. A sealed segment is durable, name included: the checkpoint and the upload take
     /// only sealed segments, and recovery never cuts one.
     pub fn seal(&self, io: &dyn Io) -> Result<()> {
