@@ -365,7 +365,7 @@ impl SharedWal {
         if let Some(current) = current
             && !current.is_sealed()
         {
-            if current.committed_frames() < self.config.segment_frames_max {
+            if !self.is_full(&current) {
                 return Ok(current);
             }
             if !self.seals_in_background() {
@@ -394,7 +394,13 @@ impl SharedWal {
     /// lock? Yes when nothing will append to it again: it is not the newest, or it is full
     /// and seals happen in the background (see `current_segment_for_write`).
     fn is_frozen(&self, position: usize, segment: &Segment) -> bool {
-        position > 0 || (self.seals_in_background() && segment.committed_frames() >= self.config.segment_frames_max)
+        position > 0 || (self.seals_in_background() && self.is_full(segment))
+    }
+
+    /// Has `segment` reached the size threshold? (A threshold of 0 counts as 1: a segment
+    /// is never full, nor sealed, without a commit.)
+    fn is_full(&self, segment: &Segment) -> bool {
+        segment.committed_frames() >= self.config.segment_frames_max.max(1)
     }
 
     /// Seals, oldest first, the unsealed segments nothing appends to any more, and the
@@ -410,7 +416,7 @@ impl SharedWal {
             .enumerate()
             .rev()
             .filter(|(_, s)| !s.is_sealed())
-            .take_while(|(position, s)| self.is_frozen(*position, s) || (current && s.committed_frames() > 0))
+            .take_while(|(position, s)| s.committed_frames() > 0 && (current || self.is_frozen(*position, s)))
             .map(|(_, s)| s)
             .collect();
         if to_seal.is_empty() {
@@ -482,7 +488,7 @@ impl SharedWal {
     /// lock held), or with background seals leaves that to the checkpointer: a seal syncs
     /// the whole segment, milliseconds a commit should not wait for.
     pub fn swap_if_full(&self, segment: &Segment) -> Result<()> {
-        if segment.committed_frames() < self.config.segment_frames_max {
+        if !self.is_full(segment) {
             return Ok(());
         }
         if !self.seals_in_background() {

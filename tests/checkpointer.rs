@@ -306,3 +306,29 @@ fn a_full_commit_flushes_the_unsealed_segments_before_its_own() {
     let new_segment = inspect(&db, &manager).unwrap().segments.len() > segments_before;
     assert_eq!(io.syncs() - before, 1 + new_segment as u64, "a second FULL commit flushes more than its own");
 }
+
+/// `segment_frames_max: 0` means a segment per transaction, and never an empty or
+/// uncommitted segment sealed: a checkpoint used to take the newest segment, holding only a
+/// spilled transaction's frames, for a full one, and its seal asserted (a panic inside
+/// SQLite's call).
+#[test]
+fn a_zero_segment_size_never_seals_a_segment_without_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { segment_frames_max: 0, defer_seals: true, ..small_segments() };
+    let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config);
+    let db = dir.path().join("zero.db");
+    let writer = open_connection(&db, &manager).unwrap();
+    fill(&writer, 3);
+    // A transaction larger than the page cache spills frames into a new segment.
+    writer.execute_batch("PRAGMA cache_size = 5; BEGIN;").unwrap();
+    for _ in 0..100 {
+        writer.execute("INSERT INTO t(pad) VALUES (randomblob(3000))", []).unwrap();
+    }
+    let other = open_connection(&db, &manager).unwrap();
+    other.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
+    writer.execute_batch("COMMIT").unwrap();
+    other.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    assert_eq!(count(&other), 103);
+    drop((writer, other));
+    assert_eq!(stock_sqlite(&db, "PRAGMA integrity_check; SELECT count(*) FROM t;"), "ok\n103\n");
+}
