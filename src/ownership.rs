@@ -3,8 +3,9 @@
 //! The log is a *directory* named `<db>-wal`: while it exists, stock `sqlite3` (which expects
 //! a file there for a WAL-mode database) fails with SQLITE_CANTOPEN, even after a crash left
 //! the directory behind. Inside it, the `lock` file carries an exclusive `flock` held by the
-//! owning process for as long as the log is open: a second process of ours gets
-//! [`Error::InUse`]. Before taking a database over from SQLite's own WAL we make sure no
+//! owning process for as long as the log is open, and so does the database file itself (a
+//! `flock` that follows the file, not its name: a hard link is the same file): a second
+//! process of ours gets [`Error::InUse`]. Before taking a database over from SQLite's own WAL we make sure no
 //! process still uses that WAL (the lock SQLite's unix VFS holds on its `-shm` file).
 
 use std::path::{Path, PathBuf};
@@ -71,10 +72,73 @@ pub(crate) fn sqlite_wal_in_use(io: &dyn Io, db_path: &Path) -> Result<bool> {
     Ok(!free)
 }
 
-/// Takes the database's log for this process: creates the log directory if needed and
-/// returns the locked `lock` file, whose handle must live as long as the log is open.
+/// What makes a log this process's, held for as long as the log is open (as the
+/// `SharedWal`'s lock handle): the flock on the database file itself, which follows the
+/// file whatever name it was opened by, and the flock on `<db>-wal/lock`, which is what
+/// older versions of ours look at. `unlock` releases both.
+struct Ownership {
+    db_lock: Box<dyn IoFile>,
+    lock_file: Box<dyn IoFile>,
+}
+
+impl IoFile for Ownership {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.lock_file.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.lock_file.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.lock_file.sync_data()
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.lock_file.size()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.lock_file.set_len(len)
+    }
+    fn try_lock_exclusive(&self) -> std::io::Result<bool> {
+        Ok(self.db_lock.try_lock_exclusive()? && self.lock_file.try_lock_exclusive()?)
+    }
+    fn unlock(&self) -> std::io::Result<()> {
+        // Both, even if the first fails: a lock left behind would refuse the next owner.
+        let log = self.lock_file.unlock();
+        let db = self.db_lock.unlock();
+        log.and(db)
+    }
+    fn try_lock_byte(&self, offset: u64) -> std::io::Result<bool> {
+        self.lock_file.try_lock_byte(offset)
+    }
+}
+
+/// Takes the database's log for this process: locks the database file, creates the log
+/// directory if needed and locks its `lock` file. The returned handle holds both locks and
+/// must live as long as the log is open.
+///
+/// The first lock is a `flock` on the database file itself. A log directory is found by
+/// name (`<db>-wal`), so two names of one file (hard links) have two directories and two
+/// `lock` files; the lock on the file's inode is what makes a second name refused while the
+/// first is owned. `flock` locks are independent of the POSIX (`fcntl`) locks SQLite's unix
+/// VFS takes on the same file (on Linux), so SQLite's own locking is not disturbed. It is
+/// taken first, before anything is created: a process refused leaves no trace.
 pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir_of(db_path);
+    let db_lock = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+    if !db_lock.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+        return Err(Error::InUse { path: db_path.into(), log_dir });
+    }
+    match take_log_dir(io, db_path, &log_dir) {
+        Ok(lock_file) => Ok(Box::new(Ownership { db_lock, lock_file })),
+        Err(e) => {
+            // Explicitly: a child forked meanwhile would keep the lock past our close.
+            let _ = db_lock.unlock();
+            Err(e)
+        }
+    }
+}
+
+fn take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
+    let log_dir = log_dir.to_path_buf();
     match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
         Some(FileKind::Dir) => {}
         Some(FileKind::File { len }) => {
@@ -112,7 +176,7 @@ fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
 }
 
 /// Gives the database back to plain SQLite: removes the lock file and the (empty) log
-/// directory. The caller holds the lock and has removed every segment.
+/// directory. The caller holds the locks and has removed every segment.
 pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<()> {
     io.remove_file(&log_dir.join("lock"))?;
     io.remove_dir(log_dir)

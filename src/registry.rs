@@ -1,4 +1,6 @@
-//! The process-wide registry: one [`SharedWal`] per database file, keyed by canonical path.
+//! The process-wide registry: one [`SharedWal`] per database file, keyed by the file's
+//! identity (device and inode), not by its name: two names of one file (hard links) share
+//! one log, as they share one file. The log lives under the name it was first opened by.
 //!
 //! Architecture invariant: two `SharedWal`s for one file never exist in one process; the
 //! registry's lock is held while one is created (recovery) or shut down, so an open racing a
@@ -30,14 +32,18 @@ pub const DEFAULT_IDLE_OPEN_FILES_MAX: usize = 256;
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     Mutex::new(Registry {
         logs: HashMap::new(),
+        ids: HashMap::new(),
         idle: IdleLogs::default(),
         idle_open_files_max: DEFAULT_IDLE_OPEN_FILES_MAX,
     })
 });
 
 struct Registry {
-    /// Every live log, active or idle.
-    logs: HashMap<PathBuf, Weak<SharedWal>>,
+    /// Every live log, active or idle, by the identity of its database file.
+    logs: HashMap<FileId, Weak<SharedWal>>,
+    /// What each live log was registered with, by the log's address (a log only knows its
+    /// path, and the name may have been removed or replaced since).
+    ids: HashMap<usize, Registered>,
     /// Logs without connections kept open (they hold the only strong references).
     idle: IdleLogs,
     idle_open_files_max: usize,
@@ -47,32 +53,32 @@ struct Registry {
 /// (an upper bound: an idle log only loses files, as checkpoints remove its segments).
 #[derive(Default)]
 struct IdleLogs {
-    by_age: BTreeMap<u64, (Arc<SharedWal>, usize)>,
-    age_of: HashMap<PathBuf, u64>,
+    by_age: BTreeMap<u64, (Arc<SharedWal>, usize, FileId)>,
+    age_of: HashMap<FileId, u64>,
     files: usize,
     next_age: u64,
 }
 
 impl IdleLogs {
-    fn insert(&mut self, shared: Arc<SharedWal>) {
+    fn insert(&mut self, shared: Arc<SharedWal>, id: FileId) {
         let files = shared.open_files();
         let age = self.next_age;
         self.next_age += 1;
         self.files += files;
-        self.age_of.insert(shared.db_path.clone(), age);
-        self.by_age.insert(age, (shared, files));
+        self.age_of.insert(id, age);
+        self.by_age.insert(age, (shared, files, id));
     }
 
-    fn remove(&mut self, path: &Path) -> Option<Arc<SharedWal>> {
-        let age = self.age_of.remove(path)?;
-        let (shared, files) = self.by_age.remove(&age)?;
+    fn remove(&mut self, id: FileId) -> Option<Arc<SharedWal>> {
+        let age = self.age_of.remove(&id)?;
+        let (shared, files, _) = self.by_age.remove(&age)?;
         self.files -= files;
         Some(shared)
     }
 
     fn pop_oldest(&mut self) -> Option<Arc<SharedWal>> {
-        let (_, (shared, files)) = self.by_age.pop_first()?;
-        self.age_of.remove(&shared.db_path);
+        let (_, (shared, files, id)) = self.by_age.pop_first()?;
+        self.age_of.remove(&id);
         self.files -= files;
         Some(shared)
     }
@@ -80,9 +86,9 @@ impl IdleLogs {
     /// The oldest idle log no checkpoint is copying, else the oldest: shutting down a log
     /// waits for its running checkpoint, with the registry locked.
     fn pop_eviction_victim(&mut self) -> Option<Arc<SharedWal>> {
-        let quiet = self.by_age.values().find(|(shared, _)| !shared.is_checkpointing()).map(|(s, _)| s.db_path.clone());
+        let quiet = self.by_age.values().find(|(shared, _, _)| !shared.is_checkpointing()).map(|(_, _, id)| *id);
         match quiet {
-            Some(path) => self.remove(&path),
+            Some(id) => self.remove(id),
             None => self.pop_oldest(),
         }
     }
@@ -137,9 +143,14 @@ pub fn registry_stats() -> RegistryStats {
 impl Registry {
     /// Shuts a log without connections down and forgets it (the registry's lock held, so an
     /// open of the same database waits and then recovers a fresh log).
-    fn close(&mut self, shared: &SharedWal, checkpoint: bool) {
+    fn close(&mut self, shared: &Arc<SharedWal>, checkpoint: bool) {
         shared.shutdown(checkpoint);
-        self.logs.remove(&shared.db_path);
+        if let Some(Registered { id, .. }) = self.ids.remove(&address(shared)) {
+            // Only if it is still this log's entry (never another's, registered since).
+            if self.logs.get(&id).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared))) {
+                self.logs.remove(&id);
+            }
+        }
     }
 
     fn evict_idle(&mut self) {
@@ -149,6 +160,32 @@ impl Registry {
             self.close(&shared, false);
         }
     }
+}
+
+/// A file's identity: (device, inode). Two names of one file have the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The identity of the file at `path` (which must exist). A `stat`, not data I/O: asked of
+/// the file system directly, since `Io` has no notion of identity and every `Io` of ours
+/// works on real files.
+pub(crate) fn file_id(path: &Path) -> Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| Error::CannotOpen { path: path.into(), reason: e.to_string() })?;
+    Ok(FileId { dev: meta.dev(), ino: meta.ino() })
+}
+
+/// What the registry keeps of a live log's first open.
+#[derive(Debug, Clone, Copy)]
+struct Registered {
+    id: FileId,
+}
+
+fn address(shared: &Arc<SharedWal>) -> usize {
+    Arc::as_ptr(shared) as usize
 }
 
 /// The canonical path of a database file (which must exist).
@@ -167,10 +204,13 @@ pub(crate) fn acquire(
 ) -> Result<Arc<SharedWal>> {
     let path = canonical(io.as_ref(), db_path)?;
     let mut registry = registry();
-    let shared = match registry.logs.get(&path).and_then(Weak::upgrade) {
+    // Under the registry's lock: a rename between the look-up and the open cannot give one
+    // file two logs (the open's own lock on the file would refuse the second anyway).
+    let id = file_id(&path)?;
+    let shared = match registry.logs.get(&id).and_then(Weak::upgrade) {
         Some(shared) => {
             check_same_storage(&shared, storage)?;
-            registry.idle.remove(&path);
+            registry.idle.remove(id);
             shared
         }
         None => {
@@ -179,7 +219,8 @@ pub(crate) fn acquire(
                 shared.attach_checkpointer(checkpointer);
             }
             shared.start();
-            registry.logs.insert(path, Arc::downgrade(&shared));
+            registry.logs.insert(id, Arc::downgrade(&shared));
+            registry.ids.insert(address(&shared), Registered { id });
             shared
         }
     };
@@ -219,7 +260,12 @@ pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
         return;
     }
     if shared.config.keep_open_when_idle {
-        registry.idle.insert(shared.clone());
+        let Some(&Registered { id, .. }) = registry.ids.get(&address(shared)) else {
+            // Not registered (cannot happen: every shared log came from `acquire`): close it.
+            registry.close(shared, checkpoint);
+            return;
+        };
+        registry.idle.insert(shared.clone(), id);
         registry.evict_idle();
     } else {
         registry.close(shared, checkpoint);
@@ -233,5 +279,8 @@ pub(crate) fn log_exists(io: &dyn Io, db_path: &Path) -> Result<bool> {
     let log_dir = log_dir_of(&canonical(io, db_path).unwrap_or_else(|_| db_path.into()));
     let dir = io.kind(&log_dir).map_err(Error::io("reading", &log_dir))?;
     let db = io.kind(db_path).map_err(Error::io("reading", db_path))?;
-    Ok(matches!(dir, Some(FileKind::Dir)) && matches!(db, Some(FileKind::File { len }) if len > 0))
+    let non_empty = matches!(db, Some(FileKind::File { len }) if len > 0);
+    // Another name of this file may have the live log (its directory is beside that name).
+    let live = || file_id(db_path).is_ok_and(|id| registry().logs.get(&id).is_some_and(|w| w.strong_count() > 0));
+    Ok(non_empty && (matches!(dir, Some(FileKind::Dir)) || live()))
 }

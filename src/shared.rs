@@ -537,9 +537,10 @@ impl SharedWal {
         matches!(self.checkpoint_lock.try_lock(), Err(std::sync::TryLockError::WouldBlock))
     }
 
-    /// The file descriptors this log holds: the database file, the lock, each segment.
+    /// The file descriptors this log holds: the database file, the ownership locks (the
+    /// `lock` file and the database file's own lock handle), each segment.
     pub fn open_files(&self) -> usize {
-        2 + self.segments.read().unwrap_or_else(|e| e.into_inner()).len()
+        3 + self.segments.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// All segments, newest first.
@@ -827,9 +828,8 @@ impl SharedWal {
             durability.close(log_empty);
         }
         if log_empty {
-            // A process opening the database meanwhile either finds the directory gone and
-            // fails to open (it may retry), or recreates the lock file first and then owns a
-            // log we have emptied; our rmdir then fails harmlessly on a non-empty directory.
+            // No other process of ours can take the log meanwhile: our lock on the database
+            // file refuses it until `release_lock` below.
             if let Err(e) = ownership::release(self.io.as_ref(), &self.log_dir) {
                 tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
             }
