@@ -96,6 +96,12 @@ struct Inner {
     /// `drain` waits here for the queue to empty.
     idle: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// This checkpointer's threads alive right now (counted from before their spawn to
+    /// their very end), and a condvar signalled whenever one ends: what `threads` reports,
+    /// so a test need not count the process's threads by name (other checkpointers' come
+    /// and go meanwhile).
+    live_threads: Mutex<usize>,
+    thread_ended: Condvar,
     running_now: AtomicUsize,
     running_max_seen: AtomicUsize,
     completed: AtomicU64,
@@ -135,6 +141,8 @@ impl Checkpointer {
             work: Condvar::new(),
             idle: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            live_threads: Mutex::new(0),
+            thread_ended: Condvar::new(),
             running_now: AtomicUsize::new(0),
             running_max_seen: AtomicUsize::new(0),
             completed: AtomicU64::new(0),
@@ -212,19 +220,21 @@ impl Checkpointer {
     fn start_threads(&self) {
         let mut threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..self.inner.config.concurrency_max {
-            let inner = self.inner.clone();
-            let spawned =
-                std::thread::Builder::new().name(format!("libsql-wal-checkpoint-{i}")).spawn(move || worker(&inner));
-            match spawned {
+            match spawn_counted(&self.inner, format!("libsql-wal-checkpoint-{i}"), worker) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => tracing::error!("could not start a checkpointer thread: {e}"),
             }
         }
-        let inner = self.inner.clone();
-        match std::thread::Builder::new().name("libsql-wal-ticker".into()).spawn(move || ticker(&inner)) {
+        match spawn_counted(&self.inner, "libsql-wal-ticker".into(), ticker) {
             Ok(handle) => threads.push(handle),
             Err(e) => tracing::error!("could not start the checkpointer ticker: {e}"),
         }
+    }
+
+    /// A view of this checkpointer's threads that does not keep them running (it is not a
+    /// handle): for tests and diagnostics.
+    pub fn threads(&self) -> CheckpointerThreads {
+        CheckpointerThreads(self.inner.clone())
     }
 
     /// Waits until nothing is queued or running (retries still backing off are not waited
@@ -277,6 +287,52 @@ impl Checkpointer {
             let _ = handle.join();
         }
     }
+}
+
+/// This checkpointer's threads, observed without keeping them alive (see
+/// [`Checkpointer::threads`]).
+pub struct CheckpointerThreads(Arc<Inner>);
+
+impl CheckpointerThreads {
+    /// Threads of this checkpointer alive now (workers and ticker).
+    pub fn live(&self) -> usize {
+        *self.0.live_threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every thread of this checkpointer has ended, or `timeout` passes.
+    /// Returns whether they all ended.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut live = self.0.live_threads.lock().unwrap_or_else(|e| e.into_inner());
+        while *live > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            live = self.0.thread_ended.wait_timeout(live, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+/// Spawns one of the checkpointer's threads, counted in `live_threads` from before the
+/// spawn (so it counts as soon as `start_threads` returns) until its last instruction
+/// (also if it panics).
+fn spawn_counted(inner: &Arc<Inner>, name: String, body: fn(&Inner)) -> std::io::Result<JoinHandle<()>> {
+    struct Ended(Arc<Inner>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            *self.0.live_threads.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            self.0.thread_ended.notify_all();
+        }
+    }
+    *inner.live_threads.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    let ended = Ended(inner.clone());
+    std::thread::Builder::new().name(name).spawn(move || {
+        let ended = ended;
+        body(&ended.0);
+    })
+    // On a failed spawn the closure, and `ended` with it, is dropped: the count goes back.
 }
 
 fn worker(inner: &Inner) {
@@ -378,7 +434,10 @@ fn backoff(config: &CheckpointerConfig, failures: u32) -> Duration {
 /// segment has grown old (each database's own `segment_age_max`).
 fn ticker(inner: &Inner) {
     loop {
-        let live: Vec<Arc<SharedWal>> = {
+        // Weak references, upgraded one at a time below: the ticker holds at most one log
+        // at any moment, so a log closed (or evicted) meanwhile gives its descriptors back
+        // at once instead of after the whole round.
+        let live: Vec<Weak<SharedWal>> = {
             let mut state = lock(&inner.state);
             if state.stopping {
                 return;
@@ -403,9 +462,10 @@ fn ticker(inner: &Inner) {
                 }
             }
             inner.work.notify_all();
-            if state.paused { Vec::new() } else { state.databases.values().filter_map(|e| e.wal.upgrade()).collect() }
+            if state.paused { Vec::new() } else { state.databases.values().map(|e| e.wal.clone()).collect() }
         };
         for wal in live {
+            let Some(wal) = wal.upgrade() else { continue };
             if let Some(age_max) = wal.config.segment_age_max {
                 match wal.seal_if_older_than(age_max) {
                     Ok(true) => notify_inner(inner, &wal.db_path),

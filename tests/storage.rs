@@ -137,9 +137,16 @@ fn checkpoints_wait_for_storage() {
     assert_eq!((busy, done), (1, 0), "nothing durable, nothing checkpointed (log {log})");
     assert!(segment_files(&db) > 5);
     assert_eq!(std::fs::metadata(&db).unwrap().len(), db_len_before, "the database file was not written");
-    std::thread::sleep(Duration::from_millis(300));
-    let info = inspect(&db, &manager).unwrap();
-    let durability = info.durability.clone().unwrap();
+    // The upload task fails against the dead endpoint in its own time: wait for its first
+    // failure to be counted (a fixed 300 ms was a guess that a loaded machine can miss).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let durability = loop {
+        let durability = inspect(&db, &manager).unwrap().durability.clone().unwrap();
+        if durability.failures > 0 || std::time::Instant::now() > deadline {
+            break durability;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(durability.durable_frame_no, None);
     assert!(durability.failures > 0 && durability.last_error.is_some(), "{durability:?}");
     assert!(!wait_durable(&db, 1, Some(Duration::from_millis(50)), &manager).unwrap());
