@@ -103,7 +103,10 @@ pub fn checkpoint(
     };
     let (busy, log, done): (i64, i64, i64) =
         conn.query_row(&format!("PRAGMA wal_checkpoint({name})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(CheckpointResult { busy: busy != 0, log_frames: log as u32, checkpointed_frames: done as u32 })
+    // SQLite prints -1 for both counts when the database is not in WAL mode: 0 then, and a
+    // count past u32::MAX saturates, never wraps.
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    Ok(CheckpointResult { busy: busy != 0, log_frames: count(log), checkpointed_frames: count(done) })
 }
 
 /// The durable frame_no of `db_path` (every frame up to it is in storage): `None` when the

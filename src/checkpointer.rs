@@ -11,15 +11,17 @@
 //! - A ticker seals the current segment of databases whose segment is older than their
 //!   `segment_age_max`, so a quiet database still gets its tail checkpointed.
 //! - `shutdown` seals current segments (if configured), drains the queue and joins the
-//!   threads.
+//!   threads. From then on the logs registered with it are on their own again: commits seal
+//!   full segments and SQLite's autocheckpoint runs, as without a checkpointer.
+//! - Databases are known by a [`LogId`] given at registration, never by path: a log closed
+//!   and reopened (or a hard link) is another log, with its own queue state and backoff.
 //!
 //! Architecture invariant: the checkpointer never holds a database's write lock while it
 //! copies pages; it only ever calls `SharedWal::checkpoint_sealed` (copy what is sealed) and
 //! `SharedWal::seal_if_older_than` (a short seal for quiet databases).
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -88,8 +90,19 @@ impl Drop for StopOnLastHandle {
     }
 }
 
+/// The identity of one registered log: unique for the life of the process, never reused
+/// (a reopened log gets a new one, so it inherits nothing of its predecessor's jobs).
+pub(crate) type LogId = u64;
+
+static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
+
 struct Inner {
     config: CheckpointerConfig,
+    /// Set by `shutdown` once its threads are joined: nothing checkpoints or seals in the
+    /// background any more, and the logs registered here must do it themselves (see
+    /// `Checkpointer::is_stopped`). Only then: while a worker may still run, a log must not
+    /// start sealing its current segment on the commit path (the worker may be sealing it).
+    stopped: AtomicBool,
     state: Mutex<State>,
     /// Workers wait here for work.
     work: Condvar,
@@ -110,8 +123,10 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    databases: HashMap<PathBuf, Entry>,
-    ready: VecDeque<PathBuf>,
+    databases: HashMap<LogId, Entry>,
+    /// Queued logs, oldest first. An id whose entry is gone, or no longer `queued`, is a
+    /// stale item (its log closed meanwhile) and is skipped.
+    ready: VecDeque<LogId>,
     started: bool,
     paused: bool,
     stopping: bool,
@@ -137,6 +152,7 @@ impl Checkpointer {
         let config = CheckpointerConfig { concurrency_max: config.concurrency_max.max(1), ..config };
         let inner = Arc::new(Inner {
             config,
+            stopped: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             idle: Condvar::new(),
@@ -182,13 +198,23 @@ impl Checkpointer {
         self.inner.work.notify_all();
     }
 
-    pub(crate) fn register(&self, wal: &Arc<SharedWal>) {
+    /// Whether `shutdown` has stopped this checkpointer: logs registered with it then seal
+    /// and checkpoint on their own (`SharedWal::has_checkpointer` is false).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Registers a log and asks for its first checkpoint at once (sealed segments left by
+    /// a previous process or close are copied without waiting for a seal). `None` if the
+    /// checkpointer is stopping: the log then checkpoints on its own.
+    pub(crate) fn register(&self, wal: &Arc<SharedWal>) -> Option<LogId> {
         let mut state = lock(&self.inner.state);
         if state.stopping {
-            return;
+            return None;
         }
+        let id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
         state.databases.insert(
-            wal.db_path.clone(),
+            id,
             Entry {
                 wal: Arc::downgrade(wal),
                 queued: false,
@@ -198,23 +224,23 @@ impl Checkpointer {
                 retry_at: None,
             },
         );
-        if !state.started {
-            state.started = true;
-            drop(state);
-            self.start_threads();
-            return;
-        }
+        let start = !std::mem::replace(&mut state.started, true);
         drop(state);
-        self.notify(&wal.db_path);
+        if start {
+            self.start_threads();
+        }
+        // Also for the first log, which starts the threads: it may hold sealed segments.
+        self.notify(id);
+        Some(id)
     }
 
-    pub(crate) fn unregister(&self, db_path: &PathBuf) {
-        lock(&self.inner.state).databases.remove(db_path);
+    pub(crate) fn unregister(&self, id: LogId) {
+        lock(&self.inner.state).databases.remove(&id);
     }
 
-    /// Asks for a checkpoint of `db_path` (merged with one already queued or running).
-    pub(crate) fn notify(&self, db_path: &PathBuf) {
-        notify_inner(&self.inner, db_path);
+    /// Asks for a checkpoint of log `id` (merged with one already queued or running).
+    pub(crate) fn notify(&self, id: LogId) {
+        notify_inner(&self.inner, id);
     }
 
     fn start_threads(&self) {
@@ -259,21 +285,21 @@ impl Checkpointer {
     /// then stops the threads. Databases stay usable: their logs simply stop being
     /// checkpointed in the background.
     pub fn shutdown(&self, timeout: Duration) {
-        let live: Vec<Arc<SharedWal>> = {
+        let live: Vec<(LogId, Arc<SharedWal>)> = {
             let mut state = lock(&self.inner.state);
             state.paused = false;
             for entry in state.databases.values_mut() {
                 entry.retry_at = None;
             }
-            state.databases.values().filter_map(|e| e.wal.upgrade()).collect()
+            state.databases.iter().filter_map(|(id, e)| Some((*id, e.wal.upgrade()?))).collect()
         };
-        for wal in &live {
+        for (id, wal) in &live {
             if self.inner.config.seal_on_shutdown
                 && let Err(e) = wal.seal_if_older_than(Duration::ZERO)
             {
                 tracing::warn!(db = %wal.db_path.display(), "could not seal at shutdown: {e}");
             }
-            self.notify(&wal.db_path);
+            self.notify(*id);
         }
         drop(live);
         if !self.drain(timeout) {
@@ -286,6 +312,8 @@ impl Checkpointer {
         for handle in threads {
             let _ = handle.join();
         }
+        // No worker or ticker runs any more: the logs take their seals and checkpoints back.
+        self.inner.stopped.store(true, Ordering::SeqCst);
     }
 }
 
@@ -338,12 +366,12 @@ fn spawn_counted(inner: &Arc<Inner>, name: String, body: fn(&Inner)) -> std::io:
 fn worker(inner: &Inner) {
     lower_priority(inner.config.worker_nice);
     loop {
-        let Some((path, wal)) = next_job(inner) else { return };
+        let Some((id, wal)) = next_job(inner) else { return };
         let running = inner.running_now.fetch_add(1, Ordering::SeqCst) + 1;
         inner.running_max_seen.fetch_max(running, Ordering::SeqCst);
         let result = wal.checkpoint_sealed();
         inner.running_now.fetch_sub(1, Ordering::SeqCst);
-        finish_job(inner, &path, &wal, result);
+        finish_job(inner, id, &wal, result);
         drop(wal);
         inner.idle.notify_all();
     }
@@ -366,24 +394,28 @@ fn lower_priority(nice: i32) {
 fn lower_priority(_nice: i32) {}
 
 /// Waits for the next database to checkpoint; `None` when the checkpointer stops.
-fn next_job(inner: &Inner) -> Option<(PathBuf, Arc<SharedWal>)> {
+fn next_job(inner: &Inner) -> Option<(LogId, Arc<SharedWal>)> {
     let mut state = lock(&inner.state);
     loop {
         if state.stopping {
             return None;
         }
         if !state.paused
-            && let Some(path) = state.ready.pop_front()
+            && let Some(id) = state.ready.pop_front()
         {
-            let Some(entry) = state.databases.get_mut(&path) else { continue };
+            let Some(entry) = state.databases.get_mut(&id) else { continue };
+            if !entry.queued || entry.running {
+                // A stale item: never two jobs of one log at once.
+                continue;
+            }
             entry.queued = false;
             match entry.wal.upgrade() {
                 Some(wal) => {
                     entry.running = true;
-                    return Some((path, wal));
+                    return Some((id, wal));
                 }
                 None => {
-                    state.databases.remove(&path);
+                    state.databases.remove(&id);
                     inner.idle.notify_all();
                     continue;
                 }
@@ -393,9 +425,9 @@ fn next_job(inner: &Inner) -> Option<(PathBuf, Arc<SharedWal>)> {
     }
 }
 
-fn finish_job(inner: &Inner, path: &PathBuf, wal: &SharedWal, result: crate::Result<()>) {
+fn finish_job(inner: &Inner, id: LogId, wal: &SharedWal, result: crate::Result<()>) {
     let mut state = lock(&inner.state);
-    let Some(entry) = state.databases.get_mut(path) else { return };
+    let Some(entry) = state.databases.get_mut(&id) else { return };
     entry.running = false;
     match result {
         Ok(()) => {
@@ -408,7 +440,7 @@ fn finish_job(inner: &Inner, path: &PathBuf, wal: &SharedWal, result: crate::Res
             entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
             let delay = backoff(&inner.config, entry.consecutive_failures);
             tracing::warn!(
-                db = %path.display(),
+                db = %wal.db_path.display(),
                 failures = entry.consecutive_failures,
                 "background checkpoint failed, retrying in {delay:?}: {e}"
             );
@@ -419,7 +451,7 @@ fn finish_job(inner: &Inner, path: &PathBuf, wal: &SharedWal, result: crate::Res
     }
     if std::mem::take(&mut entry.again) && !entry.queued {
         entry.queued = true;
-        state.ready.push_back(path.clone());
+        state.ready.push_back(id);
         inner.work.notify_one();
     }
 }
@@ -437,38 +469,38 @@ fn ticker(inner: &Inner) {
         // Weak references, upgraded one at a time below: the ticker holds at most one log
         // at any moment, so a log closed (or evicted) meanwhile gives its descriptors back
         // at once instead of after the whole round.
-        let live: Vec<Weak<SharedWal>> = {
+        let live: Vec<(LogId, Weak<SharedWal>)> = {
             let mut state = lock(&inner.state);
             if state.stopping {
                 return;
             }
             let now = Instant::now();
-            let due: Vec<PathBuf> = state
+            let due: Vec<LogId> = state
                 .databases
                 .iter_mut()
                 .filter(|(_, e)| e.retry_at.is_some_and(|at| at <= now))
-                .map(|(path, e)| {
+                .map(|(id, e)| {
                     e.retry_at = None;
-                    path.clone()
+                    *id
                 })
                 .collect();
-            for path in due {
-                if let Some(entry) = state.databases.get_mut(&path)
+            for id in due {
+                if let Some(entry) = state.databases.get_mut(&id)
                     && !entry.queued
                     && !entry.running
                 {
                     entry.queued = true;
-                    state.ready.push_back(path);
+                    state.ready.push_back(id);
                 }
             }
             inner.work.notify_all();
-            if state.paused { Vec::new() } else { state.databases.values().map(|e| e.wal.clone()).collect() }
+            if state.paused { Vec::new() } else { state.databases.iter().map(|(id, e)| (*id, e.wal.clone())).collect() }
         };
-        for wal in live {
+        for (id, wal) in live {
             let Some(wal) = wal.upgrade() else { continue };
             if let Some(age_max) = wal.config.segment_age_max {
                 match wal.seal_if_older_than(age_max) {
-                    Ok(true) => notify_inner(inner, &wal.db_path),
+                    Ok(true) => notify_inner(inner, id),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(db = %wal.db_path.display(), "sealing an old segment failed: {e}"),
                 }
@@ -478,15 +510,15 @@ fn ticker(inner: &Inner) {
     }
 }
 
-/// Queues `db_path` unless it is queued, running (then: run again after) or backing off.
-fn notify_inner(inner: &Inner, db_path: &PathBuf) {
+/// Queues log `id` unless it is queued, running (then: run again after) or backing off.
+fn notify_inner(inner: &Inner, id: LogId) {
     let mut state = lock(&inner.state);
-    let Some(entry) = state.databases.get_mut(db_path) else { return };
+    let Some(entry) = state.databases.get_mut(&id) else { return };
     if entry.running {
         entry.again = true;
     } else if !entry.queued && entry.retry_at.is_none() {
         entry.queued = true;
-        state.ready.push_back(db_path.clone());
+        state.ready.push_back(id);
         inner.work.notify_one();
     }
 }

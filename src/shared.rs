@@ -114,8 +114,9 @@ pub(crate) struct SharedWal {
     checkpoint_lock: Mutex<()>,
     next_connection_id: AtomicU64,
     pub(crate) open_connections: AtomicUsize,
-    /// The background checkpointer this log is registered with, if any.
-    checkpointer: Mutex<Option<Checkpointer>>,
+    /// The background checkpointer this log is registered with, if any, and the id it
+    /// knows the log by.
+    checkpointer: Mutex<Option<(Checkpointer, crate::checkpointer::LogId)>>,
     /// A checkpoint left sealed segments behind for an open reader: the next reader to
     /// finish asks for another.
     held_back_by_readers: AtomicBool,
@@ -153,6 +154,12 @@ pub struct CheckpointResult {
     pub log_frames: u32,
     /// Of those, frames now in the database file.
     pub checkpointed_frames: u32,
+}
+
+/// A frame count for SQLite's 32-bit counters: past `u32::MAX` it stays there instead of
+/// wrapping to a small number (which would tell SQLite the log is nearly empty).
+pub(crate) fn saturating_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -296,18 +303,27 @@ impl SharedWal {
 
     /// Registers this log with a background checkpointer, which then owns checkpoints
     /// (SQLite's autocheckpoint is turned off: `has_checkpointer`).
+    ///
+    /// A checkpointer already stopped (`Checkpointer::shutdown`) is not attached: the log
+    /// checkpoints on its own.
     pub fn attach_checkpointer(self: &Arc<Self>, checkpointer: &Checkpointer) {
-        *lock(&self.checkpointer) = Some(checkpointer.clone());
-        checkpointer.register(self);
+        // The slot is set before the registration's first notification can need it.
+        let mut slot = lock(&self.checkpointer);
+        if let Some(id) = checkpointer.register(self) {
+            *slot = Some((checkpointer.clone(), id));
+        }
     }
 
+    /// Is a background checkpointer sealing and checkpointing this log? Not once it has
+    /// been shut down: then full segments are sealed on the commit path and SQLite's
+    /// autocheckpoint runs again, or the log would grow without bound.
     pub fn has_checkpointer(&self) -> bool {
-        lock(&self.checkpointer).is_some()
+        lock(&self.checkpointer).as_ref().is_some_and(|(c, _)| !c.is_stopped())
     }
 
     pub(crate) fn notify_checkpointer(&self) {
-        if let Some(checkpointer) = lock(&self.checkpointer).as_ref() {
-            checkpointer.notify(&self.db_path);
+        if let Some((checkpointer, id)) = lock(&self.checkpointer).as_ref() {
+            checkpointer.notify(*id);
         }
     }
 
@@ -356,7 +372,7 @@ impl SharedWal {
     /// Frames in the log since the last restart, as SQLite would count them.
     pub fn log_frames(&self) -> u32 {
         let commit = lock(&self.commit);
-        (commit.last.frame_no - commit.restart_frame_no) as u32
+        saturating_u32(commit.last.frame_no - commit.restart_frame_no)
     }
 
     /// The segment the writer appends to, created (or swapped in) if needed. Write lock held.
@@ -586,8 +602,8 @@ impl SharedWal {
         commit.foreground_checkpointed_frame_no = commit.checkpointed_frame_no;
         Ok(CheckpointResult {
             busy: blocked,
-            log_frames: (commit.last.frame_no - commit.restart_frame_no) as u32,
-            checkpointed_frames: commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no) as u32,
+            log_frames: saturating_u32(commit.last.frame_no - commit.restart_frame_no),
+            checkpointed_frames: saturating_u32(commit.checkpointed_frame_no.saturating_sub(commit.restart_frame_no)),
         })
     }
 
@@ -797,8 +813,8 @@ impl SharedWal {
     /// (if configured) and, once the log is empty, hand the file back to plain SQLite by
     /// removing the log directory.
     pub fn shutdown(&self, checkpoint: bool) {
-        if let Some(checkpointer) = lock(&self.checkpointer).take() {
-            checkpointer.unregister(&self.db_path);
+        if let Some((checkpointer, id)) = lock(&self.checkpointer).take() {
+            checkpointer.unregister(id);
         }
         if self.durability.as_ref().is_some_and(|d| d.binding().is_some()) {
             // A clean shutdown seals the tail so it can be uploaded (now, or by the next

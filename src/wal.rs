@@ -259,6 +259,11 @@ impl Drop for LibsqlWal {
     }
 }
 
+/// A count for one of SQLite's `int`s: `i32::MAX` at most, never a negative wrap.
+fn saturating_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 fn not_4096(page_size: usize) -> libsql_sys::wal::Error {
     Error::UnsupportedPageSize { path: "<page buffer>".into(), page_size: page_size as u32 }.into_sqlite()
 }
@@ -466,11 +471,12 @@ impl Wal for LibsqlWal {
         if let Some(cb) = callback.as_mut() {
             cb.finish()?;
         }
+        // SQLite's outputs are `int`: saturate rather than wrap to a negative count.
         if let Some(out) = in_wal {
-            *out = result.log_frames as i32;
+            *out = saturating_i32(result.log_frames);
         }
         if let Some(out) = backfilled {
-            *out = result.checkpointed_frames as i32;
+            *out = saturating_i32(result.checkpointed_frames);
         }
         if result.busy && mode != CheckpointMode::Passive {
             return Err(libsql_sys::wal::Error::new(ffi::SQLITE_BUSY));
@@ -496,10 +502,24 @@ impl Wal for LibsqlWal {
     /// drives SQLite's autocheckpoint as on its own WAL.
     fn callback(&self) -> i32 {
         let frames = self.callback_frames.replace(0);
-        if self.shared.has_checkpointer() { 0 } else { frames as i32 }
+        if self.shared.has_checkpointer() { 0 } else { saturating_i32(frames) }
     }
 
     fn frames_in_wal(&self) -> u32 {
         self.shared.log_frames()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_for_sqlite_saturate_instead_of_wrapping() {
+        assert_eq!(saturating_i32(7), 7);
+        assert_eq!(saturating_i32(i32::MAX as u32 + 1), i32::MAX, "wrapped to a negative count");
+        assert_eq!(saturating_i32(u32::MAX), i32::MAX);
+        assert_eq!(crate::shared::saturating_u32(u32::MAX as u64 + 1), u32::MAX, "wrapped to 0");
+        assert_eq!(crate::shared::saturating_u32(5), 5);
     }
 }

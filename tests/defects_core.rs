@@ -93,3 +93,130 @@ fn two_names_of_one_file_share_one_log_in_a_process() {
         Command::new("sqlite3").arg(&real).arg("SELECT count(*) FROM t; PRAGMA integrity_check;").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "601\nok\n");
 }
+
+// ---- 13. The checkpointer: after shutdown, first registration, identity ------------------
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use libsql_wal::{Checkpointer, CheckpointerConfig, inspect};
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn quick_checkpointer(concurrency_max: usize) -> Checkpointer {
+    Checkpointer::new(CheckpointerConfig {
+        concurrency_max,
+        retry_delay_min: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(200),
+        tick: Duration::from_millis(10),
+        seal_on_shutdown: true,
+        worker_nice: 0,
+    })
+}
+
+/// (segments, unsealed segments, committed frames) of the log.
+fn log_shape(db: &Path, manager: &LibsqlWalManager) -> (usize, usize, u64) {
+    let info = inspect(db, manager).unwrap();
+    let unsealed = info.segments.iter().filter(|s| !s.sealed).count();
+    let frames = info.segments.iter().map(|s| s.frames as u64).sum();
+    (info.segments.len(), unsealed, frames)
+}
+
+fn commit_many(conn: &Connection, n: usize) {
+    conn.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE IF NOT EXISTS t(x)").unwrap();
+    for i in 0..n {
+        conn.execute("INSERT INTO t VALUES (?1)", [i as i64]).unwrap();
+    }
+}
+
+/// After `Checkpointer::shutdown`, nothing seals or checkpoints in the background: the logs
+/// must do it themselves (seal at the commit that fills a segment, SQLite's autocheckpoint),
+/// both one open before the shutdown and one first opened after it. Before: autocheckpoint
+/// stayed off and full segments stayed unsealed, without bound.
+#[test]
+fn after_a_checkpointer_shutdown_logs_seal_and_checkpoint_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpointer = quick_checkpointer(2);
+    let config = WalConfig { segment_frames_max: 64, segment_age_max: None, ..WalConfig::default() };
+    let manager = LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(checkpointer.clone());
+    let before = dir.path().join("before.db");
+    let conn_before = open_connection(&before, &manager).unwrap();
+    commit_many(&conn_before, 10);
+    checkpointer.shutdown(Duration::from_secs(10));
+
+    let after = dir.path().join("after.db");
+    let conn_after = open_connection(&after, &manager).unwrap();
+    for (db, conn) in [(&before, &conn_before), (&after, &conn_after)] {
+        commit_many(conn, 3000);
+        let (segments, unsealed, frames) = log_shape(db, &manager);
+        // SQLite's autocheckpoint runs past 1000 frames; a segment holds 64.
+        assert!(unsealed <= 1, "{}: {unsealed} unsealed segments: nothing seals full ones", db.display());
+        assert!(frames <= 1200, "{}: {frames} frames in the log: nothing checkpoints", db.display());
+        assert!(segments <= 20, "{}: {segments} segments", db.display());
+        assert_eq!(count(conn), if db == &before { 3010 } else { 3000 });
+    }
+}
+
+/// A log left with sealed segments (a close without checkpoint), opened as the first
+/// database of a fresh checkpointer: they are checkpointed at once, not when (if ever) a
+/// new seal notifies the checkpointer. Before: the first registration started the threads
+/// but queued nothing, and with `segment_age_max: None` the segments waited forever.
+#[test]
+fn leftover_sealed_segments_are_checkpointed_promptly_after_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("leftover.db");
+    let config =
+        WalConfig { segment_frames_max: 64, segment_age_max: None, checkpoint_on_close: false, ..WalConfig::default() };
+    let plain = LibsqlWalManager::new(StdIo::shared(), config.clone());
+    let conn = open_connection(&db, &plain).unwrap();
+    commit_many(&conn, 300);
+    drop(conn);
+    let (_, unsealed, _) = log_shape(&db, &plain);
+    let info = inspect(&db, &plain).unwrap();
+    assert!(info.segments.len() - unsealed >= 3, "fixture: no sealed segments left behind: {:?}", info.segments);
+
+    let manager = LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(quick_checkpointer(1));
+    let conn = open_connection(&db, &manager).unwrap();
+    wait_until("the leftover sealed segments are checkpointed", Duration::from_secs(20), || {
+        inspect(&db, &manager).unwrap().segments.iter().all(|s| !s.sealed)
+    });
+    assert_eq!(count(&conn), 300);
+}
+
+/// A log closed and reopened is another log for the checkpointer: a job queued for the old
+/// one neither runs the new one twice at once nor carries over its state. Before (entries
+/// keyed by path): the old log's queued item and the new log's both ran the new log, on two
+/// workers at once.
+#[test]
+fn a_reopened_log_does_not_inherit_the_old_logs_checkpoint_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reopened.db");
+    let (io, switches) = common::TestIo::new();
+    let checkpointer = quick_checkpointer(2);
+    checkpointer.pause();
+    let config =
+        WalConfig { segment_frames_max: 16, segment_age_max: None, checkpoint_on_close: false, ..WalConfig::default() };
+    let manager = LibsqlWalManager::new(io, config).with_checkpointer(checkpointer.clone());
+    let conn = open_connection(&db, &manager).unwrap();
+    commit_many(&conn, 100);
+    // Full segments notified the (paused) checkpointer: a job of this log is queued. Close
+    // the log with the job still queued, and open it again.
+    drop(conn);
+    let conn = open_connection(&db, &manager).unwrap();
+    // Slow copies, so that two jobs of one log would overlap.
+    switches.db_write_delay_ms.store(50, Ordering::SeqCst);
+    checkpointer.resume();
+    wait_until("the reopened log is checkpointed", Duration::from_secs(60), || {
+        inspect(&db, &manager).unwrap().segments.len() <= 1
+    });
+    assert_eq!(checkpointer.stats().running_max_seen, 1, "two checkpoints of one log at once");
+    assert_eq!(count(&conn), 100);
+}
