@@ -96,7 +96,12 @@ pub(crate) type LogId = u64;
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(1);
 
+static NEXT_CHECKPOINTER_ID: AtomicU64 = AtomicU64::new(1);
+
 struct Inner {
+    /// Unique in the process: tells checkpointers apart (the registry compares the one a
+    /// log was opened with against the one a later open asks for).
+    id: u64,
     config: CheckpointerConfig,
     /// Set by `shutdown` once its threads are joined: nothing checkpoints or seals in the
     /// background any more, and the logs registered here must do it themselves (see
@@ -151,6 +156,7 @@ impl Checkpointer {
     pub fn new(config: CheckpointerConfig) -> Self {
         let config = CheckpointerConfig { concurrency_max: config.concurrency_max.max(1), ..config };
         let inner = Arc::new(Inner {
+            id: NEXT_CHECKPOINTER_ID.fetch_add(1, Ordering::Relaxed),
             config,
             stopped: AtomicBool::new(false),
             state: Mutex::new(State::default()),
@@ -173,6 +179,11 @@ impl Checkpointer {
         static GLOBAL: std::sync::LazyLock<Checkpointer> =
             std::sync::LazyLock::new(|| Checkpointer::new(CheckpointerConfig::default()));
         GLOBAL.clone()
+    }
+
+    /// This checkpointer's identity (clones share it).
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     pub fn config(&self) -> &CheckpointerConfig {

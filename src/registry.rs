@@ -182,6 +182,9 @@ pub(crate) fn file_id(path: &Path) -> Result<FileId> {
 #[derive(Debug, Clone, Copy)]
 struct Registered {
     id: FileId,
+    /// The id of the checkpointer the first open asked for (attached, unless it was
+    /// already stopped).
+    checkpointer: Option<u64>,
 }
 
 fn address(shared: &Arc<SharedWal>) -> usize {
@@ -209,6 +212,8 @@ pub(crate) fn acquire(
     let id = file_id(&path)?;
     let shared = match registry.logs.get(&id).and_then(Weak::upgrade) {
         Some(shared) => {
+            let opened_with = registry.ids.get(&address(&shared)).and_then(|r| r.checkpointer);
+            check_same_config(&shared, opened_with, config, checkpointer)?;
             check_same_storage(&shared, storage)?;
             registry.idle.remove(id);
             shared
@@ -220,12 +225,52 @@ pub(crate) fn acquire(
             }
             shared.start();
             registry.logs.insert(id, Arc::downgrade(&shared));
-            registry.ids.insert(address(&shared), Registered { id });
+            registry.ids.insert(address(&shared), Registered { id, checkpointer: checkpointer.map(Checkpointer::id) });
             shared
         }
     };
     shared.open_connections.fetch_add(1, Ordering::SeqCst);
     Ok(shared)
+}
+
+/// One log has one configuration: a second open (in this process, through another manager)
+/// asking for another is refused, naming what differs, rather than silently given the log
+/// as the first open configured it (its checkpointer never attached, its directory left at
+/// the last close against its `checkpoint_on_close`). The `Io` is not compared: it has no
+/// identity to compare (two `StdIo`s are the same), and the log keeps the first open's.
+fn check_same_config(
+    shared: &SharedWal,
+    opened_with: Option<u64>,
+    wanted: &WalConfig,
+    checkpointer: Option<&Checkpointer>,
+) -> Result<()> {
+    // Destructured, so a new setting cannot be forgotten here.
+    let WalConfig { segment_frames_max, segment_age_max, checkpoint_on_close, keep_open_when_idle, defer_seals } =
+        wanted;
+    let live = &shared.config;
+    let mut differences = Vec::new();
+    let mut differ = |name: &str, live: String, wanted: String| {
+        if live != wanted {
+            differences.push(format!("{name} {wanted} (open with {live})"));
+        }
+    };
+    differ("segment_frames_max", live.segment_frames_max.to_string(), segment_frames_max.to_string());
+    differ("segment_age_max", format!("{:?}", live.segment_age_max), format!("{segment_age_max:?}"));
+    differ("checkpoint_on_close", live.checkpoint_on_close.to_string(), checkpoint_on_close.to_string());
+    differ("keep_open_when_idle", live.keep_open_when_idle.to_string(), keep_open_when_idle.to_string());
+    differ("defer_seals", live.defer_seals.to_string(), defer_seals.to_string());
+    let name = |id: Option<u64>| id.map_or("none".to_string(), |id| format!("#{id}"));
+    differ("checkpointer", name(opened_with), name(checkpointer.map(Checkpointer::id)));
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::CannotOpen {
+        path: shared.db_path.clone(),
+        reason: format!(
+            "already open in this process with another configuration: asked for {}",
+            differences.join(", ")
+        ),
+    })
 }
 
 /// One database has one namespace in one store: a second open asking for another is refused

@@ -387,6 +387,11 @@ impl SharedWal {
             if !self.seals_in_background() {
                 // A seal that failed after an earlier commit: retry it now, or keep appending.
                 if let Err(e) = self.seal_in_order(true) {
+                    // Gone with its directory (removed from outside): appending to the
+                    // unlinked file would acknowledge commits no reopen can find.
+                    if !matches!(self.io.kind(&self.log_dir), Ok(Some(crate::io::FileKind::Dir))) {
+                        return Err(e);
+                    }
                     tracing::error!("sealing segment {} failed again: {e}", current.path.display());
                     return Ok(current);
                 }

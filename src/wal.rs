@@ -18,7 +18,7 @@ use libsql_sys::wal::{
 use crate::checkpointer::Checkpointer;
 use crate::error::Error;
 use crate::format::{FRAME_SIZE, PAGE_SIZE};
-use crate::io::{Io, StdIo};
+use crate::io::{FileKind, Io, StdIo};
 use crate::registry;
 use crate::segment::SegmentRef;
 use crate::shared::{CheckpointMode, SharedWal, Snapshot, WalConfig};
@@ -253,6 +253,25 @@ impl LibsqlWal {
     }
 }
 
+/// A failed write of the log, as SQLite will see it. If the log directory has gone
+/// (removed from outside while we hold it), the bare error ("unable to open database file"
+/// for a segment that cannot be created) says nothing useful: the message logged names the
+/// directory and what happened instead.
+fn commit_error(shared: &SharedWal, e: Error) -> libsql_sys::wal::Error {
+    let log_dir = &shared.log_dir;
+    let e = match shared.io.kind(log_dir) {
+        Ok(Some(FileKind::Dir)) => e,
+        _ => Error::CannotOpen {
+            path: log_dir.clone(),
+            reason: format!(
+                "the log directory disappeared while the database was open (removed by another \
+                 program?); commits cannot go on ({e})"
+            ),
+        },
+    };
+    e.into_sqlite()
+}
+
 impl Drop for LibsqlWal {
     fn drop(&mut self) {
         self.close(false);
@@ -393,7 +412,7 @@ impl Wal for LibsqlWal {
             if self.read_on_checkpointed_log {
                 self.shared.restart_log_counts();
             }
-            let segment = self.shared.current_segment_for_write().map_err(Error::into_sqlite)?;
+            let segment = self.shared.current_segment_for_write().map_err(|e| commit_error(&self.shared, e))?;
             txn.start = segment.frames();
             txn.segment = Some(segment);
         }
@@ -410,15 +429,15 @@ impl Wal for LibsqlWal {
         // EXTRA), clear under NORMAL. A FULL commit is on stable storage before we return.
         let synchronous = sync_flags & 0x03 != 0;
         if commit.is_some() && synchronous {
-            segment.preallocate(pages.len() as u32).map_err(Error::into_sqlite)?;
+            segment.preallocate(pages.len() as u32).map_err(|e| commit_error(&self.shared, e))?;
         }
-        segment.write_pages(&pages, start, commit).map_err(Error::into_sqlite)?;
+        segment.write_pages(&pages, start, commit).map_err(|e| commit_error(&self.shared, e))?;
         if commit.is_none() {
             return Ok(0);
         }
         if synchronous {
-            self.shared.make_durable_through(&segment).map_err(Error::into_sqlite)?;
-            segment.sync().map_err(Error::into_sqlite)?;
+            self.shared.make_durable_through(&segment).map_err(|e| commit_error(&self.shared, e))?;
+            segment.sync().map_err(|e| commit_error(&self.shared, e))?;
         }
         segment.mark_committed(size_after);
         let committed = self.shared.publish_commit(&segment);

@@ -220,3 +220,117 @@ fn a_reopened_log_does_not_inherit_the_old_logs_checkpoint_jobs() {
     assert_eq!(checkpointer.stats().running_max_seen, 1, "two checkpoints of one log at once");
     assert_eq!(count(&conn), 100);
 }
+
+// ---- Tracing capture, for what a defect's fix must say ----------------------------------
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Runs `f` on this thread with its `tracing` events (warn and up) captured; returns them.
+fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    (result, text)
+}
+
+// ---- 15. One log, one configuration; a vanished log directory ----------------------------
+
+/// A second manager opening a live log with another configuration is refused, naming the
+/// setting (before: silently given the first one's log).
+#[test]
+fn a_second_manager_with_another_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("config.db");
+    let config = WalConfig { segment_frames_max: 64, ..WalConfig::default() };
+    let first = LibsqlWalManager::new(StdIo::shared(), config.clone());
+    let conn = open_connection(&db, &first).unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    let others = [
+        (
+            "segment_frames_max",
+            LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max: 128, ..config.clone() }),
+        ),
+        (
+            "checkpoint_on_close",
+            LibsqlWalManager::new(StdIo::shared(), WalConfig { checkpoint_on_close: false, ..config.clone() }),
+        ),
+        (
+            "keep_open_when_idle",
+            LibsqlWalManager::new(StdIo::shared(), WalConfig { keep_open_when_idle: true, ..config.clone() }),
+        ),
+        (
+            "checkpointer",
+            LibsqlWalManager::new(StdIo::shared(), config.clone())
+                .with_checkpointer(Checkpointer::new(CheckpointerConfig::default())),
+        ),
+    ];
+    for (setting, manager) in &others {
+        let err = match open_connection(&db, manager) {
+            Ok(_) => panic!("opened a live log with another {setting}"),
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(matches!(err, libsql_wal::Error::CannotOpen { .. }), "{message}");
+        assert!(message.contains(setting) && message.contains("already open"), "{setting}: {message}");
+    }
+    // The same configuration through another manager joins the log.
+    let same = LibsqlWalManager::new(StdIo::shared(), config);
+    let other_conn = open_connection(&db, &same).unwrap();
+    other_conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    assert_eq!(count(&conn), 2);
+    drop(other_conn);
+    drop(conn);
+    assert!(!log_dir(&db).exists(), "the log directory was left behind");
+}
+
+/// Removing `<db>-wal/` under a live log: the commit that can no longer write says that
+/// the log directory disappeared, naming it (before: a bare "unable to open database file",
+/// and without a checkpointer, commits went on into the removed segment after its seal
+/// failed).
+#[test]
+fn a_commit_after_the_log_directory_disappeared_says_so() {
+    for background in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("vanished.db");
+        let config = WalConfig { segment_frames_max: 8, segment_age_max: None, ..WalConfig::default() };
+        let mut manager = LibsqlWalManager::new(StdIo::shared(), config);
+        if background {
+            manager = manager.with_checkpointer(quick_checkpointer(1));
+        }
+        let conn = open_connection(&db, &manager).unwrap();
+        commit_many(&conn, 3);
+        std::fs::remove_dir_all(log_dir(&db)).unwrap();
+        let (failed, logged) = capture(|| (0..40).find_map(|i| conn.execute("INSERT INTO t VALUES (?1)", [i]).err()));
+        let failed =
+            failed.unwrap_or_else(|| panic!("background {background}: 40 commits went on without a log directory"));
+        let dir_name = log_dir(&db).display().to_string();
+        assert!(
+            logged.contains("log directory disappeared") && logged.contains(&dir_name),
+            "background {background}: the failure ({failed}) does not say the log directory {dir_name} is gone: {logged}"
+        );
+        drop(conn);
+    }
+}
