@@ -306,7 +306,20 @@ impl Wal for LibsqlWal {
         Ok(changed)
     }
 
+    /// Also ends a write transaction still open, as SQLite's own WAL does
+    /// (`sqlite3WalEndReadTransaction` calls `sqlite3WalEndWriteTransaction` first): the
+    /// pager relies on it when it unlocks in its error state (after a failed commit it may
+    /// never call `end_write_txn`), and a write lock outliving the read transaction would
+    /// lock every other connection out ("database is locked") for good.
     fn end_read_txn(&mut self) {
+        if self.write.is_some()
+            && let Err(e) = self.end_write_txn()
+        {
+            // The lock is released whatever happened; the uncommitted frames that could
+            // not be cut are past the last commit, never visible, and cut by the next
+            // writer's rollback or by recovery.
+            tracing::warn!(db = %self.shared.db_path.display(), "ending a write transaction with the read: {}", e.extended_code);
+        }
         if let Some(snapshot) = self.read.take() {
             self.shared.end_read(snapshot);
         }
@@ -540,5 +553,34 @@ mod tests {
         assert_eq!(saturating_i32(u32::MAX), i32::MAX);
         assert_eq!(crate::shared::saturating_u32(u32::MAX as u64 + 1), u32::MAX, "wrapped to 0");
         assert_eq!(crate::shared::saturating_u32(5), 5);
+    }
+
+    /// SQLite's pager, unlocking in its error state, ends the read transaction without
+    /// ending the write transaction first; SQLite's own WAL then releases the write lock
+    /// too (`sqlite3WalEndReadTransaction`). Ours must, or every other connection is
+    /// locked out for good.
+    #[test]
+    fn ending_the_read_transaction_releases_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let manager = LibsqlWalManager::new(StdIo::shared(), crate::WalConfig::default());
+        let conn = crate::open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        let acquire = || registry::acquire(manager.io(), &db, manager.config(), None, None).unwrap();
+        let mut a = LibsqlWal::new(acquire());
+        let mut b = LibsqlWal::new(acquire());
+        assert!(a.begin_read_txn().is_ok());
+        a.begin_write_txn().unwrap();
+        a.end_read_txn();
+        b.begin_read_txn().unwrap();
+        let code = b.begin_write_txn().err().map(|e| e.extended_code);
+        assert_eq!(code, None, "the write lock outlived the read transaction that held it");
+        b.end_write_txn().unwrap();
+        b.end_read_txn();
+        // And SQLite's connection too can write.
+        conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        drop((a, b));
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
     }
 }
