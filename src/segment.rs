@@ -146,16 +146,35 @@ impl Segment {
     /// Makes the file long enough for `more` frames past the last one, growing it by
     /// [`PREALLOCATE_BYTES`] steps of zeros. Called before the frames of a synchronous
     /// commit are written; the commit's fdatasync makes the zeros durable with them.
+    ///
+    /// Preallocation is an optimisation, never a reason for a commit to fail: when the disk
+    /// has no room for a whole step (ENOSPC, EDQUOT), it grows the file by what the commit
+    /// needs only, and if even that does not fit, by nothing: the commit's own write then
+    /// succeeds or reports the full disk itself.
     pub fn preallocate(&self, more: u32) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let needed = frame_offset(state.frames + more);
         if needed <= state.file_len {
             return Ok(());
         }
-        let new_len = needed.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
-        let zeros = vec![0u8; (new_len - state.file_len) as usize];
-        self.file.write_all_at(&zeros, state.file_len).map_err(Error::io("writing", &self.path))?;
-        state.file_len = new_len;
+        let step = needed.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
+        for new_len in [step, needed] {
+            let zeros = vec![0u8; (new_len - state.file_len) as usize];
+            match self.file.write_all_at(&zeros, state.file_len) {
+                Ok(()) => {
+                    state.file_len = new_len;
+                    return Ok(());
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                    // Part of the zeros may have landed: give that space back (past every
+                    // frame, so nothing of ours is cut). If the cut fails, `file_len` still
+                    // says where our data ends, which is all that matters.
+                    let _ = self.file.set_len(state.file_len);
+                    tracing::debug!(segment = %self.path.display(), "no room to preallocate {} bytes", new_len - state.file_len);
+                }
+                Err(e) => return Err(Error::io("writing", &self.path)(e)),
+            }
+        }
         Ok(())
     }
 

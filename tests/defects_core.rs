@@ -334,3 +334,36 @@ fn a_commit_after_the_log_directory_disappeared_says_so() {
         drop(conn);
     }
 }
+
+// ---- 8. Preallocation never fails a commit that fits -------------------------------------
+
+#[test]
+fn a_full_commit_that_fits_does_not_fail_for_want_of_preallocation() {
+    use libsql_wal::faulty::{Fault, FaultyIo, LostWrites};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("prealloc.db");
+    let io = FaultyIo::new(0, LostWrites::All);
+    let config = WalConfig { checkpoint_on_close: false, ..WalConfig::default() };
+    let manager = LibsqlWalManager::new(std::sync::Arc::new(io.clone()), config);
+    let conn = open_connection(&db, &manager).unwrap();
+    conn.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    // Closed without a checkpoint: the segment stays, its preallocated zeros given back, so
+    // the next FULL commit starts by preallocating.
+    drop(conn);
+    let conn = open_connection(&db, &manager).unwrap();
+    conn.execute_batch("PRAGMA synchronous=FULL").unwrap();
+    // The disk has no room for 2 MiB of zeros, but has for one frame.
+    io.arm(1, Fault::NoSpace);
+    conn.execute("INSERT INTO t VALUES (2)", []).expect("a FULL commit that fits failed for want of preallocation");
+    let segment = std::fs::read_dir(log_dir(&db))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    assert!(len < 1024 * 1024, "fixture: the fault did not hit the preallocation (segment {len} bytes)");
+    assert_eq!(count(&conn), 2);
+    drop(conn);
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    assert_eq!(count(&conn), 2, "the commit did not survive a reopen");
+}
