@@ -137,7 +137,36 @@ pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
     }
 }
 
+/// Attempts at taking the log directory when a race keeps changing it under our feet.
+const TAKE_ATTEMPTS: usize = 5;
+
+/// Creates (or takes over) the log directory and locks its `lock` file. What is at
+/// `<db>-wal` may change between our look and our action: stock `sqlite3` creating its
+/// `-wal` file, or another process of ours removing the directory at its shutdown. A race
+/// lost that way is never reported as its raw error ("File exists"): we look again and
+/// decide again (SQLite's file in use: `InUse`), and after a few lost races in a row,
+/// report `InUse` (someone else is busy with the file right now).
 fn take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
+    for _ in 0..TAKE_ATTEMPTS {
+        match try_take_log_dir(io, db_path, log_dir) {
+            Err(Error::Io { source, .. }) if lost_race(&source) => {
+                tracing::debug!(dir = %log_dir.display(), "the log directory changed while we took it ({source}): looking again");
+            }
+            result => return result,
+        }
+    }
+    Err(Error::InUse { path: db_path.into(), log_dir: log_dir.into() })
+}
+
+/// Errors that mean "what we looked at a moment ago is not there any more": a file created
+/// where we create the directory, a file or directory removed before we removed or used it.
+fn lost_race(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::NotFound | ErrorKind::NotADirectory)
+        || matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir.to_path_buf();
     match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
         Some(FileKind::Dir) => {}
@@ -176,8 +205,25 @@ fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
 }
 
 /// Gives the database back to plain SQLite: removes the lock file and the (empty) log
-/// directory. The caller holds the locks and has removed every segment.
-pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<()> {
-    io.remove_file(&log_dir.join("lock"))?;
-    io.remove_dir(log_dir)
+/// directory. The caller holds the locks and has removed every segment (and the durable
+/// record). A file we did not create (say `notes.txt`) is never deleted: the directory is
+/// then kept, with a warning naming the file, since stock SQLite cannot open the database
+/// while `<db>-wal` is a directory. Returns whether the directory was removed.
+pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<bool> {
+    let lock = log_dir.join("lock");
+    let foreign: Vec<PathBuf> = io.list_dir(log_dir)?.into_iter().filter(|p| *p != lock).collect();
+    io.remove_file(&lock)?;
+    if !foreign.is_empty() {
+        let names: Vec<String> = foreign.iter().map(|p| p.display().to_string()).collect();
+        tracing::warn!(
+            dir = %log_dir.display(),
+            "kept the log directory: it holds files libsql-wal did not create ({}). The database \
+             is checkpointed, but stock SQLite cannot open it until they are moved away and the \
+             directory is removed",
+            names.join(", ")
+        );
+        return Ok(false);
+    }
+    io.remove_dir(log_dir)?;
+    Ok(true)
 }

@@ -850,7 +850,8 @@ impl SharedWal {
         }
         if log_empty {
             // No other process of ours can take the log meanwhile: our lock on the database
-            // file refuses it until `release_lock` below.
+            // file refuses it until `release_lock` below. Files we did not create keep the
+            // directory (`release` warns).
             if let Err(e) = ownership::release(self.io.as_ref(), &self.log_dir) {
                 tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
             }

@@ -367,3 +367,128 @@ fn a_full_commit_that_fits_does_not_fail_for_want_of_preallocation() {
     let conn = open_connection(&db, &plain_manager()).unwrap();
     assert_eq!(count(&conn), 2, "the commit did not survive a reopen");
 }
+
+// ---- 12. Races with stock SQLite; files we did not create --------------------------------
+
+/// The real file system, except that the first creation of a log directory loses a race
+/// to stock `sqlite3`: just before it, `<db>-wal` appears as SQLite's (empty) log file, and
+/// `<db>-shm` is locked as a live SQLite connection locks it.
+struct RacingIo {
+    sqlite_shm: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl RacingIo {
+    fn lose_the_race(&self, log_dir: &Path) {
+        let mut shm = self.sqlite_shm.lock().unwrap();
+        if shm.is_some() {
+            return;
+        }
+        std::fs::write(log_dir, b"").unwrap();
+        let db = log_dir.to_string_lossy().strip_suffix("-wal").unwrap().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(format!("{db}-shm"))
+            .unwrap();
+        // SQLite's unix VFS: every connection using the WAL read-locks byte 128 of -shm.
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed flock is a valid argument; the descriptor is open.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = 128;
+        lock.l_len = 1;
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) }, 0);
+        *shm = Some(file);
+    }
+}
+
+impl libsql_wal::io::Io for RacingIo {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn libsql_wal::io::IoFile>> {
+        StdIo.open(path, create)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        if path.to_string_lossy().ends_with("-wal") {
+            self.lose_the_race(path);
+        }
+        StdIo.create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.sync_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+        StdIo.list_dir(path)
+    }
+    fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
+        StdIo.canonicalize(path)
+    }
+    fn kind(&self, path: &Path) -> std::io::Result<Option<libsql_wal::io::FileKind>> {
+        StdIo.kind(path)
+    }
+    fn now(&self) -> std::time::SystemTime {
+        StdIo.now()
+    }
+    fn random_u32(&self) -> u32 {
+        StdIo.random_u32()
+    }
+}
+
+/// Stock `sqlite3` creating its `-wal` file between our look at `<db>-wal` and our
+/// `mkdir`: "in use", as if it had been first (before: "File exists (os error 17)").
+#[test]
+fn losing_the_log_directory_race_to_stock_sqlite_reports_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("race.db");
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    drop(conn);
+    assert!(!log_dir(&db).exists());
+    let io = std::sync::Arc::new(RacingIo { sqlite_shm: std::sync::Mutex::new(None) });
+    let manager = LibsqlWalManager::new(io, WalConfig::default());
+    let err = match open_connection(&db, &manager) {
+        Ok(_) => panic!("opened a database stock SQLite took meanwhile"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, libsql_wal::Error::InUse { .. }), "not \"in use\": {err}");
+    assert!(log_dir(&db).is_file(), "SQLite's -wal file was touched");
+}
+
+/// A file we did not create in `<db>-wal/` is never deleted, neither at open nor at close,
+/// and the directory it keeps is reported clearly (before: a misleading "could not remove
+/// the empty log directory").
+#[test]
+fn a_file_we_did_not_create_is_kept_with_its_directory_and_a_clear_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stray.db");
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    let notes = log_dir(&db).join("notes.txt");
+    std::fs::write(&notes, b"mine").unwrap();
+    let ((), logged) = capture(|| drop(conn));
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine", "a file we did not create was touched at close");
+    assert!(log_dir(&db).is_dir());
+    assert!(
+        logged.contains("kept the log directory") && logged.contains("notes.txt"),
+        "no clear warning about the kept directory: {logged}"
+    );
+    // Open again: the file stays; every row is there.
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    assert!(notes.exists(), "a file we did not create was deleted at open");
+    conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    drop(conn);
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+    // Once it is moved away, the next close gives the file back to plain SQLite.
+    std::fs::remove_file(&notes).unwrap();
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    assert_eq!(count(&conn), 2);
+    drop(conn);
+    assert!(!log_dir(&db).exists());
+}
