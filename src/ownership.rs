@@ -5,8 +5,9 @@
 //! the directory behind. Inside it, the `lock` file carries an exclusive `flock` held by the
 //! owning process for as long as the log is open, and so does the database file itself (a
 //! `flock` that follows the file, not its name: a hard link is the same file): a second
-//! process of ours gets [`Error::InUse`]. Before taking a database over from SQLite's own WAL we make sure no
-//! process still uses that WAL (the lock SQLite's unix VFS holds on its `-shm` file).
+//! process of ours gets [`Error::InUse`]. Before taking a database over from SQLite's own
+//! WAL we make sure no process still uses that WAL (the lock SQLite's unix VFS holds on its
+//! `-shm` file).
 
 use std::path::{Path, PathBuf};
 
@@ -150,7 +151,10 @@ fn take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn I
     for _ in 0..TAKE_ATTEMPTS {
         match try_take_log_dir(io, db_path, log_dir) {
             Err(Error::Io { source, .. }) if lost_race(&source) => {
-                tracing::debug!(dir = %log_dir.display(), "the log directory changed while we took it ({source}): looking again");
+                tracing::debug!(
+                    dir = %log_dir.display(),
+                    "the log directory changed while we took it ({source}): looking again"
+                );
             }
             result => return result,
         }

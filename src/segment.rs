@@ -170,7 +170,11 @@ impl Segment {
                     // frame, so nothing of ours is cut). If the cut fails, `file_len` still
                     // says where our data ends, which is all that matters.
                     let _ = self.file.set_len(state.file_len);
-                    tracing::debug!(segment = %self.path.display(), "no room to preallocate {} bytes", new_len - state.file_len);
+                    tracing::debug!(
+                        segment = %self.path.display(),
+                        "no room to preallocate {} bytes",
+                        new_len - state.file_len
+                    );
                 }
                 Err(e) => return Err(Error::io("writing", &self.path)(e)),
             }

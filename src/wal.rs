@@ -318,7 +318,11 @@ impl Wal for LibsqlWal {
             // The lock is released whatever happened; the uncommitted frames that could
             // not be cut are past the last commit, never visible, and cut by the next
             // writer's rollback or by recovery.
-            tracing::warn!(db = %self.shared.db_path.display(), "ending a write transaction with the read: {}", e.extended_code);
+            tracing::warn!(
+                db = %self.shared.db_path.display(),
+                "ending a write transaction with the read: {}",
+                e.extended_code
+            );
         }
         if let Some(snapshot) = self.read.take() {
             self.shared.end_read(snapshot);
