@@ -492,3 +492,53 @@ fn a_file_we_did_not_create_is_kept_with_its_directory_and_a_clear_warning() {
     drop(conn);
     assert!(!log_dir(&db).exists());
 }
+
+// ---- 7. end_read_txn ends the write transaction too ---------------------------------------
+
+/// A disk full at each I/O operation of a transaction over a database and an attached one,
+/// larger than the page cache (a failed spill puts SQLite's pager in its error state, and it
+/// then ends the read transaction without ending the write): afterwards, as on SQLite's own
+/// WAL, another connection can write both databases (before: "database is locked" until
+/// this connection happened to write again), and so can this one.
+#[test]
+fn after_a_full_disk_in_a_transaction_with_an_attached_database_others_can_write() {
+    use libsql_wal::faulty::{Fault, FaultyIo, LostWrites};
+    let script = "BEGIN; \
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20) \
+            INSERT INTO t SELECT randomblob(3000) FROM c; \
+        WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20) \
+            INSERT INTO aux.t SELECT randomblob(3000) FROM c; \
+        COMMIT;";
+    let mut op = 1;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, aux) = (dir.path().join("main.db"), dir.path().join("aux.db"));
+        let io = FaultyIo::new(op, LostWrites::All);
+        let manager = LibsqlWalManager::new(std::sync::Arc::new(io.clone()), WalConfig::default());
+        let attach = format!("ATTACH '{}' AS aux", aux.display());
+        let conn = open_connection(&main, &manager).unwrap();
+        conn.execute_batch(&format!(
+            "{attach}; PRAGMA aux.journal_mode=WAL; PRAGMA cache_size=5; PRAGMA aux.cache_size=5; \
+             CREATE TABLE t(x); CREATE TABLE aux.t(x);"
+        ))
+        .unwrap();
+        let before = io.ops();
+        io.arm(op, Fault::NoSpace);
+        let outcome = conn.execute_batch(script);
+        if io.ops() - before < op {
+            // The fault fell past the script: every operation of it has had its turn.
+            assert!(op > 5, "the script did little I/O of ours: {op}");
+            break;
+        }
+        let other = open_connection(&main, &manager).unwrap();
+        other.execute_batch(&attach).unwrap();
+        for (who, c, v) in [("another connection", &other, 2), ("this connection", &conn, 1)] {
+            for table in ["t", "aux.t"] {
+                c.execute(&format!("INSERT INTO {table} VALUES ({v})"), []).unwrap_or_else(|e| {
+                    panic!("ENOSPC at operation {op} ({outcome:?}), then {who}'s write to {table}: {e}")
+                });
+            }
+        }
+        op += 1;
+    }
+}
