@@ -16,6 +16,13 @@
 //! - Databases are known by a [`LogId`] given at registration, never by path: a log closed
 //!   and reopened (or a hard link) is another log, with its own queue state and backoff.
 //!
+//! Who changes what: `State` (entries, their `queued`/`running`/`again`/backoff, the ready
+//! queue, `stopping`) only under its mutex, which is never held while calling into a log
+//! (the ticker and the workers copy what they need and let go first). `stopped` is set once,
+//! by `shutdown`, after every thread is joined; logs read it (`has_checkpointer`) without a
+//! lock. `live_threads` is counted under its own mutex. A log's slot for its checkpointer
+//! (`SharedWal::checkpointer`) is taken before this `State`, never after.
+//!
 //! Architecture invariant: the checkpointer never holds a database's write lock while it
 //! copies pages; it only ever calls `SharedWal::checkpoint_sealed` (copy what is sealed) and
 //! `SharedWal::seal_if_older_than` (a short seal for quiet databases).
