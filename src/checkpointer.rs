@@ -18,7 +18,8 @@
 //!
 //! Who changes what: `State` (entries, their `queued`/`running`/`again`/backoff, the ready
 //! queue, `stopping`) only under its mutex, which is never held while calling into a log
-//! (the ticker and the workers copy what they need and let go first). `stopped` is set once,
+//! (the ticker and the workers copy what they need and let go first), except for
+//! `SharedWal::record_checkpoint_error` (a counter and a mutex of its own, taken last). `stopped` is set once,
 //! by `shutdown`, after every thread is joined; logs read it (`has_checkpointer`) without a
 //! lock. `live_threads` is counted under its own mutex. A log's slot for its checkpointer
 //! (`SharedWal::checkpointer`) is taken before this `State`, never after.
