@@ -360,6 +360,16 @@ impl Io for FaultyIo {
         Ok(Box::new(FaultyFile { io: self.clone(), path: path.to_path_buf(), inner }))
     }
 
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        match self.step("open")? {
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "open")),
+            Some(Fault::Crash) => return Err(eio("crash during open")),
+            None => {}
+        }
+        let inner = StdIo.open_read_only(path)?;
+        Ok(Box::new(FaultyFile { io: self.clone(), path: path.to_path_buf(), inner }))
+    }
+
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         // Directories are treated as durable once made: the log directory is created and its
         // parent synced before anything goes in it.

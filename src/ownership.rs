@@ -44,8 +44,13 @@ pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
 /// 4096, and returns the checkpoint mark (see `CheckpointMark::decode`).
 pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<CheckpointMark>> {
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
-    if len < 100 {
+    if len == 0 {
         return Ok(Some(CheckpointMark::default()));
+    }
+    if len < 100 {
+        // SQLite writes whole pages: a non-empty file shorter than its header is no database.
+        let reason = format!("not a SQLite database ({len} bytes, shorter than a database header)");
+        return Err(Error::CannotOpen { path: db_path.into(), reason });
     }
     let mut header = [0u8; 100];
     db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
