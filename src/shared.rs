@@ -1171,6 +1171,95 @@ mod tests {
         (db, segment)
     }
 
+    /// An `Io` that runs `hook` once, when the `lock` file is first opened: in the middle of
+    /// `ownership::take`, before the lock is held.
+    struct HookIo {
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Io for HookIo {
+        fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn IoFile>> {
+            if path.file_name().is_some_and(|n| n == "lock")
+                && let Some(hook) = lock(&self.hook).take()
+            {
+                hook();
+            }
+            StdIo.open(path, create)
+        }
+        fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
+            StdIo.open_read_only(path)
+        }
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.create_dir_all(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.sync_dir(path)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.remove_dir(path)
+        }
+        fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+            StdIo.list_dir(path)
+        }
+        fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
+            StdIo.canonicalize(path)
+        }
+        fn kind(&self, path: &Path) -> std::io::Result<Option<crate::io::FileKind>> {
+            StdIo.kind(path)
+        }
+        fn now(&self) -> std::time::SystemTime {
+            StdIo.now()
+        }
+        fn random_u32(&self) -> u32 {
+            StdIo.random_u32()
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_mark_is_read_once_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::fs::canonicalize(dir.path()).unwrap().join("t.db");
+        let config = WalConfig { segment_frames_max: 2, checkpoint_on_close: false, ..WalConfig::default() };
+        let manager = crate::LibsqlWalManager::new(StdIo::shared(), config.clone());
+        let conn = crate::open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        for i in 0..12 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        drop(conn);
+        let segments_before = crate::segment::list_segment_files(&StdIo, &ownership::log_dir_of(&db)).unwrap().len();
+        assert!(segments_before >= 4, "setup: a log of several segments");
+
+        // Between our first look at the file and our lock, the previous owner comes back,
+        // checkpoints part of the log (a reader holds the rest back) and exits.
+        let other_db = db.clone();
+        let other_config = config.clone();
+        let io = Arc::new(HookIo {
+            hook: Mutex::new(Some(Box::new(move || {
+                let other = SharedWal::open(StdIo::shared(), &other_db, other_config, None).unwrap();
+                let middle = other.segments()[other.segments().len() / 2].start_frame_no;
+                lock(&other.commit).readers.insert(middle, 1);
+                other.checkpoint(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).unwrap();
+                assert!(other.checkpointed().0 > 0, "setup: the other owner checkpointed something");
+                other.shutdown(false);
+            }))),
+        });
+        let last_before = {
+            let wal = SharedWal::open(StdIo::shared(), &db, config.clone(), None).unwrap();
+            let last = wal.last_commit();
+            wal.shutdown(false);
+            last
+        };
+        let wal = SharedWal::open(io, &db, config, None).expect("recovery used the mark written before the lock");
+        assert_eq!(wal.last_commit(), last_before);
+        let mark = ownership::read_db_header(wal.db_file.as_ref(), &db).unwrap().unwrap();
+        assert_eq!(wal.checkpointed(), (mark.frame_no, mark.chain), "recovery started from the mark on disk now");
+        wal.shutdown(false);
+    }
+
     #[test]
     fn a_seal_after_shutdown_leaves_the_files_alone() {
         let dir = tempfile::tempdir().unwrap();
