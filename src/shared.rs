@@ -133,6 +133,11 @@ pub(crate) struct SharedWal {
     closed: AtomicBool,
     /// The durable frame_no and its uploads, when storage is (or once was) configured.
     durability: Option<Arc<Durability>>,
+    /// Set (once, never cleared) when a sync of a segment, the log directory or the database
+    /// file failed: after a failed fsync the kernel may have dropped the dirty pages, so
+    /// nobody knows what is on disk (PostgreSQL's lesson). From then on the log refuses
+    /// writes, seals and checkpoints; reads go on. Only a new log (recovery) clears it.
+    sync_failure: Mutex<Option<String>>,
     /// Set once by the registry: lets `&self` methods start tasks that outlive the call.
     this: OnceLock<Weak<SharedWal>>,
 }
@@ -233,6 +238,7 @@ impl SharedWal {
             last_checkpoint_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             durability,
+            sync_failure: Mutex::new(None),
             this: OnceLock::new(),
         })
     }
@@ -352,8 +358,31 @@ impl SharedWal {
         (self.checkpoint_errors.load(Ordering::SeqCst), lock(&self.last_checkpoint_error).clone())
     }
 
+    /// Records a failed sync, if `result` is one: the log then refuses writes for good.
+    pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_failed_sync()
+        {
+            let mut failure = lock(&self.sync_failure);
+            if failure.is_none() {
+                tracing::error!(db = %self.db_path.display(), "{e}: the log refuses writes until it is reopened");
+                *failure = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Refuses when an earlier sync failed (see `sync_failure`).
+    fn check_writable(&self) -> Result<()> {
+        match lock(&self.sync_failure).as_ref() {
+            Some(reason) => Err(Error::SyncFailed { path: self.db_path.clone(), reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
     pub fn begin_write(&self, connection_id: u64, snapshot: Snapshot) -> Result<()> {
+        self.check_writable()?;
         let mut writer = lock(&self.writer);
         match *writer {
             Some(id) if id == connection_id => return Ok(()),
@@ -446,6 +475,11 @@ impl SharedWal {
     /// checkpoint and the upload take a prefix of sealed segments. Returns whether any was
     /// sealed.
     fn seal_in_order(&self, current: bool) -> Result<bool> {
+        self.check_writable()?;
+        self.watch(self.seal_in_order_unwatched(current))
+    }
+
+    fn seal_in_order_unwatched(&self, current: bool) -> Result<bool> {
         let segments = self.segments();
         let to_seal: Vec<&SegmentRef> = segments
             .iter()
@@ -475,6 +509,10 @@ impl SharedWal {
     /// lose a commit before it, or the file holding it. Usually nothing to do: one pass
     /// over the list under its read lock.
     pub fn make_durable_through(&self, current: &Segment) -> Result<()> {
+        self.watch(self.make_durable_through_unwatched(current))
+    }
+
+    fn make_durable_through_unwatched(&self, current: &Segment) -> Result<()> {
         let pending: Vec<SegmentRef> = {
             let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
             if segments.iter().all(|s| s.entry_durable() && (std::ptr::eq(s.as_ref(), current) || !s.frames_unsynced()))
@@ -650,8 +688,9 @@ impl SharedWal {
         loop {
             let (ready, blocker) = self.checkpointable_segments();
             if !ready.is_empty() {
-                self.copy_segments(&ready, on_page)?;
-                self.drop_segments(&ready)?;
+                self.check_writable()?;
+                self.watch(self.copy_segments(&ready, on_page))?;
+                self.watch(self.drop_segments(&ready))?;
             }
             let give_up = match blocker {
                 Blocker::None => return Ok(false),

@@ -242,7 +242,9 @@ impl LibsqlWal {
         let Some(txn) = &self.write else { return Ok(()) };
         let Some(segment) = &txn.segment else { return Ok(()) };
         let mut pages = Vec::new();
-        segment.truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no)).map_err(Error::into_sqlite)?;
+        self.shared
+            .watch(segment.truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no)))
+            .map_err(Error::into_sqlite)?;
         self.last_found = None;
         if let Some(undo) = undo {
             for page_no in pages {
@@ -361,7 +363,7 @@ impl Wal for LibsqlWal {
     fn savepoint_undo(&mut self, rollback_data: &mut [u32]) -> SqlResult<()> {
         let Some(WriteTxn { segment: Some(segment), start }) = &self.write else { return Ok(()) };
         let keep = rollback_data[0].max(*start);
-        segment.truncate_uncommitted(keep, &mut |_| {}).map_err(Error::into_sqlite)?;
+        self.shared.watch(segment.truncate_uncommitted(keep, &mut |_| {})).map_err(Error::into_sqlite)?;
         self.last_found = None;
         Ok(())
     }
@@ -413,7 +415,7 @@ impl Wal for LibsqlWal {
         }
         if synchronous {
             self.shared.make_durable_through(&segment).map_err(Error::into_sqlite)?;
-            segment.sync().map_err(Error::into_sqlite)?;
+            self.shared.watch(segment.sync()).map_err(Error::into_sqlite)?;
         }
         segment.mark_committed(size_after);
         let committed = self.shared.publish_commit(&segment);
