@@ -85,6 +85,9 @@ struct AppendState {
     /// rollback must make its removal durable, or a crash could bring the commit back.
     unfinished_commit: bool,
     sealed: bool,
+    /// A failed seal could not be cut back: the file ends with index and trailer bytes that
+    /// new frames might not cover. Nothing more is appended to it.
+    broken: bool,
 }
 
 /// What a scan of a segment found: the number of valid frames up to the last commit.
@@ -154,6 +157,7 @@ impl Segment {
                 file_len: SEGMENT_HEADER_SIZE as u64,
                 unfinished_commit: false,
                 sealed: false,
+                broken: false,
             }),
             frames_unsynced: AtomicBool::new(true),
             entry_durable: AtomicBool::new(false),
@@ -311,6 +315,7 @@ impl Segment {
                 file_len,
                 unfinished_commit: false,
                 sealed,
+                broken: false,
             }),
             frames_unsynced: AtomicBool::new(!sealed),
             entry_durable: AtomicBool::new(false),
@@ -421,6 +426,11 @@ impl Segment {
     pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
+        if state.broken {
+            let reason =
+                "a failed seal could not be cut back: no more frames go into this segment until the log is reopened";
+            return Err(Error::corrupt(&self.path, reason));
+        }
         self.frames_unsynced.store(true, Ordering::SeqCst);
         let mut appended: Vec<(u32, &[u8], u32)> = Vec::with_capacity(pages.len());
         for (i, &(page_no, data)) in pages.iter().enumerate() {
@@ -623,9 +633,16 @@ impl Segment {
             .and_then(|()| self.sync());
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
-            // of the file would claim a seal that no longer matches: cut both off.
-            let _ = self.file.set_len(index_offset);
-            state.file_len = index_offset;
+            // of the file would claim a seal that no longer matches: cut both off. If even
+            // that fails, the file ends with a trailer that later frames would not reach
+            // past: the segment takes no more frames (until recovery reads it again).
+            match self.file.set_len(index_offset) {
+                Ok(()) => state.file_len = index_offset,
+                Err(cut) => {
+                    tracing::error!(path = %self.path.display(), "could not cut a failed seal back: {cut}");
+                    state.broken = true;
+                }
+            }
             return Err(e);
         }
         state.file_len = end;
@@ -928,6 +945,23 @@ mod tests {
         let sealed = Segment::recover(&StdIo, &path, true).unwrap();
         assert!(sealed.is_sealed(), "the trailer ends the file once sealed");
         assert_eq!(sealed.committed_frames(), 3);
+    }
+
+    #[test]
+    fn a_failed_seal_that_cannot_be_cut_back_takes_no_more_frames() {
+        use crate::faulty::{Fault, FaultyIo, LostWrites};
+        let dir = tempfile::tempdir().unwrap();
+        let io = FaultyIo::new(1, LostWrites::All);
+        let segment = Segment::create(&io, dir.path(), 1, 1, 1).unwrap();
+        segment.write_pages(&[(1, &page(1))], 0, Some(1)).unwrap();
+        segment.mark_committed(1);
+        // The seal: directory sync, index and trailer written, then its sync fails, and so
+        // does the truncate that would take the trailer back.
+        io.arm_run(3, 2, Fault::Fail);
+        assert!(segment.seal(&io).is_err());
+        assert!(!segment.is_sealed());
+        let refused = segment.write_pages(&[(2, &page(2))], 1, Some(2));
+        assert!(refused.is_err(), "frames were appended after a trailer that could not be cut back");
     }
 
     #[test]
