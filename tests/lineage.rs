@@ -205,3 +205,30 @@ fn a_gap_in_the_chain_is_an_error_unless_the_prefix_is_asked_for() {
     let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn concurrent_restores_to_one_path_never_share_scratch_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let db = dir.path().join("c.db");
+    write(&db, &manager(Some(&storage), "c"), "c", 30);
+    flush(&db, &manager(Some(&storage), "c")).unwrap().unwrap();
+    let out = dir.path().join("out.db");
+    let results: Vec<libsql_wal::Result<libsql_wal::RestoreReport>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| restore_all(&storage, "c", &out))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let succeeded = results.iter().filter(|r| r.is_ok()).count();
+    assert!(succeeded >= 1, "{results:?}");
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        let message = error.to_string();
+        assert!(message.contains("exists") || message.contains("appeared"), "blames something else: {message}");
+    }
+    assert_eq!(tags(&out), tagged(&[("c", 30)]));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch directories left behind: {leftovers:?}");
+}

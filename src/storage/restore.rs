@@ -180,7 +180,13 @@ fn rebuild(
     drop(db);
     // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
     // since the check at the start. The scratch directory (and its name) goes afterwards.
-    std::fs::hard_link(&db_path, out).map_err(Error::io("linking", out))?;
+    std::fs::hard_link(&db_path, out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::Restore(format!(
+            "{} appeared while this restore ran (another restore to the same path?); it was left as it is",
+            out.display()
+        )),
+        _ => Error::io("linking", out)(e),
+    })?;
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
     Ok(rebuilt)
