@@ -484,5 +484,9 @@ mod tests {
         assert!(header.problem().unwrap().contains("checksum"));
         header.checksum = header.computed_checksum().into();
         assert!(header.problem().unwrap().contains("version 3"));
+        // Frame numbers from a file are bounded before any arithmetic on them.
+        let far = SegmentHeader::new(CheckpointMark::FRAME_NO_MAX + 1, 5, 0, 1, 1);
+        assert!(far.problem().unwrap().contains("past 2^48"));
+        assert!(SegmentHeader::new(CheckpointMark::FRAME_NO_MAX, 5, 0, 1, 1).problem().is_none());
     }
 }
