@@ -139,7 +139,8 @@ pub fn wait_durable(
 
 /// Seals the current segment and waits until every commit so far is durable, or `timeout`
 /// passes (`None`: no limit). Returns the last commit's frame_no if it is durable. Waits for
-/// a writer to finish its transaction first (within the timeout).
+/// a writer to finish its transaction first (within the timeout). A log whose history no
+/// longer continues the namespace's (diverged: its commits stay local) is an error saying why.
 pub fn flush_to_storage(
     db_path: impl AsRef<Path>,
     timeout: Option<Duration>,
@@ -151,11 +152,15 @@ pub fn flush_to_storage(
     }
     let shared = acquire(manager, db_path)?;
     let deadline = timeout.map(|t| Instant::now() + t);
-    let result = shared.seal_current_waiting(deadline).map(|sealed| {
+    let result = shared.seal_current_waiting(deadline).and_then(|sealed| {
         let last = shared.last_commit().frame_no;
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let durable = sealed && shared.durability().is_some_and(|d| d.wait(last, left));
-        durable.then_some(last)
+        // A diverged log never becomes durable: say why instead of waiting forever.
+        match shared.durability().and_then(|d| Some((d.binding()?.storage.url().to_string(), d.diverged()?))) {
+            Some((url, reason)) if !durable => Err(Error::Storage { url, reason }),
+            _ => Ok(durable.then_some(last)),
+        }
     });
     registry::release(&shared, false);
     result
@@ -260,15 +265,20 @@ impl VerifyReport {
     }
 }
 
-/// Checks a database and its log without repairing anything: every segment's header,
-/// checksums, seal and index, frame-number continuity (with the database file's checkpoint
-/// mark), then SQLite's `integrity_check` through our WAL (opening it recovers the log; a
-/// torn tail, reported as a warning first, is then cut as at any open).
+/// Checks a database and its log without changing anything, ever: every file is opened for
+/// reading only. The log is read exactly as an open would recover it (the same planner,
+/// `shared::plan_recovery`): each segment's header, checksums, seal and index, the chain
+/// between segments and from the database file's checkpoint mark, and what an open would
+/// cut (reported as warnings) or refuse (errors). Then SQLite's `integrity_check` runs on a
+/// scratch copy of what an open would show (database file plus the log's committed pages),
+/// in the system's temporary directory, removed afterwards. While another connection holds
+/// the log, verify refuses (`Error::InUse`): it reads a log only while nobody writes it.
 pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<VerifyReport> {
     let db_path = db_path.as_ref();
     let io = manager.io().as_ref();
     let mut report = VerifyReport::default();
-    let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+    let db_file = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
+    let db_len = db_file.size().map_err(Error::io("reading", db_path))?;
     let mark = match ownership::read_db_header(db_file.as_ref(), db_path) {
         Ok(mark) => mark,
         Err(e) => {
@@ -278,6 +288,7 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
     };
     drop(db_file);
     match mark {
+        _ if db_len == 0 => report.ok("database file: empty (a new database)".into()),
         Some(m) => report.ok(format!(
             "database file: SQLite, 4096-byte pages, checkpointed up to frame_no {} ({} pages)",
             m.frame_no, m.db_pages
@@ -285,103 +296,155 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         None => report.warn("database file: the checkpoint mark is unreadable (torn or foreign)".into()),
     }
     let log_dir = ownership::log_dir_of(db_path);
-    match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
-        None => report.ok("no log: a plain SQLite database".into()),
-        Some(FileKind::File { len }) => {
-            report.warn(format!("{} is SQLite's own -wal file ({len} bytes)", log_dir.display()))
+    let plan = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+        None => {
+            report.ok("no log: a plain SQLite database".into());
+            None
         }
-        Some(FileKind::Dir) => verify_segments(io, &log_dir, mark.map(|m| m.frame_no), &mut report)?,
-    }
-    if report.errors > 0 {
-        report.lines.push("integrity_check skipped: the log is damaged".into());
-        return Ok(report);
-    }
-    match open_connection(db_path, manager) {
-        Ok(conn) => {
-            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-            let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
-            if lines == ["ok"] {
-                report.ok("integrity_check: ok".into());
-            } else {
-                for line in lines {
-                    report.error(format!("integrity_check: {line}"));
+        Some(FileKind::File { len }) => {
+            report.warn(format!("{} is SQLite's own -wal file ({len} bytes)", log_dir.display()));
+            report.lines.push("integrity_check skipped: SQLite's own -wal file may hold commits".into());
+            return Ok(report);
+        }
+        Some(FileKind::Dir) => {
+            let _lock = lock_for_reading(io, db_path, &log_dir)?;
+            match crate::shared::plan_recovery(io, &log_dir, mark, true) {
+                Ok(plan) => {
+                    report_plan(&plan, &mut report);
+                    Some(plan)
+                }
+                Err(e @ Error::Io { .. }) => return Err(e),
+                Err(e) => {
+                    report.error(e.to_string());
+                    report.lines.push("integrity_check skipped: the log is damaged".into());
+                    return Ok(report);
                 }
             }
         }
-        Err(e) => report.error(format!("cannot open the database: {e}")),
+    };
+    match scratch_integrity_check(db_path, plan.as_ref()) {
+        Ok(lines) if lines == ["ok"] => report.ok("integrity_check: ok".into()),
+        Ok(lines) => lines.into_iter().for_each(|line| report.error(format!("integrity_check: {line}"))),
+        Err(e) => report.error(format!("integrity_check could not run: {e}")),
     }
     Ok(report)
 }
 
-fn verify_segments(io: &dyn crate::io::Io, log_dir: &Path, mark: Option<u64>, report: &mut VerifyReport) -> Result<()> {
-    let paths = crate::segment::list_segment_files(io, log_dir)?;
-    let mut previous_end: Option<u64> = None;
-    // Set once the log ends (as recovery would cut it): later segments are reported as such.
-    let mut log_ended = false;
-    for (i, path) in paths.iter().enumerate() {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if log_ended {
-            report.warn(format!("{name}: after the end of the log (removed at open)"));
-            continue;
-        }
-        if crate::segment::creation_cut_short(io, path)? {
-            report.warn(format!(
-                "{name}: its creation was cut short (no complete header): the log ends before it (removed at open)"
-            ));
-            log_ended = true;
-            continue;
-        }
-        let check = crate::segment::check_segment(io, path)?;
-        let is_tail = i + 1 == paths.len();
-        for error in &check.errors {
-            report.error(format!("{name}: {error}"));
-        }
-        for warning in &check.warnings {
-            report.warn(format!("{name}: {warning}"));
-        }
-        if !check.errors.is_empty() {
-            previous_end = None;
-            continue;
-        }
-        let covered = mark.is_some_and(|m| check.valid_frames > 0 && check.last_frame_no <= m);
-        let expected = previous_end.map(|end| end + 1).or(mark.filter(|_| !covered).map(|m| m + 1));
-        if let Some(expected) = expected
-            && check.start_frame_no != expected
-            && !covered
-        {
-            if check.sealed || check.start_frame_no < expected {
-                report.error(format!(
-                    "{name}: starts at frame_no {} but {} was expected: frames are missing",
-                    check.start_frame_no, expected
-                ));
-            } else {
-                // What a power cut under synchronous=NORMAL leaves: recovery cuts the log here.
-                report.warn(format!(
-                    "{name}: starts at frame_no {} but the log ends at {}: a power cut lost the end of the log \
-                     before it (unsynced commits); it and later segments are removed at open",
-                    check.start_frame_no,
-                    expected - 1
-                ));
-                log_ended = true;
-                continue;
-            }
-        }
-        let state = match (check.sealed, is_tail) {
+/// Holds the log's lock (taken on a read-only handle) while verify reads it, so no process
+/// of ours writes it meanwhile. `None` when the directory has no lock file (nobody ever
+/// finished taking it).
+fn lock_for_reading(io: &dyn crate::io::Io, db_path: &Path, log_dir: &Path) -> Result<Option<ReadLock>> {
+    let lock_path = log_dir.join("lock");
+    if io.kind(&lock_path).map_err(Error::io("opening", &lock_path))?.is_none() {
+        return Ok(None);
+    }
+    let file = io.open_read_only(&lock_path).map_err(Error::io("opening", &lock_path))?;
+    if !file.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+        return Err(Error::InUse { path: db_path.into(), log_dir: log_dir.into() });
+    }
+    Ok(Some(ReadLock(file)))
+}
+
+struct ReadLock(Box<dyn crate::io::IoFile>);
+
+impl Drop for ReadLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// One line per segment of the plan: what an open keeps, removes, cuts.
+fn report_plan(plan: &crate::shared::RecoveryPlan, report: &mut VerifyReport) {
+    let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for segment in &plan.covered {
+        report.ok(format!(
+            "{}: frames {}..={}, already in the database file (removed at open)",
+            name(&segment.path),
+            segment.start_frame_no,
+            segment.last_committed_frame_no()
+        ));
+    }
+    for (i, segment) in plan.kept.iter().enumerate() {
+        let state = match (segment.is_sealed(), i + 1 == plan.kept.len()) {
             (true, _) => "sealed",
             (false, true) => "current",
             (false, false) => "full, not sealed yet (sealed at open)",
         };
-        let note = if covered { ", already in the database file (removed at open)" } else { "" };
         report.ok(format!(
-            "{name}: {state}, frames {}..={} ({} frames), checksums ok{note}",
-            check.start_frame_no, check.last_frame_no, check.valid_frames
+            "{}: {state}, frames {}..={} ({} frames), checksums ok",
+            name(&segment.path),
+            segment.start_frame_no,
+            segment.last_committed_frame_no(),
+            segment.committed_frames()
         ));
-        if !covered {
-            previous_end = Some(check.last_frame_no);
+        if segment.index_rebuilt {
+            report.warn(format!("{}: damaged index (rebuilt from the frames at open)", name(&segment.path)));
+        }
+        let (kept, len) = (crate::format::frame_offset(segment.committed_frames()), segment.file_len());
+        if !segment.is_sealed() && len > kept && !segment.zeros_after_commits() {
+            report.warn(format!(
+                "{}: {} bytes after the last commit frame (a torn or unfinished transaction, cut at open)",
+                name(&segment.path),
+                len - kept
+            ));
         }
     }
-    if paths.is_empty() {
+    if let Some(reason) = &plan.cut_reason {
+        report.warn(format!(
+            "the log ends early: {reason}; {} file(s) from there on hold no promised commit and are removed at open",
+            plan.cut.len()
+        ));
+    }
+    if plan.kept.is_empty() && plan.covered.is_empty() && plan.cut.is_empty() {
         report.ok("log directory: no segment".into());
     }
-    Ok(())
+}
+
+/// Runs `integrity_check` on a private copy of what an open would show: the database file,
+/// then the newest committed version of every page the log holds, cut to the last commit's
+/// size. Nothing of the database or its log is opened for writing.
+fn scratch_integrity_check(db_path: &Path, plan: Option<&crate::shared::RecoveryPlan>) -> Result<Vec<String>> {
+    let scratch = ScratchDir::new()?;
+    let copy = scratch.0.join("database");
+    std::fs::copy(db_path, &copy).map_err(Error::io("copying", db_path))?;
+    if let Some(newest) = plan.and_then(|p| p.kept.iter().rev().find(|s| s.committed_frames() > 0)) {
+        let out = std::fs::OpenOptions::new().write(true).open(&copy).map_err(Error::io("opening", &copy))?;
+        let mut page = vec![0u8; crate::format::PAGE_SIZE];
+        for segment in plan.map(|p| p.kept.as_slice()).unwrap_or_default() {
+            for (page_no, position) in segment.latest_pages() {
+                segment.read_page(position, &mut page)?;
+                let offset = (page_no as u64 - 1) * crate::format::PAGE_SIZE as u64;
+                std::os::unix::fs::FileExt::write_all_at(&out, &page, offset).map_err(Error::io("writing", &copy))?;
+            }
+        }
+        let len = newest.committed_size_after() as u64 * crate::format::PAGE_SIZE as u64;
+        out.set_len(len).map_err(Error::io("truncating", &copy))?;
+    }
+    let conn = libsql_sys::rusqlite::Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    Ok(lines)
+}
+
+/// A directory of our own under the system's temporary directory, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<ScratchDir> {
+        loop {
+            let name = format!("libsql-wal-verify-{}-{:08x}", std::process::id(), fastrand::u32(..));
+            let path = std::env::temp_dir().join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(ScratchDir(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("creating", &path)(e)),
+            }
+        }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

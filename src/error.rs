@@ -46,6 +46,11 @@ pub enum Error {
     /// A benchmark found its data wrong (never raised on the `Wal` path).
     #[error("benchmark: {0}")]
     Bench(String),
+    #[error(
+        "the log of {path} refuses writes: an earlier sync failed ({reason}), so what is on disk is unknown; \
+         close every connection to it and reopen (recovery reads the disk again)"
+    )]
+    SyncFailed { path: PathBuf, reason: String },
     #[error("database is locked: another connection holds the write lock")]
     Busy,
     #[error("database is locked: the snapshot is stale, another connection committed since")]
@@ -58,6 +63,11 @@ impl Error {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { action, path, source }
+    }
+
+    /// Did a sync fail (an fsync whose failure leaves the disk's contents unknown)?
+    pub(crate) fn is_failed_sync(&self) -> bool {
+        matches!(self, Error::Io { action: "syncing", .. })
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
@@ -75,7 +85,7 @@ impl Error {
             | Error::ForeignWal { .. }
             | Error::CannotOpen { .. }
             | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
-            Error::Storage { .. } => ffi::SQLITE_IOERR,
+            Error::Storage { .. } | Error::SyncFailed { .. } => ffi::SQLITE_IOERR,
             Error::Restore(_) | Error::Bench(_) => ffi::SQLITE_ERROR,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),

@@ -68,6 +68,8 @@ struct State {
     /// File and directory syncs that succeeded.
     syncs: u64,
     fault_at: Option<(u64, Fault)>,
+    /// Operations after `fault_at` that fail the same way (`arm_run`).
+    more_faults: u64,
     reads: u64,
     /// The read (counted apart from mutating operations) that fails with EIO.
     read_fault_at: Option<u64>,
@@ -105,6 +107,7 @@ impl FaultyIo {
                 ops: 0,
                 syncs: 0,
                 fault_at: None,
+                more_faults: 0,
                 reads: 0,
                 read_fault_at: None,
                 crashed: false,
@@ -124,6 +127,13 @@ impl FaultyIo {
         let mut state = self.state();
         let at = state.ops + op.max(1);
         state.fault_at = Some((at, fault));
+        state.more_faults = 0;
+    }
+
+    /// As [`FaultyIo::arm`], for `count` operations in a row (a disk that keeps failing).
+    pub fn arm_run(&self, op: u64, count: u64, fault: Fault) {
+        self.arm(op, fault);
+        self.state().more_faults = count.saturating_sub(1);
     }
 
     /// Makes the `n`-th read from now (1 = the next one) fail with EIO, once. Reads are
@@ -192,6 +202,10 @@ impl FaultyIo {
         match state.fault_at {
             Some((at, fault)) if at == state.ops => {
                 state.fault_at = None;
+                if state.more_faults > 0 {
+                    state.more_faults -= 1;
+                    state.fault_at = Some((at + 1, fault));
+                }
                 if fault == Fault::Crash {
                     state.crashed = true;
                 }
@@ -357,6 +371,16 @@ impl Io for FaultyIo {
         if create && !existed {
             self.state().dir_changes.push(DirChange::Created(path.to_path_buf()));
         }
+        Ok(Box::new(FaultyFile { io: self.clone(), path: path.to_path_buf(), inner }))
+    }
+
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        match self.step("open")? {
+            Some(f @ (Fault::Fail | Fault::NoSpace)) => return Err(failure(f, "open")),
+            Some(Fault::Crash) => return Err(eio("crash during open")),
+            None => {}
+        }
+        let inner = StdIo.open_read_only(path)?;
         Ok(Box::new(FaultyFile { io: self.clone(), path: path.to_path_buf(), inner }))
     }
 

@@ -17,7 +17,9 @@ pub const PAGE_SIZE: usize = 4096;
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"LSQLWSEG");
 pub const SEAL_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSEAL");
 /// Bumped on any incompatible change; a reader refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: segments, snapshots and the checkpoint mark carry the history's lineage and the
+/// chain value they continue from (see [`chain_seed`]).
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const SEGMENT_HEADER_SIZE: usize = 64;
 pub const FRAME_HEADER_SIZE: usize = 24;
@@ -26,47 +28,81 @@ pub const INDEX_ENTRY_SIZE: usize = 8;
 pub const SEAL_TRAILER_SIZE: usize = 48;
 
 /// Where in the database header we keep the checkpoint mark (see [`CheckpointMark`]):
-/// 16 bytes at 72..88. SQLite reserves bytes 72..92 of its header "for expansion" and never
-/// reads them.
+/// 20 bytes at 72..92, the whole range SQLite reserves "for expansion" and never reads.
 pub const DB_HEADER_MARK_OFFSET: u64 = 72;
-pub const DB_HEADER_MARK_SIZE: usize = 16;
+pub const DB_HEADER_MARK_SIZE: usize = 20;
 
 /// What the last checkpoint left in the database file: frames up to `frame_no` are in it,
 /// and it is `db_pages` pages long. Frame numbers keep counting from it after the log is
 /// emptied; recovery removes segments it covers and refuses a file shorter than it says.
+/// `lineage` and `chain` say which history the file is at `frame_no` of: the next segment
+/// continues the chain from `chain` (see [`chain_seed`]). `lineage` 0: none yet (a plain
+/// SQLite file, or one with no mark): the next log starts a new history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CheckpointMark {
     pub frame_no: u64,
     pub db_pages: u32,
+    pub lineage: u32,
+    pub chain: u32,
 }
 
 impl CheckpointMark {
-    /// frame_no (u64 at 0..8), db_pages (u32 at 8..12), check (u32 at 12..16) =
-    /// crc32c_append(crc32c("LSQLMARK"), bytes 0..12). The check makes bytes some other tool
-    /// left there, or a torn write, read as "unknown" rather than as a frame_no.
-    pub fn encode(self) -> [u8; DB_HEADER_MARK_SIZE] {
+    /// The largest frame_no a mark holds (48 bits: the 20 bytes SQLite leaves us hold
+    /// lineage and chain too). At 4 KiB a frame that is an exabyte of writes.
+    pub const FRAME_NO_MAX: u64 = (1 << 48) - 1;
+
+    /// frame_no (u48 at 0..6), db_pages (u32 at 6..10), lineage (u32 at 10..14), chain (u32
+    /// at 14..18), check (u16 at 18..20) = the low 16 bits of crc32c_append(crc32c("LSQLMARK"),
+    /// bytes 0..18). The check makes bytes some other tool left there, or a torn write, read
+    /// as "unknown" rather than as a frame_no. `None` past [`CheckpointMark::FRAME_NO_MAX`].
+    pub fn encode(self) -> Option<[u8; DB_HEADER_MARK_SIZE]> {
+        if self.frame_no > Self::FRAME_NO_MAX {
+            return None;
+        }
         let mut mark = [0u8; DB_HEADER_MARK_SIZE];
-        mark[..8].copy_from_slice(&self.frame_no.to_le_bytes());
-        mark[8..12].copy_from_slice(&self.db_pages.to_le_bytes());
-        let check = crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &mark[..12]);
-        mark[12..].copy_from_slice(&check.to_le_bytes());
-        mark
+        mark[..6].copy_from_slice(&self.frame_no.to_le_bytes()[..6]);
+        mark[6..10].copy_from_slice(&self.db_pages.to_le_bytes());
+        mark[10..14].copy_from_slice(&self.lineage.to_le_bytes());
+        mark[14..18].copy_from_slice(&self.chain.to_le_bytes());
+        let check = mark_check(&mark[..18]);
+        mark[18..].copy_from_slice(&check.to_le_bytes());
+        Some(mark)
     }
 
     /// `Some(default)` for no mark at all (zeros, as SQLite leaves the bytes), `None` when
     /// the bytes are not a valid mark: then nobody knows how far checkpoints got, and
     /// recovery trusts only the segments.
     pub fn decode(bytes: &[u8]) -> Option<CheckpointMark> {
-        let bytes = &bytes[..DB_HEADER_MARK_SIZE];
+        let bytes = bytes.get(..DB_HEADER_MARK_SIZE)?;
         if bytes.iter().all(|&b| b == 0) {
             return Some(CheckpointMark::default());
         }
-        let mark = CheckpointMark {
-            frame_no: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
-            db_pages: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
-        };
-        (bytes == mark.encode()).then_some(mark)
+        if u16::from_le_bytes([bytes[18], bytes[19]]) != mark_check(&bytes[..18]) {
+            return None;
+        }
+        let mut frame_no = [0u8; 8];
+        frame_no[..6].copy_from_slice(&bytes[..6]);
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        Some(CheckpointMark {
+            frame_no: u64::from_le_bytes(frame_no),
+            db_pages: u32_at(6),
+            lineage: u32_at(10),
+            chain: u32_at(14),
+        })
     }
+}
+
+fn mark_check(bytes: &[u8]) -> u16 {
+    crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), bytes) as u16
+}
+
+/// The seed of a segment's frame checksum chain: its random salt, then the chain value it
+/// continues from (the checksum of the frame before its first, as the previous segment, the
+/// database file's mark or a snapshot holds it). So a frame's checksum vouches for the whole
+/// history before it, across segment and object boundaries: a segment of another history
+/// never continues this one, whatever its frame numbers.
+pub fn chain_seed(salt: u32, prev_chain: u32) -> u32 {
+    crc32c::crc32c_append(salt, &prev_chain.to_le_bytes())
 }
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -77,12 +113,16 @@ pub struct SegmentHeader {
     pub page_size: U32,
     /// frame_no of the first frame in this segment.
     pub start_frame_no: U64,
-    /// Random per segment: the seed of the checksum chain, so frames left over from an older
-    /// file at the same place can never chain onto this one.
+    /// Random per segment: seeds the checksums (with `prev_chain`, see [`chain_seed`]), so
+    /// frames left over from an older file at the same place can never chain onto this one.
     pub salt: U32,
-    pub reserved0: U32,
+    /// The history this segment belongs to: random when a database's first log starts it,
+    /// then carried by every segment, snapshot and checkpoint mark of that history.
+    pub lineage: U32,
     pub created_unix_ms: U64,
-    pub reserved1: [u8; 20],
+    /// The chain value at `start_frame_no - 1`: the checksum of the history's previous frame.
+    pub prev_chain: U32,
+    pub reserved1: [u8; 16],
     /// crc32c of bytes 0..60.
     pub checksum: U32,
 }
@@ -131,16 +171,17 @@ const _: () = assert!(size_of::<IndexEntry>() == INDEX_ENTRY_SIZE);
 const _: () = assert!(size_of::<SealTrailer>() == SEAL_TRAILER_SIZE);
 
 impl SegmentHeader {
-    pub fn new(start_frame_no: u64, salt: u32, created_unix_ms: u64) -> Self {
+    pub fn new(start_frame_no: u64, salt: u32, created_unix_ms: u64, lineage: u32, prev_chain: u32) -> Self {
         let mut header = SegmentHeader {
             magic: SEGMENT_MAGIC.into(),
             version: FORMAT_VERSION.into(),
             page_size: (PAGE_SIZE as u32).into(),
             start_frame_no: start_frame_no.into(),
             salt: salt.into(),
-            reserved0: 0.into(),
+            lineage: lineage.into(),
             created_unix_ms: created_unix_ms.into(),
-            reserved1: [0; 20],
+            prev_chain: prev_chain.into(),
+            reserved1: [0; 16],
             checksum: 0.into(),
         };
         header.checksum = header.computed_checksum().into();
@@ -170,6 +211,9 @@ impl SegmentHeader {
         }
         if self.start_frame_no.get() == 0 {
             return Some("segment starts at frame_no 0".into());
+        }
+        if self.start_frame_no.get() > CheckpointMark::FRAME_NO_MAX {
+            return Some(format!("segment starts at frame_no {}, past 2^48", self.start_frame_no.get()));
         }
         None
     }
@@ -214,9 +258,12 @@ pub struct SnapshotHeader {
     pub page_size: U32,
     pub frame_no: U64,
     pub db_pages: U32,
-    pub reserved0: U32,
+    /// The history the snapshot is a state of (see [`SegmentHeader::lineage`]).
+    pub lineage: U32,
     pub taken_unix_ms: U64,
-    pub reserved1: [u8; 20],
+    /// The chain value at `frame_no`: the next segment continues from it.
+    pub chain: U32,
+    pub reserved1: [u8; 16],
     /// crc32c of bytes 0..60.
     pub checksum: U32,
 }
@@ -235,16 +282,17 @@ const _: () = assert!(size_of::<SnapshotHeader>() == SNAPSHOT_HEADER_SIZE);
 const _: () = assert!(size_of::<SnapshotTrailer>() == SNAPSHOT_TRAILER_SIZE);
 
 impl SnapshotHeader {
-    pub fn new(frame_no: u64, db_pages: u32, taken_unix_ms: u64) -> Self {
+    pub fn new(frame_no: u64, db_pages: u32, taken_unix_ms: u64, lineage: u32, chain: u32) -> Self {
         let mut header = SnapshotHeader {
             magic: SNAPSHOT_MAGIC.into(),
             version: FORMAT_VERSION.into(),
             page_size: (PAGE_SIZE as u32).into(),
             frame_no: frame_no.into(),
             db_pages: db_pages.into(),
-            reserved0: 0.into(),
+            lineage: lineage.into(),
             taken_unix_ms: taken_unix_ms.into(),
-            reserved1: [0; 20],
+            chain: chain.into(),
+            reserved1: [0; 16],
             checksum: 0.into(),
         };
         header.checksum = crc32c::crc32c(&header.as_bytes()[..SNAPSHOT_HEADER_SIZE - 4]).into();
@@ -330,15 +378,19 @@ mod tests {
     /// The bytes FORMAT.md documents, field by field. If this fails, fix the doc too.
     #[test]
     fn golden_bytes_match_format_md() {
-        let header = SegmentHeader::new(0x0102, 0xAABBCCDD, 7);
+        let header = SegmentHeader::new(0x0102, 0xAABBCCDD, 7, 0x11223344, 0x55667788);
         let b = header.as_bytes();
         assert_eq!(&b[0..8], b"LSQLWSEG");
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(&b[12..16], &4096u32.to_le_bytes());
         assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[24..28], &[0xDD, 0xCC, 0xBB, 0xAA]);
+        assert_eq!(&b[28..32], &0x11223344u32.to_le_bytes());
         assert_eq!(&b[32..40], &7u64.to_le_bytes());
+        assert_eq!(&b[40..44], &0x55667788u32.to_le_bytes());
+        assert_eq!(&b[44..60], &[0; 16]);
         assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
+        assert_eq!(chain_seed(0xAABBCCDD, 0x55667788), crc32c::crc32c_append(0xAABBCCDD, &[0x88, 0x77, 0x66, 0x55]));
         assert!(header.problem().is_none());
 
         let frame = FrameHeader::new(3, 9, 0x10);
@@ -375,26 +427,36 @@ mod tests {
         assert_eq!(&t[40..44], &6u32.to_le_bytes());
         assert_eq!(&t[44..48], &crc32c::crc32c_append(42, &t[..44]).to_le_bytes());
 
-        let mark = CheckpointMark { frame_no: 77, db_pages: 5 };
-        let m = mark.encode();
-        assert_eq!(&m[..8], &77u64.to_le_bytes());
-        assert_eq!(&m[8..12], &5u32.to_le_bytes());
-        assert_eq!(&m[12..], &crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &m[..12]).to_le_bytes());
+        let mark = CheckpointMark { frame_no: 0x0605_0403_0201, db_pages: 5, lineage: 0xA1B2C3D4, chain: 9 };
+        let m = mark.encode().unwrap();
+        assert_eq!(m.len(), 20);
+        assert_eq!(&m[..6], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&m[6..10], &5u32.to_le_bytes());
+        assert_eq!(&m[10..14], &0xA1B2C3D4u32.to_le_bytes());
+        assert_eq!(&m[14..18], &9u32.to_le_bytes());
+        let check = crc32c::crc32c_append(crc32c::crc32c(b"LSQLMARK"), &m[..18]) as u16;
+        assert_eq!(&m[18..], &check.to_le_bytes());
         assert_eq!(CheckpointMark::decode(&m), Some(mark));
-        assert_eq!(CheckpointMark::decode(&[0; 16]), Some(CheckpointMark::default()), "zeros: no checkpoint yet");
-        assert_eq!(CheckpointMark::decode(&[0xAB; 16]), None, "foreign or torn bytes are no mark");
+        assert_eq!(CheckpointMark::decode(&[0; 20]), Some(CheckpointMark::default()), "zeros: no checkpoint yet");
+        assert_eq!(CheckpointMark::decode(&[0xAB; 20]), None, "foreign or torn bytes are no mark");
+        let mut torn = m;
+        torn[3] ^= 1;
+        assert_eq!(CheckpointMark::decode(&torn), None);
+        assert!(CheckpointMark { frame_no: 1 << 48, ..mark }.encode().is_none(), "past 48 bits: refused, never cut");
     }
 
     #[test]
     fn snapshot_and_durable_record_bytes_match_format_md() {
-        let header = SnapshotHeader::new(0x0102, 3, 9);
+        let header = SnapshotHeader::new(0x0102, 3, 9, 0x0A0B0C0D, 0x01020304);
         let b = header.as_bytes();
         assert_eq!(&b[0..8], b"LSQLSNAP");
-        assert_eq!(&b[8..12], &1u32.to_le_bytes());
+        assert_eq!(&b[8..12], &2u32.to_le_bytes());
         assert_eq!(&b[12..16], &4096u32.to_le_bytes());
         assert_eq!(&b[16..24], &0x0102u64.to_le_bytes());
         assert_eq!(&b[24..28], &3u32.to_le_bytes());
+        assert_eq!(&b[28..32], &0x0A0B0C0Du32.to_le_bytes());
         assert_eq!(&b[32..40], &9u64.to_le_bytes());
+        assert_eq!(&b[40..44], &0x01020304u32.to_le_bytes());
         assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
         assert!(header.problem().is_none());
         let trailer =
@@ -417,10 +479,14 @@ mod tests {
 
     #[test]
     fn damaged_header_is_refused_with_a_reason() {
-        let mut header = SegmentHeader::new(1, 5, 0);
-        header.version = 2.into();
+        let mut header = SegmentHeader::new(1, 5, 0, 1, 1);
+        header.version = 3.into();
         assert!(header.problem().unwrap().contains("checksum"));
         header.checksum = header.computed_checksum().into();
-        assert!(header.problem().unwrap().contains("version 2"));
+        assert!(header.problem().unwrap().contains("version 3"));
+        // Frame numbers from a file are bounded before any arithmetic on them.
+        let far = SegmentHeader::new(CheckpointMark::FRAME_NO_MAX + 1, 5, 0, 1, 1);
+        assert!(far.problem().unwrap().contains("past 2^48"));
+        assert!(SegmentHeader::new(CheckpointMark::FRAME_NO_MAX, 5, 0, 1, 1).problem().is_none());
     }
 }

@@ -41,6 +41,9 @@ pub trait IoFile: Send + Sync {
 pub trait Io: Send + Sync + 'static {
     /// Opens `path` for reading and writing, creating it if `create`.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>>;
+    /// Opens an existing `path` for reading only: what inspects (`verify`, recovery's first
+    /// look at a file) never holds a file open for writing.
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
@@ -134,6 +137,9 @@ impl Io for StdIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
         let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
         Ok(Box::new(StdFile(file)))
+    }
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        Ok(Box::new(StdFile(File::open(path)?)))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         std::fs::create_dir_all(path)

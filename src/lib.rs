@@ -40,6 +40,6 @@ pub use registry::{
 };
 pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
 pub use storage::durability::{DurabilityInfo, StorageBinding};
-pub use storage::restore::{RestoreReport, restore};
+pub use storage::restore::{RestoreOptions, RestoreReport, restore, restore_with};
 pub use storage::{Storage, StorageConfig};
 pub use wal::{LibsqlWal, LibsqlWalManager, namespace_of};

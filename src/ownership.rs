@@ -46,8 +46,13 @@ pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
 /// 4096, and returns the checkpoint mark (see `CheckpointMark::decode`).
 pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<CheckpointMark>> {
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
-    if len < 100 {
+    if len == 0 {
         return Ok(Some(CheckpointMark::default()));
+    }
+    if len < 100 {
+        // SQLite writes whole pages: a non-empty file shorter than its header is no database.
+        let reason = format!("not a SQLite database ({len} bytes, shorter than a database header)");
+        return Err(Error::CannotOpen { path: db_path.into(), reason });
     }
     let mut header = [0u8; 100];
     db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
@@ -124,7 +129,8 @@ impl IoFile for Ownership {
 /// taken first, before anything is created: a process refused leaves no trace.
 pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir_of(db_path);
-    let db_lock = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+    // Read-only: the handle only carries the lock.
+    let db_lock = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
     if !db_lock.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir });
     }

@@ -41,7 +41,16 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub start_frame_no: u64,
     pub salt: u32,
+    /// The history this segment belongs to (`SegmentHeader::lineage`).
+    pub lineage: u32,
+    /// The chain value this segment continues from: the checksum of frame
+    /// `start_frame_no - 1` of its history.
+    pub prev_chain: u32,
+    /// The seed of its frame checksums: `chain_seed(salt, prev_chain)`.
+    seed: u32,
     pub created_unix_ms: u64,
+    /// The sealed index on disk was damaged and rebuilt from the frames (reported by verify).
+    pub index_rebuilt: bool,
     file: Box<dyn IoFile>,
     /// page_no → positions (0-based) of its frames in this segment, ascending.
     index: RwLock<PageIndex>,
@@ -60,7 +69,7 @@ pub(crate) struct Segment {
 struct AppendState {
     /// Frames in the file, committed or not.
     frames: u32,
-    /// Checksum of the last frame in the file (the salt when there is none).
+    /// Checksum of the last frame in the file (the seed when there is none).
     last_checksum: u32,
     /// Frames of committed transactions. Monotonic: a rollback only drops frames past it.
     committed_frames: u32,
@@ -76,6 +85,9 @@ struct AppendState {
     /// rollback must make its removal durable, or a crash could bring the commit back.
     unfinished_commit: bool,
     sealed: bool,
+    /// A failed seal could not be cut back: the file ends with index and trailer bytes that
+    /// new frames might not cover. Nothing more is appended to it.
+    broken: bool,
 }
 
 /// What a scan of a segment found: the number of valid frames up to the last commit.
@@ -110,13 +122,17 @@ impl Segment {
     /// Creates an empty segment starting at `start_frame_no`. Nothing is synced: until the
     /// segment's first sync (a FULL commit, or its seal) its header may be lost or torn by a
     /// power cut, and recovery then takes it, and every later segment, as never written
-    /// (see `shared::recover_segments`). A FULL commit syncs the file and its directory
+    /// (see `shared::plan_recovery`). A FULL commit syncs the file and its directory
     /// entry before it returns (`SharedWal::make_durable_through`).
-    pub fn create(io: &dyn Io, dir: &Path, start_frame_no: u64) -> Result<Segment> {
+    ///
+    /// `lineage` and `prev_chain` place it in its history: the chain value it continues from
+    /// is the checksum of the frame before its first (see `format::chain_seed`).
+    pub fn create(io: &dyn Io, dir: &Path, start_frame_no: u64, lineage: u32, prev_chain: u32) -> Result<Segment> {
         let path = dir.join(segment_file_name(start_frame_no));
         let salt = io.random_u32();
+        let seed = chain_seed(salt, prev_chain);
         let created_unix_ms = io.now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let header = SegmentHeader::new(start_frame_no, salt, created_unix_ms);
+        let header = SegmentHeader::new(start_frame_no, salt, created_unix_ms, lineage, prev_chain);
         let file = io.open(&path, true).map_err(Error::io("creating", &path))?;
         file.set_len(0).map_err(Error::io("truncating", &path))?;
         file.write_all_at(header.as_bytes(), 0).map_err(Error::io("writing", &path))?;
@@ -124,19 +140,24 @@ impl Segment {
             path,
             start_frame_no,
             salt,
+            lineage,
+            prev_chain,
+            seed,
             created_unix_ms,
+            index_rebuilt: false,
             file,
             index: RwLock::new(PageIndex::default()),
             state: Mutex::new(AppendState {
                 frames: 0,
-                last_checksum: salt,
+                last_checksum: seed,
                 committed_frames: 0,
-                committed_checksum: salt,
+                committed_checksum: seed,
                 committed_size_after: 0,
                 recompute_from: None,
                 file_len: SEGMENT_HEADER_SIZE as u64,
                 unfinished_commit: false,
                 sealed: false,
+                broken: false,
             }),
             frames_unsynced: AtomicBool::new(true),
             entry_durable: AtomicBool::new(false),
@@ -234,6 +255,17 @@ impl Segment {
     /// this is left exactly as it was found.
     pub fn open_verified(io: &dyn Io, path: &Path, sealed_required: bool) -> Result<Segment> {
         let file = io.open(path, false).map_err(Error::io("opening", path))?;
+        Segment::verify_file(file, path, sealed_required)
+    }
+
+    /// [`Segment::open_verified`] on a file opened for reading only (`verify`): the result
+    /// must never be written, sealed or cut.
+    pub fn open_read_only(io: &dyn Io, path: &Path) -> Result<Segment> {
+        let file = io.open_read_only(path).map_err(Error::io("opening", path))?;
+        Segment::verify_file(file, path, false)
+    }
+
+    fn verify_file(file: Box<dyn IoFile>, path: &Path, sealed_required: bool) -> Result<Segment> {
         let len = file.size().map_err(Error::io("reading", path))?;
         if len < SEGMENT_HEADER_SIZE as u64 {
             return Err(Error::corrupt(path, format!("segment file of {len} bytes has no header")));
@@ -253,18 +285,22 @@ impl Segment {
         }
         let start_frame_no = header.start_frame_no.get();
         let salt = header.salt.get();
+        let seed = chain_seed(salt, header.prev_chain.get());
         let trailer = read_trailer(file.as_ref(), len, salt);
+        if trailer.is_none()
+            && let Some(damage) = trailer_damage(file.as_ref(), len, &header)
+        {
+            return Err(Error::corrupt(path, damage));
+        }
         let frames_in_file = match &trailer {
-            Some(t) => {
-                let frames = t.last_frame_no.get().checked_sub(start_frame_no).map(|n| n + 1);
-                match frames {
-                    Some(n) if t.index_offset.get() == frame_offset(n as u32) => n as u32,
-                    _ => return Err(Error::corrupt(path, "seal trailer does not match the frames")),
-                }
-            }
-            None => ((len - SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64) as u32,
+            Some(t) => match sealed_frames(t, start_frame_no) {
+                Some(n) => n,
+                None => return Err(Error::corrupt(path, "seal trailer does not match the frames")),
+            },
+            None => whole_frames(len),
         };
-        let scan = scan_frames(file.as_ref(), path, start_frame_no, salt, frames_in_file)?;
+        let scan = scan_frames(file.as_ref(), path, start_frame_no, seed, frames_in_file)?;
+        let mut index_rebuilt = false;
         if let Some(t) = &trailer {
             if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
                 return Err(Error::corrupt(
@@ -275,7 +311,7 @@ impl Segment {
                     ),
                 ));
             }
-            verify_sealed_index(file.as_ref(), path, t, salt, &scan.index);
+            index_rebuilt = !verify_sealed_index(file.as_ref(), len, path, t, salt, &scan.index);
         } else if sealed_required {
             return Err(Error::corrupt(path, "the segment is not sealed"));
         }
@@ -285,7 +321,11 @@ impl Segment {
             path: path.to_path_buf(),
             start_frame_no,
             salt,
+            lineage: header.lineage.get(),
+            prev_chain: header.prev_chain.get(),
+            seed,
             created_unix_ms: header.created_unix_ms.get(),
+            index_rebuilt,
             file,
             index: RwLock::new(scan.index),
             state: Mutex::new(AppendState {
@@ -298,6 +338,7 @@ impl Segment {
                 file_len,
                 unfinished_commit: false,
                 sealed,
+                broken: false,
             }),
             frames_unsynced: AtomicBool::new(!sealed),
             entry_durable: AtomicBool::new(false),
@@ -316,6 +357,13 @@ impl Segment {
         self.state().committed_frames
     }
 
+    /// Is everything after the last commit frame zeros (preallocated, never written)? What an
+    /// open would cut is then no lost transaction.
+    pub fn zeros_after_commits(&self) -> bool {
+        let (keep, len) = (frame_offset(self.committed_frames()), self.file_len());
+        zeros_from(self.file.as_ref(), &self.path, keep, len).unwrap_or(false)
+    }
+
     /// Frames in the file, including those of an open transaction.
     pub fn frames(&self) -> u32 {
         self.state().frames
@@ -329,6 +377,31 @@ impl Segment {
     /// frame_no of the last committed frame, or `start_frame_no - 1` when empty.
     pub fn last_committed_frame_no(&self) -> u64 {
         self.start_frame_no + self.committed_frames() as u64 - 1
+    }
+
+    /// The chain value at the last committed frame (`prev_chain` when there is none): what
+    /// the next segment continues from.
+    pub fn end_chain(&self) -> u32 {
+        let state = self.state();
+        if state.committed_frames == 0 { self.prev_chain } else { state.committed_checksum }
+    }
+
+    /// The chain value at `frame_no` (from `start_frame_no - 1` to the last committed
+    /// frame): `prev_chain`, or that frame's checksum as the file holds it.
+    pub fn chain_at(&self, frame_no: u64) -> Result<u32> {
+        let committed = self.committed_frames() as u64;
+        match frame_no.checked_sub(self.start_frame_no) {
+            None if frame_no + 1 == self.start_frame_no => Ok(self.prev_chain),
+            Some(position) if position < committed => self.frame_checksum(position as u32),
+            _ => Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "frame_no {frame_no} is outside the segment's frames {}..={}",
+                    self.start_frame_no,
+                    self.start_frame_no + committed - 1
+                ),
+            )),
+        }
     }
 
     pub fn file_len(&self) -> u64 {
@@ -376,6 +449,11 @@ impl Segment {
     pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
+        if state.broken {
+            let reason =
+                "a failed seal could not be cut back: no more frames go into this segment until the log is reopened";
+            return Err(Error::corrupt(&self.path, reason));
+        }
         self.frames_unsynced.store(true, Ordering::SeqCst);
         let mut appended: Vec<(u32, &[u8], u32)> = Vec::with_capacity(pages.len());
         for (i, &(page_no, data)) in pages.iter().enumerate() {
@@ -436,7 +514,7 @@ impl Segment {
 
     /// Recomputes the checksum chain of frames `from..end` after in-place rewrites.
     fn rechain(&self, from: u32, end: u32) -> Result<u32> {
-        let mut checksum = if from == 0 { self.salt } else { self.frame_checksum(from - 1)? };
+        let mut checksum = if from == 0 { self.seed } else { self.frame_checksum(from - 1)? };
         let mut frame = vec![0u8; FRAME_SIZE];
         for pos in from..end {
             self.read_frame_raw(pos, &mut frame)?;
@@ -517,7 +595,7 @@ impl Segment {
         state.recompute_from = state.recompute_from.filter(|&p| p < keep);
         // The chain at `keep` is stale if a kept frame was rewritten; the commit recomputes
         // it (recompute_from), and here we only need the last stored checksum.
-        state.last_checksum = if keep == 0 { self.salt } else { self.frame_checksum(keep - 1)? };
+        state.last_checksum = if keep == 0 { self.seed } else { self.frame_checksum(keep - 1)? };
         // Cut the file so no dropped frame can ever be mistaken for part of the log.
         self.file.set_len(frame_offset(keep)).map_err(Error::io("truncating", &self.path))?;
         state.file_len = frame_offset(keep);
@@ -578,9 +656,16 @@ impl Segment {
             .and_then(|()| self.sync());
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
-            // of the file would claim a seal that no longer matches: cut both off.
-            let _ = self.file.set_len(index_offset);
-            state.file_len = index_offset;
+            // of the file would claim a seal that no longer matches: cut both off. If even
+            // that fails, the file ends with a trailer that later frames would not reach
+            // past: the segment takes no more frames (until recovery reads it again).
+            match self.file.set_len(index_offset) {
+                Ok(()) => state.file_len = index_offset,
+                Err(cut) => {
+                    tracing::error!(path = %self.path.display(), "could not cut a failed seal back: {cut}");
+                    state.broken = true;
+                }
+            }
             return Err(e);
         }
         state.file_len = end;
@@ -629,10 +714,21 @@ fn read_trailer(file: &dyn IoFile, len: u64, salt: u32) -> Option<SealTrailer> {
 
 /// The on-disk index is a convenience for tools; the frames are the truth. A damaged index
 /// is reported and the index rebuilt from the (verified) frames is used instead.
-fn verify_sealed_index(file: &dyn IoFile, path: &Path, trailer: &SealTrailer, salt: u32, rebuilt: &PageIndex) -> bool {
+fn verify_sealed_index(
+    file: &dyn IoFile,
+    len: u64,
+    path: &Path,
+    trailer: &SealTrailer,
+    salt: u32,
+    rebuilt: &PageIndex,
+) -> bool {
     let count = trailer.index_entry_count.get() as usize;
-    let mut bytes = vec![0u8; count * INDEX_ENTRY_SIZE];
-    let ok = file.read_exact_at(&mut bytes, trailer.index_offset.get()).is_ok()
+    // The count comes from the file: never allocate more than the file can hold.
+    let fits =
+        trailer.index_offset.get().checked_add((count * INDEX_ENTRY_SIZE + SEAL_TRAILER_SIZE) as u64) == Some(len);
+    let mut bytes = vec![0u8; if fits { count * INDEX_ENTRY_SIZE } else { 0 }];
+    let ok = fits
+        && file.read_exact_at(&mut bytes, trailer.index_offset.get()).is_ok()
         && crc32c::crc32c_append(salt, &bytes) == trailer.index_checksum.get()
         && count == rebuilt.len()
         && <[IndexEntry]>::ref_from_bytes(&bytes).is_ok_and(|entries| {
@@ -644,25 +740,10 @@ fn verify_sealed_index(file: &dyn IoFile, path: &Path, trailer: &SealTrailer, sa
     ok
 }
 
-/// What a read-only check of one segment file found (`libsql-wal verify`).
-#[derive(Debug, Clone)]
-pub struct SegmentCheck {
-    pub start_frame_no: u64,
-    /// Committed frames that passed every check.
-    pub valid_frames: u32,
-    /// frame_no of the last valid commit frame (start − 1 when none).
-    pub last_frame_no: u64,
-    pub sealed: bool,
-    /// Damage that loses or refuses data: a bad header or a bad frame in a sealed segment.
-    pub errors: Vec<String>,
-    /// Damage recovery repairs by itself: a torn tail, a damaged index.
-    pub warnings: Vec<String>,
-}
-
 /// Opens a segment file and reads its header: the file, its length, and the header unless
 /// the file is shorter than one.
 fn read_header(io: &dyn Io, path: &Path) -> Result<(Box<dyn IoFile>, u64, Option<SegmentHeader>)> {
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let file = io.open_read_only(path).map_err(Error::io("opening", path))?;
     let len = file.size().map_err(Error::io("reading", path))?;
     if len < SEGMENT_HEADER_SIZE as u64 {
         return Ok((file, len, None));
@@ -674,85 +755,100 @@ fn read_header(io: &dyn Io, path: &Path) -> Result<(Box<dyn IoFile>, u64, Option
 }
 
 /// Was this segment's creation cut short by a power cut: a file shorter than a header, or a
-/// header whose checksum field was never written (zero) and that does not check out? A
-/// header is synced only with the segment's first sync (see [`Segment::create`]), so a
-/// crash before it can leave it missing or torn; nothing in such a segment was ever
-/// promised durable. Any other bad header is damage, and refused.
+/// header whose checksum field was never written (zero) and that does not check out, with
+/// nothing in the file showing it was ever synced? A header is synced only with the
+/// segment's first sync (see [`Segment::create`]), so a crash before that can leave it
+/// missing or torn, and nothing in such a segment was ever promised durable. But a seal
+/// trailer (valid or damaged) or a frame that checks out against the header's fields
+/// proves the header was written whole: then the header is damage, and refused.
 pub(crate) fn creation_cut_short(io: &dyn Io, path: &Path) -> Result<bool> {
-    Ok(match read_header(io, path)? {
-        (_, _, None) => true,
-        (_, _, Some(header)) => header.checksum.get() == 0 && header.problem().is_some(),
+    let (file, len, header) = read_header(io, path)?;
+    let Some(header) = header else { return Ok(true) };
+    if header.checksum.get() != 0 || header.problem().is_none() {
+        return Ok(false);
+    }
+    let salt = header.salt.get();
+    let written_after = read_trailer(file.as_ref(), len, salt).is_some()
+        || trailer_damage(file.as_ref(), len, &header).is_some()
+        || first_frame_checks_out(file.as_ref(), len, &header);
+    Ok(!written_after)
+}
+
+/// Does frame 0 check out against the header's start and chain seed (the header's fields
+/// were written, whatever its checksum says)?
+fn first_frame_checks_out(file: &dyn IoFile, len: u64, header: &SegmentHeader) -> bool {
+    if len < frame_offset(1) {
+        return false;
+    }
+    let mut frame = vec![0u8; FRAME_SIZE];
+    if file.read_exact_at(&mut frame, frame_offset(0)).is_err() {
+        return false;
+    }
+    let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
+    let frame_header = FrameHeader::read_from_bytes(head).expect("exact size");
+    let seed = chain_seed(header.salt.get(), header.prev_chain.get());
+    frame_header.frame_no.get() == header.start_frame_no.get()
+        && frame_header.page_no.get() != 0
+        && frame_header.chained_checksum(seed, page) == frame_header.checksum.get()
+}
+
+/// Frames a valid trailer says the segment holds, if that agrees with where its index starts.
+fn sealed_frames(trailer: &SealTrailer, start_frame_no: u64) -> Option<u32> {
+    let frames = trailer.last_frame_no.get().checked_sub(start_frame_no)?.checked_add(1)?;
+    let frames = u32::try_from(frames).ok()?;
+    (trailer.index_offset.get() == frame_offset(frames)).then_some(frames)
+}
+
+/// Whole frames a file of `len` bytes has room for past its header.
+fn whole_frames(len: u64) -> u32 {
+    let frames = len.saturating_sub(SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64;
+    frames.min(u32::MAX as u64) as u32
+}
+
+/// Is there a *damaged* seal trailer at the end of the file (one that fails its checksum,
+/// yet is laid out as a whole trailer of this segment)? A seal cut short by a crash never
+/// looks like that: its write keeps only a prefix, so the trailer's last bytes (the
+/// checksum) are zeros or missing, and the file ends elsewhere. Damage found there means
+/// the segment was sealed, so synced: it is refused, never cut or resealed.
+fn trailer_damage(file: &dyn IoFile, len: u64, header: &SegmentHeader) -> Option<String> {
+    if len < (SEGMENT_HEADER_SIZE + SEAL_TRAILER_SIZE) as u64 {
+        return None;
+    }
+    let mut bytes = [0u8; SEAL_TRAILER_SIZE];
+    file.read_exact_at(&mut bytes, len - SEAL_TRAILER_SIZE as u64).ok()?;
+    let trailer = SealTrailer::read_from_bytes(&bytes).expect("exact size");
+    if trailer.checksum.get() == 0 {
+        return None;
+    }
+    let start = header.start_frame_no.get();
+    let index_end = |t: &SealTrailer| {
+        t.index_offset
+            .get()
+            .checked_add(t.index_entry_count.get() as u64 * INDEX_ENTRY_SIZE as u64 + SEAL_TRAILER_SIZE as u64)
+    };
+    // One damaged byte spoils one field: two that agree with the segment show a trailer.
+    let signs = [
+        trailer.magic.get() == SEAL_MAGIC,
+        trailer.start_frame_no.get() == start,
+        sealed_frames(&trailer, start).is_some(),
+        index_end(&trailer) == Some(len),
+    ];
+    (signs.iter().filter(|&&s| s).count() >= 2).then(|| {
+        "the seal trailer is damaged (checksum mismatch): the segment was sealed, so this is not a crash".into()
     })
 }
 
-/// Does this file hold a valid header and a seal trailer? Recovery asks before removing
-/// segments past the end of a log: a sealed one was durable, so finding one there is damage.
+/// Does this file hold a valid header and a seal trailer (or a damaged one)? Recovery asks
+/// before removing segments past the end of a log: a sealed one was durable, so finding one
+/// there is damage.
 pub(crate) fn is_sealed_file(io: &dyn Io, path: &Path) -> Result<bool> {
     Ok(match read_header(io, path)? {
-        (file, len, Some(header)) if header.problem().is_none() => {
+        (file, len, Some(header)) if header.magic.get() == SEGMENT_MAGIC => {
             read_trailer(file.as_ref(), len, header.salt.get()).is_some()
+                || trailer_damage(file.as_ref(), len, &header).is_some()
         }
         _ => false,
     })
-}
-
-/// Checks a segment file without changing it: header, every frame's checksum chain, the
-/// seal trailer and the index.
-pub(crate) fn check_segment(io: &dyn Io, path: &Path) -> Result<SegmentCheck> {
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
-    let len = file.size().map_err(Error::io("reading", path))?;
-    let mut check = SegmentCheck {
-        start_frame_no: 0,
-        valid_frames: 0,
-        last_frame_no: 0,
-        sealed: false,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
-    if len < SEGMENT_HEADER_SIZE as u64 || file.read_exact_at(&mut header_bytes, 0).is_err() {
-        check.errors.push(format!("{len} bytes: no header"));
-        return Ok(check);
-    }
-    let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
-    if let Some(problem) = header.problem() {
-        check.errors.push(problem);
-        return Ok(check);
-    }
-    let (start, salt) = (header.start_frame_no.get(), header.salt.get());
-    check.start_frame_no = start;
-    let trailer = read_trailer(file.as_ref(), len, salt);
-    let frames_in_file = match &trailer {
-        Some(t) => (t.last_frame_no.get().saturating_sub(start) + 1) as u32,
-        None => ((len - SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64) as u32,
-    };
-    let scan = scan_frames(file.as_ref(), path, start, salt, frames_in_file)?;
-    check.valid_frames = scan.committed_frames;
-    check.last_frame_no = start + scan.committed_frames as u64 - 1;
-    check.sealed = trailer.is_some();
-    match &trailer {
-        Some(t) => {
-            if t.index_offset.get() != frame_offset(frames_in_file) {
-                check.errors.push("seal trailer does not match the frames".into());
-            } else if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
-                let bad = start + scan.first_bad.unwrap_or(scan.committed_frames) as u64;
-                check.errors.push(format!("bad frame at frame_no {bad} in a sealed segment"));
-            } else if !verify_sealed_index(file.as_ref(), path, t, salt, &scan.index) {
-                check.warnings.push("damaged index (rebuilt from the frames at open)".into());
-            }
-        }
-        None => {
-            let keep = frame_offset(scan.committed_frames);
-            let preallocated = scan.uncommitted_tail == 0 && zeros_from(file.as_ref(), path, keep, len)?;
-            if len > keep && !preallocated {
-                check.warnings.push(format!(
-                    "{} bytes after the last commit frame (a torn or unfinished transaction, cut at open)",
-                    len - keep
-                ));
-            }
-        }
-    }
-    Ok(check)
 }
 
 /// Are bytes `from..len` of `file` all zero (preallocated, never written)?
@@ -776,19 +872,19 @@ fn scan_frames(
     file: &dyn IoFile,
     path: &Path,
     start_frame_no: u64,
-    salt: u32,
+    seed: u32,
     frames_in_file: u32,
 ) -> Result<ScanResult> {
     let mut result = ScanResult {
         committed_frames: 0,
-        committed_checksum: salt,
+        committed_checksum: seed,
         committed_size_after: 0,
         index: PageIndex::default(),
         uncommitted_tail: 0,
         first_bad: None,
     };
     let mut pending: Vec<(u32, u32)> = Vec::new();
-    let mut checksum = salt;
+    let mut checksum = seed;
     let mut buf = vec![0u8; SCAN_BATCH_FRAMES as usize * FRAME_SIZE];
     let mut position = 0u32;
     'scan: while position < frames_in_file {
@@ -846,7 +942,7 @@ mod tests {
     fn preallocated_zeros_are_overwritten_cut_at_recovery_and_at_seal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(segment_file_name(1));
-        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
         let a = page(7);
         for i in 0..3u32 {
             segment.preallocate(1).unwrap();
@@ -854,9 +950,9 @@ mod tests {
             segment.mark_committed(i + 1);
         }
         assert_eq!(segment.file_len(), PREALLOCATE_BYTES, "one step of zeros holds all three frames");
-        let check = check_segment(&StdIo, &path).unwrap();
-        assert!(check.warnings.is_empty() && check.errors.is_empty(), "{check:?}");
-        assert_eq!(check.valid_frames, 3);
+        let check = Segment::open_read_only(&StdIo, &path).unwrap();
+        assert!(check.zeros_after_commits(), "preallocation is no torn transaction");
+        assert_eq!(check.committed_frames(), 3);
         drop(segment);
 
         let recovered = Segment::recover(&StdIo, &path, false).unwrap();
@@ -875,9 +971,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_seal_that_cannot_be_cut_back_takes_no_more_frames() {
+        use crate::faulty::{Fault, FaultyIo, LostWrites};
+        let dir = tempfile::tempdir().unwrap();
+        let io = FaultyIo::new(1, LostWrites::All);
+        let segment = Segment::create(&io, dir.path(), 1, 1, 1).unwrap();
+        segment.write_pages(&[(1, &page(1))], 0, Some(1)).unwrap();
+        segment.mark_committed(1);
+        // The seal: directory sync, index and trailer written, then its sync fails, and so
+        // does the truncate that would take the trailer back.
+        io.arm_run(3, 2, Fault::Fail);
+        assert!(segment.seal(&io).is_err());
+        assert!(!segment.is_sealed());
+        let refused = segment.write_pages(&[(2, &page(2))], 1, Some(2));
+        assert!(refused.is_err(), "frames were appended after a trailer that could not be cut back");
+    }
+
+    #[test]
     fn readers_find_the_newest_version_within_their_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let segment = Segment::create(&StdIo, dir.path(), 10).unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 10, 1, 1).unwrap();
         let (a, b) = (page(1), page(2));
         segment.write_pages(&[(1, &a), (2, &a)], 0, Some(2)).unwrap();
         segment.mark_committed(2);
@@ -894,7 +1007,7 @@ mod tests {
     #[test]
     fn rewritten_pages_are_rechained_and_survive_recovery() {
         let dir = tempfile::tempdir().unwrap();
-        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
         let (a, b, c) = (page(1), page(2), page(3));
         // A spilled transaction rewrites page 1 in place, then commits with page 2.
         segment.write_pages(&[(1, &a), (3, &a)], 0, None).unwrap();
@@ -912,7 +1025,7 @@ mod tests {
     #[test]
     fn uncommitted_frames_are_dropped_by_rollback_and_by_recovery() {
         let dir = tempfile::tempdir().unwrap();
-        let segment = Segment::create(&StdIo, dir.path(), 1).unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
         let a = page(1);
         segment.write_pages(&[(1, &a)], 0, Some(1)).unwrap();
         segment.mark_committed(1);
@@ -933,7 +1046,7 @@ mod tests {
     #[test]
     fn sealed_segment_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let segment = Segment::create(&StdIo, dir.path(), 5).unwrap();
+        let segment = Segment::create(&StdIo, dir.path(), 5, 1, 1).unwrap();
         let (a, b) = (page(1), page(2));
         segment.write_pages(&[(7, &a), (8, &a)], 0, Some(8)).unwrap();
         segment.mark_committed(8);

@@ -80,6 +80,9 @@ struct CommitState {
     readers: BTreeMap<u64, usize>,
     /// Every frame up to this one is in the database file.
     checkpointed_frame_no: u64,
+    /// The chain value at `checkpointed_frame_no` (what the database file's mark holds):
+    /// the first segment after an emptied log continues from it.
+    checkpointed_chain: u32,
     /// Where the log "restarted" in SQLite's terms: the frame counts that
     /// `PRAGMA wal_checkpoint` reports count from here, as SQLite's own WAL would.
     restart_frame_no: u64,
@@ -109,6 +112,9 @@ pub(crate) struct SharedWal {
     db_file: Box<dyn IoFile>,
     lock_file: Mutex<Option<Box<dyn IoFile>>>,
     segments: RwLock<Vec<SegmentRef>>,
+    /// The history this log belongs to (see `format::SegmentHeader::lineage`): fixed at
+    /// open, from the segments, the database file's mark, or new for a new history.
+    lineage: u32,
     commit: Mutex<CommitState>,
     writer: Mutex<Option<u64>>,
     checkpoint_lock: Mutex<()>,
@@ -128,6 +134,11 @@ pub(crate) struct SharedWal {
     closed: AtomicBool,
     /// The durable frame_no and its uploads, when storage is (or once was) configured.
     durability: Option<Arc<Durability>>,
+    /// Set (once, never cleared) when a sync of a segment, the log directory or the database
+    /// file failed: after a failed fsync the kernel may have dropped the dirty pages, so
+    /// nobody knows what is on disk (PostgreSQL's lesson). From then on the log refuses
+    /// writes, seals and checkpoints; reads go on. Only a new log (recovery) clears it.
+    sync_failure: Mutex<Option<String>>,
     /// Set once by the registry: lets `&self` methods start tasks that outlive the call.
     this: OnceLock<Weak<SharedWal>>,
 }
@@ -176,19 +187,24 @@ impl SharedWal {
     ) -> Result<SharedWal> {
         let log_dir = ownership::log_dir_of(db_path);
         let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
-        let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
-        if mark.is_none() {
-            tracing::warn!(db = %db_path.display(), "the checkpoint mark is unreadable (torn?): trusting the segments alone");
-        }
-        let mark_frame_no = mark.map(|m| m.frame_no);
+        // Refuse a file that is not SQLite (or has other pages) before touching anything.
+        ownership::read_db_header(db_file.as_ref(), db_path)?;
         let lock_file = ownership::take(io.as_ref(), db_path)?;
-        let recovered = recover_segments(io.as_ref(), &log_dir, mark_frame_no).and_then(|segments| {
-            let last = last_commit(&segments, mark_frame_no, db_file.as_ref(), db_path)?;
-            check_db_file_length(&segments, mark, &last, db_file.as_ref(), db_path)?;
+        // The mark only now: the previous owner may have checkpointed (and exited) until
+        // the lock was ours, and a stale mark would let frame numbers restart below it.
+        let recovered = ownership::read_db_header(db_file.as_ref(), db_path).and_then(|mark| {
+            if mark.is_none() {
+                tracing::warn!(db = %db_path.display(), "the checkpoint mark is unreadable (torn?): trusting the segments alone");
+            }
+            let plan = plan_recovery(io.as_ref(), &log_dir, mark, false)?;
+            let last = last_commit(&plan.kept, mark, db_file.as_ref(), db_path)?;
+            check_db_file_length(&plan.kept, mark, &last, db_file.as_ref(), db_path)?;
+            let (lineage, chain) = (plan.lineage, plan.base_chain);
+            let segments = carry_out(io.as_ref(), &log_dir, plan)?;
             let durability = Durability::open(&io, &log_dir, storage)?;
-            Ok((segments, last, durability))
+            Ok((segments, last, durability, lineage, chain))
         });
-        let (segments, last, durability) = match recovered {
+        let (segments, last, durability, lineage, checkpointed_chain) = match recovered {
             Ok(recovered) => recovered,
             Err(e) => {
                 let _ = lock_file.unlock();
@@ -210,10 +226,12 @@ impl SharedWal {
             db_file,
             lock_file: Mutex::new(Some(lock_file)),
             segments: RwLock::new(segments),
+            lineage,
             commit: Mutex::new(CommitState {
                 last,
                 readers: BTreeMap::new(),
                 checkpointed_frame_no,
+                checkpointed_chain,
                 restart_frame_no: checkpointed_frame_no,
                 foreground_checkpointed_frame_no: checkpointed_frame_no,
             }),
@@ -227,6 +245,7 @@ impl SharedWal {
             last_checkpoint_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             durability,
+            sync_failure: Mutex::new(None),
             this: OnceLock::new(),
         })
     }
@@ -246,8 +265,26 @@ impl SharedWal {
         self.closed.load(Ordering::SeqCst)
     }
 
-    pub fn checkpointed_frame_no(&self) -> u64 {
-        lock(&self.commit).checkpointed_frame_no
+    /// The checkpointed frame_no and the chain value there (a snapshot's base).
+    pub fn checkpointed(&self) -> (u64, u32) {
+        let commit = lock(&self.commit);
+        (commit.checkpointed_frame_no, commit.checkpointed_chain)
+    }
+
+    pub fn lineage(&self) -> u32 {
+        self.lineage
+    }
+
+    /// The chain value at `frame_no`, if this log can still tell: the checkpointed frame, or
+    /// a committed frame of one of its segments.
+    pub fn chain_at(&self, frame_no: u64) -> Result<Option<u32>> {
+        let (checkpointed, chain) = self.checkpointed();
+        if frame_no == checkpointed {
+            return Ok(Some(chain));
+        }
+        let segments = self.segments();
+        let holder = segments.iter().find(|s| s.start_frame_no <= frame_no && frame_no <= s.last_committed_frame_no());
+        holder.map(|s| s.chain_at(frame_no)).transpose()
     }
 
     /// Reads from the database file (for snapshots: the caller keeps it from changing).
@@ -337,8 +374,31 @@ impl SharedWal {
         (self.checkpoint_errors.load(Ordering::SeqCst), lock(&self.last_checkpoint_error).clone())
     }
 
+    /// Records a failed sync, if `result` is one: the log then refuses writes for good.
+    pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_failed_sync()
+        {
+            let mut failure = lock(&self.sync_failure);
+            if failure.is_none() {
+                tracing::error!(db = %self.db_path.display(), "{e}: the log refuses writes until it is reopened");
+                *failure = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Refuses when an earlier sync failed (see `sync_failure`).
+    fn check_writable(&self) -> Result<()> {
+        match lock(&self.sync_failure).as_ref() {
+            Some(reason) => Err(Error::SyncFailed { path: self.db_path.clone(), reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
     pub fn begin_write(&self, connection_id: u64, snapshot: Snapshot) -> Result<()> {
+        self.check_writable()?;
         let mut writer = lock(&self.writer);
         match *writer {
             Some(id) if id == connection_id => return Ok(()),
@@ -397,8 +457,13 @@ impl SharedWal {
                 }
             }
         }
-        let next_frame_no = lock(&self.commit).last.frame_no + 1;
-        let segment = Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no)?);
+        let (next_frame_no, prev_chain) = {
+            let commit = lock(&self.commit);
+            let newest = self.segments.read().unwrap_or_else(|e| e.into_inner()).first().map(|s| s.end_chain());
+            (commit.last.frame_no + 1, newest.unwrap_or(commit.checkpointed_chain))
+        };
+        let segment =
+            Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no, self.lineage, prev_chain)?);
         self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(0, segment.clone());
         Ok(segment)
     }
@@ -431,6 +496,11 @@ impl SharedWal {
     /// checkpoint and the upload take a prefix of sealed segments. Returns whether any was
     /// sealed.
     fn seal_in_order(&self, current: bool) -> Result<bool> {
+        self.check_writable()?;
+        self.watch(self.seal_in_order_unwatched(current))
+    }
+
+    fn seal_in_order_unwatched(&self, current: bool) -> Result<bool> {
         let segments = self.segments();
         let to_seal: Vec<&SegmentRef> = segments
             .iter()
@@ -460,6 +530,10 @@ impl SharedWal {
     /// lose a commit before it, or the file holding it. Usually nothing to do: one pass
     /// over the list under its read lock.
     pub fn make_durable_through(&self, current: &Segment) -> Result<()> {
+        self.watch(self.make_durable_through_unwatched(current))
+    }
+
+    fn make_durable_through_unwatched(&self, current: &Segment) -> Result<()> {
         let pending: Vec<SegmentRef> = {
             let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
             if segments.iter().all(|s| s.entry_durable() && (std::ptr::eq(s.as_ref(), current) || !s.frames_unsynced()))
@@ -636,8 +710,9 @@ impl SharedWal {
         loop {
             let (ready, blocker) = self.checkpointable_segments();
             if !ready.is_empty() {
-                self.copy_segments(&ready, on_page)?;
-                self.drop_segments(&ready)?;
+                self.check_writable()?;
+                self.watch(self.copy_segments(&ready, on_page))?;
+                self.watch(self.drop_segments(&ready))?;
             }
             let give_up = match blocker {
                 Blocker::None => return Ok(false),
@@ -758,12 +833,16 @@ impl SharedWal {
         self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
         // Only now that the pages are durable may the mark say they are there.
         let frame_no = newest.last_committed_frame_no();
-        let mark = CheckpointMark { frame_no, db_pages: db_size };
-        self.db_file
-            .write_all_at(&mark.encode(), DB_HEADER_MARK_OFFSET)
-            .map_err(Error::io("writing", &self.db_path))?;
+        let chain = newest.end_chain();
+        let mark = CheckpointMark { frame_no, db_pages: db_size, lineage: self.lineage, chain };
+        let mark_bytes = mark.encode().ok_or_else(|| {
+            Error::corrupt(&self.db_path, format!("frame_no {frame_no} is past what a checkpoint mark holds (2^48)"))
+        })?;
+        self.db_file.write_all_at(&mark_bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io("writing", &self.db_path))?;
         self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
-        lock(&self.commit).checkpointed_frame_no = frame_no;
+        let mut commit = lock(&self.commit);
+        commit.checkpointed_frame_no = frame_no;
+        commit.checkpointed_chain = chain;
         Ok(())
     }
 
@@ -923,37 +1002,68 @@ fn page_runs(pages: impl Iterator<Item = (u32, (usize, u32))>) -> impl Iterator<
     })
 }
 
-/// Opens every segment of the log, newest first in the result. Segments wholly covered by
-/// the database file's checkpoint mark are leftovers of an interrupted cleanup: removed.
-/// `mark` is the database file's checkpoint mark; `None` (torn or foreign) means unknown:
-/// then nothing is deleted and the oldest segment may start anywhere.
+/// What recovery found in a log directory, and what it will do about it. Computed without
+/// changing any file ([`plan_recovery`]); `open` then carries it out ([`carry_out`]) and
+/// `verify` only reports it.
+pub(crate) struct RecoveryPlan {
+    /// The log, oldest first, every segment verified.
+    pub kept: Vec<Segment>,
+    /// Segments wholly covered by the database file's checkpoint mark: leftovers of an
+    /// interrupted cleanup, removed.
+    pub covered: Vec<Segment>,
+    /// Files past the end of the log (a power cut lost the end before them), removed, and why.
+    pub cut: Vec<PathBuf>,
+    pub cut_reason: Option<String>,
+    /// The history of the log, and the chain value before its first kept segment.
+    pub lineage: u32,
+    pub base_chain: u32,
+}
+
+/// Reads every segment of the log and decides what recovery keeps, removes and refuses,
+/// changing nothing. `mark` is the database file's checkpoint mark; `None` (torn or foreign)
+/// means unknown: then nothing is taken as covered and the oldest segment may start anywhere.
 ///
 /// The log is a prefix, as SQLite's is: it ends at the first segment whose creation was cut
 /// short, or at a gap in frame numbers before an unsealed segment (a power cut lost the end
 /// of the segment before it, or a whole segment, under `synchronous=NORMAL`). Those files
-/// and every later one are removed: none of their commits was promised durable, since a
-/// FULL commit syncs every segment before its own (`SharedWal::make_durable_through`).
-/// A gap before a *sealed* segment is damage: refused. Full segments a crash left unsealed
-/// are sealed here.
-fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Vec<SegmentRef>> {
+/// and every later one are cut: none of their commits was promised durable, since a FULL
+/// commit syncs every segment before its own (`SharedWal::make_durable_through`). What a
+/// crash cannot leave is refused: a gap before a *sealed* segment, a sealed file past the
+/// end, a segment that does not continue the chain of the one before it (or of the mark),
+/// or any damage inside a segment that was sealed.
+pub(crate) fn plan_recovery(
+    io: &dyn Io,
+    log_dir: &Path,
+    mark: Option<CheckpointMark>,
+    read_only: bool,
+) -> Result<RecoveryPlan> {
     let paths = crate::segment::list_segment_files(io, log_dir)?;
-    let mut segments: Vec<SegmentRef> = Vec::with_capacity(paths.len());
-    let mut end_of_log = paths.len();
+    let mark_frame_no = mark.map(|m| m.frame_no);
+    let mut plan = RecoveryPlan {
+        kept: Vec::new(),
+        covered: Vec::new(),
+        cut: Vec::new(),
+        cut_reason: None,
+        lineage: 0,
+        base_chain: 0,
+    };
     for (i, path) in paths.iter().enumerate() {
         if crate::segment::creation_cut_short(io, path)? {
-            end_of_log = i;
+            plan.cut_reason = Some(format!("the creation of {} was cut short (no complete header)", path.display()));
+            plan.cut = paths[i..].to_vec();
             break;
         }
-        let segment = Segment::open_verified(io, path, false)?;
-        if let Some(mark) = mark
+        let segment =
+            if read_only { Segment::open_read_only(io, path)? } else { Segment::open_verified(io, path, false)? };
+        if let Some(mark) = mark_frame_no
+            && plan.kept.is_empty()
             && segment.committed_frames() > 0
             && segment.last_committed_frame_no() <= mark
         {
-            tracing::info!(path = %path.display(), "removing a segment already in the database file");
-            segment.remove(io)?;
+            plan.covered.push(segment);
             continue;
         }
-        let expected = match (segments.last(), mark) {
+        let expected = match (plan.kept.last(), mark_frame_no) {
             (Some(previous), _) => Some(previous.last_committed_frame_no() + 1),
             (None, Some(mark)) => Some(mark + 1),
             (None, None) => None,
@@ -963,19 +1073,91 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Ve
         {
             if segment.is_sealed() || segment.start_frame_no < expected {
                 let reason = format!(
-                    "segment starts at frame_no {} but the log (or the database file) ends at {}",
+                    "segment starts at frame_no {} but the log (or the database file) ends at {}: frames are missing",
                     segment.start_frame_no,
                     expected - 1
                 );
                 return Err(Error::corrupt(path, reason));
             }
-            end_of_log = i;
+            plan.cut_reason = Some(format!(
+                "{} starts at frame_no {} but the log ends at {}: a power cut lost the end of the log before it",
+                path.display(),
+                segment.start_frame_no,
+                expected - 1
+            ));
+            plan.cut = paths[i..].to_vec();
             break;
         }
-        segments.push(Arc::new(segment));
+        check_continues(&plan, mark, &segment)?;
+        plan.kept.push(segment);
     }
-    // Checked throughout: from here on the files change.
-    cut_log(io, log_dir, &paths[end_of_log..])?;
+    for path in &plan.cut {
+        if crate::segment::is_sealed_file(io, path)? {
+            let first = plan.cut.first().map_or_else(String::new, |p| p.display().to_string());
+            let reason = format!("sealed, but the log ends before it (at {first}): frames are missing");
+            return Err(Error::corrupt(path, reason));
+        }
+    }
+    (plan.lineage, plan.base_chain) = match (plan.kept.first(), mark) {
+        (Some(oldest), _) => (oldest.lineage, oldest.prev_chain),
+        (None, Some(mark)) if mark.lineage != 0 => (mark.lineage, mark.chain),
+        _ => {
+            // A new history: its chain starts from its own lineage.
+            let lineage = io.random_u32().max(1);
+            (lineage, lineage)
+        }
+    };
+    Ok(plan)
+}
+
+/// Refuses a segment that does not continue the history of the one before it (or of the
+/// database file's mark, when it starts right after it): frames of another history, whatever
+/// their numbers. No crash leaves that: a segment is created from its predecessor's last commit.
+fn check_continues(plan: &RecoveryPlan, mark: Option<CheckpointMark>, segment: &Segment) -> Result<()> {
+    let before = match (plan.kept.last(), mark) {
+        (Some(previous), _) => Some((previous.lineage, previous.end_chain(), "the segment before it")),
+        (None, Some(mark)) if mark.lineage != 0 && segment.start_frame_no == mark.frame_no + 1 => {
+            Some((mark.lineage, mark.chain, "the database file's checkpoint mark"))
+        }
+        _ => None,
+    };
+    match before {
+        Some((lineage, chain, what)) if (segment.lineage, segment.prev_chain) != (lineage, chain) => {
+            Err(Error::corrupt(
+                &segment.path,
+                format!(
+                    "does not continue the history of {what} (lineage {:08x}, chain {:08x} expected; it has {:08x}, {:08x}): \
+                 frames of another database",
+                    lineage, chain, segment.lineage, segment.prev_chain
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Carries out a plan: removes covered segments and the files past the end of the log, seals
+/// the full segments a crash left unsealed, cuts the torn end of the newest. Newest first in
+/// the result.
+fn carry_out(io: &dyn Io, log_dir: &Path, plan: RecoveryPlan) -> Result<Vec<SegmentRef>> {
+    for segment in &plan.covered {
+        tracing::info!(path = %segment.path.display(), "removing a segment already in the database file");
+        segment.remove(io)?;
+    }
+    if let Some(first) = plan.cut.first() {
+        tracing::warn!(
+            from = %first.display(),
+            files = plan.cut.len(),
+            "recovery: the log ends before this segment (a power cut lost unsynced commits); removing it and later ones"
+        );
+        for path in &plan.cut {
+            io.remove_file(path).map_err(Error::io("removing", path))?;
+        }
+    }
+    if !plan.covered.is_empty() || !plan.cut.is_empty() {
+        io.sync_dir(log_dir).map_err(Error::io("syncing", log_dir))?;
+    }
+    let mut segments: Vec<SegmentRef> = plan.kept.into_iter().map(Arc::new).collect();
     if let Some((newest, complete)) = segments.split_last() {
         for segment in complete.iter().filter(|s| !s.is_sealed()) {
             segment.seal(io)?;
@@ -986,32 +1168,12 @@ fn recover_segments(io: &dyn Io, log_dir: &Path, mark: Option<u64>) -> Result<Ve
     Ok(segments)
 }
 
-/// Removes the segment files past the end of a log recovered after a power cut.
-fn cut_log(io: &dyn Io, log_dir: &Path, lost: &[PathBuf]) -> Result<()> {
-    let Some(first) = lost.first() else { return Ok(()) };
-    for path in lost {
-        if crate::segment::is_sealed_file(io, path)? {
-            let reason = format!("sealed, but the log ends before it (at {}): frames are missing", first.display());
-            return Err(Error::corrupt(path, reason));
-        }
-    }
-    tracing::warn!(
-        from = %first.display(),
-        files = lost.len(),
-        "recovery: the log ends before this segment (a power cut lost unsynced commits); removing it and later ones"
-    );
-    for path in lost {
-        io.remove_file(path).map_err(Error::io("removing", path))?;
-    }
-    io.sync_dir(log_dir).map_err(Error::io("syncing", log_dir))
-}
-
 /// While a log exists nothing but us writes the database file, so it must hold every page
 /// the log does not: at least what the last checkpoint left (or the database's size, if
 /// smaller). A shorter file lost pages; reading on would give wrong answers (SQLite reads a
 /// missing page as zeros), so refuse with a clear error instead.
 fn check_db_file_length(
-    segments: &[SegmentRef],
+    segments: &[Segment],
     mark: Option<CheckpointMark>,
     last: &Snapshot,
     db_file: &dyn IoFile,
@@ -1031,8 +1193,13 @@ fn check_db_file_length(
     Ok(())
 }
 
-fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile, db_path: &Path) -> Result<Snapshot> {
-    for segment in segments {
+fn last_commit(
+    segments: &[Segment],
+    mark: Option<CheckpointMark>,
+    db_file: &dyn IoFile,
+    db_path: &Path,
+) -> Result<Snapshot> {
+    for segment in segments.iter().rev() {
         if segment.committed_frames() > 0 {
             return Ok(Snapshot {
                 frame_no: segment.last_committed_frame_no(),
@@ -1041,9 +1208,9 @@ fn last_commit(segments: &[SegmentRef], mark: Option<u64>, db_file: &dyn IoFile,
         }
     }
     let len = db_file.size().map_err(Error::io("reading", db_path))?;
-    let frame_no = match segments.last() {
+    let frame_no = match segments.first() {
         Some(oldest) => oldest.start_frame_no - 1,
-        None => mark.unwrap_or(0),
+        None => mark.map_or(0, |m| m.frame_no),
     };
     Ok(Snapshot { frame_no, db_size: (len / PAGE_SIZE as u64) as u32 })
 }
@@ -1063,6 +1230,97 @@ mod tests {
         drop(conn);
         let segment = crate::segment::list_segment_files(&StdIo, &ownership::log_dir_of(&db)).unwrap().pop().unwrap();
         (db, segment)
+    }
+
+    /// An `Io` that runs `hook` once, when the `lock` file is first opened: in the middle of
+    /// `ownership::take`, before the lock is held.
+    struct HookIo {
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Io for HookIo {
+        fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn IoFile>> {
+            StdIo.open(path, create)
+        }
+        /// Ownership starts with the lock on the database file (`ownership::take` opens it
+        /// read-only for that): the hook runs just before.
+        fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
+            if path.extension().is_some_and(|e| e == "db")
+                && let Some(hook) = lock(&self.hook).take()
+            {
+                hook();
+            }
+            StdIo.open_read_only(path)
+        }
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.create_dir_all(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.sync_dir(path)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.remove_file(path)
+        }
+        fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+            StdIo.remove_dir(path)
+        }
+        fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+            StdIo.list_dir(path)
+        }
+        fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
+            StdIo.canonicalize(path)
+        }
+        fn kind(&self, path: &Path) -> std::io::Result<Option<crate::io::FileKind>> {
+            StdIo.kind(path)
+        }
+        fn now(&self) -> std::time::SystemTime {
+            StdIo.now()
+        }
+        fn random_u32(&self) -> u32 {
+            StdIo.random_u32()
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_mark_is_read_once_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::fs::canonicalize(dir.path()).unwrap().join("t.db");
+        let config = WalConfig { segment_frames_max: 2, checkpoint_on_close: false, ..WalConfig::default() };
+        let manager = crate::LibsqlWalManager::new(StdIo::shared(), config.clone());
+        let conn = crate::open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        for i in 0..12 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        drop(conn);
+        let segments_before = crate::segment::list_segment_files(&StdIo, &ownership::log_dir_of(&db)).unwrap().len();
+        assert!(segments_before >= 4, "setup: a log of several segments");
+
+        // Between our first look at the file and our lock, the previous owner comes back,
+        // checkpoints part of the log (a reader holds the rest back) and exits.
+        let other_db = db.clone();
+        let other_config = config.clone();
+        let io = Arc::new(HookIo {
+            hook: Mutex::new(Some(Box::new(move || {
+                let other = SharedWal::open(StdIo::shared(), &other_db, other_config, None).unwrap();
+                let middle = other.segments()[other.segments().len() / 2].start_frame_no;
+                lock(&other.commit).readers.insert(middle, 1);
+                other.checkpoint(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).unwrap();
+                assert!(other.checkpointed().0 > 0, "setup: the other owner checkpointed something");
+                other.shutdown(false);
+            }))),
+        });
+        let last_before = {
+            let wal = SharedWal::open(StdIo::shared(), &db, config.clone(), None).unwrap();
+            let last = wal.last_commit();
+            wal.shutdown(false);
+            last
+        };
+        let wal = SharedWal::open(io, &db, config, None).expect("recovery used the mark written before the lock");
+        assert_eq!(wal.last_commit(), last_before);
+        let mark = ownership::read_db_header(wal.db_file.as_ref(), &db).unwrap().unwrap();
+        assert_eq!(wal.checkpointed(), (mark.frame_no, mark.chain), "recovery started from the mark on disk now");
+        wal.shutdown(false);
     }
 
     #[test]

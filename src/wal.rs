@@ -242,7 +242,9 @@ impl LibsqlWal {
         let Some(txn) = &self.write else { return Ok(()) };
         let Some(segment) = &txn.segment else { return Ok(()) };
         let mut pages = Vec::new();
-        segment.truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no)).map_err(Error::into_sqlite)?;
+        self.shared
+            .watch(segment.truncate_uncommitted(txn.start, &mut |page_no| pages.push(page_no)))
+            .map_err(Error::into_sqlite)?;
         self.last_found = None;
         if let Some(undo) = undo {
             for page_no in pages {
@@ -258,6 +260,10 @@ impl LibsqlWal {
 /// for a segment that cannot be created) says nothing useful: the message logged names the
 /// directory and what happened instead.
 fn commit_error(shared: &SharedWal, e: Error) -> libsql_sys::wal::Error {
+    if matches!(e, Error::Busy | Error::BusySnapshot) {
+        // Routine, and asked again and again by a busy handler: no look at the disk.
+        return e.into_sqlite();
+    }
     let log_dir = &shared.log_dir;
     let e = match shared.io.kind(log_dir) {
         Ok(Some(FileKind::Dir)) => e,
@@ -369,7 +375,9 @@ impl Wal for LibsqlWal {
         if self.write.is_some() {
             return Ok(());
         }
-        self.shared.begin_write(self.id, snapshot).map_err(Error::into_sqlite)?;
+        // A log refusing writes after a failed sync may be refusing because its directory
+        // went away: say so (`commit_error`).
+        self.shared.begin_write(self.id, snapshot).map_err(|e| commit_error(&self.shared, e))?;
         self.write = Some(WriteTxn { segment: None, start: 0 });
         Ok(())
     }
@@ -402,7 +410,7 @@ impl Wal for LibsqlWal {
     fn savepoint_undo(&mut self, rollback_data: &mut [u32]) -> SqlResult<()> {
         let Some(WriteTxn { segment: Some(segment), start }) = &self.write else { return Ok(()) };
         let keep = rollback_data[0].max(*start);
-        segment.truncate_uncommitted(keep, &mut |_| {}).map_err(Error::into_sqlite)?;
+        self.shared.watch(segment.truncate_uncommitted(keep, &mut |_| {})).map_err(Error::into_sqlite)?;
         self.last_found = None;
         Ok(())
     }
@@ -454,7 +462,7 @@ impl Wal for LibsqlWal {
         }
         if synchronous {
             self.shared.make_durable_through(&segment).map_err(|e| commit_error(&self.shared, e))?;
-            segment.sync().map_err(|e| commit_error(&self.shared, e))?;
+            self.shared.watch(segment.sync()).map_err(|e| commit_error(&self.shared, e))?;
         }
         segment.mark_committed(size_after);
         let committed = self.shared.publish_commit(&segment);

@@ -47,6 +47,9 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
     let mut conn: Option<libsql_sys::Connection<libsql_wal::LibsqlWal>> = open_connection(path, manager).ok();
     let mut next_txn = 1i64;
     let mut fault_seen = false;
+    // A failed sync makes the log refuse writes until it is reopened (it is sticky), so
+    // commits are expected again only after the next reopen.
+    let mut sync_failed = false;
     for _ in 0..steps {
         if io.crashed() {
             break;
@@ -72,7 +75,7 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
                     );
                 }
                 sql += "COMMIT;";
-                outcome.attempts_after_fault += fault_seen as usize;
+                outcome.attempts_after_fault += (fault_seen && !sync_failed) as usize;
                 match c.execute_batch(&sql) {
                     Ok(()) => {
                         outcome.acked.push((id, rows, full));
@@ -85,6 +88,7 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
                             eprintln!("commit {id} failed at op {}: {e}", io.ops());
                         }
                         fault_seen = true;
+                        sync_failed |= is_sync_failure(&e);
                         outcome.in_doubt.push((id, rows));
                         let _ = c.execute_batch("ROLLBACK");
                     }
@@ -111,11 +115,19 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
             _ => {
                 drop(conn.take()); // close first: the reopen then recovers the log
                 conn = open_connection(path, manager).ok();
+                sync_failed = false;
             }
         }
     }
     drop(conn);
     outcome
+}
+
+/// A failed sync (SQLITE_IOERR_FSYNC), or the refusal of writes that follows one (plain
+/// SQLITE_IOERR, `Error::SyncFailed`).
+fn is_sync_failure(e: &libsql_sys::rusqlite::Error) -> bool {
+    use libsql_sys::rusqlite::ffi;
+    e.sqlite_error().is_some_and(|e| matches!(e.extended_code, ffi::SQLITE_IOERR_FSYNC | ffi::SQLITE_IOERR))
 }
 
 /// What is in the database after everything: transaction id → rows.

@@ -409,6 +409,9 @@ impl libsql_wal::io::Io for RacingIo {
     fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn libsql_wal::io::IoFile>> {
         StdIo.open(path, create)
     }
+    fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn libsql_wal::io::IoFile>> {
+        StdIo.open_read_only(path)
+    }
     fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
         if path.to_string_lossy().ends_with("-wal") {
             self.lose_the_race(path);
@@ -532,10 +535,27 @@ fn after_a_full_disk_in_a_transaction_with_an_attached_database_others_can_write
         }
         let other = open_connection(&main, &manager).unwrap();
         other.execute_batch(&attach).unwrap();
+        // A failed sync is sticky: that log then refuses writes (SQLITE_IOERR) until it is
+        // closed and recovered. Never "database is locked": that is the leaked write lock.
+        let mut refused = Vec::new();
         for (who, c, v) in [("another connection", &other, 2), ("this connection", &conn, 1)] {
             for table in ["t", "aux.t"] {
-                c.execute(&format!("INSERT INTO {table} VALUES ({v})"), []).unwrap_or_else(|e| {
-                    panic!("ENOSPC at operation {op} ({outcome:?}), then {who}'s write to {table}: {e}")
+                match c.execute(&format!("INSERT INTO {table} VALUES ({v})"), []) {
+                    Ok(_) => {}
+                    Err(e) if e.sqlite_error_code() == Some(libsql_sys::rusqlite::ErrorCode::DatabaseBusy) => {
+                        panic!("ENOSPC at operation {op} ({outcome:?}), then {who}'s write to {table}: {e}")
+                    }
+                    Err(e) => refused.push(format!("{who}, {table}: {e}")),
+                }
+            }
+        }
+        if !refused.is_empty() {
+            drop((conn, other));
+            let conn = open_connection(&main, &manager).unwrap();
+            conn.execute_batch(&attach).unwrap();
+            for table in ["t", "aux.t"] {
+                conn.execute(&format!("INSERT INTO {table} VALUES (3)"), []).unwrap_or_else(|e| {
+                    panic!("ENOSPC at operation {op}, refused {refused:?}, then after a reopen {table}: {e}")
                 });
             }
         }

@@ -222,9 +222,11 @@ fn a_namespace_with_another_history_is_refused() {
     let second = dir.path().join("second.db");
     let conn = open_connection(&second, &manager).unwrap();
     write(&conn, 0, 5);
-    assert_eq!(flush_to_storage(&second, Some(Duration::from_millis(500)), &manager).unwrap(), None);
+    // Refused at once with the reason (a diverged log never becomes durable), not a timeout.
+    let error = flush_to_storage(&second, Some(Duration::from_secs(60)), &manager).unwrap_err().to_string();
+    assert!(error.contains("another database's history"), "{error}");
     let durability = inspect(&second, &manager).unwrap().durability.unwrap();
-    assert!(durability.last_error.as_deref().unwrap_or("").contains("another history"), "{durability:?}");
+    assert!(durability.diverged.as_deref().unwrap_or("").contains("another database's history"), "{durability:?}");
     drop(conn);
     assert_eq!(storage.list("shared-name").unwrap(), before, "nothing of the second database was uploaded");
     assert!(segment_files(&second) > 0, "and nothing of it was checkpointed away");

@@ -96,3 +96,105 @@ fn missing_frames_are_an_error() {
     assert!(!ok, "{out}");
     assert!(out.contains("frames are missing"), "{out}");
 }
+
+/// Every byte of the database file and its log directory, by name.
+fn snapshot_files(db: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut dir = db.as_os_str().to_owned();
+    dir.push("-wal");
+    let mut files = vec![(db.to_path_buf(), std::fs::read(db).unwrap())];
+    if let Ok(entries) = std::fs::read_dir(PathBuf::from(dir)) {
+        for entry in entries {
+            let path = entry.unwrap().path();
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Damage `damage` does to the segment `pick` chooses: verify reports it (exit 1) and changes
+/// nothing; an open refuses it and changes nothing either.
+fn damage_is_reported_and_refused(pick: fn(Vec<PathBuf>) -> PathBuf, damage: impl FnOnce(&Path), expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_a_log(dir.path());
+    let segment = pick(segments(&db));
+    damage(&segment);
+    let before = snapshot_files(&db);
+    let (ok, out) = verify(&db);
+    assert!(!ok, "verify passed damage: {out}");
+    assert!(out.contains(expect), "{out}");
+    assert!(snapshot_files(&db) == before, "verify changed files: {out}");
+    let config = WalConfig { segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
+    let refused = open_connection(&db, &LibsqlWalManager::new(StdIo::shared(), config));
+    assert!(refused.is_err(), "an open served a log whose sealed segment is damaged");
+    assert!(snapshot_files(&db) == before, "a refused open changed files");
+}
+
+/// The newest sealed segment (the last file is the current, unsealed one).
+fn newest_sealed(mut segments: Vec<PathBuf>) -> PathBuf {
+    segments.pop();
+    segments.pop().unwrap()
+}
+
+fn middle(mut segments: Vec<PathBuf>) -> PathBuf {
+    segments.remove(segments.len() / 2)
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn a_zeroed_header_checksum_of_a_sealed_segment_is_damage_not_a_creation_cut_short() {
+    // The header's other fields and its seal trailer show it was written whole and synced.
+    damage_is_reported_and_refused(newest_sealed, |seg| write_at(seg, 60, &[0; 4]), "segment header checksum mismatch");
+}
+
+#[test]
+fn a_flipped_byte_in_a_seal_trailer_is_damage_not_an_unsealed_segment() {
+    for at in [1u64, 20, 40] {
+        // Magic, last_frame_no, size_after: each one field of the trailer.
+        let flip = move |seg: &Path| {
+            let len = std::fs::metadata(seg).unwrap().len();
+            let mut byte = [0u8; 1];
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(seg).unwrap().read_exact_at(&mut byte, len - 48 + at).unwrap();
+            write_at(seg, len - 48 + at, &[byte[0] ^ 0x5A]);
+        };
+        damage_is_reported_and_refused(middle, flip, "seal trailer");
+    }
+}
+
+#[test]
+fn verify_changes_nothing_on_a_truncated_segment_or_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_a_log(dir.path());
+    let newest = newest_sealed(segments(&db));
+    std::fs::OpenOptions::new().write(true).open(&newest).unwrap().set_len(30).unwrap();
+    let tail = segments(&db).pop().unwrap();
+    let len = std::fs::metadata(&tail).unwrap().len();
+    write_at(&tail, len, &[0xEE; 3000]);
+    let before = snapshot_files(&db);
+    let (_, out) = verify(&db);
+    assert!(snapshot_files(&db) == before, "verify changed files: {out}");
+}
+
+#[test]
+fn verify_refuses_what_is_not_a_database_and_writes_nothing_into_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.db");
+    std::fs::write(&text, "this is a text file, 31 bytes.\n").unwrap();
+    let (ok, out) = verify(&text);
+    assert!(!ok && out.contains("not a SQLite database"), "{out}");
+    assert_eq!(std::fs::read(&text).unwrap(), b"this is a text file, 31 bytes.\n");
+
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let (ok, out) = verify(&empty);
+    assert!(ok && out.contains("empty"), "{out}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "verify wrote into an empty file");
+    let mut log_dir = empty.as_os_str().to_owned();
+    log_dir.push("-wal");
+    assert!(!PathBuf::from(log_dir).exists(), "verify created a log directory");
+}

@@ -236,7 +236,7 @@ pub struct SegmentBench {
 impl SegmentBench {
     /// A fresh current segment in `dir`, starting at frame_no 1.
     pub fn create(dir: &Path) -> Result<SegmentBench> {
-        Ok(SegmentBench { segment: crate::segment::Segment::create(&StdIo, dir, 1)? })
+        Ok(SegmentBench { segment: crate::segment::Segment::create(&StdIo, dir, 1, 1, 1)? })
     }
 
     /// Appends one frame of `page_no` as its own committed transaction (no sync).

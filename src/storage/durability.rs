@@ -12,17 +12,23 @@
 //!   it uploads the oldest sealed segment not yet durable, then the next, and so on. Failed
 //!   requests are retried after an exponential backoff with jitter, forever: commits do not
 //!   wait for any of this, the local log just grows (`info` shows the lag).
-//! - Before its first upload the task reconciles with storage: a namespace whose stored
-//!   chain ends before the database file's checkpoint (storage configured on an existing
-//!   database, or a wiped bucket) first gets a snapshot of the database file; a namespace
-//!   that is *ahead* of the database is a different history and is refused.
+//! - Before every upload the task checks that the namespace holds this database's history
+//!   (`sync_with_store`): an empty namespace first gets a snapshot of the database file when
+//!   the log does not start at frame 1; otherwise the stored chain must end at a frame this
+//!   log still has, with the same lineage and the same chain value (the checksum of that
+//!   frame, which vouches for every frame before it). A namespace another copy has
+//!   continued, or that holds another database, makes the log *diverged*: it keeps all its
+//!   commits locally (the gate stays where it was), never ships them, and `info` says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::format::{DURABLE_RECORD_SIZE, DurableRecord, storage_identity};
+use crate::format::{
+    DURABLE_RECORD_SIZE, DurableRecord, FRAME_HEADER_SIZE, FrameHeader, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
+    SegmentHeader, SnapshotHeader, frame_offset, storage_identity,
+};
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::shared::SharedWal;
@@ -47,6 +53,9 @@ pub struct DurabilityInfo {
     /// Failed storage requests since the start (each is retried).
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Why this database's history no longer continues the namespace's, if it does not:
+    /// nothing more is uploaded (its commits stay in the local log).
+    pub diverged: Option<String>,
 }
 
 pub(crate) struct Durability {
@@ -73,13 +82,16 @@ struct State {
     uploaded_bytes: u64,
     failures: u64,
     last_error: Option<String>,
+    /// Set once, when the namespace is found to hold another history: uploads stop for good.
+    diverged: Option<String>,
 }
 
 /// The record's value for "storage is configured, durable frame_no not known yet".
 const UNKNOWN: u64 = u64::MAX;
 
 enum Step {
-    Reconcile,
+    /// List storage and check that it holds this history (before every upload).
+    Sync,
     Upload(SegmentRef),
     Idle,
 }
@@ -151,7 +163,13 @@ impl Durability {
             uploaded_bytes: state.uploaded_bytes,
             failures: state.failures,
             last_error: state.last_error.clone(),
+            diverged: state.diverged.clone(),
         }
+    }
+
+    /// Why the namespace no longer takes this database's frames, if it does not.
+    pub fn diverged(&self) -> Option<String> {
+        lock(&self.state).diverged.clone()
     }
 
     /// Waits until `frame_no` is durable, or `timeout` passes (`None`: no limit), or the
@@ -163,7 +181,7 @@ impl Durability {
             if state.frame_no.is_some_and(|d| d >= frame_no) {
                 return true;
             }
-            if state.closed {
+            if state.closed || state.diverged.is_some() {
                 return false;
             }
             let wait = match deadline {
@@ -182,7 +200,7 @@ impl Durability {
         let Some(binding) = &self.binding else { return };
         {
             let mut state = lock(&self.state);
-            if state.closed {
+            if state.closed || state.diverged.is_some() {
                 return;
             }
             if state.task_running {
@@ -235,17 +253,30 @@ impl Durability {
         Ok(())
     }
 
-    fn next_step(&self, shared: &SharedWal) -> Step {
+    /// `synced`: storage was listed and found to hold this history since the last upload.
+    fn next_step(&self, shared: &SharedWal, synced: bool) -> Step {
         let state = lock(&self.state);
-        if state.closed || shared.is_closed() {
+        if state.closed || state.diverged.is_some() || shared.is_closed() {
             return Step::Idle;
         }
-        let Some(durable) = state.frame_no else { return Step::Reconcile };
+        let Some(durable) = state.frame_no else { return Step::Sync };
         let segments = shared.segments();
         // The oldest segment storage lacks, once sealed: uploads go in log order, so the
         // durable frame_no never passes a segment still waiting for its seal.
         let next = segments.iter().rev().find(|s| s.last_committed_frame_no() > durable).filter(|s| s.is_sealed());
-        next.map_or(Step::Idle, |s| Step::Upload(s.clone()))
+        match next {
+            Some(_) if !synced => Step::Sync,
+            Some(segment) => Step::Upload(segment.clone()),
+            None => Step::Idle,
+        }
+    }
+
+    /// The namespace holds another history: stop uploading for good, keep the gate.
+    fn diverge(&self, namespace: &str, reason: String) {
+        tracing::error!(namespace, "storage: {reason}; this database's commits stay in its local log");
+        let mut state = lock(&self.state);
+        state.diverged = Some(reason);
+        self.changed.notify_all();
     }
 
     /// The task ran out of work: stop, unless more arrived meanwhile.
@@ -289,11 +320,12 @@ fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<DurableRecord>>
 }
 
 async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
-    let binding = durability.binding.clone().expect("the task runs only with storage");
+    let Some(binding) = durability.binding.clone() else { return };
     let mut failures_in_row = 0u32;
+    let mut synced = false;
     loop {
         let Some(wal) = shared.upgrade() else { break };
-        let result = match durability.next_step(&wal) {
+        let result = match durability.next_step(&wal, synced) {
             Step::Idle => {
                 drop(wal);
                 if durability.finish() {
@@ -301,8 +333,11 @@ async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
                 }
                 continue;
             }
-            Step::Reconcile => reconcile(&durability, &binding, &wal).await,
-            Step::Upload(segment) => upload_segment(&durability, &binding, &wal, &segment).await,
+            Step::Sync => sync_with_store(&durability, &binding, &wal).await.map(|()| synced = true),
+            Step::Upload(segment) => {
+                synced = false;
+                upload_segment(&durability, &binding, &wal, &segment).await
+            }
         };
         drop(wal);
         match result {
@@ -353,37 +388,125 @@ async fn upload_segment(
     Ok(())
 }
 
-/// Finds where storage's chain ends and, if storage lacks the base the log builds on,
-/// uploads a snapshot of the database file first.
-async fn reconcile(durability: &Durability, binding: &StorageBinding, shared: &Arc<SharedWal>) -> Result<()> {
+/// Lists the namespace and checks that its chain is this database's history, so that what
+/// is uploaded next continues it: advances the durable frame_no to where the chain ends when
+/// it checks out, uploads a snapshot first when the namespace is empty and the log does not
+/// start at frame 1, and otherwise marks the log diverged. Never uploads into a history that
+/// is not this one's.
+async fn sync_with_store(durability: &Durability, binding: &StorageBinding, shared: &Arc<SharedWal>) -> Result<()> {
     let objects = binding.storage.list_async(&binding.namespace).await?;
     let chain = layout::chain(&objects);
-    let checkpointed = shared.checkpointed_frame_no();
+    let (checkpointed, checkpointed_chain) = shared.checkpointed();
+    if chain.snapshot.is_none() && chain.segments.is_empty() {
+        if checkpointed == 0 && shared.db_file_len() == 0 {
+            durability.advance(0)?;
+            return Ok(());
+        }
+        return upload_base_snapshot(durability, binding, shared, (checkpointed, checkpointed_chain)).await;
+    }
+    let end = chain.end_frame_no;
+    if durability.frame_no() == Some(end) {
+        return Ok(()); // Where this log's own last upload left it.
+    }
+    match history_mismatch(binding, shared, &chain).await? {
+        Some(reason) => durability.diverge(&binding.namespace, reason),
+        None => {
+            durability.advance(end)?;
+            // Segments storage already had are checkpointable now.
+            shared.notify_checkpointer();
+        }
+    }
+    Ok(())
+}
+
+/// Why the stored chain is not this database's history, if it is not: another lineage, an
+/// end this log cannot vouch for, or a different chain value at that end.
+async fn history_mismatch(
+    binding: &StorageBinding,
+    shared: &SharedWal,
+    chain: &layout::Chain,
+) -> Result<Option<String>> {
+    let end = chain.end_frame_no;
     let last = shared.last_commit().frame_no;
-    if chain.end_frame_no > last {
-        return Err(binding.storage.error(
-            &format!("namespace {}", binding.namespace),
-            format!(
-                "storage holds frames up to {} but this database only up to {last}: it is another \
-                 history; restore it from storage (`libsql-wal restore`) or use another namespace",
-                chain.end_frame_no
-            ),
-        ));
+    let (checkpointed, _) = shared.checkpointed();
+    let (lineage, stored_chain) = stored_end(&binding.storage, chain).await?;
+    let namespace = &binding.namespace;
+    if lineage != shared.lineage() {
+        return Ok(Some(format!(
+            "namespace {namespace} holds another database's history (lineage {lineage:08x}; this database's is {:08x}): \
+             use another namespace, or restore from this one",
+            shared.lineage()
+        )));
     }
-    let stored_nothing = chain.end_frame_no == 0 && chain.snapshot.is_none();
-    let base_missing = chain.end_frame_no < checkpointed || (stored_nothing && shared.db_file_len() > 0);
-    if !base_missing {
-        durability.advance(chain.end_frame_no)?;
-        // Segments storage already had are checkpointable now.
-        shared.notify_checkpointer();
-        return Ok(());
+    if end > last {
+        return Ok(Some(format!(
+            "namespace {namespace} holds frames up to {end} but this database only up to {last}: another copy \
+             continued the namespace; restore it from storage (`libsql-wal restore`) or use another namespace"
+        )));
     }
+    match shared.chain_at(end)? {
+        Some(ours) if ours == stored_chain => Ok(None),
+        Some(_) => Ok(Some(format!(
+            "frame {end} in namespace {namespace} is not this database's frame {end}: their histories diverged \
+             (another copy wrote to the namespace); restore it from storage or use another namespace"
+        ))),
+        None => Ok(Some(format!(
+            "namespace {namespace} ends at frame {end}, before this database's checkpoint at {checkpointed}: \
+             nothing here can show it holds this history; use another namespace"
+        ))),
+    }
+}
+
+/// The lineage and chain value at the end of a stored chain, read from its last object's
+/// header (and, for a segment, its last frame's header): two small range requests.
+async fn stored_end(storage: &Storage, chain: &layout::Chain) -> Result<(u32, u32)> {
+    use zerocopy::FromBytes;
+    let last = chain.segments.last().or(chain.snapshot.as_ref()).expect("a non-empty chain");
+    let location = object_store::path::Path::parse(&last.key).map_err(|e| storage.error(&last.key, e))?;
+    let get = |range: std::ops::Range<u64>| {
+        let (store, location) = (storage.store().clone(), location.clone());
+        async move { store.get_range(&location, range).await }
+    };
+    let short = |what: &str| Error::corrupt(&last.key, format!("its {what} is cut short"));
+    let read_error = |e| storage.error(&format!("reading {}", last.key), e);
+    match last.kind {
+        layout::ObjectKind::Snapshot { .. } => {
+            let bytes = get(0..SNAPSHOT_HEADER_SIZE as u64).await.map_err(read_error)?;
+            let header = SnapshotHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
+            if let Some(problem) = header.problem() {
+                return Err(Error::corrupt(&last.key, problem));
+            }
+            Ok((header.lineage.get(), header.chain.get()))
+        }
+        layout::ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
+            let bytes = get(0..SEGMENT_HEADER_SIZE as u64).await.map_err(read_error)?;
+            let header = SegmentHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
+            if let Some(problem) = header.problem() {
+                return Err(Error::corrupt(&last.key, problem));
+            }
+            let position = u32::try_from(end_frame_no - start_frame_no).map_err(|_| short("frame count"))?;
+            let at = frame_offset(position);
+            let bytes = get(at..at + FRAME_HEADER_SIZE as u64).await.map_err(read_error)?;
+            let frame = FrameHeader::read_from_bytes(&bytes).map_err(|_| short("last frame"))?;
+            Ok((header.lineage.get(), frame.checksum.get()))
+        }
+    }
+}
+
+/// Uploads a snapshot of the database file as the base of an empty namespace: the log does
+/// not start at frame 1 (storage configured on an existing database, or a wiped namespace).
+async fn upload_base_snapshot(
+    durability: &Durability,
+    binding: &StorageBinding,
+    shared: &Arc<SharedWal>,
+    (checkpointed, chain): (u64, u32),
+) -> Result<()> {
     // While the durable frame_no is unknown the gate stops every checkpoint, so the
     // database file holds exactly the state at `checkpointed` while we read it.
     let taken_unix_ms = shared.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let key = layout::snapshot_key(&binding.namespace, checkpointed, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    let bytes = snapshot::upload(&binding.storage, &key, shared, checkpointed, taken_unix_ms).await?;
+    let bytes = snapshot::upload(&binding.storage, &key, shared, (checkpointed, chain), taken_unix_ms).await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     durability.record_success(bytes);
     durability.advance(checkpointed)?;

@@ -1,13 +1,17 @@
 //! Rebuilding a database file from storage alone.
 //!
 //! The namespace's chain (newest snapshot, then contiguous segments) is downloaded object by
-//! object into a scratch directory beside the output, each object checked in full (a segment
-//! exactly as recovery checks a sealed segment: header, every frame's checksum chain, index,
-//! trailer; a snapshot by size, header and pages checksum) and applied in order: newest
-//! version of each page written at its place. The file is then cut to the last commit's
-//! size, given the checkpoint mark of the chain's last frame_no, synced, and only then
-//! linked in at the output path (never replacing a file): a failed restore never leaves a
-//! half-built database there.
+//! object into a scratch directory of this restore's own beside the output, each object
+//! checked in full (a segment exactly as recovery checks a sealed segment: header, every
+//! frame's checksum chain, index, trailer; a snapshot by size, header and pages checksum)
+//! and against the one before it (the same lineage, and its first frame continuing the
+//! previous object's chain value: one history, whatever the frame numbers say), then applied
+//! in order: newest version of each page written at its place. The file is then cut to the
+//! last commit's size, given the checkpoint mark of the chain's end (frame_no, lineage,
+//! chain value: a copy restored from the latest state continues the namespace), synced, and
+//! only then linked in at the output path (never replacing a file): a failed restore never
+//! leaves a half-built database there. A gap in the chain is an error unless the caller
+//! asks for the prefix before it ([`RestoreOptions::allow_prefix`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,16 +35,39 @@ pub struct RestoreReport {
     pub db_pages: u32,
     pub objects: usize,
     pub bytes: u64,
-    /// Objects past a gap in the stored chain: not applied.
+    /// Objects past a gap in the stored chain: not applied (only with
+    /// [`RestoreOptions::allow_prefix`]; without it a gap is an error).
     pub stranded: usize,
+    /// The history restored (see `format::SegmentHeader::lineage`).
+    pub lineage: u32,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore the chain up to a gap (a missing segment) instead of refusing: the report's
+    /// `frame_no` says where it stopped.
+    pub allow_prefix: bool,
 }
 
 /// Rebuilds `namespace` into a new database file at `out` (which must not exist).
-/// `progress(done_bytes, total_bytes)` is called as the download goes.
+/// `progress(done_bytes, total_bytes)` is called as the download goes. A gap in the stored
+/// chain is an error: see [`restore_with`] to restore the prefix before it.
 pub fn restore(
     storage: &Storage,
     namespace: &str,
     out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    restore_with(storage, namespace, out, &RestoreOptions::default(), progress)
+}
+
+/// [`restore`] with options.
+pub fn restore_with(
+    storage: &Storage,
+    namespace: &str,
+    out: &Path,
+    options: &RestoreOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
     layout::validate_namespace(namespace)?;
@@ -54,27 +81,68 @@ pub fn restore(
     if chain.snapshot.is_none() && chain.segments.is_empty() {
         return Err(Error::Restore(format!("namespace {namespace} holds nothing in {}", storage.url())));
     }
-    if !chain.stranded.is_empty() {
-        tracing::warn!(namespace, stranded = chain.stranded.len(), "segments past a gap in storage are not restored");
+    if let Some(first) = chain.stranded.first() {
+        let missing = format!(
+            "namespace {namespace} has a gap: frames {}..{} are in no stored object, so {} object(s) from {} on \
+             cannot be applied",
+            chain.end_frame_no + 1,
+            first_frame_no(first),
+            chain.stranded.len(),
+            first.key
+        );
+        if !options.allow_prefix {
+            return Err(Error::Restore(format!(
+                "{missing}; restore the prefix up to frame {} explicitly if you want it",
+                chain.end_frame_no
+            )));
+        }
+        tracing::warn!(namespace, "{missing}: restoring up to frame {}", chain.end_frame_no);
     }
-    let scratch = scratch_dir(out);
-    io.create_dir_all(&scratch).map_err(Error::io("creating", &scratch))?;
+    let scratch = create_scratch_dir(out)?;
     let result = rebuild(storage, &chain, io.as_ref(), &scratch, out, progress);
     let _ = std::fs::remove_dir_all(&scratch);
-    let (db_pages, bytes) = result?;
+    let rebuilt = result?;
     Ok(RestoreReport {
         frame_no: chain.end_frame_no,
-        db_pages,
+        db_pages: rebuilt.db_pages,
         objects: chain.objects().count(),
-        bytes,
+        bytes: chain.bytes(),
         stranded: chain.stranded.len(),
+        lineage: rebuilt.lineage,
     })
 }
 
-fn scratch_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".restoring");
-    out.with_file_name(name)
+fn first_frame_no(object: &StoredObject) -> u64 {
+    match object.kind {
+        ObjectKind::Segment { start_frame_no, .. } => start_frame_no,
+        ObjectKind::Snapshot { frame_no, .. } => frame_no,
+    }
+}
+
+/// A new, empty scratch directory beside `out`, this restore's alone: two restores to one
+/// output never share one (the second fails on the output, not on the other's files).
+fn create_scratch_dir(out: &Path) -> Result<PathBuf> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    loop {
+        let unique = format!(".{name}.restoring-{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let scratch = out.with_file_name(unique);
+        match std::fs::create_dir(&scratch) {
+            Ok(()) => return Ok(scratch),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("creating", &scratch)(e)),
+        }
+    }
+}
+
+/// What the objects applied so far make: the history, and where its chain is.
+struct Rebuilt {
+    db_pages: u32,
+    lineage: u32,
+    /// frame_no and chain value of the last frame applied.
+    end: u64,
+    chain: u32,
+    /// The key of the object that brought the database there, for messages.
+    last_key: Option<String>,
 }
 
 fn rebuild(
@@ -84,46 +152,73 @@ fn rebuild(
     scratch: &Path,
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<(u32, u64)> {
+) -> Result<Rebuilt> {
     let db_path = scratch.join("database");
     let db = io.open(&db_path, true).map_err(Error::io("creating", &db_path))?;
     let total = chain.bytes();
     let mut done = 0u64;
-    let mut db_pages = 0u32;
+    let mut rebuilt = Rebuilt { db_pages: 0, lineage: 0, end: 0, chain: 0, last_key: None };
     for object in chain.objects() {
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |n| progress(done + n, total))?;
         done += object.size;
         progress(done, total);
-        db_pages = apply_object(io, object, &object_path, db.as_ref(), &db_path)?;
+        apply_object(io, object, &object_path, db.as_ref(), &db_path, &mut rebuilt)?;
         io.remove_file(&object_path).map_err(Error::io("removing", &object_path))?;
     }
+    let db_pages = rebuilt.db_pages;
     db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io("truncating", &db_path))?;
     if db_pages > 0 {
-        let mark = CheckpointMark { frame_no: chain.end_frame_no, db_pages };
-        db.write_all_at(&mark.encode(), DB_HEADER_MARK_OFFSET).map_err(Error::io("writing", &db_path))?;
+        let mark =
+            CheckpointMark { frame_no: chain.end_frame_no, db_pages, lineage: rebuilt.lineage, chain: rebuilt.chain };
+        let bytes = mark.encode().ok_or_else(|| {
+            Error::Restore(format!("frame_no {} is past what a checkpoint mark holds", chain.end_frame_no))
+        })?;
+        db.write_all_at(&bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io("writing", &db_path))?;
     }
     db.sync_data().map_err(Error::io("syncing", &db_path))?;
     drop(db);
     // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
     // since the check at the start. The scratch directory (and its name) goes afterwards.
-    std::fs::hard_link(&db_path, out).map_err(Error::io("linking", out))?;
+    std::fs::hard_link(&db_path, out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::Restore(format!(
+            "{} appeared while this restore ran (another restore to the same path?); it was left as it is",
+            out.display()
+        )),
+        _ => Error::io("linking", out)(e),
+    })?;
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
-    Ok((db_pages, total))
+    Ok(rebuilt)
 }
 
-/// Checks one downloaded object and writes its pages; returns the database size after it.
-fn apply_object(io: &dyn Io, object: &StoredObject, path: &Path, db: &dyn IoFile, db_path: &Path) -> Result<u32> {
+/// Checks one downloaded object, alone and as the continuation of what `rebuilt` holds,
+/// writes its pages, and moves `rebuilt` to its end.
+fn apply_object(
+    io: &dyn Io,
+    object: &StoredObject,
+    path: &Path,
+    db: &dyn IoFile,
+    db_path: &Path,
+    rebuilt: &mut Rebuilt,
+) -> Result<()> {
     match object.kind {
         ObjectKind::Snapshot { frame_no, .. } => {
             let file = io.open(path, false).map_err(Error::io("opening", path))?;
-            let (stored_frame_no, pages) = snapshot::apply(file.as_ref(), Path::new(&object.key), db, db_path)?;
-            if stored_frame_no != frame_no {
-                let reason = format!("holds frame_no {stored_frame_no}, its name says {frame_no}");
+            let header = snapshot::apply(file.as_ref(), Path::new(&object.key), db, db_path)?;
+            if header.frame_no.get() != frame_no {
+                let reason = format!("holds frame_no {}, its name says {frame_no}", header.frame_no.get());
                 return Err(Error::corrupt(&object.key, reason));
             }
-            Ok(pages)
+            // The chain's first object: it sets the history the rest must continue.
+            *rebuilt = Rebuilt {
+                db_pages: header.db_pages.get(),
+                lineage: header.lineage.get(),
+                end: frame_no,
+                chain: header.chain.get(),
+                last_key: Some(object.key.clone()),
+            };
+            Ok(())
         }
         ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
             let segment = Segment::recover(io, path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
@@ -139,15 +234,39 @@ fn apply_object(io: &dyn Io, object: &StoredObject, path: &Path, db: &dyn IoFile
                 );
                 return Err(Error::corrupt(&object.key, reason));
             }
+            check_continues(rebuilt, object, &segment)?;
             let mut page = vec![0u8; PAGE_SIZE];
             for (page_no, position) in segment.latest_pages() {
                 segment.read_page(position, &mut page)?;
                 let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
                 db.write_all_at(&page, offset).map_err(Error::io("writing", db_path))?;
             }
-            Ok(segment.committed_size_after())
+            *rebuilt = Rebuilt {
+                db_pages: segment.committed_size_after(),
+                lineage: segment.lineage,
+                end: segment.last_committed_frame_no(),
+                chain: segment.end_chain(),
+                last_key: Some(object.key.clone()),
+            };
+            Ok(())
         }
     }
+}
+
+/// Refuses a segment that does not continue the history restored so far: another lineage,
+/// or a chain value at the frame where it takes over that differs from the one reached. The
+/// first object of a chain without a snapshot starts the history.
+fn check_continues(rebuilt: &Rebuilt, object: &StoredObject, segment: &Segment) -> Result<()> {
+    let Some(previous) = &rebuilt.last_key else { return Ok(()) };
+    let chain_there = segment.chain_at(rebuilt.end)?;
+    if segment.lineage == rebuilt.lineage && chain_there == rebuilt.chain {
+        return Ok(());
+    }
+    Err(Error::Restore(format!(
+        "the namespace mixes histories: {} (lineage {:08x}) does not continue {previous} (lineage {:08x}) at frame {}; \
+         restore refuses to build a database from two histories",
+        object.key, segment.lineage, rebuilt.lineage, rebuilt.end
+    )))
 }
 
 /// Streams one object into `path`, reporting bytes received.

@@ -29,17 +29,18 @@ fn page_chunks(db_pages: u32) -> impl Iterator<Item = (u64, usize)> {
     })
 }
 
-/// Streams the database file of `shared` (which must hold exactly the state at `frame_no`
-/// and not change meanwhile) to `key`. Returns the object's size.
+/// Streams the database file of `shared` (which must hold exactly the state at `frame_no`,
+/// where the chain value is `chain`, and not change meanwhile) to `key`. Returns the
+/// object's size.
 pub(crate) async fn upload(
     storage: &Storage,
     key: &str,
     shared: &Arc<SharedWal>,
-    frame_no: u64,
+    (frame_no, chain): (u64, u32),
     taken_unix_ms: u64,
 ) -> Result<u64> {
     let db_pages = (shared.db_file_len() / PAGE_SIZE as u64) as u32;
-    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms);
+    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, shared.lineage(), chain);
     let mut writer = storage.writer(key)?;
     let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);
     writer.write_all(header.as_bytes()).await.map_err(put_error)?;
@@ -60,8 +61,8 @@ pub(crate) async fn upload(
 }
 
 /// Checks a downloaded snapshot file and copies its pages into `out` from page 1. Returns
-/// (frame_no, db_pages).
-pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<(u64, u32)> {
+/// its header (frame_no, db_pages, lineage, chain).
+pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<SnapshotHeader> {
     let len = snapshot.size().map_err(Error::io("reading", path))?;
     let mut header_bytes = [0u8; SNAPSHOT_HEADER_SIZE];
     if len < (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 {
@@ -99,5 +100,5 @@ pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_pa
     if checksum != trailer.pages_checksum.get() {
         return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
     }
-    Ok((header.frame_no.get(), db_pages))
+    Ok(header)
 }

@@ -116,6 +116,9 @@ impl Io for TestIo {
             switches: self.switches.clone(),
         }))
     }
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        self.inner.open_read_only(path)
+    }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         self.inner.create_dir_all(path)
     }

@@ -73,6 +73,10 @@ enum Command {
         storage: String,
         #[arg(long, value_name = "NS")]
         namespace: String,
+        /// If the stored chain has a gap (a missing segment), restore the state before it
+        /// instead of refusing; the output says which frame_no it stopped at.
+        #[arg(long)]
+        allow_gap: bool,
         /// The database file to create (must not exist).
         out: PathBuf,
     },
@@ -199,7 +203,9 @@ fn main() -> ExitCode {
         Command::Checkpoint { db, mode, storage } => checkpoint(&db, mode, &storage),
         Command::Info { db, storage } => info(&db, &storage),
         Command::Verify { db, storage } => verify(&db, &storage),
-        Command::Restore { storage, namespace, out } => storage_cmd::restore(&storage, &namespace, &out),
+        Command::Restore { storage, namespace, allow_gap, out } => {
+            storage_cmd::restore(&storage, &namespace, &out, allow_gap)
+        }
         Command::Storage { command } => storage_cmd::run(command),
         Command::Bench { workload: Some(workload), .. } => bench(workload),
         Command::Bench { workload: None, suite } => bench_cmd::run(&suite),

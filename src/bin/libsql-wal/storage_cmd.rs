@@ -137,9 +137,13 @@ pub fn print_durability(info: &LogInfo) {
     if let Some(error) = &durability.last_error {
         println!("last storage error: {error}");
     }
+    if let Some(reason) = &durability.diverged {
+        println!("diverged: {reason}");
+        println!("  nothing more is uploaded; every commit stays in the local log");
+    }
 }
 
-pub fn restore(url: &str, namespace: &str, out: &Path) -> Result<ExitCode, String> {
+pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Result<ExitCode, String> {
     let storage = Storage::open(url).map_err(|e| e.to_string())?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -148,7 +152,8 @@ pub fn restore(url: &str, namespace: &str, out: &Path) -> Result<ExitCode, Strin
             .progress_chars("=> "),
     );
     bar.set_message(namespace.to_string());
-    let report = libsql_wal::restore(&storage, namespace, out, &mut |done, total| {
+    let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap };
+    let report = libsql_wal::restore_with(&storage, namespace, out, &options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
@@ -163,7 +168,10 @@ pub fn restore(url: &str, namespace: &str, out: &Path) -> Result<ExitCode, Strin
         report.bytes
     );
     if report.stranded > 0 {
-        println!("note: {} segments after a gap in storage were not applied", report.stranded);
+        println!(
+            "stopped at frame_no {} (--allow-gap): {} segments after a gap in storage were not applied",
+            report.frame_no, report.stranded
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
