@@ -105,12 +105,17 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
             }
             75..=86 => {
                 let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][rng.usize(0..4)];
-                if c.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")).is_err() {
+                // A failed sync in a checkpoint (or in the commit of the UPDATE below) makes
+                // the log refuse writes as surely as one in a commit does.
+                if let Err(e) = c.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
                     fault_seen = true;
+                    sync_failed |= is_sync_failure(&e);
                 }
             }
             87..=94 => {
-                let _ = c.execute_batch("UPDATE t SET pad = randomblob(50) WHERE id % 7 = 3");
+                if let Err(e) = c.execute_batch("UPDATE t SET pad = randomblob(50) WHERE id % 7 = 3") {
+                    sync_failed |= is_sync_failure(&e);
+                }
             }
             _ => {
                 drop(conn.take()); // close first: the reopen then recovers the log
