@@ -221,8 +221,12 @@ fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
 /// while `<db>-wal` is a directory. Returns whether the directory was removed.
 pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<bool> {
     let lock = log_dir.join("lock");
-    let foreign: Vec<PathBuf> = io.list_dir(log_dir)?.into_iter().filter(|p| *p != lock).collect();
+    let left: Vec<PathBuf> = io.list_dir(log_dir)?.into_iter().filter(|p| *p != lock).collect();
     io.remove_file(&lock)?;
+    // Ours but still there (a removal that failed, already reported): not a stranger's.
+    let ours =
+        |p: &&PathBuf| p.file_name().is_some_and(|n| n == "durable") || p.extension().is_some_and(|e| e == "seg");
+    let foreign: Vec<&PathBuf> = left.iter().filter(|p| !ours(p)).collect();
     if !foreign.is_empty() {
         let names: Vec<String> = foreign.iter().map(|p| p.display().to_string()).collect();
         tracing::warn!(
@@ -232,6 +236,8 @@ pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<bool> {
              directory is removed",
             names.join(", ")
         );
+    }
+    if !left.is_empty() {
         return Ok(false);
     }
     io.remove_dir(log_dir)?;
