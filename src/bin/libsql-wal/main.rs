@@ -7,7 +7,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use libsql_wal::{CheckpointMode, LibsqlWalManager};
 
+/// `println!` that never panics (see `output`): a failed write to stdout is reported at exit.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::out_line(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that never panics (see `output`): a failed write to stderr is ignored.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::err_line(format_args!($($arg)*)) };
+}
+
 mod bench_cmd;
+mod output;
 mod script;
 mod storage_cmd;
 
@@ -189,7 +200,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LIBSQL_WAL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Never panic on a failed write to stderr (full disk, 2>/dev/full): drop the event.
+        .with_writer(|| output::Stderr)
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -207,12 +220,20 @@ fn main() -> ExitCode {
             stress(db, seconds, readers, seed, segment_frames)
         }
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("Error: {message}");
+            errln!("Error: {message}");
             ExitCode::FAILURE
         }
+    };
+    // Results that did not reach stdout make the command fail, though it ran.
+    match output::stdout_error() {
+        Some(error) => {
+            errln!("Error: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+        None => code,
     }
 }
 
@@ -233,8 +254,7 @@ fn exec(
         }
         _ => return Err("give the SQL as an argument or with -f FILE".into()),
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::Stdout::lock();
     let ok = match wal {
         WalKind::Libsql => {
             let manager = storage.manager(db)?;
@@ -253,7 +273,8 @@ fn exec(
             script::run(&conn, &sql, seed, &mut out)
         }
     };
-    out.flush().map_err(|e| e.to_string())?;
+    // A failed write is reported by `main`, as for every command.
+    let _ = out.flush();
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -269,7 +290,7 @@ fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCod
     }
     let manager = storage.manager(db)?;
     let r = libsql_wal::checkpoint(db, mode, &manager).map_err(|e| e.to_string())?;
-    println!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
+    outln!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
     Ok(if r.busy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
@@ -288,17 +309,17 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
         storage_cmd::wait_until_known(db, &manager, std::time::Duration::from_secs(2));
     }
     let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
-    println!("database: {}", db.display());
-    println!("db pages (last commit): {}", info.db_pages);
-    println!("db file pages: {}", info.db_file_pages);
-    println!("last frame_no: {}", info.last_frame_no);
-    println!("checkpoint errors: {}", info.checkpoint_errors);
+    outln!("database: {}", db.display());
+    outln!("db pages (last commit): {}", info.db_pages);
+    outln!("db file pages: {}", info.db_file_pages);
+    outln!("last frame_no: {}", info.last_frame_no);
+    outln!("checkpoint errors: {}", info.checkpoint_errors);
     if let Some(error) = &info.last_checkpoint_error {
-        println!("last checkpoint error: {error}");
+        outln!("last checkpoint error: {error}");
     }
     storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
-    println!("segments: {} ({frames} frames in the log)", info.segments.len());
+    outln!("segments: {} ({frames} frames in the log)", info.segments.len());
     for (i, s) in info.segments.iter().enumerate() {
         let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let state = match (s.sealed, i + 1 == info.segments.len()) {
@@ -312,7 +333,7 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
         } else {
             format!("frames {}..={}", s.start_frame_no, s.last_frame_no)
         };
-        println!("  {name}  {state:7}  {range}  ({} frames, {} bytes)", s.frames, s.bytes);
+        outln!("  {name}  {state:7}  {range}  ({} frames, {} bytes)", s.frames, s.bytes);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -337,10 +358,10 @@ fn stress(
     let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config)
         .with_checkpointer(libsql_wal::Checkpointer::global());
     let stress = StressConfig { duration: std::time::Duration::from_secs(seconds), readers, seed };
-    println!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
+    outln!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
     let report = run_bank(&db, &manager, &stress).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&tmp);
-    println!(
+    outln!(
         "commits {} | snapshots checked {} | checkpoints {} | violations {} | corrupt {} | other errors {}",
         report.commits,
         report.snapshots_checked,
@@ -350,7 +371,7 @@ fn stress(
         report.other_errors
     );
     if let Some(problem) = &report.first_problem {
-        println!("first problem: {problem}");
+        outln!("first problem: {problem}");
     }
     let clean = report.violations == 0 && report.corrupt_errors == 0 && report.other_errors == 0;
     Ok(if clean && report.commits > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -383,7 +404,7 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
             for side in [Side::Sqlite, Side::Ours] {
                 let run_dir = base.join(format!("round{round}-{}-{sync:?}", side.name()));
                 std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-                eprintln!("round {round}: {} {sync:?} commits...", side.name());
+                errln!("round {round}: {} {sync:?} commits...", side.name());
                 let rate = commits_per_sec(&run_dir, side, sync, commits).map_err(|e| e.to_string())?;
                 let _ = std::fs::remove_dir_all(&run_dir);
                 if side == Side::Sqlite { theirs.push(rate) } else { ours.push(rate) }
@@ -399,17 +420,18 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
     let raw = median(raw);
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
-        println!(
+        outln!(
             "{{\"workload\":\"commits\",\"commits\":{commits},\"rounds\":{},\"raw_sync_loop_per_sec\":{raw:.1},\"rows\":[{}]}}",
             rounds.max(1),
             json_rows(&rows)
         );
     } else {
-        println!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
+        outln!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
         print_rows(&rows);
-        println!(
+        outln!(
             "{:<22} {:>12.1}   (pwrite + fdatasync loop: the disk's limit for FULL commits)",
-            "raw sync loop/s", raw
+            "raw sync loop/s",
+            raw
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -432,7 +454,7 @@ fn bench_checkpoint_latency(
         for side in [Side::Sqlite, Side::Ours] {
             let run_dir = base.join(format!("round{round}-{}", side.name()));
             std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-            eprintln!("round {round}: {} ({log_mib} MiB log, {commits} commits)...", side.name());
+            errln!("round {round}: {} ({log_mib} MiB log, {commits} commits)...", side.name());
             let report = checkpoint_latency(&run_dir, side, &config).map_err(|e| e.to_string())?;
             let _ = std::fs::remove_dir_all(&run_dir);
             results.push(report);
@@ -457,18 +479,18 @@ fn bench_checkpoint_latency(
     ];
     let overlapped = results.iter().filter(|r| r.side == Side::Ours).all(|r| r.checkpoint_still_running_at_end);
     if json {
-        println!(
+        outln!(
             "{{\"workload\":\"checkpoint-latency\",\"log_mib\":{log_mib},\"commits\":{commits},\"rounds\":{},\"ours_checkpoint_overlapped_all_commits\":{overlapped},\"rows\":[{}]}}",
             rounds.max(1),
             json_rows(&rows)
         );
     } else {
-        println!(
+        outln!(
             "checkpoint-latency: {log_mib} MiB log, {commits} commits of {rows_per_commit} rows, synchronous=NORMAL, median of {} round(s)",
             rounds.max(1)
         );
         print_rows(&rows);
-        println!("our background checkpoint still running when the last measured commit returned: {overlapped}");
+        outln!("our background checkpoint still running when the last measured commit returned: {overlapped}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -481,11 +503,11 @@ fn verify(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     let config = libsql_wal::WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
     let manager = storage.attach(db, LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config))?;
     let report = libsql_wal::verify(db, &manager).map_err(|e| e.to_string())?;
-    println!("verify {}", db.display());
+    outln!("verify {}", db.display());
     for line in &report.lines {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("{} errors, {} warnings", report.errors, report.warnings);
+    outln!("{} errors, {} warnings", report.errors, report.warnings);
     Ok(if report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -502,8 +524,8 @@ fn json_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) -> String {
 
 /// Benchmark rows (metric, SQLite, ours) as a table with their ratio.
 fn print_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) {
-    println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
+    outln!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
     for (name, a, b) in rows {
-        println!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
+        outln!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
     }
 }
