@@ -20,6 +20,7 @@ macro_rules! errln {
 mod bench_cmd;
 mod output;
 mod script;
+mod split;
 mod storage_cmd;
 
 use storage_cmd::StorageArgs;

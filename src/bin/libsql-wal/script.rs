@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use libsql_sys::rusqlite::{self, Connection, ffi, functions::FunctionFlags};
 
+use crate::split;
+
 /// Runs every statement of `sql`; returns false if any failed (each failure prints
 /// `Error: <SQLite's message>` and execution goes on, like `sqlite3` without `-bail`).
 pub fn run(conn: &Connection, sql: &str, seed: Option<u64>, out: &mut impl Write) -> bool {
@@ -17,39 +19,17 @@ pub fn run(conn: &Connection, sql: &str, seed: Option<u64>, out: &mut impl Write
         return false;
     }
     let mut ok = true;
-    for (i, statement) in statements(sql).iter().enumerate() {
+    for (i, statement) in split::statements(sql.as_bytes()).into_iter().enumerate() {
         if let Some(seed) = seed {
             reseed_sqlite_prng(seed.wrapping_add(i as u64));
         }
-        ok &= run_statement(conn, statement, out);
+        // Split at ASCII bytes only, so each piece of a `str` is UTF-8 still.
+        ok &= run_statement(conn, &String::from_utf8_lossy(statement), out);
         // Flush per statement: whoever reads our output (a test killing us, say) sees every
         // row of every statement that finished.
         let _ = out.flush();
     }
     ok
-}
-
-/// Splits a script into complete statements, as `sqlite3` does: at each `;` that ends a
-/// complete statement according to `sqlite3_complete` (which understands triggers,
-/// strings and comments). A trailing incomplete statement is returned as is.
-fn statements(sql: &str) -> Vec<String> {
-    let mut result = Vec::new();
-    let mut start = 0;
-    for (i, c) in sql.char_indices() {
-        if c != ';' {
-            continue;
-        }
-        let candidate = &sql[start..=i];
-        let Ok(c_candidate) = CString::new(candidate) else { continue };
-        if unsafe { ffi::sqlite3_complete(c_candidate.as_ptr()) } != 0 {
-            result.push(candidate.to_string());
-            start = i + 1;
-        }
-    }
-    if !sql[start..].trim().is_empty() {
-        result.push(sql[start..].to_string());
-    }
-    result
 }
 
 fn errmsg(db: *mut ffi::sqlite3) -> String {
