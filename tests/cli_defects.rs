@@ -6,7 +6,9 @@
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
@@ -31,6 +33,17 @@ fn text(bytes: &[u8]) -> String {
 fn full_device() -> Stdio {
     Stdio::from(OpenOptions::new().write(true).open("/dev/full").expect("/dev/full"))
 }
+
+fn sqlite3_available() -> bool {
+    Command::new("sqlite3").arg("-version").output().is_ok_and(|o| o.status.success())
+}
+
+/// What stock `sqlite3` prints for `script` on a fresh database.
+fn sqlite3_output(dir: &Path, script: &Path) -> Output {
+    let db = dir.join("stock.db");
+    Command::new("sqlite3").arg(&db).stdin(std::fs::File::open(script).unwrap()).output().unwrap()
+}
+
 // ---- 5: logging and printing never panic -------------------------------------------------
 
 #[test]
@@ -85,4 +98,67 @@ fn every_command_survives_a_full_stdout() {
         assert_eq!(status.signal(), None, "{args:?}: {status:?}");
         assert!(matches!(status.code(), Some(0..=2)), "{args:?}: {status:?}");
     }
+}
+
+// ---- 9: SQL bytes reach SQLite unchanged -------------------------------------------------
+
+/// Invalid UTF-8 in literals, identifiers and comments: stored and printed byte for byte as
+/// stock `sqlite3` does (before, each became U+FFFD: EF BF BD).
+#[test]
+fn invalid_utf8_reaches_sqlite_as_sqlite3_gives_it() {
+    if !sqlite3_available() {
+        eprintln!("sqlite3 not installed: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut script: Vec<u8> = b"CREATE TABLE t(x);\n".to_vec();
+    for value in [&b"a\xffb"[..], b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf;", b"ok \xe2\x82"] {
+        script.extend_from_slice(b"INSERT INTO t VALUES('");
+        script.extend_from_slice(value);
+        script.extend_from_slice(b"'); -- comment \xfe\n");
+    }
+    script.extend_from_slice(b"CREATE TABLE \"\xff\xfe\"(y); INSERT INTO \"\xff\xfe\" VALUES('\x80');\n");
+    script.extend_from_slice(b"SELECT hex(x), length(CAST(x AS BLOB)) FROM t;\n");
+    script.extend_from_slice(b"SELECT hex(y), hex(name) FROM \"\xff\xfe\", sqlite_schema WHERE type = 'table';\n");
+    script.extend_from_slice(b"SELECT x FROM t WHERE rowid = 1;\n");
+    let file = dir.path().join("bytes.sql");
+    std::fs::write(&file, &script).unwrap();
+
+    let stock = sqlite3_output(dir.path(), &file);
+    assert!(stock.status.success(), "{}", text(&stock.stderr));
+    assert!(text(&stock.stdout).contains("61FF62|3"), "{}", text(&stock.stdout));
+
+    let ours = run(&[OsStr::new("exec"), dir.path().join("ours.db").as_os_str(), OsStr::new("-f"), file.as_os_str()]);
+    assert!(ours.status.success(), "{}", text(&ours.stdout));
+    assert_eq!(ours.stdout, stock.stdout, "ours:\n{}\nsqlite3:\n{}", text(&ours.stdout), text(&stock.stdout));
+
+    // The same bytes as an argument (not UTF-8: an OsStr on Unix).
+    let arg = OsStr::from_bytes(&script);
+    let ours = run(&[OsStr::new("exec"), dir.path().join("arg.db").as_os_str(), arg]);
+    assert!(ours.status.success(), "{}", text(&ours.stdout));
+    assert_eq!(ours.stdout, stock.stdout);
+}
+
+/// A NUL inside a literal: SQLite reads no SQL past a NUL, so the statement fails with
+/// SQLite's own error (before, the NUL silently became a space and the row was stored
+/// changed). `sqlite3`'s line reader drops the rest of such a line instead, which joins
+/// the next lines to it: that is not copied. The statements after it still run.
+#[test]
+fn nul_in_a_literal_is_refused_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nul.sql");
+    std::fs::write(
+        &file,
+        b"CREATE TABLE t(x);\nINSERT INTO t VALUES('a\0b');\nINSERT INTO t VALUES(x'00');\nSELECT 1; \0 SELECT 2;\nSELECT hex(x) FROM t;\n",
+    )
+    .unwrap();
+    let out = run(&[OsStr::new("exec"), dir.path().join("nul.db").as_os_str(), OsStr::new("-f"), file.as_os_str()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains("612062"), "the NUL became a space: {stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("Error: unrecognized token: \"'a"), "{stdout}");
+    assert_eq!(lines[1], "1");
+    assert!(lines[2].starts_with("Error: ") && lines[2].contains("NUL"), "{stdout}");
+    assert_eq!(&lines[3..], ["00"], "{stdout}");
 }

@@ -1,5 +1,6 @@
 //! `libsql-wal`: run SQL on our WAL (or SQLite's, to compare), checkpoint, inspect.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,8 +45,8 @@ enum Command {
         seed: Option<u64>,
         /// The database file (created if missing).
         db: PathBuf,
-        /// SQL to run (omit with -f).
-        sql: Option<String>,
+        /// SQL to run (omit with -f). Its bytes go to SQLite as they are, UTF-8 or not.
+        sql: Option<OsString>,
         /// Read the SQL from this file.
         #[arg(short = 'f', long = "file", conflicts_with = "sql")]
         file: Option<PathBuf>,
@@ -242,17 +243,14 @@ fn exec(
     wal: WalKind,
     seed: Option<u64>,
     db: &Path,
-    sql: Option<String>,
+    sql: Option<OsString>,
     file: Option<PathBuf>,
     storage: &StorageArgs,
     no_wait: bool,
 ) -> Result<ExitCode, String> {
     let sql = match (sql, file) {
-        (Some(sql), None) => sql,
-        (None, Some(file)) => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
+        (Some(sql), None) => os_bytes(sql),
+        (None, Some(file)) => std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?,
         _ => return Err("give the SQL as an argument or with -f FILE".into()),
     };
     let mut out = output::Stdout::lock();
@@ -277,6 +275,18 @@ fn exec(
     // A failed write is reported by `main`, as for every command.
     let _ = out.flush();
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// An argument's bytes as given (on Unix any bytes; elsewhere its text, lossily).
+fn os_bytes(arg: OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStringExt::into_vec(arg)
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
+    }
 }
 
 fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCode, String> {
