@@ -162,3 +162,27 @@ fn nul_in_a_literal_is_refused_not_changed() {
     assert!(lines[2].starts_with("Error: ") && lines[2].contains("NUL"), "{stdout}");
     assert_eq!(&lines[3..], ["00"], "{stdout}");
 }
+
+// ---- 11: no credential in any error ---------------------------------------------------------
+
+#[test]
+fn no_credential_of_a_store_url_in_any_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("creds.db");
+    for url in [
+        "az://acct:AzSecret1@container/p?sig=AzSecret2",
+        "s3://key:S3Secret1@bucket/p?X-Amz-Signature=S3Secret2",
+        "gs://user:GsSecret1@bucket/p?token=GsSecret2",
+        "file://user:FileSecret1@elsewhere/p?token=FileSecret2",
+        "ftp://user:FtpSecret1@host/p?token=FtpSecret2",
+    ] {
+        for args in [vec!["storage", "ls", url], vec!["info", "--storage", url, db.to_str().unwrap()]] {
+            let out =
+                Command::new(BIN).args(&args).envs(DEAD_S3).env("GOOGLE_SERVICE_ACCOUNT_KEY", "{}").output().unwrap();
+            let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            for secret in ["Secret1", "Secret2"] {
+                assert!(!all.contains(secret), "{args:?} shows {secret}: {all}");
+            }
+        }
+    }
+}
