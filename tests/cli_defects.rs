@@ -163,6 +163,34 @@ fn nul_in_a_literal_is_refused_not_changed() {
     assert_eq!(&lines[3..], ["00"], "{stdout}");
 }
 
+// ---- 12: inspecting a missing local store creates nothing ----------------------------------
+
+#[test]
+fn inspecting_a_missing_local_store_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let url = format!("file://{}", missing.join("deep/store").display());
+
+    let out = run(&["storage", "ls", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "no namespaces");
+    let out = run(&["storage", "ls", &url, "shop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("0 objects"), "{}", text(&out.stdout));
+    let restored = dir.path().join("restored.db");
+    let out = run(&["restore", "--storage", &url, "--namespace", "shop", restored.to_str().unwrap()]);
+    assert!(!out.status.success(), "nothing to restore");
+    assert!(!missing.exists(), "an inspecting command created the store");
+
+    // Writing to it creates it.
+    let db = dir.path().join("shop.db");
+    let out = run(&["exec", "--storage", &url, db.to_str().unwrap(), "CREATE TABLE t(x); INSERT INTO t VALUES(1);"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(missing.join("deep/store/shop").is_dir(), "the first upload creates the store");
+    let out = run(&["storage", "ls", &url]);
+    assert!(text(&out.stdout).starts_with("shop  durable up to frame"), "{}", text(&out.stdout));
+}
+
 // ---- 11: no credential in any error ---------------------------------------------------------
 
 #[test]

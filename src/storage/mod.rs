@@ -71,12 +71,59 @@ struct StorageInner {
     display_url: String,
     /// Scrubbed from every message (object_store's errors quote URLs with credentials).
     secrets: Secrets,
-    store: Arc<dyn ObjectStore>,
-    /// Set for `file://` stores: puts are followed by an fsync of the file and directory,
-    /// which the local backend does not do itself.
-    local_root: Option<PathBuf>,
+    backend: Backend,
     config: StorageConfig,
     uploads: Arc<tokio::sync::Semaphore>,
+}
+
+enum Backend {
+    /// A cloud or in-memory store.
+    Store(Arc<dyn ObjectStore>),
+    /// A `file://` store: puts are followed by an fsync of the file and directory, which the
+    /// local backend does not do itself.
+    Local(LocalDir),
+}
+
+/// A `file://` store's directory, opened once it exists: reading a store that does not
+/// exist (yet) finds it empty and creates nothing, so `storage ls`, `info` and `restore`
+/// change nothing on disk; the first upload creates it.
+struct LocalDir {
+    dir: PathBuf,
+    opened: Mutex<Option<Arc<dyn ObjectStore>>>,
+}
+
+impl LocalDir {
+    /// The store, if the directory exists.
+    fn existing(&self) -> std::result::Result<Option<Arc<dyn ObjectStore>>, String> {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if opened.is_none() && self.dir.is_dir() {
+            let store = LocalFileSystem::new_with_prefix(&self.dir).map_err(|e| e.to_string())?;
+            *opened = Some(Arc::new(store));
+        }
+        Ok(opened.clone())
+    }
+
+    /// The store, the directory created first if it is missing.
+    fn created(&self) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+        if let Some(store) = self.existing()? {
+            return Ok(store);
+        }
+        create_dir_all_synced(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        self.existing()?.ok_or_else(|| format!("{} is not a directory", self.dir.display()))
+    }
+}
+
+/// `create_dir_all`, then syncs the parent of every directory it created, so they survive
+/// a power cut along with the first object put in them.
+fn create_dir_all_synced(dir: &std::path::Path) -> std::io::Result<()> {
+    let missing: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// The runtime every storage request runs on: its own threads, so neither commits nor a
@@ -119,27 +166,31 @@ impl Storage {
         // Our own upload loop retries forever with backoff; the client's retries only smooth
         // over a blip, so an outage shows up (in `info`) within seconds.
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
-        let mut local_root = None;
-        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        let backend = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| bad("a file:// URL needs an absolute path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-                local_root = Some(dir);
-                Arc::new(store)
+                // Not created here (see `LocalDir`); opened now if it exists, to report
+                // a directory that cannot be opened at once.
+                let local = LocalDir { dir, opened: Mutex::new(None) };
+                local.existing().map_err(bad)?;
+                Backend::Local(local)
             }
-            "memory" => memory_store(parsed.host_str().unwrap_or("")),
+            "memory" => Backend::Store(memory_store(parsed.host_str().unwrap_or(""))),
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
                 let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
                 let store = cloud_store(scheme, url, options, client, retry).map_err(|e| bad(e.to_string()))?;
                 let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
-                if prefix.as_ref().is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) }
+                Backend::Store(if prefix.as_ref().is_empty() {
+                    store
+                } else {
+                    Arc::new(PrefixStore::new(store, prefix))
+                })
             }
             other => return Err(bad(format!("unsupported scheme {other}: use file, s3, gs, az or memory"))),
         };
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.upload_concurrency_max.max(1)));
         let display_url = redact(url);
-        Ok(Storage { inner: Arc::new(StorageInner { display_url, secrets, store, local_root, config, uploads }) })
+        Ok(Storage { inner: Arc::new(StorageInner { display_url, secrets, backend, config, uploads }) })
     }
 
     /// The URL, without credentials.
@@ -153,7 +204,7 @@ impl Storage {
 
     /// Namespaces holding at least one object, sorted.
     pub fn list_namespaces(&self) -> Result<Vec<String>> {
-        let store = self.inner.store.clone();
+        let store = self.read_store()?;
         let listed = self.block_on(async move { store.list_with_delimiter(None).await })?;
         let mut names: Vec<String> = listed
             .map_err(|e| self.error("listing namespaces", e))?
@@ -183,8 +234,7 @@ impl Storage {
     pub(crate) async fn list_async(&self, namespace: &str) -> Result<Vec<StoredObject>> {
         let prefix = ObjectPath::from(namespace);
         let metas: Vec<_> = self
-            .inner
-            .store
+            .read_store()?
             .list(Some(&prefix))
             .try_collect()
             .await
@@ -204,8 +254,7 @@ impl Storage {
     /// Stores `bytes` under `key` in one request (atomic: a reader sees all or nothing).
     pub(crate) async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
-        self.inner
-            .store
+        self.write_store()?
             .put(&path, PutPayload::from(bytes))
             .await
             .map_err(|e| self.error(&format!("uploading {key}"), e))?;
@@ -216,13 +265,13 @@ impl Storage {
     /// only once complete.
     pub(crate) fn writer(&self, key: &str) -> Result<object_store::buffered::BufWriter> {
         let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
-        Ok(object_store::buffered::BufWriter::new(self.inner.store.clone(), path))
+        Ok(object_store::buffered::BufWriter::new(self.write_store()?, path))
     }
 
     /// On a local-directory store, makes a completed object durable (file and directory).
     pub(crate) async fn sync_local(&self, key: &str) -> Result<()> {
-        let Some(root) = &self.inner.local_root else { return Ok(()) };
-        let file = root.join(key);
+        let Backend::Local(local) = &self.inner.backend else { return Ok(()) };
+        let file = local.dir.join(key);
         let sync = move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
             if let Some(dir) = file.parent() {
@@ -277,8 +326,31 @@ impl Storage {
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner.store
+    /// The store to read from. (A local directory that cannot be opened reads as empty
+    /// here: the listing that comes before any read has reported why.)
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
+        self.read_store().unwrap_or_else(|_| Arc::new(InMemory::new()))
+    }
+
+    /// The store to read from: a local directory that does not exist reads as an empty
+    /// store (nothing is created).
+    fn read_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        match &self.inner.backend {
+            Backend::Store(store) => Ok(store.clone()),
+            Backend::Local(local) => match local.existing() {
+                Ok(Some(store)) => Ok(store),
+                Ok(None) => Ok(Arc::new(InMemory::new())),
+                Err(e) => Err(self.error("opening the store", e)),
+            },
+        }
+    }
+
+    /// The store to write to: a local directory is created first if missing.
+    fn write_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        match &self.inner.backend {
+            Backend::Store(store) => Ok(store.clone()),
+            Backend::Local(local) => local.created().map_err(|e| self.error("opening the store", e)),
+        }
     }
 
     pub(crate) fn spawn<F>(&self, future: F)
