@@ -191,6 +191,34 @@ fn inspecting_a_missing_local_store_creates_nothing() {
     assert!(text(&out.stdout).starts_with("shop  durable up to frame"), "{}", text(&out.stdout));
 }
 
+// ---- 12: a checkpoint held back by storage says why -----------------------------------------
+
+#[test]
+fn checkpoint_held_back_by_storage_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("held.db");
+    let db_arg = db.to_str().unwrap();
+    let mut script = String::from("CREATE TABLE t(i INTEGER PRIMARY KEY, v BLOB);");
+    for i in 0..200 {
+        script.push_str(&format!("INSERT INTO t VALUES({i}, zeroblob(3000));"));
+    }
+    // Storage down: nothing becomes durable, so nothing may be checkpointed.
+    let out = run(&["exec", "--storage", "s3://bucket/x", "--no-wait", db_arg, &script]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    for storage in [&["--storage", "s3://bucket/x"][..], &[][..]] {
+        let mut args = vec!["checkpoint", db_arg, "--mode", "truncate"];
+        args.extend_from_slice(storage);
+        let out = run(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let fields: Vec<&str> = stdout.trim_end().split('|').collect();
+        assert_eq!(fields.len(), 3, "SQLite's busy|log|checkpointed: {stdout}");
+        assert_eq!((fields[0], fields[2]), ("1", "0"), "{stdout}");
+        assert!(stderr.contains("checkpoint held back:"), "{storage:?}: no reason given: {stderr}");
+        assert!(stderr.contains("not yet in storage") || stderr.contains("not known to be in storage"), "{stderr}");
+    }
+}
+
 // ---- 11: no credential in any error ---------------------------------------------------------
 
 #[test]

@@ -300,9 +300,37 @@ fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCod
         return Err(format!("no database at {}", db.display()));
     }
     let manager = storage.manager(db)?;
+    // Held across the checkpoint, so the log stays open and its durability state (known
+    // only once storage answered) is still there to explain a checkpoint held back.
+    let _held = libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?;
     let r = libsql_wal::checkpoint(db, mode, &manager).map_err(|e| e.to_string())?;
     outln!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
+    if r.busy || r.checkpointed_frames < r.log_frames {
+        let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
+        if let Some(reason) = held_back_by_storage(&info, storage.storage.is_some()) {
+            errln!("{reason}");
+        }
+    }
     Ok(if r.busy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Why a checkpoint left frames in the log, when the reason is storage: a segment is
+/// copied into the database only once durable (SQLite's three numbers cannot say so).
+fn held_back_by_storage(info: &libsql_wal::LogInfo, storage_given: bool) -> Option<String> {
+    let durability = info.durability.as_ref()?;
+    let hint = if storage_given { "" } else { "; give --storage URL to upload them" };
+    match durability.durable_frame_no {
+        Some(durable) if durable >= info.last_frame_no => None,
+        Some(durable) => Some(format!(
+            "checkpoint held back: {} frames are not yet in storage (durable up to {durable} of {}){hint}",
+            info.last_frame_no - durable,
+            info.last_frame_no
+        )),
+        None => Some(format!(
+            "checkpoint held back: frames up to {} are not known to be in storage (storage not reached yet){hint}",
+            info.last_frame_no
+        )),
+    }
 }
 
 fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
