@@ -163,6 +163,37 @@ fn nul_in_a_literal_is_refused_not_changed() {
     assert_eq!(&lines[3..], ["00"], "{stdout}");
 }
 
+// ---- 12: a SQL argument may start with `--` ------------------------------------------------
+
+#[test]
+fn sql_argument_starting_with_dashes_is_the_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dash.db");
+    for (sql, expected) in [
+        ("-- a comment\nselect 1;", "1\n"),
+        ("--wal sqlite\nselect 2;", "2\n"),
+        ("-1 + 4", ""),
+        ("/* x */ select -3;", "-3\n"),
+    ] {
+        let out = run(&[OsStr::new("exec"), db.as_os_str(), OsStr::new(sql)]);
+        if expected.is_empty() {
+            // Not SQL, but taken as SQL: SQLite's error, not clap's.
+            assert!(text(&out.stdout).starts_with("Error: near \"-\""), "{sql:?}: {}", text(&out.stdout));
+        } else {
+            assert!(out.status.success(), "{sql:?}: {}{}", text(&out.stdout), text(&out.stderr));
+            assert_eq!(text(&out.stdout), expected, "{sql:?}");
+        }
+    }
+    // Options still work around it.
+    let out =
+        run(&[OsStr::new("exec"), OsStr::new("--wal"), OsStr::new("sqlite"), db.as_os_str(), OsStr::new("select 4")]);
+    assert_eq!(text(&out.stdout), "4\n", "{}", text(&out.stderr));
+    let file = dir.path().join("s.sql");
+    std::fs::write(&file, "-- from a file\nselect 5;").unwrap();
+    let out = run(&[OsStr::new("exec"), db.as_os_str(), OsStr::new("-f"), file.as_os_str()]);
+    assert_eq!(text(&out.stdout), "5\n", "{}", text(&out.stderr));
+}
+
 // ---- 12: inspecting a missing local store creates nothing ----------------------------------
 
 #[test]

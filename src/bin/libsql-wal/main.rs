@@ -45,7 +45,9 @@ enum Command {
         seed: Option<u64>,
         /// The database file (created if missing).
         db: PathBuf,
-        /// SQL to run (omit with -f). Its bytes go to SQLite as they are, UTF-8 or not.
+        /// SQL to run (omit with -f). May start with `-` (a `-- comment`, say): it is still
+        /// the SQL, not an option. Its bytes go to SQLite as they are, UTF-8 or not.
+        #[arg(allow_hyphen_values = true)]
         sql: Option<OsString>,
         /// Read the SQL from this file.
         #[arg(short = 'f', long = "file", conflicts_with = "sql")]
