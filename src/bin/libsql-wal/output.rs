@@ -71,3 +71,26 @@ pub fn err_line(args: fmt::Arguments) {
     // One write per line, so lines from several threads do not interleave.
     let _ = Stderr.write_all(format!("{args}\n").as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every print of the binary goes through `outln!`/`errln!` or the writers above: the
+    /// std macros panic on a failed write. (Code merged in with one fails here.)
+    #[test]
+    fn no_panicking_print_macro_in_the_binary() {
+        let sources = [
+            ("main.rs", include_str!("main.rs")),
+            ("script.rs", include_str!("script.rs")),
+            ("split.rs", include_str!("split.rs")),
+            ("storage_cmd.rs", include_str!("storage_cmd.rs")),
+            ("bench_cmd.rs", include_str!("bench_cmd.rs")),
+        ];
+        // Spelled in pieces, so this file does not match itself.
+        let macros = ["print", "eprint", "dbg"].map(|name| [format!("{name}!("), format!("{name}ln!(")]);
+        for (file, source) in sources {
+            for call in macros.iter().flatten() {
+                assert!(!source.contains(call.as_str()), "{file} calls {call}: use outln!/errln! (see output.rs)");
+            }
+        }
+    }
+}
