@@ -69,12 +69,61 @@ pub struct Storage {
 struct StorageInner {
     /// The URL without credentials or query, for messages.
     display_url: String,
-    store: Arc<dyn ObjectStore>,
-    /// Set for `file://` stores: puts are followed by an fsync of the file and directory,
-    /// which the local backend does not do itself.
-    local_root: Option<PathBuf>,
+    /// Scrubbed from every message (object_store's errors quote URLs with credentials).
+    secrets: Secrets,
+    backend: Backend,
     config: StorageConfig,
     uploads: Arc<tokio::sync::Semaphore>,
+}
+
+enum Backend {
+    /// A cloud or in-memory store.
+    Store(Arc<dyn ObjectStore>),
+    /// A `file://` store: puts are followed by an fsync of the file and directory, which the
+    /// local backend does not do itself.
+    Local(LocalDir),
+}
+
+/// A `file://` store's directory, opened once it exists: reading a store that does not
+/// exist (yet) finds it empty and creates nothing, so `storage ls`, `info` and `restore`
+/// change nothing on disk; the first upload creates it.
+struct LocalDir {
+    dir: PathBuf,
+    opened: Mutex<Option<Arc<dyn ObjectStore>>>,
+}
+
+impl LocalDir {
+    /// The store, if the directory exists.
+    fn existing(&self) -> std::result::Result<Option<Arc<dyn ObjectStore>>, String> {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if opened.is_none() && self.dir.is_dir() {
+            let store = LocalFileSystem::new_with_prefix(&self.dir).map_err(|e| e.to_string())?;
+            *opened = Some(Arc::new(store));
+        }
+        Ok(opened.clone())
+    }
+
+    /// The store, the directory created first if it is missing.
+    fn created(&self) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+        if let Some(store) = self.existing()? {
+            return Ok(store);
+        }
+        create_dir_all_synced(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        self.existing()?.ok_or_else(|| format!("{} is not a directory", self.dir.display()))
+    }
+}
+
+/// `create_dir_all`, then syncs the parent of every directory it created, so they survive
+/// a power cut along with the first object put in them.
+fn create_dir_all_synced(dir: &std::path::Path) -> std::io::Result<()> {
+    let missing: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// The runtime every storage request runs on: its own threads, so neither commits nor a
@@ -109,33 +158,39 @@ impl Storage {
     /// As [`Storage::open`], with builder options (`("aws_endpoint", "http://...")`, ...)
     /// taking precedence over the environment.
     pub fn open_with(url: &str, options: &[(&str, &str)], config: StorageConfig) -> Result<Storage> {
-        let bad = |reason: String| Error::Storage { url: redact(url), reason };
+        let secrets = Secrets::of(url, options);
+        let bad = |reason: String| Error::Storage { url: redact(url), reason: secrets.scrub(&reason) };
         let parsed = Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
         let client =
             ClientOptions::new().with_timeout(config.request_timeout).with_connect_timeout(Duration::from_secs(5));
         // Our own upload loop retries forever with backoff; the client's retries only smooth
         // over a blip, so an outage shows up (in `info`) within seconds.
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(10), ..RetryConfig::default() };
-        let mut local_root = None;
-        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        let backend = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| bad("a file:// URL needs an absolute path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-                let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-                local_root = Some(dir);
-                Arc::new(store)
+                // Not created here (see `LocalDir`); opened now if it exists, to report
+                // a directory that cannot be opened at once.
+                let local = LocalDir { dir, opened: Mutex::new(None) };
+                local.existing().map_err(bad)?;
+                Backend::Local(local)
             }
-            "memory" => memory_store(parsed.host_str().unwrap_or("")),
+            "memory" => Backend::Store(memory_store(parsed.host_str().unwrap_or(""))),
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
                 let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
                 let store = cloud_store(scheme, url, options, client, retry).map_err(|e| bad(e.to_string()))?;
                 let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
-                if prefix.as_ref().is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) }
+                Backend::Store(if prefix.as_ref().is_empty() {
+                    store
+                } else {
+                    Arc::new(PrefixStore::new(store, prefix))
+                })
             }
             other => return Err(bad(format!("unsupported scheme {other}: use file, s3, gs, az or memory"))),
         };
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.upload_concurrency_max.max(1)));
-        Ok(Storage { inner: Arc::new(StorageInner { display_url: redact(url), store, local_root, config, uploads }) })
+        let display_url = redact(url);
+        Ok(Storage { inner: Arc::new(StorageInner { display_url, secrets, backend, config, uploads }) })
     }
 
     /// The URL, without credentials.
@@ -149,7 +204,7 @@ impl Storage {
 
     /// Namespaces holding at least one object, sorted.
     pub fn list_namespaces(&self) -> Result<Vec<String>> {
-        let store = self.inner.store.clone();
+        let store = self.read_store()?;
         let listed = self.block_on(async move { store.list_with_delimiter(None).await })?;
         let mut names: Vec<String> = listed
             .map_err(|e| self.error("listing namespaces", e))?
@@ -179,8 +234,7 @@ impl Storage {
     pub(crate) async fn list_async(&self, namespace: &str) -> Result<Vec<StoredObject>> {
         let prefix = ObjectPath::from(namespace);
         let metas: Vec<_> = self
-            .inner
-            .store
+            .read_store()?
             .list(Some(&prefix))
             .try_collect()
             .await
@@ -200,8 +254,7 @@ impl Storage {
     /// Stores `bytes` under `key` in one request (atomic: a reader sees all or nothing).
     pub(crate) async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
-        self.inner
-            .store
+        self.write_store()?
             .put(&path, PutPayload::from(bytes))
             .await
             .map_err(|e| self.error(&format!("uploading {key}"), e))?;
@@ -212,13 +265,13 @@ impl Storage {
     /// only once complete.
     pub(crate) fn writer(&self, key: &str) -> Result<object_store::buffered::BufWriter> {
         let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
-        Ok(object_store::buffered::BufWriter::new(self.inner.store.clone(), path))
+        Ok(object_store::buffered::BufWriter::new(self.write_store()?, path))
     }
 
     /// On a local-directory store, makes a completed object durable (file and directory).
     pub(crate) async fn sync_local(&self, key: &str) -> Result<()> {
-        let Some(root) = &self.inner.local_root else { return Ok(()) };
-        let file = root.join(key);
+        let Backend::Local(local) = &self.inner.backend else { return Ok(()) };
+        let file = local.dir.join(key);
         let sync = move || -> std::io::Result<()> {
             std::fs::File::open(&file)?.sync_all()?;
             if let Some(dir) = file.parent() {
@@ -236,8 +289,10 @@ impl Storage {
         &self.inner.uploads
     }
 
+    /// An error about this store; its text never holds the URL's credentials.
     pub(crate) fn error(&self, action: &str, e: impl std::fmt::Display) -> Error {
-        Error::Storage { url: self.inner.display_url.clone(), reason: format!("{action}: {e}") }
+        let reason = self.inner.secrets.scrub(&format!("{action}: {e}"));
+        Error::Storage { url: self.inner.display_url.clone(), reason }
     }
 
     /// Runs `future` on the storage runtime and waits for it, from any thread (also from
@@ -271,8 +326,31 @@ impl Storage {
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.inner.store
+    /// The store to read from. (A local directory that cannot be opened reads as empty
+    /// here: the listing that comes before any read has reported why.)
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
+        self.read_store().unwrap_or_else(|_| Arc::new(InMemory::new()))
+    }
+
+    /// The store to read from: a local directory that does not exist reads as an empty
+    /// store (nothing is created).
+    fn read_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        match &self.inner.backend {
+            Backend::Store(store) => Ok(store.clone()),
+            Backend::Local(local) => match local.existing() {
+                Ok(Some(store)) => Ok(store),
+                Ok(None) => Ok(Arc::new(InMemory::new())),
+                Err(e) => Err(self.error("opening the store", e)),
+            },
+        }
+    }
+
+    /// The store to write to: a local directory is created first if missing.
+    fn write_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        match &self.inner.backend {
+            Backend::Store(store) => Ok(store.clone()),
+            Backend::Local(local) => local.created().map_err(|e| self.error("opening the store", e)),
+        }
     }
 
     pub(crate) fn spawn<F>(&self, future: F)
@@ -330,15 +408,217 @@ fn settings(prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `scheme://host/path`, without user info, password or query (where credentials hide).
+/// `scheme://host/path`, without user info, password, query or fragment (where
+/// credentials hide).
 fn redact(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
             let _ = parsed.set_password(None);
             parsed.set_query(None);
+            parsed.set_fragment(None);
             parsed.to_string()
         }
         Err(_) => "<invalid URL>".to_string(),
+    }
+}
+
+/// Shorter values are left in messages: they cannot hide a credential, and replacing every
+/// `1` or `r` would make messages unreadable.
+const SECRET_LEN_MIN: usize = 3;
+
+/// What must never appear in a message about a store: the credentials its URL and options
+/// carried. object_store's errors quote URLs (the one given, or a request's, with a SAS
+/// token appended), so every message about a store goes through [`Secrets::scrub`].
+#[derive(Debug, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// The user info, password, query (whole, and each value) and fragment of `url`, as
+    /// written and decoded, and as the URL parser spells them; and the values of `options`
+    /// whose key names a credential.
+    fn of(url: &str, options: &[(&str, &str)]) -> Secrets {
+        let mut found: Vec<String> = Vec::new();
+        let (user_info, query, fragment) = url_parts(url);
+        if let Some(user_info) = user_info {
+            found.push(user_info.to_string());
+            found.extend(user_info.split(':').map(str::to_string));
+        }
+        if let Some(query) = query {
+            found.push(query.to_string());
+            found.extend(query.split('&').filter_map(|pair| pair.split_once('=')).map(|(_, v)| v.to_string()));
+        }
+        found.extend(fragment.map(str::to_string));
+        if let Ok(parsed) = Url::parse(url) {
+            found.push(parsed.username().to_string());
+            found.extend(parsed.password().map(str::to_string));
+            found.extend(parsed.query().map(str::to_string));
+            found.extend(parsed.query_pairs().map(|(_, v)| v.into_owned()));
+            found.extend(parsed.fragment().map(str::to_string));
+        }
+        let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+        found.extend(decoded);
+        found.extend(options.iter().filter(|(key, _)| names_a_credential(key)).map(|(_, v)| v.to_string()));
+        found.retain(|s| s.len() >= SECRET_LEN_MIN);
+        // Longest first, so a whole query goes before the values inside it.
+        found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        found.dedup();
+        Secrets(found)
+    }
+
+    /// `text` without any URL's user info, query or fragment, and without any known secret.
+    fn scrub(&self, text: &str) -> String {
+        let mut text = scrub_urls(text);
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
+/// The user info, query and fragment of `url`, read from its text (so also from a URL the
+/// parser refuses).
+fn url_parts(url: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let (url, fragment) = match url.split_once('#') {
+        Some((url, fragment)) => (url, Some(fragment)),
+        None => (url, None),
+    };
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split('/').next().unwrap_or("");
+    let user_info = authority.rsplit_once('@').map(|(user_info, _)| user_info);
+    (user_info, query, fragment)
+}
+
+fn names_a_credential(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token", "key", "sas", "sig", "credential", "auth"].iter().any(|word| key.contains(word))
+}
+
+/// `%XX` escapes decoded (and `+` as a space, as in a query); invalid escapes kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every `scheme://...` in `text` without its user info (`user:password@`), query and
+/// fragment. A URL ends at whitespace, a quote or a closing bracket (punctuation before
+/// them is kept).
+fn scrub_urls(text: &str) -> String {
+    let ends_url = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | ')' | ']' | '}');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, url) = rest.split_at(at + 3);
+        out.push_str(before);
+        let len = url.find(ends_url).unwrap_or(url.len());
+        // Punctuation ending the URL belongs to the sentence around it.
+        let len = url[..len].trim_end_matches(['.', ',', ':', ';', '!']).len();
+        let (url, after) = url.split_at(len);
+        let authority_len = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, path) = url.split_at(authority_len);
+        out.push_str(authority.rsplit_once('@').map_or(authority, |(_, host)| host));
+        out.push_str(&path[..path.find(['?', '#']).unwrap_or(path.len())]);
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// URLs of every scheme with credentials in the user info and the query, some
+    /// percent-encoded; every secret holds "Secret".
+    const URLS: &[&str] = &[
+        "az://acct:AzSecret1@container/p?sig=AzSecret2",
+        "abfss://container:AzSecret1@acct.dfs.core.windows.net/p?sv=1&sig=AzSecret2%2B",
+        "s3://KEYSecret0:S3Secret1@bucket/prefix?X-Amz-Signature=S3Secret2&X-Amz-Security-Token=S3Secret3",
+        "gs://user:GsSecret1@bucket/p?access_token=GsSecret2#GsSecret3",
+        "file://user:FileSecret1@localhost/tmp/libsql-wal-redaction-test?token=FileSecret2",
+        "file://user:FileSecret1@elsewhere/tmp/x?token=FileSecret2",
+        "memory://user:MemSecret1@name?token=MemSecret2",
+        "ftp://user:FtpSecret1@host/p?token=FtpSecret2",
+        "s3://user:Pct%53ecret1@bucket/p?sig=Pct%53ecret2",
+        "not a url://user:BadSecret1@host?sig=BadSecret2",
+    ];
+
+    fn assert_clean(text: &str) {
+        assert!(!text.contains("Secret"), "a secret shows: {text}");
+        assert!(!text.contains("%53ecret"), "a secret shows: {text}");
+    }
+
+    fn quick() -> StorageConfig {
+        StorageConfig { request_timeout: Duration::from_secs(2), ..StorageConfig::default() }
+    }
+
+    /// Options that keep requests off the network (a port nobody listens on) and builders
+    /// satisfied.
+    const OPTIONS: &[(&str, &str)] = &[
+        ("aws_endpoint", "http://127.0.0.1:9"),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "OptSecretKey"),
+        ("aws_secret_access_key", "OptSecretValue"),
+    ];
+
+    #[test]
+    fn no_secret_in_any_error() {
+        for url in URLS {
+            let options: &[(&str, &str)] = if url.starts_with("s3") { OPTIONS } else { &[] };
+            match Storage::open_with(url, options, quick()) {
+                Err(e) => assert_clean(&e.to_string()),
+                Ok(storage) => {
+                    assert_clean(storage.url());
+                    let offline = ["s3", "file", "memory"].iter().any(|s| url.starts_with(s));
+                    if offline && let Err(e) = storage.list_namespaces() {
+                        assert_clean(&e.to_string());
+                    }
+                    // What object_store's errors quote: the URL given, a request's URL with
+                    // the query appended, the decoded credentials.
+                    let quoted = format!(
+                        "Error performing GET {url} (url: \"{url}&comp=list\"), user {}",
+                        percent_decode(url_parts(url).0.unwrap_or(""))
+                    );
+                    assert_clean(&storage.error("listing", quoted).to_string());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scrubbing_keeps_the_rest_of_the_message() {
+        let secrets = Secrets::of("az://acct:AzSecret1@container/p?sig=AzSecret2", &[]);
+        assert_eq!(
+            secrets.scrub("GET https://x.blob.core.windows.net/container/p?comp=list&sig=AzSecret2: refused"),
+            "GET https://x.blob.core.windows.net/container/p: refused"
+        );
+        assert_eq!(secrets.scrub("bad key AzSecret1 (az://acct:AzSecret1@container)"), "bad key *** (az://container)");
+        assert_eq!(secrets.scrub("no URL here"), "no URL here");
     }
 }

@@ -399,15 +399,15 @@ fn print(suite: &Suite, args: &SuiteArgs, rounds: usize, sizes: &Sizes) {
                 )
             })
             .collect();
-        println!("{{\"quick\":{},\"rounds\":{rounds},\"results\":[{}]}}", args.quick, items.join(","));
+        outln!("{{\"quick\":{},\"rounds\":{rounds},\"results\":[{}]}}", args.quick, items.join(","));
         return;
     }
-    println!(
+    outln!(
         "libsql-wal bench{}: median of {rounds} alternating round(s); ratio = ours ÷ SQLite's WAL \
          (sync-loop row: ours ÷ the bare loop; \"abs\": a bound on our own figure)",
         if args.quick { " --quick" } else { "" }
     );
-    println!(
+    outln!(
         "sizes: {} FULL / {} NORMAL commits, bulk {} MiB, read table {} MiB for {:?} per point, \
          checkpoint of a {} MiB log, {} idle databases",
         sizes.full_commits,
@@ -418,11 +418,11 @@ fn print(suite: &Suite, args: &SuiteArgs, rounds: usize, sizes: &Sizes) {
         sizes.latency_log_mib,
         sizes.scale_databases
     );
-    println!("{:<60} {:>12} {:>12} {:>7} {:>10}", "workload", "sqlite", "libsql-wal", "ratio", "target");
+    outln!("{:<60} {:>12} {:>12} {:>7} {:>10}", "workload", "sqlite", "libsql-wal", "ratio", "target");
     let cell = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{v:.1}"));
     for r in &suite.rows {
         let verdict = if r.met() == Some(false) { "  (missed)" } else { "" };
-        println!(
+        outln!(
             "{:<60} {:>12} {:>12} {:>7} {:>10}{verdict}",
             r.metric,
             cell(some_median(&r.sqlite)),

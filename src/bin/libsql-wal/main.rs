@@ -1,5 +1,6 @@
 //! `libsql-wal`: run SQL on our WAL (or SQLite's, to compare), checkpoint, inspect.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,8 +8,20 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use libsql_wal::{CheckpointMode, LibsqlWalManager};
 
+/// `println!` that never panics (see `output`): a failed write to stdout is reported at exit.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::out_line(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that never panics (see `output`): a failed write to stderr is ignored.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::err_line(format_args!($($arg)*)) };
+}
+
 mod bench_cmd;
+mod output;
 mod script;
+mod split;
 mod storage_cmd;
 
 use storage_cmd::StorageArgs;
@@ -32,8 +45,10 @@ enum Command {
         seed: Option<u64>,
         /// The database file (created if missing).
         db: PathBuf,
-        /// SQL to run (omit with -f).
-        sql: Option<String>,
+        /// SQL to run (omit with -f). May start with `-` (a `-- comment`, say): it is still
+        /// the SQL, not an option. Its bytes go to SQLite as they are, UTF-8 or not.
+        #[arg(allow_hyphen_values = true)]
+        sql: Option<OsString>,
         /// Read the SQL from this file.
         #[arg(short = 'f', long = "file", conflicts_with = "sql")]
         file: Option<PathBuf>,
@@ -193,7 +208,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LIBSQL_WAL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Never panic on a failed write to stderr (full disk, 2>/dev/full): drop the event.
+        .with_writer(|| output::Stderr)
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -213,12 +230,20 @@ fn main() -> ExitCode {
             stress(db, seconds, readers, seed, segment_frames)
         }
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("Error: {message}");
+            errln!("Error: {message}");
             ExitCode::FAILURE
         }
+    };
+    // Results that did not reach stdout make the command fail, though it ran.
+    match output::stdout_error() {
+        Some(error) => {
+            errln!("Error: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+        None => code,
     }
 }
 
@@ -226,21 +251,17 @@ fn exec(
     wal: WalKind,
     seed: Option<u64>,
     db: &Path,
-    sql: Option<String>,
+    sql: Option<OsString>,
     file: Option<PathBuf>,
     storage: &StorageArgs,
     no_wait: bool,
 ) -> Result<ExitCode, String> {
     let sql = match (sql, file) {
-        (Some(sql), None) => sql,
-        (None, Some(file)) => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
+        (Some(sql), None) => os_bytes(sql),
+        (None, Some(file)) => std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?,
         _ => return Err("give the SQL as an argument or with -f FILE".into()),
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::Stdout::lock();
     let ok = match wal {
         WalKind::Libsql => {
             let manager = storage.manager(db)?;
@@ -259,8 +280,21 @@ fn exec(
             script::run(&conn, &sql, seed, &mut out)
         }
     };
-    out.flush().map_err(|e| e.to_string())?;
+    // A failed write is reported by `main`, as for every command.
+    let _ = out.flush();
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// An argument's bytes as given (on Unix any bytes; elsewhere its text, lossily).
+fn os_bytes(arg: OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStringExt::into_vec(arg)
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
+    }
 }
 
 fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCode, String> {
@@ -274,9 +308,37 @@ fn checkpoint(db: &Path, mode: ModeArg, storage: &StorageArgs) -> Result<ExitCod
         return Err(format!("no database at {}", db.display()));
     }
     let manager = storage.manager(db)?;
+    // Held across the checkpoint, so the log stays open and its durability state (known
+    // only once storage answered) is still there to explain a checkpoint held back.
+    let _held = libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?;
     let r = libsql_wal::checkpoint(db, mode, &manager).map_err(|e| e.to_string())?;
-    println!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
+    outln!("{}|{}|{}", r.busy as u8, r.log_frames, r.checkpointed_frames);
+    if r.busy || r.checkpointed_frames < r.log_frames {
+        let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
+        if let Some(reason) = held_back_by_storage(&info, storage.storage.is_some()) {
+            errln!("{reason}");
+        }
+    }
     Ok(if r.busy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Why a checkpoint left frames in the log, when the reason is storage: a segment is
+/// copied into the database only once durable (SQLite's three numbers cannot say so).
+fn held_back_by_storage(info: &libsql_wal::LogInfo, storage_given: bool) -> Option<String> {
+    let durability = info.durability.as_ref()?;
+    let hint = if storage_given { "" } else { "; give --storage URL to upload them" };
+    match durability.durable_frame_no {
+        Some(durable) if durable >= info.last_frame_no => None,
+        Some(durable) => Some(format!(
+            "checkpoint held back: {} frames are not yet in storage (durable up to {durable} of {}){hint}",
+            info.last_frame_no - durable,
+            info.last_frame_no
+        )),
+        None => Some(format!(
+            "checkpoint held back: frames up to {} are not known to be in storage (storage not reached yet){hint}",
+            info.last_frame_no
+        )),
+    }
 }
 
 fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
@@ -294,17 +356,17 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
         storage_cmd::wait_until_known(db, &manager, std::time::Duration::from_secs(2));
     }
     let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
-    println!("database: {}", db.display());
-    println!("db pages (last commit): {}", info.db_pages);
-    println!("db file pages: {}", info.db_file_pages);
-    println!("last frame_no: {}", info.last_frame_no);
-    println!("checkpoint errors: {}", info.checkpoint_errors);
+    outln!("database: {}", db.display());
+    outln!("db pages (last commit): {}", info.db_pages);
+    outln!("db file pages: {}", info.db_file_pages);
+    outln!("last frame_no: {}", info.last_frame_no);
+    outln!("checkpoint errors: {}", info.checkpoint_errors);
     if let Some(error) = &info.last_checkpoint_error {
-        println!("last checkpoint error: {error}");
+        outln!("last checkpoint error: {error}");
     }
     storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
-    println!("segments: {} ({frames} frames in the log)", info.segments.len());
+    outln!("segments: {} ({frames} frames in the log)", info.segments.len());
     for (i, s) in info.segments.iter().enumerate() {
         let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let state = match (s.sealed, i + 1 == info.segments.len()) {
@@ -318,7 +380,7 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
         } else {
             format!("frames {}..={}", s.start_frame_no, s.last_frame_no)
         };
-        println!("  {name}  {state:7}  {range}  ({} frames, {} bytes)", s.frames, s.bytes);
+        outln!("  {name}  {state:7}  {range}  ({} frames, {} bytes)", s.frames, s.bytes);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -343,10 +405,10 @@ fn stress(
     let manager = LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config)
         .with_checkpointer(libsql_wal::Checkpointer::global());
     let stress = StressConfig { duration: std::time::Duration::from_secs(seconds), readers, seed };
-    println!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
+    outln!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
     let report = run_bank(&db, &manager, &stress).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&tmp);
-    println!(
+    outln!(
         "commits {} | snapshots checked {} | checkpoints {} | violations {} | corrupt {} | other errors {}",
         report.commits,
         report.snapshots_checked,
@@ -356,7 +418,7 @@ fn stress(
         report.other_errors
     );
     if let Some(problem) = &report.first_problem {
-        println!("first problem: {problem}");
+        outln!("first problem: {problem}");
     }
     let clean = report.violations == 0 && report.corrupt_errors == 0 && report.other_errors == 0;
     Ok(if clean && report.commits > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -389,7 +451,7 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
             for side in [Side::Sqlite, Side::Ours] {
                 let run_dir = base.join(format!("round{round}-{}-{sync:?}", side.name()));
                 std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-                eprintln!("round {round}: {} {sync:?} commits...", side.name());
+                errln!("round {round}: {} {sync:?} commits...", side.name());
                 let rate = commits_per_sec(&run_dir, side, sync, commits).map_err(|e| e.to_string())?;
                 let _ = std::fs::remove_dir_all(&run_dir);
                 if side == Side::Sqlite { theirs.push(rate) } else { ours.push(rate) }
@@ -405,17 +467,18 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
     let raw = median(raw);
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
-        println!(
+        outln!(
             "{{\"workload\":\"commits\",\"commits\":{commits},\"rounds\":{},\"raw_sync_loop_per_sec\":{raw:.1},\"rows\":[{}]}}",
             rounds.max(1),
             json_rows(&rows)
         );
     } else {
-        println!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
+        outln!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
         print_rows(&rows);
-        println!(
+        outln!(
             "{:<22} {:>12.1}   (pwrite + fdatasync loop: the disk's limit for FULL commits)",
-            "raw sync loop/s", raw
+            "raw sync loop/s",
+            raw
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -438,7 +501,7 @@ fn bench_checkpoint_latency(
         for side in [Side::Sqlite, Side::Ours] {
             let run_dir = base.join(format!("round{round}-{}", side.name()));
             std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
-            eprintln!("round {round}: {} ({log_mib} MiB log, {commits} commits)...", side.name());
+            errln!("round {round}: {} ({log_mib} MiB log, {commits} commits)...", side.name());
             let report = checkpoint_latency(&run_dir, side, &config).map_err(|e| e.to_string())?;
             let _ = std::fs::remove_dir_all(&run_dir);
             results.push(report);
@@ -463,18 +526,18 @@ fn bench_checkpoint_latency(
     ];
     let overlapped = results.iter().filter(|r| r.side == Side::Ours).all(|r| r.checkpoint_still_running_at_end);
     if json {
-        println!(
+        outln!(
             "{{\"workload\":\"checkpoint-latency\",\"log_mib\":{log_mib},\"commits\":{commits},\"rounds\":{},\"ours_checkpoint_overlapped_all_commits\":{overlapped},\"rows\":[{}]}}",
             rounds.max(1),
             json_rows(&rows)
         );
     } else {
-        println!(
+        outln!(
             "checkpoint-latency: {log_mib} MiB log, {commits} commits of {rows_per_commit} rows, synchronous=NORMAL, median of {} round(s)",
             rounds.max(1)
         );
         print_rows(&rows);
-        println!("our background checkpoint still running when the last measured commit returned: {overlapped}");
+        outln!("our background checkpoint still running when the last measured commit returned: {overlapped}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -487,11 +550,11 @@ fn verify(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     let config = libsql_wal::WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
     let manager = storage.attach(db, LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config))?;
     let report = libsql_wal::verify(db, &manager).map_err(|e| e.to_string())?;
-    println!("verify {}", db.display());
+    outln!("verify {}", db.display());
     for line in &report.lines {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("{} errors, {} warnings", report.errors, report.warnings);
+    outln!("{} errors, {} warnings", report.errors, report.warnings);
     Ok(if report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -508,8 +571,8 @@ fn json_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) -> String {
 
 /// Benchmark rows (metric, SQLite, ours) as a table with their ratio.
 fn print_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) {
-    println!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
+    outln!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
     for (name, a, b) in rows {
-        println!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
+        outln!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
     }
 }

@@ -64,13 +64,13 @@ fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
     let Some(namespace) = namespace else {
         for namespace in storage.list_namespaces().map_err(|e| e.to_string())? {
             let chain = storage.chain(&namespace).map_err(|e| e.to_string())?;
-            println!("{namespace}  durable up to frame {}  ({} bytes to restore)", chain.end_frame_no, chain.bytes());
+            outln!("{namespace}  durable up to frame {}  ({} bytes to restore)", chain.end_frame_no, chain.bytes());
         }
         return Ok(ExitCode::SUCCESS);
     };
     let objects = storage.list(namespace).map_err(|e| e.to_string())?;
     let chain = libsql_wal::storage::layout::chain(&objects);
-    println!("namespace {namespace} in {}: {} objects", storage.url(), objects.len());
+    outln!("namespace {namespace} in {}: {} objects", storage.url(), objects.len());
     for object in &objects {
         let used = chain.objects().any(|o| o.key == object.key);
         let stranded = chain.stranded.iter().any(|o| o.key == object.key);
@@ -81,9 +81,9 @@ fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
         } else {
             "  (superseded)"
         };
-        println!("  {object}{note}");
+        outln!("  {object}{note}");
     }
-    println!("durable up to frame {}", chain.end_frame_no);
+    outln!("durable up to frame {}", chain.end_frame_no);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -97,7 +97,7 @@ pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), S
                 let info = libsql_wal::inspect(db, manager).map_err(|e| e.to_string())?;
                 let durable = info.durability.as_ref().and_then(|d| d.durable_frame_no);
                 let error = info.durability.as_ref().and_then(|d| d.last_error.clone()).unwrap_or_default();
-                eprintln!(
+                errln!(
                     "waiting for storage: durable up to {} of {} ({error}); --no-wait skips this",
                     durable.map_or("unknown".into(), |d| d.to_string()),
                     info.last_frame_no
@@ -121,25 +121,27 @@ pub fn wait_until_known(db: &Path, manager: &LibsqlWalManager, timeout: Duration
 pub fn print_durability(info: &LogInfo) {
     let Some(durability) = &info.durability else { return };
     match (&durability.storage_url, &durability.namespace) {
-        (Some(url), Some(namespace)) => println!("storage: {url} namespace {namespace}"),
-        _ => println!("storage: not configured here, but this log has a durable record: segments stay until uploaded"),
+        (Some(url), Some(namespace)) => outln!("storage: {url} namespace {namespace}"),
+        _ => outln!("storage: not configured here, but this log has a durable record: segments stay until uploaded"),
     }
     match durability.durable_frame_no {
         Some(durable) => {
-            println!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
+            outln!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
         }
-        None => println!("durable frame_no: unknown (storage not reached yet)"),
+        None => outln!("durable frame_no: unknown (storage not reached yet)"),
     }
-    println!(
+    outln!(
         "uploads: {} ({} bytes), failed requests: {}",
-        durability.uploads, durability.uploaded_bytes, durability.failures
+        durability.uploads,
+        durability.uploaded_bytes,
+        durability.failures
     );
     if let Some(error) = &durability.last_error {
-        println!("last storage error: {error}");
+        outln!("last storage error: {error}");
     }
     if let Some(reason) = &durability.diverged {
-        println!("diverged: {reason}");
-        println!("  nothing more is uploaded; every commit stays in the local log");
+        outln!("diverged: {reason}");
+        outln!("  nothing more is uploaded; every commit stays in the local log");
     }
 }
 
@@ -159,7 +161,7 @@ pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Resul
     });
     bar.finish_and_clear();
     let report = report.map_err(|e| e.to_string())?;
-    println!(
+    outln!(
         "restored {namespace} to {} at frame_no {}: {} pages from {} objects ({} bytes)",
         out.display(),
         report.frame_no,
@@ -168,7 +170,7 @@ pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Resul
         report.bytes
     );
     if report.stranded > 0 {
-        println!(
+        outln!(
             "stopped at frame_no {} (--allow-gap): {} segments after a gap in storage were not applied",
             report.frame_no, report.stranded
         );
@@ -195,7 +197,7 @@ pub fn bench(
     if s3s_fs_binary().is_some() {
         stores.push(BenchStore::S3Loopback);
     } else {
-        eprintln!("s3s-fs not found: S3 rows skipped (cargo install s3s-fs@0.14.1 --features binary --locked)");
+        errln!("s3s-fs not found: S3 rows skipped (cargo install s3s-fs@0.14.1 --features binary --locked)");
     }
     for store in stores {
         let name = store.name();
@@ -204,7 +206,7 @@ pub fn bench(
             std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
             let (storage, _server) = store.open(&run)?;
             if what == "lag" {
-                eprintln!("{name}: {rate} commits/s for {seconds} s...");
+                errln!("{name}: {rate} commits/s for {seconds} s...");
                 let lag = durable_lag(&run, &storage, config.clone(), rate, Duration::from_secs(seconds))
                     .map_err(|e| e.to_string())?;
                 let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -213,7 +215,7 @@ pub fn bench(
                 rows.push((name.to_string(), "durable lag p99 (ms)".into(), ms(lag.p99)));
                 rows.push((name.to_string(), "durable lag max (ms)".into(), ms(lag.max)));
             } else {
-                eprintln!("{name}: uploading a {upload_mib} MiB backlog...");
+                errln!("{name}: uploading a {upload_mib} MiB backlog...");
                 let mb_s = upload_throughput(&run, &storage, upload_mib << 20).map_err(|e| e.to_string())?;
                 rows.push((name.to_string(), "upload MB/s".into(), mb_s));
             }
@@ -228,17 +230,17 @@ pub fn bench(
                 format!("{{\"store\":\"{store}\",\"metric\":\"{metric}\",\"value\":{value:.3}}}")
             })
             .collect();
-        println!(
+        outln!(
             "{{\"workload\":\"storage\",\"rate\":{rate},\"seconds\":{seconds},\"segment_frames\":{segment_frames},\"rows\":[{}]}}",
             items.join(",")
         );
     } else {
-        println!(
+        outln!(
             "storage: {rate} commits/s for {seconds} s, {segment_frames}-frame segments; {upload_mib} MiB backlog upload"
         );
-        println!("{:<12} {:<22} {:>12}", "store", "metric", "value");
+        outln!("{:<12} {:<22} {:>12}", "store", "metric", "value");
         for (store, metric, value) in &rows {
-            println!("{store:<12} {metric:<22} {value:>12.1}");
+            outln!("{store:<12} {metric:<22} {value:>12.1}");
         }
     }
     Ok(ExitCode::SUCCESS)
