@@ -143,8 +143,11 @@ fn write_segment(input: &mut Input, start: u64, lineage: u32, prev_chain: u32, s
 /// checksums right again (header; every frame from the changed one on; index and trailer).
 fn mutate(input: &mut Input, file: &mut SegmentFile) {
     let value = input.u64();
+    let len = file.bytes.len();
     match input.below(4) {
-        0 => {
+        // Every arm first checks that what it changes is still in the file (an earlier
+        // mutation may have cut it).
+        0 if len >= SEGMENT_HEADER_SIZE => {
             let mut header = SegmentHeader::read_from_bytes(&file.bytes[..SEGMENT_HEADER_SIZE]).expect("header");
             match input.below(5) {
                 0 => header.start_frame_no = value.into(),
@@ -157,7 +160,7 @@ fn mutate(input: &mut Input, file: &mut SegmentFile) {
             file.bytes[..SEGMENT_HEADER_SIZE].copy_from_slice(header.as_bytes());
             rechain(file, 0);
         }
-        1 => {
+        1 if frame_offset(file.frames) as usize <= len => {
             let position = input.below(file.frames as u8) as u32;
             let at = frame_offset(position) as usize;
             let mut frame = FrameHeader::read_from_bytes(&file.bytes[at..at + FRAME_HEADER_SIZE]).expect("frame");
@@ -169,7 +172,7 @@ fn mutate(input: &mut Input, file: &mut SegmentFile) {
             file.bytes[at..at + FRAME_HEADER_SIZE].copy_from_slice(frame.as_bytes());
             rechain(file, position);
         }
-        2 if file.sealed => {
+        2 if file.sealed && len >= frame_offset(file.frames) as usize + SEAL_TRAILER_SIZE => {
             let end = file.bytes.len();
             let mut trailer = SealTrailer::read_from_bytes(&file.bytes[end - SEAL_TRAILER_SIZE..]).expect("trailer");
             match input.below(5) {
@@ -182,7 +185,10 @@ fn mutate(input: &mut Input, file: &mut SegmentFile) {
             file.bytes[end - SEAL_TRAILER_SIZE..].copy_from_slice(trailer.as_bytes());
             reseal(file);
         }
-        3 if file.sealed && file.index_entries > 0 => {
+        3 if file.sealed
+            && file.index_entries > 0
+            && len >= frame_offset(file.frames) as usize + file.index_entries as usize * INDEX_ENTRY_SIZE =>
+        {
             let entry = input.below(file.index_entries as u8) as usize;
             let at = frame_offset(file.frames) as usize + entry * INDEX_ENTRY_SIZE;
             let bytes = if input.byte() % 2 == 0 { (value as u32).to_le_bytes() } else { [0; 4] };
@@ -191,7 +197,6 @@ fn mutate(input: &mut Input, file: &mut SegmentFile) {
         }
         _ => {
             // Cut the file somewhere: what a truncation or a lost tail leaves.
-            let len = file.bytes.len();
             file.bytes.truncate(len - (value as usize % len.max(1)));
         }
     }
