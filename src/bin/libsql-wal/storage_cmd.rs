@@ -172,7 +172,8 @@ pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Resul
     if report.stranded > 0 {
         outln!(
             "stopped at frame_no {} (--allow-gap): {} segments after a gap in storage were not applied",
-            report.frame_no, report.stranded
+            report.frame_no,
+            report.stranded
         );
     }
     Ok(ExitCode::SUCCESS)
