@@ -1,5 +1,6 @@
 //! The library's front door: open connections on our WAL, checkpoint, and inspect a log.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -323,8 +324,12 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         }
     };
     match scratch_integrity_check(db_path, plan.as_ref()) {
-        Ok(lines) if lines == ["ok"] => report.ok("integrity_check: ok".into()),
-        Ok(lines) => lines.into_iter().for_each(|line| report.error(format!("integrity_check: {line}"))),
+        Ok(Some(lines)) if lines == ["ok"] => report.ok("integrity_check: ok".into()),
+        Ok(Some(lines)) => lines.into_iter().for_each(|line| report.error(format!("integrity_check: {line}"))),
+        Ok(None) => report.warn(format!(
+            "integrity_check skipped: its scratch copy of the database does not fit in {}",
+            std::env::temp_dir().display()
+        )),
         Err(e) => report.error(format!("integrity_check could not run: {e}")),
     }
     Ok(report)
@@ -402,49 +407,83 @@ fn report_plan(plan: &crate::shared::RecoveryPlan, report: &mut VerifyReport) {
 
 /// Runs `integrity_check` on a private copy of what an open would show: the database file,
 /// then the newest committed version of every page the log holds, cut to the last commit's
-/// size. Nothing of the database or its log is opened for writing.
-fn scratch_integrity_check(db_path: &Path, plan: Option<&crate::shared::RecoveryPlan>) -> Result<Vec<String>> {
-    let scratch = ScratchDir::new()?;
-    let copy = scratch.0.join("database");
-    std::fs::copy(db_path, &copy).map_err(Error::io("copying", db_path))?;
-    if let Some(newest) = plan.and_then(|p| p.kept.iter().rev().find(|s| s.committed_frames() > 0)) {
-        let out = std::fs::OpenOptions::new().write(true).open(&copy).map_err(Error::io("opening", &copy))?;
-        let mut page = vec![0u8; crate::format::PAGE_SIZE];
-        for segment in plan.map(|p| p.kept.as_slice()).unwrap_or_default() {
-            for (page_no, position) in segment.latest_pages() {
-                segment.read_page(position, &mut page)?;
-                let offset = (page_no as u64 - 1) * crate::format::PAGE_SIZE as u64;
-                std::os::unix::fs::FileExt::write_all_at(&out, &page, offset).map_err(Error::io("writing", &copy))?;
-            }
-        }
-        let len = newest.committed_size_after() as u64 * crate::format::PAGE_SIZE as u64;
-        out.set_len(len).map_err(Error::io("truncating", &copy))?;
+/// size. Nothing of the database or its log is opened for writing. The copy is a file in the
+/// temporary directory, unlinked as soon as SQLite has it open (so only a kill during the
+/// copy itself can leave it behind); `None` when the temporary directory has no room for it.
+fn scratch_integrity_check(db_path: &Path, plan: Option<&crate::shared::RecoveryPlan>) -> Result<Option<Vec<String>>> {
+    use std::os::unix::fs::FileExt;
+    let page_size = crate::format::PAGE_SIZE as u64;
+    let kept = plan.map(|p| p.kept.as_slice()).unwrap_or_default();
+    let db_len = std::fs::metadata(db_path).map_err(Error::io("reading", db_path))?.len();
+    let log_pages: u64 = kept.iter().map(|s| s.latest_pages().len() as u64).sum();
+    let size = match kept.iter().rev().find(|s| s.committed_frames() > 0) {
+        Some(newest) => newest.committed_size_after() as u64 * page_size,
+        None => db_len,
+    };
+    if size.max(db_len).saturating_add(log_pages * page_size) > free_temp_space()? {
+        return Ok(None);
     }
-    let conn = libsql_sys::rusqlite::Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let (path, mut copy) = scratch_file()?;
+    let _remove = RemoveOnDrop(&path);
+    let mut source = std::fs::File::open(db_path).map_err(Error::io("opening", db_path))?;
+    std::io::copy(&mut (&mut source).take(size), &mut copy).map_err(Error::io("copying", db_path))?;
+    let mut page = vec![0u8; crate::format::PAGE_SIZE];
+    for segment in kept {
+        for (page_no, position) in segment.latest_pages() {
+            segment.read_page(position, &mut page)?;
+            copy.write_all_at(&page, (page_no as u64 - 1) * page_size).map_err(Error::io("writing", "scratch copy"))?;
+        }
+    }
+    copy.set_len(size).map_err(Error::io("truncating", "scratch copy"))?;
+    drop(copy);
+    // immutable: SQLite reads the file as it is, with no journal, WAL or lock files of its own.
+    let mut uri = b"file:".to_vec();
+    uri.extend(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()));
+    uri.extend_from_slice(b"?immutable=1");
+    let uri =
+        String::from_utf8(uri).map_err(|_| Error::CannotOpen { path: path.clone(), reason: "not UTF-8".into() })?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    let conn = libsql_sys::rusqlite::Connection::open_with_flags(&uri, flags)?;
+    // SQLite holds the file open now: its name can go.
+    let _ = std::fs::remove_file(&path);
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
     let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
-    Ok(lines)
+    Ok(Some(lines))
 }
 
-/// A directory of our own under the system's temporary directory, removed when dropped.
-struct ScratchDir(PathBuf);
+/// Removes a scratch file however verify returns.
+struct RemoveOnDrop<'a>(&'a Path);
 
-impl ScratchDir {
-    fn new() -> Result<ScratchDir> {
-        loop {
-            let name = format!("libsql-wal-verify-{}-{:08x}", std::process::id(), fastrand::u32(..));
-            let path = std::env::temp_dir().join(name);
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(ScratchDir(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io("creating", &path)(e)),
-            }
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// A new file of ours in the temporary directory.
+fn scratch_file() -> Result<(PathBuf, std::fs::File)> {
+    loop {
+        let name = format!("libsql-wal-verify-{}-{:08x}.db", std::process::id(), fastrand::u32(..));
+        let path = std::env::temp_dir().join(name);
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("creating", &path)(e)),
         }
     }
 }
 
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Bytes free for us in the temporary directory.
+fn free_temp_space() -> Result<u64> {
+    let dir = std::env::temp_dir();
+    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).map_err(|_| {
+        Error::CannotOpen { path: dir.clone(), reason: "a NUL in the temporary directory's path".into() }
+    })?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; `path` is a NUL-terminated string
+    // that outlives the call.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(Error::io("reading", dir)(std::io::Error::last_os_error()));
     }
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }

@@ -133,13 +133,32 @@ impl StdFile {
     }
 }
 
+/// Only regular files hold our data: a FIFO, socket or device in their place is refused.
+fn regular(file: File) -> io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
+    }
+}
+
 impl Io for StdIo {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
-        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
-        Ok(Box::new(StdFile(file)))
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking: a FIFO planted where a file belongs must not hang the open.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        regular(file).map(|f| Box::new(StdFile(f)) as Box<dyn IoFile>)
     }
     fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        Ok(Box::new(StdFile(File::open(path)?)))
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+        regular(file).map(|f| Box::new(StdFile(f)) as Box<dyn IoFile>)
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         std::fs::create_dir_all(path)

@@ -232,3 +232,76 @@ fn concurrent_restores_to_one_path_never_share_scratch_space() {
         .collect();
     assert!(leftovers.is_empty(), "scratch directories left behind: {leftovers:?}");
 }
+
+#[test]
+fn restore_refuses_two_objects_for_the_same_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let storage = local_store(&store_dir);
+    let db = dir.path().join("o.db");
+    write(&db, &manager(Some(&storage), "o"), "o", 20);
+    flush(&db, &manager(Some(&storage), "o")).unwrap().unwrap();
+    // A second object for the frames of the last segment, under another key (what two
+    // copies uploading at the same moment leave).
+    let last = storage.chain("o").unwrap().segments.pop().unwrap();
+    let ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms } = last.kind else { unreachable!() };
+    let twin = libsql_wal::storage::layout::segment_key("o", start_frame_no, end_frame_no, created_unix_ms + 1);
+    std::fs::copy(store_dir.join(&last.key), store_dir.join(&twin)).unwrap();
+    let out = dir.path().join("out.db");
+    let error = restore_all(&storage, "o", &out).unwrap_err().to_string();
+    assert!(error.contains("mixes histories"), "{error}");
+    let name = |key: &str| Path::new(key).file_name().unwrap().to_string_lossy().into_owned();
+    assert!(error.contains(&name(&twin)) && error.contains(&name(&last.key)), "both objects named: {error}");
+    assert!(!out.exists());
+    // And a writer that finds them uploads nothing more there.
+    write(&db, &manager(Some(&storage), "o"), "o2", 3);
+    let error = flush(&db, &manager(Some(&storage), "o")).unwrap_err().to_string();
+    assert!(error.contains("two histories"), "{error}");
+}
+
+/// Two restored copies committing to one namespace at the same moment, again and again:
+/// whatever the interleaving, a commit whose flush succeeded is in what restore gives (or
+/// restore refuses the namespace); never a silent loss.
+#[test]
+fn copies_racing_one_namespace_never_both_succeed_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let base = dir.path().join("base.db");
+    write(&base, &manager(Some(&storage), "race"), "base", 3);
+    flush(&base, &manager(Some(&storage), "race")).unwrap().unwrap();
+    for round in 0..12 {
+        let copies = [dir.path().join(format!("p{round}.db")), dir.path().join(format!("q{round}.db"))];
+        restore_all(&storage, "race", &copies[0]).unwrap();
+        std::fs::copy(&copies[0], &copies[1]).unwrap();
+        let tags = [format!("p{round}"), format!("q{round}")];
+        let ok: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let (db, tag, storage) = (&copies[i], &tags[i], &storage);
+                    scope.spawn(move || {
+                        let manager = manager(Some(storage), "race");
+                        write(db, &manager, tag, 1);
+                        flush(db, &manager).is_ok_and(|d| d.is_some())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let out = dir.path().join(format!("check{round}.db"));
+        match restore_all(&storage, "race", &out) {
+            Ok(_) => {
+                let present = self::tags(&out);
+                for (i, tag) in tags.iter().enumerate() {
+                    let there = present.iter().any(|(t, _)| t == tag);
+                    assert!(!ok[i] || there, "round {round}: {tag}'s flush succeeded but restore lacks it");
+                }
+                assert!(!(ok[0] && ok[1]), "round {round}: both copies were told their commit is durable");
+            }
+            Err(e) => {
+                // Two histories left in the namespace: refused, not mixed. Stop racing there.
+                assert!(e.to_string().contains("mixes histories"), "{e}");
+                break;
+            }
+        }
+    }
+}

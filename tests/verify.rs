@@ -198,3 +198,37 @@ fn verify_refuses_what_is_not_a_database_and_writes_nothing_into_an_empty_file()
     log_dir.push("-wal");
     assert!(!PathBuf::from(log_dir).exists(), "verify created a log directory");
 }
+
+#[test]
+fn a_fifo_in_place_of_a_segment_or_database_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_a_log(dir.path());
+    let mut log = db.as_os_str().to_owned();
+    log.push("-wal");
+    let fifo = PathBuf::from(log).join("00000000000000099999.seg");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("timeout").arg("20").arg(BIN).args(args).output().unwrap();
+        assert_ne!(out.status.code(), Some(124), "{args:?} hung on a FIFO");
+        out
+    };
+    assert!(!run(&["verify".as_ref(), db.as_os_str()]).status.success());
+    assert!(!run(&["exec".as_ref(), db.as_os_str(), "select 1".as_ref()]).status.success());
+    let fifo_db = dir.path().join("fifo.db");
+    assert!(Command::new("mkfifo").arg(&fifo_db).status().unwrap().success());
+    let out = run(&["verify".as_ref(), fifo_db.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"), "{out:?}");
+}
+
+#[test]
+fn verify_leaves_nothing_in_the_temporary_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_a_log(dir.path());
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = Command::new(BIN).arg("verify").arg(&db).env("TMPDIR", &tmp).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("integrity_check: ok"), "{out:?}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "verify left its scratch copy behind");
+}

@@ -32,6 +32,7 @@ use crate::format::{
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::shared::SharedWal;
+use crate::storage::layout::StoredObject;
 use crate::storage::{Storage, layout, snapshot};
 
 /// Storage for one database: where, and under which namespace.
@@ -380,7 +381,22 @@ async fn upload_segment(
     let bytes = segment.read_all()?;
     let len = bytes.len() as u64;
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    binding.storage.put(&key, bytes).await?;
+    if !binding.storage.put_new(&key, bytes).await? && !already_ours(binding, shared, segment, &key).await? {
+        let reason = format!(
+            "{key} is already in namespace {} and is not this database's segment: another copy uploaded the same \
+             frames at the same moment",
+            binding.namespace
+        );
+        durability.diverge(&binding.namespace, reason);
+        return Ok(());
+    }
+    // A copy racing us between our listing and this upload shows up now: never count a
+    // frame durable in a namespace that holds two histories.
+    let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);
+    if let Some(reason) = conflict(&binding.namespace, &chain) {
+        durability.diverge(&binding.namespace, reason);
+        return Ok(());
+    }
     tracing::debug!(namespace = %binding.namespace, key, "uploaded");
     durability.record_success(len);
     durability.advance(last)?;
@@ -404,6 +420,10 @@ async fn sync_with_store(durability: &Durability, binding: &StorageBinding, shar
         }
         return upload_base_snapshot(durability, binding, shared, (checkpointed, checkpointed_chain)).await;
     }
+    if let Some(reason) = conflict(&binding.namespace, &chain) {
+        durability.diverge(&binding.namespace, reason);
+        return Ok(());
+    }
     let end = chain.end_frame_no;
     if durability.frame_no() == Some(end) {
         return Ok(()); // Where this log's own last upload left it.
@@ -419,8 +439,20 @@ async fn sync_with_store(durability: &Durability, binding: &StorageBinding, shar
     Ok(())
 }
 
-/// Why the stored chain is not this database's history, if it is not: another lineage, an
-/// end this log cannot vouch for, or a different chain value at that end.
+/// Two histories in the namespace: objects for overlapping frames that are not one chain
+/// (writers that raced between a listing and their uploads).
+fn conflict(namespace: &str, chain: &layout::Chain) -> Option<String> {
+    let other = chain.conflicts.first()?;
+    Some(format!(
+        "namespace {namespace} holds two histories: {} overlaps the chain's objects (another copy uploaded at the \
+         same time); nothing more is uploaded there, and restore refuses it until one history is removed",
+        other.key
+    ))
+}
+
+/// Why the stored chain is not this database's history, if it is not: another lineage (at
+/// its base or at its end), an end this log cannot vouch for, or a different chain value
+/// at that end.
 async fn history_mismatch(
     binding: &StorageBinding,
     shared: &SharedWal,
@@ -429,8 +461,18 @@ async fn history_mismatch(
     let end = chain.end_frame_no;
     let last = shared.last_commit().frame_no;
     let (checkpointed, _) = shared.checkpointed();
-    let (lineage, stored_chain) = stored_end(&binding.storage, chain).await?;
+    let last_object = chain.segments.last().or(chain.snapshot.as_ref()).expect("a non-empty chain");
+    let (lineage, stored_chain) = stored_end(&binding.storage, last_object).await?;
+    let base_object = chain.snapshot.as_ref().or(chain.segments.first()).expect("a non-empty chain");
+    let (base_lineage, _) = stored_end(&binding.storage, base_object).await?;
     let namespace = &binding.namespace;
+    if base_lineage != lineage {
+        return Ok(Some(format!(
+            "namespace {namespace} holds two histories: its base {} (lineage {base_lineage:08x}) and its end {} \
+             (lineage {lineage:08x}); nothing more is uploaded there",
+            base_object.key, last_object.key
+        )));
+    }
     if lineage != shared.lineage() {
         return Ok(Some(format!(
             "namespace {namespace} holds another database's history (lineage {lineage:08x}; this database's is {:08x}): \
@@ -457,11 +499,10 @@ async fn history_mismatch(
     }
 }
 
-/// The lineage and chain value at the end of a stored chain, read from its last object's
-/// header (and, for a segment, its last frame's header): two small range requests.
-async fn stored_end(storage: &Storage, chain: &layout::Chain) -> Result<(u32, u32)> {
+/// The lineage of a stored object and the chain value at its end, read from its header
+/// (and, for a segment, its last frame's header): one or two small range requests.
+async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)> {
     use zerocopy::FromBytes;
-    let last = chain.segments.last().or(chain.snapshot.as_ref()).expect("a non-empty chain");
     let location = object_store::path::Path::parse(&last.key).map_err(|e| storage.error(&last.key, e))?;
     let get = |range: std::ops::Range<u64>| {
         let (store, location) = (storage.store().clone(), location.clone());
@@ -493,6 +534,15 @@ async fn stored_end(storage: &Storage, chain: &layout::Chain) -> Result<(u32, u3
     }
 }
 
+/// Is the object already at `key` this very segment (an upload repeated after a crash
+/// before the durable record was written): the same lineage and end chain value?
+async fn already_ours(binding: &StorageBinding, shared: &SharedWal, segment: &SegmentRef, key: &str) -> Result<bool> {
+    let kind = layout::parse_key(&binding.namespace, key).expect("a key we made");
+    let object = StoredObject { key: key.to_string(), size: 0, kind };
+    let (lineage, chain) = stored_end(&binding.storage, &object).await?;
+    Ok(lineage == shared.lineage() && chain == segment.end_chain())
+}
+
 /// Uploads a snapshot of the database file as the base of an empty namespace: the log does
 /// not start at frame 1 (storage configured on an existing database, or a wiped namespace).
 async fn upload_base_snapshot(
@@ -508,6 +558,20 @@ async fn upload_base_snapshot(
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
     let bytes = snapshot::upload(&binding.storage, &key, shared, (checkpointed, chain), taken_unix_ms).await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
+    // Another copy claiming the empty namespace at the same moment: only one base may stand.
+    let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);
+    let base = chain.snapshot.as_ref().map(|s| s.key.as_str());
+    let others = chain.segments.iter().chain(&chain.conflicts).count();
+    if base != Some(key.as_str()) || others > 0 {
+        let reason = format!(
+            "another copy claimed the empty namespace {} at the same moment (the base is {}): nothing more is \
+             uploaded there",
+            binding.namespace,
+            base.unwrap_or("missing")
+        );
+        durability.diverge(&binding.namespace, reason);
+        return Ok(());
+    }
     durability.record_success(bytes);
     durability.advance(checkpointed)?;
     shared.notify_checkpointer();

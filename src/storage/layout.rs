@@ -151,6 +151,11 @@ pub struct Chain {
     pub end_frame_no: u64,
     /// Segments past a gap in the chain (unusable; reported, never applied).
     pub stranded: Vec<StoredObject>,
+    /// Segments that compete with the chain: not in it, yet ending after its base. A sealed
+    /// segment is uploaded under one key only (its key is its file's), so two objects for
+    /// overlapping frames are two histories (writers racing between a listing and their
+    /// uploads): restore refuses, and an uploader that sees one stops.
+    pub conflicts: Vec<StoredObject>,
 }
 
 impl Chain {
@@ -178,11 +183,16 @@ pub fn chain(objects: &[StoredObject]) -> Chain {
         ObjectKind::Segment { start_frame_no, end_frame_no, .. } => (start_frame_no, u64::MAX - end_frame_no),
         ObjectKind::Snapshot { .. } => (0, 0),
     });
+    let base = end;
     let mut chain = Chain { snapshot, ..Chain::default() };
     for segment in segments {
         let ObjectKind::Segment { start_frame_no, end_frame_no, .. } = segment.kind else { continue };
         if end_frame_no <= end {
-            continue; // Already covered by the snapshot or an earlier segment.
+            // Covered by the base snapshot (superseded), or by a segment already taken.
+            if end_frame_no > base && !chain.segments.iter().any(|s| s.key == segment.key) {
+                chain.conflicts.push(segment.clone());
+            }
+            continue;
         }
         if start_frame_no > end + 1 {
             chain.stranded.push(segment.clone());
@@ -241,6 +251,18 @@ mod tests {
         assert_eq!(chain.end_frame_no, 20);
         assert_eq!(chain.segments.len(), 2);
         assert_eq!(chain.stranded.len(), 1);
+    }
+
+    #[test]
+    fn overlapping_segments_past_the_base_are_conflicts_not_duplicates() {
+        let mut other = segment(11, 20);
+        other.key = segment_key("ns", 11, 20, 2);
+        let chain = chain(&[segment(1, 10), segment(11, 20), segment(11, 20), other.clone(), segment(11, 15)]);
+        assert_eq!(chain.end_frame_no, 20);
+        assert_eq!(chain.conflicts.len(), 2, "another 11..=20 and a 11..=15: {:?}", chain.conflicts);
+        assert!(chain.conflicts.contains(&other));
+        let clean = super::chain(&[segment(1, 10), segment(1, 10), segment(11, 20)]);
+        assert!(clean.conflicts.is_empty(), "the same object listed twice is no conflict");
     }
 
     #[test]

@@ -251,14 +251,27 @@ impl Storage {
         Ok(objects)
     }
 
-    /// Stores `bytes` under `key` in one request (atomic: a reader sees all or nothing).
-    pub(crate) async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    /// Stores `bytes` under `key` in one request (atomic: a reader sees all or nothing),
+    /// unless an object is there already (a conditional put, so
+    /// two writers never replace each other's object); `Ok(false)` when one was. A store
+    /// without conditional puts (S3 unless configured for them) overwrites: then only the
+    /// listing after the upload catches a race.
+    pub(crate) async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
         let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
-        self.write_store()?
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|e| self.error(&format!("uploading {key}"), e))?;
-        self.sync_local(key).await
+        let store = self.write_store()?;
+        let options = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match store.put_opts(&path, PutPayload::from(bytes.clone()), options).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
+            Err(object_store::Error::NotImplemented) => {
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| self.error(&format!("uploading {key}"), e))?;
+            }
+            Err(e) => return Err(self.error(&format!("uploading {key}"), e)),
+        }
+        self.sync_local(key).await.map(|()| true)
     }
 
     /// Stores what `fill` writes under `key`, in parts for large objects; the object appears

@@ -81,6 +81,14 @@ pub fn restore_with(
     if chain.snapshot.is_none() && chain.segments.is_empty() {
         return Err(Error::Restore(format!("namespace {namespace} holds nothing in {}", storage.url())));
     }
+    if let Some(other) = chain.conflicts.first() {
+        let taken = chain.segments.iter().find(|s| overlaps(s, other)).map_or("the chain", |s| s.key.as_str());
+        return Err(Error::Restore(format!(
+            "the namespace mixes histories: {} and {taken} hold the same frames (two copies uploaded at the same \
+             time); remove the objects of the history you do not want",
+            other.key
+        )));
+    }
     if let Some(first) = chain.stranded.first() {
         let missing = format!(
             "namespace {namespace} has a gap: frames {}..{} are in no stored object, so {} object(s) from {} on \
@@ -110,6 +118,10 @@ pub fn restore_with(
         stranded: chain.stranded.len(),
         lineage: rebuilt.lineage,
     })
+}
+
+fn overlaps(a: &StoredObject, b: &StoredObject) -> bool {
+    first_frame_no(a) <= b.end_frame_no() && first_frame_no(b) <= a.end_frame_no()
 }
 
 fn first_frame_no(object: &StoredObject) -> u64 {

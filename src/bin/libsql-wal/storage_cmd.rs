@@ -74,8 +74,11 @@ fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
     for object in &objects {
         let used = chain.objects().any(|o| o.key == object.key);
         let stranded = chain.stranded.iter().any(|o| o.key == object.key);
+        let conflicting = chain.conflicts.iter().any(|o| o.key == object.key);
         let note = if used {
             ""
+        } else if conflicting {
+            "  (another history for the same frames: restore refuses the namespace)"
         } else if stranded {
             "  (after a gap: not restorable)"
         } else {
