@@ -204,6 +204,14 @@ fn a_gap_in_the_chain_is_an_error_unless_the_prefix_is_asked_for() {
     let conn = Connection::open(&out).unwrap();
     let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
+
+    // With the first segment gone there is no prefix: refused, even when asked for one.
+    let first = segments.iter().find(|o| matches!(o.kind, ObjectKind::Segment { start_frame_no: 1, .. })).unwrap();
+    std::fs::remove_file(store_dir.join(&first.key)).unwrap();
+    let none = dir.path().join("none.db");
+    let error = restore_with(&storage, "g", &none, &options, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains("nothing before the gap"), "{error}");
+    assert!(!none.exists());
 }
 
 #[test]

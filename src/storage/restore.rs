@@ -91,13 +91,16 @@ pub fn restore_with(
     }
     if let Some(first) = chain.stranded.first() {
         let missing = format!(
-            "namespace {namespace} has a gap: frames {}..{} are in no stored object, so {} object(s) from {} on \
+            "namespace {namespace} has a gap: frames {}..={} are in no stored object, so {} object(s) from {} on \
              cannot be applied",
             chain.end_frame_no + 1,
-            first_frame_no(first),
+            first_frame_no(first) - 1,
             chain.stranded.len(),
             first.key
         );
+        if chain.end_frame_no == 0 {
+            return Err(Error::Restore(format!("{missing}; nothing before the gap can be restored")));
+        }
         if !options.allow_prefix {
             return Err(Error::Restore(format!(
                 "{missing}; restore the prefix up to frame {} explicitly if you want it",

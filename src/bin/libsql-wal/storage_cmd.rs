@@ -131,6 +131,7 @@ pub fn print_durability(info: &LogInfo) {
         Some(durable) => {
             outln!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
         }
+        None if durability.diverged.is_some() => outln!("durable frame_no: unknown (this log diverged, below)"),
         None => outln!("durable frame_no: unknown (storage not reached yet)"),
     }
     outln!(
