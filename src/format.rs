@@ -22,6 +22,10 @@ pub const SEAL_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSEAL");
 pub const FORMAT_VERSION: u32 = 2;
 
 pub const SEGMENT_HEADER_SIZE: usize = 64;
+/// Frame flag: the commit frame of a synchronous commit, written only once every earlier
+/// segment (frames, header and directory entry) was durable. Recovery reads a valid one as
+/// proof that no earlier segment can be missing or cut short by a crash.
+pub const FRAME_SYNCED_COMMIT: u32 = 1;
 pub const FRAME_HEADER_SIZE: usize = 24;
 pub const FRAME_SIZE: usize = FRAME_HEADER_SIZE + PAGE_SIZE;
 pub const INDEX_ENTRY_SIZE: usize = 8;
@@ -134,7 +138,8 @@ pub struct FrameHeader {
     /// Database size in pages after the transaction: non-zero only on a commit frame.
     pub size_after: U32,
     pub frame_no: U64,
-    pub reserved: U32,
+    /// [`FRAME_SYNCED_COMMIT`] on the commit frame of a synchronous (FULL) commit; else 0.
+    pub flags: U32,
     /// crc32c chained: crc32c_append(previous checksum, header bytes 0..20 ++ page).
     pub checksum: U32,
 }
@@ -225,7 +230,7 @@ impl FrameHeader {
             page_no: page_no.into(),
             size_after: size_after.into(),
             frame_no: frame_no.into(),
-            reserved: 0.into(),
+            flags: 0.into(),
             checksum: 0.into(),
         }
     }

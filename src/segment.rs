@@ -51,6 +51,9 @@ pub(crate) struct Segment {
     pub created_unix_ms: u64,
     /// The sealed index on disk was damaged and rebuilt from the frames (reported by verify).
     pub index_rebuilt: bool,
+    /// At open, a committed frame carried `FRAME_SYNCED_COMMIT` (recovery's evidence that
+    /// every earlier segment was durable).
+    pub holds_synced_commit: bool,
     file: Box<dyn IoFile>,
     /// page_no → positions (0-based) of its frames in this segment, ascending.
     index: RwLock<PageIndex>,
@@ -100,6 +103,8 @@ struct ScanResult {
     uncommitted_tail: u32,
     /// Position of the first frame that failed its checks, if one did.
     first_bad: Option<u32>,
+    /// A committed frame carries `FRAME_SYNCED_COMMIT`.
+    synced_commit: bool,
 }
 
 pub(crate) fn segment_file_name(start_frame_no: u64) -> String {
@@ -145,6 +150,7 @@ impl Segment {
             seed,
             created_unix_ms,
             index_rebuilt: false,
+            holds_synced_commit: false,
             file,
             index: RwLock::new(PageIndex::default()),
             state: Mutex::new(AppendState {
@@ -326,6 +332,7 @@ impl Segment {
             seed,
             created_unix_ms: header.created_unix_ms.get(),
             index_rebuilt,
+            holds_synced_commit: scan.synced_commit,
             file,
             index: RwLock::new(scan.index),
             state: Mutex::new(AppendState {
@@ -447,6 +454,18 @@ impl Segment {
     /// does, except the commit frame, which is always new. With `commit_size_after`, the last
     /// page is written as the commit frame; see [`Segment::mark_committed`].
     pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
+        self.write_pages_flagged(pages, txn_start, commit_size_after, false)
+    }
+
+    /// [`Segment::write_pages`]; `synced_commit` marks the commit frame with
+    /// `FRAME_SYNCED_COMMIT` (the caller made every earlier segment durable first).
+    pub fn write_pages_flagged(
+        &self,
+        pages: &[(u32, &[u8])],
+        txn_start: u32,
+        commit_size_after: Option<u32>,
+        synced_commit: bool,
+    ) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
         if state.broken {
@@ -481,6 +500,9 @@ impl Segment {
         for (i, &(page_no, data, size_after)) in appended.iter().enumerate() {
             let frame_no = self.start_frame_no + state.frames as u64 + i as u64;
             let mut header = FrameHeader::new(page_no, size_after, frame_no);
+            if size_after != 0 && synced_commit {
+                header.flags = FRAME_SYNCED_COMMIT.into();
+            }
             checksum = header.chained_checksum(checksum, data);
             header.checksum = checksum.into();
             buf.extend_from_slice(header.as_bytes());
@@ -882,6 +904,7 @@ fn scan_frames(
         index: PageIndex::default(),
         uncommitted_tail: 0,
         first_bad: None,
+        synced_commit: false,
     };
     let mut pending: Vec<(u32, u32)> = Vec::new();
     let mut checksum = seed;
@@ -914,6 +937,7 @@ fn scan_frames(
                 result.committed_frames = position;
                 result.committed_checksum = checksum;
                 result.committed_size_after = header.size_after.get();
+                result.synced_commit |= header.flags.get() & FRAME_SYNCED_COMMIT != 0;
             }
         }
     }

@@ -1091,6 +1091,7 @@ pub(crate) fn plan_recovery(
         check_continues(&plan, mark, &segment)?;
         plan.kept.push(segment);
     }
+    refuse_cut_before_synced_commit(io, &plan)?;
     for path in &plan.cut {
         if crate::segment::is_sealed_file(io, path)? {
             let first = plan.cut.first().map_or_else(String::new, |p| p.display().to_string());
@@ -1108,6 +1109,26 @@ pub(crate) fn plan_recovery(
         }
     };
     Ok(plan)
+}
+
+/// Refuses to end the log early when a file past the cut holds a synchronous commit: that
+/// frame was written only once every earlier segment was durable (`FRAME_SYNCED_COMMIT`),
+/// so what made the log look cut (a missing or short segment, a gap) is damage, not a crash.
+fn refuse_cut_before_synced_commit(io: &dyn Io, plan: &RecoveryPlan) -> Result<()> {
+    let Some(first) = plan.cut.first() else { return Ok(()) };
+    for path in &plan.cut {
+        // A file that does not even open verified is no evidence either way.
+        if Segment::open_read_only(io, path).is_ok_and(|s| s.holds_synced_commit) {
+            let reason = format!(
+                "{}, but {} holds a synchronous commit made after everything before it was durable: frames \
+                 were lost after they were synced (damage, not a crash); nothing was changed",
+                plan.cut_reason.as_deref().unwrap_or("the log ends early"),
+                path.display()
+            );
+            return Err(Error::corrupt(first, reason));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a segment that does not continue the history of the one before it (or of the

@@ -453,15 +453,18 @@ impl Wal for LibsqlWal {
         // `sync_flags & 3` is SQLite's WAL_SYNC_FLAGS: set under synchronous=FULL (and
         // EXTRA), clear under NORMAL. A FULL commit is on stable storage before we return.
         let synchronous = sync_flags & 0x03 != 0;
-        if commit.is_some() && synchronous {
+        let synced_commit = commit.is_some() && synchronous;
+        if synced_commit {
             segment.preallocate(pages.len() as u32).map_err(|e| commit_error(&self.shared, e))?;
+            // Every earlier segment durable *before* the commit frame is written: a valid
+            // flagged frame then proves to recovery that none of them can be missing.
+            self.shared.make_durable_through(&segment).map_err(|e| commit_error(&self.shared, e))?;
         }
-        segment.write_pages(&pages, start, commit).map_err(|e| commit_error(&self.shared, e))?;
+        segment.write_pages_flagged(&pages, start, commit, synced_commit).map_err(|e| commit_error(&self.shared, e))?;
         if commit.is_none() {
             return Ok(0);
         }
         if synchronous {
-            self.shared.make_durable_through(&segment).map_err(|e| commit_error(&self.shared, e))?;
             self.shared.watch(segment.sync()).map_err(|e| commit_error(&self.shared, e))?;
         }
         segment.mark_committed(size_after);

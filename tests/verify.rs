@@ -232,3 +232,21 @@ fn verify_leaves_nothing_in_the_temporary_directory() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("integrity_check: ok"), "{out:?}");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "verify left its scratch copy behind");
 }
+
+fn first(mut segments: Vec<PathBuf>) -> PathBuf {
+    segments.remove(0)
+}
+
+#[test]
+fn a_missing_or_emptied_segment_before_a_synchronous_commit_is_damage_not_a_cut() {
+    // Every commit here is synchronous (FULL, SQLite's default): its frame was written only
+    // once every earlier segment was durable, so no crash can have lost one of them.
+    damage_is_reported_and_refused(first, |seg| std::fs::write(seg, b"").unwrap(), "synchronous commit");
+    damage_is_reported_and_refused(first, |seg| std::fs::remove_file(seg).unwrap(), "frames are missing");
+    let cut = |seg: &Path| std::fs::OpenOptions::new().write(true).open(seg).unwrap().set_len(64 + 4120).unwrap();
+    // The sealed segment before the current one gone: the current (unsealed) one follows a
+    // gap, which a power cut under NORMAL could leave, but not before a FULL commit.
+    damage_is_reported_and_refused(newest_sealed, |seg| std::fs::remove_file(seg).unwrap(), "synchronous commit");
+    // Cut to its first frame: the sealed segment after it now follows a gap.
+    damage_is_reported_and_refused(first, cut, "frames are missing");
+}
