@@ -96,10 +96,12 @@ fn workload(path: &Path, manager: &LibsqlWalManager, io: &FaultyIo, rng: &mut fa
             }
             65..=74 => {
                 let id = next_txn;
-                if c.execute_batch(&format!("BEGIN; INSERT INTO t(txn, pad) VALUES (-{id}, zeroblob(100)); ROLLBACK;"))
-                    .is_err()
-                {
+                let sql = format!("BEGIN; INSERT INTO t(txn, pad) VALUES (-{id}, zeroblob(100)); ROLLBACK;");
+                if let Err(e) = c.execute_batch(&sql) {
                     fault_seen = true;
+                    // A rollback syncs the cut of a commit that failed: a failed sync here
+                    // makes the log refuse writes too.
+                    sync_failed |= is_sync_failure(&e);
                     let _ = c.execute_batch("ROLLBACK");
                 }
             }
