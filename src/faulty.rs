@@ -451,3 +451,62 @@ impl Io for FaultyIo {
         self.state().rng.u32(..)
     }
 }
+
+/// The real file system (`StdIo`), with `hook(operation, path)` called before every call:
+/// for tests that need something to happen at one exact point (another process taking a
+/// lock, a file appearing) without faking the I/O itself. `operation` is the `Io` method's
+/// name.
+pub struct HookIo<F: Fn(&str, &Path) + Send + Sync + 'static> {
+    hook: F,
+}
+
+impl<F: Fn(&str, &Path) + Send + Sync + 'static> HookIo<F> {
+    pub fn new(hook: F) -> Self {
+        HookIo { hook }
+    }
+}
+
+impl<F: Fn(&str, &Path) + Send + Sync + 'static> Io for HookIo<F> {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn IoFile>> {
+        (self.hook)("open", path);
+        StdIo.open(path, create)
+    }
+    fn open_read_only(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        (self.hook)("open_read_only", path);
+        StdIo.open_read_only(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        (self.hook)("create_dir_all", path);
+        StdIo.create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        (self.hook)("sync_dir", path);
+        StdIo.sync_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        (self.hook)("remove_file", path);
+        StdIo.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        (self.hook)("remove_dir", path);
+        StdIo.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        (self.hook)("list_dir", path);
+        StdIo.list_dir(path)
+    }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        (self.hook)("canonicalize", path);
+        StdIo.canonicalize(path)
+    }
+    fn kind(&self, path: &Path) -> io::Result<Option<FileKind>> {
+        (self.hook)("kind", path);
+        StdIo.kind(path)
+    }
+    fn now(&self) -> SystemTime {
+        StdIo.now()
+    }
+    fn random_u32(&self) -> u32 {
+        StdIo.random_u32()
+    }
+}

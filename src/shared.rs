@@ -1253,55 +1253,6 @@ mod tests {
         (db, segment)
     }
 
-    /// An `Io` that runs `hook` once, when the `lock` file is first opened: in the middle of
-    /// `ownership::take`, before the lock is held.
-    struct HookIo {
-        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-
-    impl Io for HookIo {
-        fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn IoFile>> {
-            StdIo.open(path, create)
-        }
-        /// Ownership starts with the lock on the database file (`ownership::take` opens it
-        /// read-only for that): the hook runs just before.
-        fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
-            if path.extension().is_some_and(|e| e == "db")
-                && let Some(hook) = lock(&self.hook).take()
-            {
-                hook();
-            }
-            StdIo.open_read_only(path)
-        }
-        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-            StdIo.create_dir_all(path)
-        }
-        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-            StdIo.sync_dir(path)
-        }
-        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-            StdIo.remove_file(path)
-        }
-        fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-            StdIo.remove_dir(path)
-        }
-        fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
-            StdIo.list_dir(path)
-        }
-        fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
-            StdIo.canonicalize(path)
-        }
-        fn kind(&self, path: &Path) -> std::io::Result<Option<crate::io::FileKind>> {
-            StdIo.kind(path)
-        }
-        fn now(&self) -> std::time::SystemTime {
-            StdIo.now()
-        }
-        fn random_u32(&self) -> u32 {
-            StdIo.random_u32()
-        }
-    }
-
     #[test]
     fn the_checkpoint_mark_is_read_once_the_lock_is_held() {
         let dir = tempfile::tempdir().unwrap();
@@ -1321,16 +1272,22 @@ mod tests {
         // checkpoints part of the log (a reader holds the rest back) and exits.
         let other_db = db.clone();
         let other_config = config.clone();
-        let io = Arc::new(HookIo {
-            hook: Mutex::new(Some(Box::new(move || {
-                let other = SharedWal::open(StdIo::shared(), &other_db, other_config, None).unwrap();
+        let once = std::sync::Once::new();
+        // Ownership starts with the lock on the database file (`ownership::take` opens it
+        // read-only for that): the other owner runs just before.
+        let io = Arc::new(crate::faulty::HookIo::new(move |operation, path| {
+            if operation != "open_read_only" || path.extension().is_none_or(|e| e != "db") {
+                return;
+            }
+            once.call_once(|| {
+                let other = SharedWal::open(StdIo::shared(), &other_db, other_config.clone(), None).unwrap();
                 let middle = other.segments()[other.segments().len() / 2].start_frame_no;
                 lock(&other.commit).readers.insert(middle, 1);
                 other.checkpoint(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).unwrap();
                 assert!(other.checkpointed().0 > 0, "setup: the other owner checkpointed something");
                 other.shutdown(false);
-            }))),
-        });
+            });
+        }));
         let last_before = {
             let wal = SharedWal::open(StdIo::shared(), &db, config.clone(), None).unwrap();
             let last = wal.last_commit();

@@ -7,33 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::TestIo;
+use common::{TestIo, fast_checkpointer, wait_until};
 use libsql_sys::rusqlite::Connection;
-use libsql_wal::{Checkpointer, CheckpointerConfig, LibsqlWalManager, WalConfig, inspect, open_connection};
+use libsql_wal::{LibsqlWalManager, WalConfig, inspect, open_connection};
 
 fn count(conn: &Connection) -> i64 {
     conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn fast_checkpointer(concurrency_max: usize) -> Checkpointer {
-    Checkpointer::new(CheckpointerConfig {
-        concurrency_max,
-        retry_delay_min: Duration::from_millis(10),
-        retry_delay_max: Duration::from_millis(200),
-        tick: Duration::from_millis(10),
-        seal_on_shutdown: true,
-        worker_nice: 10,
-    })
 }
 
 fn small_segments() -> WalConfig {

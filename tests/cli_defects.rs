@@ -11,16 +11,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
+mod common;
+use common::DEAD_S3;
 
-/// Points S3 clients at a port nobody listens on.
-const DEAD_S3: [(&str, &str); 5] = [
-    ("AWS_ENDPOINT", "http://127.0.0.1:9"),
-    ("AWS_ALLOW_HTTP", "true"),
-    ("AWS_ACCESS_KEY_ID", "test"),
-    ("AWS_SECRET_ACCESS_KEY", "test"),
-    ("AWS_REGION", "us-east-1"),
-];
+const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
 
 fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(BIN).args(args).envs(DEAD_S3).output().unwrap()

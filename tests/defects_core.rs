@@ -99,28 +99,10 @@ fn two_names_of_one_file_share_one_log_in_a_process() {
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{fast_checkpointer, wait_until};
 use libsql_wal::{Checkpointer, CheckpointerConfig, inspect};
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn quick_checkpointer(concurrency_max: usize) -> Checkpointer {
-    Checkpointer::new(CheckpointerConfig {
-        concurrency_max,
-        retry_delay_min: Duration::from_millis(10),
-        retry_delay_max: Duration::from_millis(200),
-        tick: Duration::from_millis(10),
-        seal_on_shutdown: true,
-        worker_nice: 0,
-    })
-}
 
 /// (segments, unsealed segments, committed frames) of the log.
 fn log_shape(db: &Path, manager: &LibsqlWalManager) -> (usize, usize, u64) {
@@ -144,7 +126,7 @@ fn commit_many(conn: &Connection, n: usize) {
 #[test]
 fn after_a_checkpointer_shutdown_logs_seal_and_checkpoint_on_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let checkpointer = quick_checkpointer(2);
+    let checkpointer = fast_checkpointer(2);
     let config = WalConfig { segment_frames_max: 64, segment_age_max: None, ..WalConfig::default() };
     let manager = LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(checkpointer.clone());
     let before = dir.path().join("before.db");
@@ -183,7 +165,7 @@ fn leftover_sealed_segments_are_checkpointed_promptly_after_open() {
     let info = inspect(&db, &plain).unwrap();
     assert!(info.segments.len() - unsealed >= 3, "fixture: no sealed segments left behind: {:?}", info.segments);
 
-    let manager = LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(quick_checkpointer(1));
+    let manager = LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(fast_checkpointer(1));
     let conn = open_connection(&db, &manager).unwrap();
     wait_until("the leftover sealed segments are checkpointed", Duration::from_secs(20), || {
         inspect(&db, &manager).unwrap().segments.iter().all(|s| !s.sealed)
@@ -200,7 +182,7 @@ fn a_reopened_log_does_not_inherit_the_old_logs_checkpoint_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("reopened.db");
     let (io, switches) = common::TestIo::new();
-    let checkpointer = quick_checkpointer(2);
+    let checkpointer = fast_checkpointer(2);
     checkpointer.pause();
     let config =
         WalConfig { segment_frames_max: 16, segment_age_max: None, checkpoint_on_close: false, ..WalConfig::default() };
@@ -318,7 +300,7 @@ fn a_commit_after_the_log_directory_disappeared_says_so() {
         let config = WalConfig { segment_frames_max: 8, segment_age_max: None, ..WalConfig::default() };
         let mut manager = LibsqlWalManager::new(StdIo::shared(), config);
         if background {
-            manager = manager.with_checkpointer(quick_checkpointer(1));
+            manager = manager.with_checkpointer(fast_checkpointer(1));
         }
         let conn = open_connection(&db, &manager).unwrap();
         commit_many(&conn, 3);
@@ -370,8 +352,8 @@ fn a_full_commit_that_fits_does_not_fail_for_want_of_preallocation() {
 
 // ---- 12. Races with stock SQLite; files we did not create --------------------------------
 
-/// The real file system, except that the first creation of a log directory loses a race
-/// to stock `sqlite3`: just before it, `<db>-wal` appears as SQLite's (empty) log file, and
+/// What makes the first creation of a log directory lose a race to stock `sqlite3`: just
+/// before it, `<db>-wal` appears as SQLite's (empty) log file, and
 /// `<db>-shm` is locked as a live SQLite connection locks it.
 struct RacingIo {
     sqlite_shm: std::sync::Mutex<Option<std::fs::File>>,
@@ -405,45 +387,6 @@ impl RacingIo {
     }
 }
 
-impl libsql_wal::io::Io for RacingIo {
-    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn libsql_wal::io::IoFile>> {
-        StdIo.open(path, create)
-    }
-    fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn libsql_wal::io::IoFile>> {
-        StdIo.open_read_only(path)
-    }
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        if path.to_string_lossy().ends_with("-wal") {
-            self.lose_the_race(path);
-        }
-        StdIo.create_dir_all(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.sync_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove_file(path)
-    }
-    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdIo.remove_dir(path)
-    }
-    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
-        StdIo.list_dir(path)
-    }
-    fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
-        StdIo.canonicalize(path)
-    }
-    fn kind(&self, path: &Path) -> std::io::Result<Option<libsql_wal::io::FileKind>> {
-        StdIo.kind(path)
-    }
-    fn now(&self) -> std::time::SystemTime {
-        StdIo.now()
-    }
-    fn random_u32(&self) -> u32 {
-        StdIo.random_u32()
-    }
-}
-
 /// Stock `sqlite3` creating its `-wal` file between our look at `<db>-wal` and our
 /// `mkdir`: "in use", as if it had been first (before: "File exists (os error 17)").
 #[test]
@@ -454,7 +397,12 @@ fn losing_the_log_directory_race_to_stock_sqlite_reports_in_use() {
     conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
     drop(conn);
     assert!(!log_dir(&db).exists());
-    let io = std::sync::Arc::new(RacingIo { sqlite_shm: std::sync::Mutex::new(None) });
+    let racing = std::sync::Arc::new(RacingIo { sqlite_shm: std::sync::Mutex::new(None) });
+    let io = std::sync::Arc::new(libsql_wal::faulty::HookIo::new(move |operation, path| {
+        if operation == "create_dir_all" && path.to_string_lossy().ends_with("-wal") {
+            racing.lose_the_race(path);
+        }
+    }));
     let manager = LibsqlWalManager::new(io, WalConfig::default());
     let err = match open_connection(&db, &manager) {
         Ok(_) => panic!("opened a database stock SQLite took meanwhile"),

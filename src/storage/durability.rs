@@ -537,7 +537,7 @@ async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)
 /// Is the object already at `key` this very segment (an upload repeated after a crash
 /// before the durable record was written): the same lineage and end chain value?
 async fn already_ours(binding: &StorageBinding, shared: &SharedWal, segment: &SegmentRef, key: &str) -> Result<bool> {
-    let kind = layout::parse_key(&binding.namespace, key).expect("a key we made");
+    let Some(kind) = layout::parse_key(&binding.namespace, key) else { return Ok(false) };
     let object = StoredObject { key: key.to_string(), size: 0, kind };
     let (lineage, chain) = stored_end(&binding.storage, &object).await?;
     Ok(lineage == shared.lineage() && chain == segment.end_chain())

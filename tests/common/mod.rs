@@ -164,3 +164,33 @@ pub fn create_reader_table(conn: &libsql_sys::rusqlite::Connection) {
 pub fn sum_v(conn: &libsql_sys::rusqlite::Connection) -> i64 {
     conn.query_row("SELECT sum(v) FROM t", [], |r| r.get(0)).unwrap()
 }
+
+/// Polls `done` every 10 ms; fails the test, saying what it waited for, after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A checkpointer that ticks and retries fast, so tests do not wait on its defaults.
+pub fn fast_checkpointer(concurrency_max: usize) -> libsql_wal::Checkpointer {
+    libsql_wal::Checkpointer::new(libsql_wal::CheckpointerConfig {
+        concurrency_max,
+        retry_delay_min: Duration::from_millis(10),
+        retry_delay_max: Duration::from_millis(200),
+        tick: Duration::from_millis(10),
+        seal_on_shutdown: true,
+        worker_nice: 10,
+    })
+}
+
+/// Points S3 clients at a port nobody listens on.
+pub const DEAD_S3: [(&str, &str); 5] = [
+    ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+    ("AWS_ALLOW_HTTP", "true"),
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];
