@@ -10,6 +10,7 @@
 //! Architecture invariant: this module knows nothing about SQLite, snapshots or checkpoints;
 //! it stores frames, finds them and proves them intact.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -320,6 +321,17 @@ impl Segment {
             index_rebuilt = !verify_sealed_index(file.as_ref(), len, path, t, salt, &scan.index);
         } else if sealed_required {
             return Err(Error::corrupt(path, "the segment is not sealed"));
+        } else if let Some(bad) = scan.first_bad
+            && let Some((commit, next)) =
+                synced_past_bad_frame(file.as_ref(), path, start_frame_no, bad, frames_in_file)?
+        {
+            let reason = format!(
+                "bad frame at frame_no {} (checksum or header mismatch), but frame_no {commit} after it is a \
+                 synchronous commit and frame_no {next} was written after its sync: the frame was durable, so \
+                 this is damage, not a crash",
+                start_frame_no + bad as u64
+            );
+            return Err(Error::corrupt(path, reason));
         }
         let sealed = trailer.is_some();
         let file_len = len;
@@ -888,6 +900,42 @@ fn zeros_from(file: &dyn IoFile, path: &Path, from: u64, len: u64) -> Result<boo
     Ok(true)
 }
 
+/// Calls `visit` with the position, header and page of frames `from..to` in order, reading
+/// them in batches, until it returns `Break`. Whole frames only (`to` comes from the length):
+/// a failed read is an I/O problem to report, never a reason to cut the log.
+fn for_each_frame(
+    file: &dyn IoFile,
+    path: &Path,
+    from: u32,
+    to: u32,
+    mut visit: impl FnMut(u32, &FrameHeader, &[u8]) -> ControlFlow<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; SCAN_BATCH_FRAMES.min(to.saturating_sub(from)) as usize * FRAME_SIZE];
+    let mut position = from;
+    while position < to {
+        let batch = (to - position).min(SCAN_BATCH_FRAMES);
+        let bytes = &mut buf[..batch as usize * FRAME_SIZE];
+        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io("reading", path))?;
+        for frame in bytes.chunks_exact(FRAME_SIZE) {
+            let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
+            let header = FrameHeader::read_from_bytes(head).expect("exact size");
+            if visit(position, &header, page).is_break() {
+                return Ok(());
+            }
+            position += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Does the frame at `position` check out when chained from `previous` (the checksum before
+/// it)? Its number must be the one its position gives, and page 0 is never written.
+fn frame_checks_out(header: &FrameHeader, page: &[u8], start_frame_no: u64, position: u32, previous: u32) -> bool {
+    header.frame_no.get() == start_frame_no + position as u64
+        && header.page_no.get() != 0
+        && header.chained_checksum(previous, page) == header.checksum.get()
+}
+
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:
 /// wrong frame_no, broken checksum chain, or a short read.
 fn scan_frames(
@@ -908,41 +956,64 @@ fn scan_frames(
     };
     let mut pending: Vec<(u32, u32)> = Vec::new();
     let mut checksum = seed;
-    let mut buf = vec![0u8; SCAN_BATCH_FRAMES as usize * FRAME_SIZE];
-    let mut position = 0u32;
-    'scan: while position < frames_in_file {
-        let batch = (frames_in_file - position).min(SCAN_BATCH_FRAMES);
-        let bytes = &mut buf[..batch as usize * FRAME_SIZE];
-        // Whole frames only (frames_in_file comes from the length): a failed read is an I/O
-        // problem to report, never a reason to cut the log.
-        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io("reading", path))?;
-        for frame in bytes.chunks_exact(FRAME_SIZE) {
-            let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
-            let header = FrameHeader::read_from_bytes(head).expect("exact size");
-            let expected_no = start_frame_no + position as u64;
-            if header.frame_no.get() != expected_no
-                || header.page_no.get() == 0
-                || header.chained_checksum(checksum, page) != header.checksum.get()
-            {
-                result.first_bad = Some(position);
-                break 'scan;
-            }
-            checksum = header.checksum.get();
-            pending.push((header.page_no.get(), position));
-            position += 1;
-            if header.size_after.get() != 0 {
-                for (page_no, pos) in pending.drain(..) {
-                    result.index.entry(page_no).or_default().push(pos);
-                }
-                result.committed_frames = position;
-                result.committed_checksum = checksum;
-                result.committed_size_after = header.size_after.get();
-                result.synced_commit |= header.flags.get() & FRAME_SYNCED_COMMIT != 0;
-            }
+    for_each_frame(file, path, 0, frames_in_file, |position, header, page| {
+        if !frame_checks_out(header, page, start_frame_no, position, checksum) {
+            result.first_bad = Some(position);
+            return ControlFlow::Break(());
         }
-    }
+        checksum = header.checksum.get();
+        pending.push((header.page_no.get(), position));
+        if header.size_after.get() != 0 {
+            for (page_no, pos) in pending.drain(..) {
+                result.index.entry(page_no).or_default().push(pos);
+            }
+            result.committed_frames = position + 1;
+            result.committed_checksum = checksum;
+            result.committed_size_after = header.size_after.get();
+            result.synced_commit |= header.flags.get() & FRAME_SYNCED_COMMIT != 0;
+        }
+        ControlFlow::Continue(())
+    })?;
     result.uncommitted_tail = pending.len() as u32;
     Ok(result)
+}
+
+/// Past a bad frame at `first_bad`, is there proof that it was synced? A crash tears only
+/// what was never synced; but a synchronous commit (`FRAME_SYNCED_COMMIT`) returned only
+/// after its fsync, which covered every frame before it in the file, and the writer wrote
+/// the next frame only after that. So a flagged commit frame past the bad one, followed by
+/// a frame chained from that commit's own checksum, shows the bad frame was durable: damage.
+///
+/// Each frame is checked against the checksum stored in the frame before it, since the
+/// chain from the start is broken at the bad frame. Requiring the next frame to chain from
+/// the commit itself keeps stale frames out: frames of a rolled-back transaction that a
+/// crash brought back (its truncate never synced) chain from their own predecessors, never
+/// from a later commit written over them. Returns the frame_nos of the commit and the frame
+/// after it.
+fn synced_past_bad_frame(
+    file: &dyn IoFile,
+    path: &Path,
+    start_frame_no: u64,
+    first_bad: u32,
+    frames_in_file: u32,
+) -> Result<Option<(u64, u64)>> {
+    let mut previous: Option<u32> = None;
+    let mut synced_commit_before: Option<u32> = None;
+    let mut found = None;
+    for_each_frame(file, path, first_bad, frames_in_file, |position, header, page| {
+        let chained = previous.is_some_and(|p| frame_checks_out(header, page, start_frame_no, position, p));
+        if let (true, Some(commit)) = (chained, synced_commit_before)
+            && commit + 1 == position
+        {
+            found = Some((start_frame_no + commit as u64, start_frame_no + position as u64));
+            return ControlFlow::Break(());
+        }
+        let flagged = header.size_after.get() != 0 && header.flags.get() & FRAME_SYNCED_COMMIT != 0;
+        synced_commit_before = (chained && flagged).then_some(position);
+        previous = Some(header.checksum.get());
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
 }
 
 pub(crate) type SegmentRef = Arc<Segment>;
@@ -1065,6 +1136,82 @@ mod tests {
         assert_eq!(recovered.committed_frames(), 1);
         assert_eq!(recovered.find(4, u64::MAX), None);
         assert_eq!(recovered.file_len(), frame_offset(1));
+    }
+
+    /// Commits `pages` (one frame each) as one synchronous transaction at the segment's end.
+    fn commit_synced(segment: &Segment, pages: &[u32], byte: u8) {
+        let data = page(byte);
+        let frames: Vec<(u32, &[u8])> = pages.iter().map(|&p| (p, data.as_slice())).collect();
+        segment.write_pages_flagged(&frames, segment.frames(), Some(8), true).unwrap();
+        segment.mark_committed(8);
+    }
+
+    fn flip_page_byte(path: &Path, position: u32) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let offset = frame_offset(position) + FRAME_HEADER_SIZE as u64 + 100;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x5a], offset).unwrap();
+    }
+
+    #[test]
+    fn a_bad_frame_before_a_synchronous_commit_that_was_followed_is_damage_and_nothing_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(1));
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
+        commit_synced(&segment, &[1, 2], 1);
+        commit_synced(&segment, &[3], 2);
+        commit_synced(&segment, &[4], 3);
+        drop(segment);
+        flip_page_byte(&path, 0);
+        let before = std::fs::read(&path).unwrap();
+        let err = Segment::recover(&StdIo, &path, false).err().expect("damage refused");
+        let message = err.to_string();
+        assert!(message.contains("frame_no 1") && message.contains("not a crash"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the refused segment was left as found");
+        assert!(Segment::open_read_only(&StdIo, &path).is_err(), "verify's read-only look refuses it too");
+    }
+
+    #[test]
+    fn a_torn_last_transaction_is_cut_even_if_its_commit_frame_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(1));
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
+        commit_synced(&segment, &[1], 1);
+        // Its sync never returned: the power cut kept the commit frame but tore the first.
+        commit_synced(&segment, &[2, 3, 4], 2);
+        drop(segment);
+        flip_page_byte(&path, 1);
+        let recovered = Segment::recover(&StdIo, &path, false).unwrap();
+        assert_eq!(recovered.committed_frames(), 1, "the unsynced transaction is a crash's, cut");
+    }
+
+    #[test]
+    fn frames_of_a_rolled_back_transaction_brought_back_by_a_crash_are_no_proof_of_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(1));
+        let segment = Segment::create(&StdIo, dir.path(), 1, 1, 1).unwrap();
+        commit_synced(&segment, &[1], 1);
+        // A spilled transaction rolled back: its frames were cut, but the cut was never synced.
+        let spilled = page(9);
+        let frames: Vec<(u32, &[u8])> = (2..7).map(|p| (p, spilled.as_slice())).collect();
+        segment.write_pages(&frames, 1, None).unwrap();
+        let stale = std::fs::read(&path).unwrap();
+        segment.truncate_uncommitted(1, &mut |_| {}).unwrap();
+        // The next transaction commits over the first two of them, then the power cut tears
+        // its first frame and brings the rolled-back ones after it back.
+        commit_synced(&segment, &[2, 3], 2);
+        drop(segment);
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let from = frame_offset(3) as usize;
+            file.write_all_at(&stale[from..frame_offset(6) as usize], from as u64).unwrap();
+        }
+        flip_page_byte(&path, 1);
+        let recovered = Segment::recover(&StdIo, &path, false).unwrap();
+        assert_eq!(recovered.committed_frames(), 1, "a crash's state: the torn transaction is cut");
     }
 
     #[test]

@@ -299,12 +299,16 @@ fn flipped_byte_in_the_last_commit_frame_drops_that_transaction_only() {
     );
 }
 
-/// A bad frame in the middle of the current segment: the transaction holding it and every
-/// later one are dropped, even though their own frames are intact.
-#[test]
-fn flipped_byte_in_a_middle_frame_cuts_everything_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = database_with_rows(dir.path(), N, &keep_log());
+/// The current segment of `database_with_rows` (under `synchronous`), with a byte flipped in
+/// a frame of insert number 10. Returns the database, the segment, and the number of frames
+/// before that transaction.
+fn bad_frame_in_insert_ten(dir: &Path, synchronous: &str) -> (PathBuf, PathBuf, usize) {
+    let db = dir.join("data.db");
+    let conn = open_connection(&db, &keep_log()).unwrap();
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}")).unwrap();
+    create_table(&conn);
+    commit_rows(&conn, 1..=N);
+    drop(conn);
     let seg = segment_files(&db).pop().unwrap();
     let frames = frames_on_disk(&seg);
     let commits: Vec<usize> = (0..frames.len()).filter(|&k| frames[k].1 != 0).collect();
@@ -316,13 +320,35 @@ fn flipped_byte_in_a_middle_frame_cuts_everything_after_it() {
     let tx10_commit = commits[first_insert_commit + 9];
     let bad = (tx10_first + tx10_commit) / 2;
     flip_byte(&seg, HEADER_SIZE + bad as u64 * FRAME_SIZE + FRAME_HEADER_SIZE + 7);
+    (db, seg, tx10_first)
+}
 
+/// A bad frame in the middle of the current segment, committed under NORMAL: nothing after
+/// it was promised durable, so a power cut may have left it. The transaction holding it and
+/// every later one are dropped, even though their own frames are intact (as in SQLite's WAL).
+#[test]
+fn a_bad_frame_in_a_middle_frame_under_normal_cuts_everything_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _, tx10_first) = bad_frame_in_insert_ten(dir.path(), "NORMAL");
     let conn = open_connection(&db, &keep_log()).unwrap();
     assert_eq!(rows(&conn), (1..=9).collect::<Vec<_>>(), "frames after a bad frame were trusted");
     drop(conn);
     let frames_after = frames_on_disk(&segment_files(&db).pop().unwrap());
     assert_eq!(frames_after.len(), tx10_first, "the segment was not cut at the last valid commit");
     final_check_with_stock_sqlite(&db, 9);
+}
+
+/// The same bad frame under FULL: insert 11 returned only after a sync that covered it, and
+/// insert 12 was written after that, so it is damage, not a crash. The open is refused and
+/// nothing is cut: inserts 10 to N stay on disk for whoever repairs it.
+#[test]
+fn a_bad_frame_in_a_middle_frame_under_full_is_refused_and_nothing_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _, _) = bad_frame_in_insert_ten(dir.path(), "FULL");
+    let before = snapshot_files(&db);
+    let err = open_connection(&db, &keep_log()).err().expect("damage refused");
+    assert!(err.to_string().contains("damage"), "{err}");
+    assert!(snapshot_files(&db) == before, "a refused open changed files");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -250,3 +250,32 @@ fn a_missing_or_emptied_segment_before_a_synchronous_commit_is_damage_not_a_cut(
     // Cut to its first frame: the sealed segment after it now follows a gap.
     damage_is_reported_and_refused(first, cut, "frames are missing");
 }
+
+#[test]
+fn a_bad_frame_in_the_current_segment_before_later_synchronous_commits_is_damage_not_a_torn_tail() {
+    // Ten FULL commits in one unsealed segment: each returned only after its sync, so a bad
+    // frame in the first of them is no crash's doing (a crash tears only the unsynced end).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let config =
+        WalConfig { segment_frames_max: 1000, segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
+    {
+        let conn = open_connection(&db, &LibsqlWalManager::new(StdIo::shared(), config.clone())).unwrap();
+        conn.execute_batch("CREATE TABLE t(x INTEGER PRIMARY KEY, pad BLOB)").unwrap();
+        for _ in 0..10 {
+            conn.execute("INSERT INTO t(pad) VALUES (randomblob(2000))", []).unwrap();
+        }
+    }
+    let current = segments(&db).pop().unwrap();
+    let mut bytes = std::fs::read(&current).unwrap();
+    bytes[64 + 24 + 100] ^= 0xFF;
+    std::fs::write(&current, &bytes).unwrap();
+    let before = snapshot_files(&db);
+    let (ok, out) = verify(&db);
+    assert!(!ok, "verify took damage for a torn tail: {out}");
+    assert!(out.contains("was durable, so this is damage"), "{out}");
+    assert!(snapshot_files(&db) == before, "verify changed files: {out}");
+    let refused = open_connection(&db, &LibsqlWalManager::new(StdIo::shared(), config));
+    assert!(refused.is_err(), "an open cut synced commits as a torn tail");
+    assert!(snapshot_files(&db) == before, "a refused open changed files");
+}
