@@ -296,6 +296,11 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         )),
         None => report.warn("database file: the checkpoint mark is unreadable (torn or foreign)".into()),
     }
+    if let Some(other) = ownership::log_under_another_name(db_path)? {
+        report.error(ownership::other_name_error(db_path, &other).to_string());
+        report.lines.push("integrity_check skipped: the file's log is under another name".into());
+        return Ok(report);
+    }
     let log_dir = ownership::log_dir_of(db_path);
     let plan = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
         None => {

@@ -134,6 +134,10 @@ pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
     if !db_lock.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir });
     }
+    if let Some(other) = log_under_another_name(db_path)? {
+        let _ = db_lock.unlock();
+        return Err(other_name_error(db_path, &other));
+    }
     match take_log_dir(io, db_path, &log_dir) {
         Ok(lock_file) => Ok(Box::new(Ownership { db_lock, lock_file })),
         Err(e) => {
@@ -142,6 +146,72 @@ pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
             Err(e)
         }
     }
+}
+
+/// Another name of the database file, in its directory (a hard link), whose log holds what
+/// the file does not yet: `<other>-wal/` with segments (ours, left by a process that died)
+/// or a non-empty `<other>-wal` file (SQLite's). A log is found by name, so opening the file
+/// by this name would not see those commits, and a checkpoint here would write over pages
+/// that they change. Links in other directories cannot be found short of searching the
+/// whole file system; they are a documented limitation.
+///
+/// Asked of the file system directly (`stat` and directory listings, no data I/O), as for
+/// [`crate::registry::file_id`]: `Io` has no notion of identity.
+pub(crate) fn log_under_another_name(db_path: &Path) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let stat_error = |e: std::io::Error| Error::CannotOpen { path: db_path.into(), reason: e.to_string() };
+    let meta = std::fs::metadata(db_path).map_err(stat_error)?;
+    if meta.nlink() < 2 {
+        return Ok(None);
+    }
+    let dir = match db_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let own_name = db_path.file_name();
+    for entry in std::fs::read_dir(dir).map_err(stat_error)? {
+        let Ok(entry) = entry else { continue };
+        let other = entry.path();
+        if entry.file_name().as_os_str() == own_name.unwrap_or_default() {
+            continue;
+        }
+        let same_file = std::fs::symlink_metadata(&other).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+        if same_file && holds_a_log(&log_dir_of(&other)) {
+            return Ok(Some(other));
+        }
+    }
+    Ok(None)
+}
+
+/// Is there a log with something in it at `log_dir`: our directory with a segment, or
+/// SQLite's non-empty `-wal` file?
+fn holds_a_log(log_dir: &Path) -> bool {
+    match std::fs::symlink_metadata(log_dir) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(log_dir)
+            .is_ok_and(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|ext| ext == "seg"))),
+        Ok(m) => m.is_file() && m.len() > 0,
+        Err(_) => false,
+    }
+}
+
+pub(crate) fn other_name_error(db_path: &Path, other: &Path) -> Error {
+    if holds_a_log(&log_dir_of(db_path)) {
+        let reason = format!(
+            "this file is also named {} (a hard link), and both {} and {} hold a log of it: two histories of one \
+             file, which no open can merge; keep one log (move the other away) and open the file by its name",
+            other.display(),
+            log_dir_of(db_path).display(),
+            log_dir_of(other).display()
+        );
+        return Error::CannotOpen { path: db_path.into(), reason };
+    }
+    let reason = format!(
+        "this file is also named {} (a hard link), and {} holds its log, with commits the file does not have yet: \
+         open it by that name (a clean close there gives the file back whole)",
+        other.display(),
+        log_dir_of(other).display()
+    );
+    Error::CannotOpen { path: db_path.into(), reason }
 }
 
 /// Attempts at taking the log directory when a race keeps changing it under our feet.

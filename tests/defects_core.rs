@@ -94,6 +94,36 @@ fn two_names_of_one_file_share_one_log_in_a_process() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "601\nok\n");
 }
 
+/// A log left under `real.db` (by a process that died, or kept at close) holds commits the
+/// file does not have. Opening the file as `hard.db` would not see them, and its checkpoint
+/// would write under them: refused, naming the other name; nothing is created or changed.
+#[test]
+fn a_log_left_under_another_name_of_the_file_is_never_bypassed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (real, hard) = hard_linked_db(dir.path());
+    let keep = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
+    let conn = open_connection(&real, &LibsqlWalManager::new(StdIo::shared(), keep)).unwrap();
+    conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    drop(conn);
+    assert!(log_dir(&real).join("lock").exists(), "fixture: the log was not kept");
+    let file_before = std::fs::read(&real).unwrap();
+
+    let refused = open_connection(&hard, &plain_manager()).err().expect("the other name's log was bypassed");
+    let message = refused.to_string();
+    assert!(message.contains("real.db") && message.contains("hard link"), "{message}");
+    assert!(!log_dir(&hard).exists(), "the refused open created a log directory");
+    assert_eq!(std::fs::read(&real).unwrap(), file_before, "the refused open changed the file");
+    let out = Command::new(BIN).arg("verify").arg(&hard).output().unwrap();
+    assert!(!out.status.success(), "verify passed a file whose log is under another name");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hard link"));
+
+    let conn = open_connection(&real, &plain_manager()).unwrap();
+    assert_eq!(count(&conn), 2, "the commit in the log was lost");
+    drop(conn);
+    let conn = open_connection(&hard, &plain_manager()).unwrap();
+    assert_eq!(count(&conn), 2, "once the log is folded in, either name opens the whole file");
+}
+
 // ---- 13. The checkpointer: after shutdown, first registration, identity ------------------
 
 mod common;
