@@ -110,6 +110,11 @@ fn database_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The `Error: …` lines a run printed on stderr (log lines of either WAL are not compared).
+fn error_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr).lines().filter(|l| l.starts_with("Error:")).map(str::to_owned).collect()
+}
+
 /// Runs one script on both sides; `Err` says how ours differs.
 fn check_script(script: &Path) -> Result<(), String> {
     let name = script.file_name().unwrap().to_string_lossy().into_owned();
@@ -128,6 +133,11 @@ fn check_script(script: &Path) -> Result<(), String> {
     }
     if a.stdout != b.stdout {
         return Err(format!("output differs at {}", first_difference(&a.stdout, &b.stdout)));
+    }
+    // Failing statements report on stderr (as sqlite3 does); the same errors, in order.
+    let (errors_a, errors_b) = (error_lines(&a.stderr), error_lines(&b.stderr));
+    if errors_a != errors_b {
+        return Err(format!("errors differ: sqlite {errors_a:?} ours {errors_b:?}"));
     }
     let mut ckpt = Command::new(BIN);
     ckpt.current_dir(&work).args(["checkpoint", "data.db", "--mode", "truncate"]);
