@@ -266,7 +266,7 @@ fn exec(
         WalKind::Libsql => {
             let manager = storage.manager(db)?;
             let conn = libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?;
-            let ok = script::run(&conn, &sql, seed, &mut out);
+            let ok = script::run(&conn, &sql, seed, &mut out, &mut output::Stderr);
             if manager.storage().is_some() && !no_wait {
                 storage_cmd::wait_until_durable(db, &manager)?;
             }
@@ -277,7 +277,7 @@ fn exec(
         }
         WalKind::Sqlite => {
             let conn = libsql_wal::open_sqlite_connection(db).map_err(|e| e.to_string())?;
-            script::run(&conn, &sql, seed, &mut out)
+            script::run(&conn, &sql, seed, &mut out, &mut output::Stderr)
         }
     };
     // A failed write is reported by `main`, as for every command.
