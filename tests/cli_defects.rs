@@ -1,8 +1,9 @@
 //! The CLI's defects issue, through the binary: output to a full device never aborts
-//! (stdout and stderr on /dev/full), SQL bytes reach SQLite as they are (compared with stock
-//! `sqlite3`), a SQL argument may start with `--`, inspecting a missing local store creates
-//! nothing, a checkpoint held back by storage says why, and no credential of a store URL
-//! appears in an error.
+//! (stdout and stderr on /dev/full) and a command that only prints fails when its output is
+//! lost, SQL errors go to stderr and rows to stdout, SQL bytes reach SQLite as they are
+//! (compared with stock `sqlite3`), a SQL argument may start with `--`, inspecting a missing
+//! local store creates nothing, a checkpoint held back by storage says why, and no credential
+//! of a store URL appears in an error.
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
@@ -109,6 +110,37 @@ fn exec_prints_sql_errors_on_stderr_and_rows_on_stdout() {
         assert!(stderr.contains("Error: no such column: nope\n"), "{wal}: the error is not on stderr: {stderr:?}");
         assert_eq!(out.status.code(), Some(1), "{wal}: a failed statement fails the command");
     }
+}
+
+/// A command whose only job is to print fails when its output cannot be written (before,
+/// `--help >/dev/full` exited 0, clap dropping the error), and says so on stderr.
+#[test]
+fn printing_commands_fail_on_a_full_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let store = format!("file://{}", dir.path().join("store").display());
+    let db_arg = db.to_str().unwrap();
+    let out = run(&["exec", "--storage", &store, db_arg, "CREATE TABLE t(x); INSERT INTO t VALUES(1);"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["info", "--help"],
+        &["storage", "ls", "--help"],
+        &["info", db_arg],
+        &["info", "--storage", &store, db_arg],
+        &["verify", db_arg],
+        &["storage", "ls", &store],
+        &["storage", "ls", &store, "shop"],
+    ] {
+        let out = Command::new(BIN).args(args).stdout(full_device()).output().unwrap();
+        assert_eq!(out.status.signal(), None, "{args:?}: {:?}", out.status);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: a lost output must fail the command");
+        assert!(text(&out.stderr).contains("cannot write to stdout"), "{args:?}: {}", text(&out.stderr));
+    }
+    // The same commands still succeed when their output can be written.
+    let out = run(&["--help"]);
+    assert!(out.status.success() && text(&out.stdout).contains("Usage"), "{}", text(&out.stdout));
 }
 
 // ---- 9: SQL bytes reach SQLite unchanged -------------------------------------------------

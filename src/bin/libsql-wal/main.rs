@@ -212,7 +212,10 @@ fn main() -> ExitCode {
         .with_writer(|| output::Stderr)
         .log_internal_errors(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_exit(&error),
+    };
     let result = match cli.command {
         Command::Exec { wal, seed, db, sql, file, storage, no_wait } => {
             exec(wal, seed, &db, sql, file, &storage, no_wait)
@@ -244,6 +247,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         None => code,
+    }
+}
+
+/// What clap's own exit does (print help, version or the usage error, then exit with its
+/// code), except that help or version that could not be written to stdout (a full disk,
+/// `>/dev/full`, a closed pipe) fail the command, with a message on stderr.
+fn clap_exit(error: &clap::Error) -> ExitCode {
+    let printed = error.print().and_then(|()| std::io::stdout().flush());
+    if error.use_stderr() {
+        // A usage error, already on stderr (nowhere left to report a failure to print it).
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            errln!("Error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
