@@ -1,7 +1,8 @@
 //! The CLI with storage: `exec --storage` waits for durability (and says so during an
 //! outage), `--no-wait` returns at once and leaves the upload to the next process, `info`
 //! shows the lag, `storage ls` lists namespaces and objects, `restore` rebuilds from the
-//! store alone, and bad input (namespace, URL) is a clear error.
+//! store alone, bad input (namespace, URL) is a clear error, and a mistyped `--storage` does
+//! not re-target a log shipped elsewhere unless `--move-to-store` says so.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -113,4 +114,44 @@ fn bad_storage_arguments_are_clear_errors() {
         assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
     }
     assert!(!db.exists(), "no database created by a refused command");
+}
+
+#[test]
+fn a_mistyped_storage_url_is_refused_unless_the_move_is_asked_for() {
+    use libsql_wal::{LibsqlWalManager, Storage, WalConfig, flush_to_storage, io::StdIo, open_connection};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let db_arg = db.to_str().unwrap();
+    let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (url_a, url_b) = (format!("file://{}", store_a.display()), format!("file://{}", store_b.display()));
+    // Shipped to store a, the log kept (no checkpoint at close), so its durable record stays.
+    let config = WalConfig { checkpoint_on_close: false, ..WalConfig::default() };
+    let manager = LibsqlWalManager::new(StdIo::shared(), config).with_storage(Storage::open(&url_a).unwrap());
+    let conn = open_connection(&db, &manager).unwrap();
+    conn.execute_batch(&script(0, 50)).unwrap();
+    flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+
+    for command in [
+        &["exec", "--storage", &url_b, db_arg, "SELECT count(*) FROM t"][..],
+        &["checkpoint", "--storage", &url_b, db_arg],
+    ] {
+        let out = run(command);
+        assert!(!out.status.success(), "{command:?} re-targeted the log");
+        let error = stderr(&out);
+        assert!(
+            error.contains("shipped to another store or namespace") && error.contains("--move-to-store"),
+            "{error}"
+        );
+        assert_eq!(stdout(&out), "", "{command:?}");
+    }
+    assert!(!store_b.exists(), "the mistyped store was written");
+    assert!(stdout(&run(&["exec", "--help"])).contains("--move-to-store"));
+
+    // Asked for, the move ships the whole history to store b.
+    let out = run(&["exec", "--storage", &url_b, "--move-to-store", db_arg, "SELECT count(*) FROM t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "50\n");
+    let out = run(&["storage", "ls", &url_b]);
+    assert!(stdout(&out).starts_with("shop  durable up to frame "), "{}", stdout(&out));
 }

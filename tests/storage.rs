@@ -345,6 +345,51 @@ fn restore_refuses_a_forged_database_size() {
     assert!(!out.exists(), "a refused restore leaves nothing at OUT");
 }
 
+/// A log shipped to one store keeps counting there: opened with another store or namespace
+/// (a mistyped URL) it is refused, naming the problem and the way to move it, and nothing is
+/// uploaded or changed; `with_move_to_store(true)` moves it deliberately.
+#[test]
+fn a_log_shipped_to_one_store_is_refused_by_another_unless_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
+    let db = dir.path().join("shop.db");
+    let config = WalConfig { checkpoint_on_close: false, ..small_segments() };
+    let manager = |store: &Path, namespace: &str| {
+        LibsqlWalManager::new(StdIo::shared(), config.clone())
+            .with_storage(local_store(store))
+            .with_namespace(namespace)
+            .unwrap()
+    };
+    let shipped = manager(&store_a, "shop");
+    let conn = open_connection(&db, &shipped).unwrap();
+    write(&conn, 0, 40);
+    let expected = rows(&conn);
+    let durable = flush_to_storage(&db, Some(Duration::from_secs(60)), &shipped).unwrap().unwrap();
+    drop(conn);
+    let record = db.with_file_name("shop.db-wal").join("durable");
+    let record_before = std::fs::read(&record).expect("the log keeps its durable record");
+
+    for (store, namespace) in [(&store_b, "shop"), (&store_a, "shop2")] {
+        let error = open_connection(&db, &manager(store, namespace)).err().expect("refused").to_string();
+        assert!(error.contains("shipped to another store or namespace"), "{error}");
+        assert!(error.contains(&format!("up to frame {durable}")), "{error}");
+        assert!(error.contains("--move-to-store"), "{error}");
+        assert_eq!(std::fs::read(&record).unwrap(), record_before, "the record was rewritten");
+    }
+    assert!(!store_b.exists(), "something was uploaded to the mistyped store");
+    assert!(local_store(&store_a).list("shop2").unwrap().is_empty());
+
+    // The right store still opens it; a deliberate move ships the history to the other.
+    drop(open_connection(&db, &manager(&store_a, "shop")).unwrap());
+    let moved = manager(&store_b, "shop").with_move_to_store(true);
+    let conn = open_connection(&db, &moved).unwrap();
+    let last = flush_to_storage(&db, Some(Duration::from_secs(60)), &moved).unwrap().unwrap();
+    drop(conn);
+    let out = dir.path().join("moved.db");
+    assert_eq!(restore_to(&local_store(&store_b), "shop", &out).frame_no, last);
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
+}
+
 #[test]
 fn memory_store_round_trip_and_namespace_checks() {
     let dir = tempfile::tempdir().unwrap();

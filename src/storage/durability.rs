@@ -40,6 +40,9 @@ use crate::storage::{Storage, layout, snapshot};
 pub struct StorageBinding {
     pub storage: Storage,
     pub namespace: String,
+    /// Open even when the log's durable record counts in another store or namespace (see
+    /// [`crate::LibsqlWalManager::with_move_to_store`]); otherwise that is refused.
+    pub move_to_store: bool,
 }
 
 /// What `info` shows of a database's durability.
@@ -117,6 +120,12 @@ impl Durability {
                 None
             }
             Some(Some(record)) if identity.is_some_and(|id| id != record.identity) => {
+                if let Some(binding) = &binding
+                    && !binding.move_to_store
+                    && let Some(reason) = shipped_elsewhere(&record, binding)
+                {
+                    return Err(Error::CannotOpen { path: db_path_of(log_dir), reason });
+                }
                 tracing::info!(path = %record_path.display(), "the durable record counts in another store or namespace: listing this one");
                 None
             }
@@ -302,6 +311,33 @@ impl Durability {
         state.uploads += 1;
         state.uploaded_bytes += bytes;
         state.last_error = None;
+    }
+}
+
+/// Why a log whose durable record is `record` may not open with `binding` (unless moved
+/// deliberately): the record counts in another store or namespace and says frames are
+/// durable there. `None` when it counts in `binding`'s, or knows of no durable frame.
+pub(crate) fn shipped_elsewhere(record: &DurableRecord, binding: &StorageBinding) -> Option<String> {
+    if record.frame_no == UNKNOWN || record.identity == storage_identity(binding.storage.url(), &binding.namespace) {
+        return None;
+    }
+    Some(format!(
+        "its log was shipped to another store or namespace (durable there up to frame {}), not to namespace {} in \
+         {}: check the store URL and the namespace (a typo?). To move the log to this store and namespace \
+         deliberately (its history is uploaded here from scratch), open it with --move-to-store \
+         (LibsqlWalManager::with_move_to_store)",
+        record.frame_no,
+        binding.namespace,
+        binding.storage.url()
+    ))
+}
+
+/// The database file of the log in `log_dir` (`<db>-wal`), for messages.
+fn db_path_of(log_dir: &Path) -> PathBuf {
+    let name = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.strip_suffix("-wal") {
+        Some(db) if !db.is_empty() => log_dir.with_file_name(db),
+        _ => log_dir.to_path_buf(),
     }
 }
 

@@ -22,6 +22,13 @@ pub struct StorageArgs {
     /// The database's namespace in the store (default: the file name without extension).
     #[arg(long, value_name = "NS", requires = "storage")]
     pub namespace: Option<String>,
+    /// Ship this database to the store and namespace given even though its log was shipped
+    /// to another one (its durable record counts there): without this flag that is refused,
+    /// since a mistyped --storage or --namespace would re-target the log. The history is
+    /// then uploaded to the new namespace from scratch. (exec and checkpoint; info and
+    /// verify change nothing.)
+    #[arg(long, requires = "storage")]
+    pub move_to_store: bool,
 }
 
 impl StorageArgs {
@@ -37,7 +44,11 @@ impl StorageArgs {
             None => libsql_wal::namespace_of(db).map_err(|e| format!("{e} (name it with --namespace)"))?,
         };
         let storage = Storage::open(url).map_err(|e| e.to_string())?;
-        manager.with_storage(storage).with_namespace(namespace).map_err(|e| e.to_string())
+        manager
+            .with_storage(storage)
+            .with_move_to_store(self.move_to_store)
+            .with_namespace(namespace)
+            .map_err(|e| e.to_string())
     }
 }
 
