@@ -109,7 +109,7 @@ impl Durability {
     /// storage is configured nor a record says it once was.
     pub fn open(io: &Arc<dyn Io>, log_dir: &Path, binding: Option<StorageBinding>) -> Result<Option<Arc<Durability>>> {
         let record_path = log_dir.join("durable");
-        let recorded = read_record(io.as_ref(), &record_path)?;
+        let recorded = read_record(io.as_ref(), &record_path, false)?;
         if binding.is_none() && recorded.is_none() {
             return Ok(None);
         }
@@ -341,13 +341,29 @@ fn db_path_of(log_dir: &Path) -> PathBuf {
     }
 }
 
+/// Before the log in `log_dir` is opened (so recovered) with `binding`: refuses it, having
+/// changed nothing, when its durable record says it was shipped to another store or
+/// namespace (see [`shipped_elsewhere`]). [`Durability::open`] checks again once the log is
+/// owned; an unreadable record is left to it.
+pub(crate) fn refuse_if_shipped_elsewhere(io: &dyn Io, log_dir: &Path, binding: &StorageBinding) -> Result<()> {
+    if binding.move_to_store {
+        return Ok(());
+    }
+    let Ok(Some(Some(record))) = read_record(io, &log_dir.join("durable"), true) else { return Ok(()) };
+    match shipped_elsewhere(&record, binding) {
+        Some(reason) => Err(Error::CannotOpen { path: db_path_of(log_dir), reason }),
+        None => Ok(()),
+    }
+}
+
 /// Reads the record: `None` when there is none, `Some(None)` when it is damaged.
-fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<DurableRecord>>> {
+fn read_record(io: &dyn Io, path: &Path, read_only: bool) -> Result<Option<Option<DurableRecord>>> {
     match io.kind(path).map_err(Error::io("reading", path))? {
         Some(FileKind::File { .. }) => {}
         _ => return Ok(None),
     }
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let file = if read_only { io.open_read_only(path) } else { io.open(path, false) };
+    let file = file.map_err(Error::io("opening", path))?;
     let mut bytes = [0u8; DURABLE_RECORD_SIZE];
     let frame_no = match file.read_exact_at(&mut bytes, 0) {
         Ok(()) => DurableRecord::decode(&bytes),
