@@ -121,17 +121,6 @@ pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), S
     }
 }
 
-/// Waits up to `timeout` for the durable frame_no to be known (storage listed once).
-pub fn wait_until_known(db: &Path, manager: &LibsqlWalManager, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        match libsql_wal::durable_frame_no(db, manager) {
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            _ => return,
-        }
-    }
-}
-
 pub fn print_durability(info: &LogInfo) {
     let Some(durability) = &info.durability else { return };
     match (&durability.storage_url, &durability.namespace) {
@@ -143,6 +132,7 @@ pub fn print_durability(info: &LogInfo) {
             outln!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
         }
         None if durability.diverged.is_some() => outln!("durable frame_no: unknown (this log diverged, below)"),
+        None if !durability.notes.is_empty() => outln!("durable frame_no: unknown (see the note below)"),
         None => outln!("durable frame_no: unknown (storage not reached yet)"),
     }
     outln!(
@@ -153,6 +143,9 @@ pub fn print_durability(info: &LogInfo) {
     );
     if let Some(error) = &durability.last_error {
         outln!("last storage error: {error}");
+    }
+    for note in &durability.notes {
+        outln!("note: {note}");
     }
     if let Some(reason) = &durability.diverged {
         outln!("diverged: {reason}");
