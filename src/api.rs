@@ -200,6 +200,11 @@ pub struct LogInfo {
     pub last_checkpoint_error: Option<String>,
     /// Storage state, when storage is (or once was) configured for this log.
     pub durability: Option<DurabilityInfo>,
+    /// Frames up to this one are in the database file (the log starts after it).
+    pub checkpointed_frame_no: u64,
+    /// What the next open's recovery would change ([`inspect_read_only`] only: an open log
+    /// has been recovered).
+    pub recovery: Vec<String>,
 }
 
 impl LogInfo {
@@ -239,9 +244,174 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
         last_frame_no: last.frame_no,
         db_pages: last.db_size,
         db_file_pages: shared.db_file_len() / crate::format::PAGE_SIZE as u64,
+        checkpointed_frame_no: shared.checkpointed().0,
+        recovery: Vec::new(),
     };
     registry::release(&shared, false);
     Ok(info)
+}
+
+/// Describes the log of `db_path` as it is on disk, changing nothing, ever: unlike
+/// [`inspect`] it does not open (so recover) the log, start uploads or checkpoint. Every file
+/// is opened for reading only and nothing is created (no log directory, no lock file, no
+/// local store). The log is read with the recovery planner (as [`verify`] reads it): the
+/// segments, last commit and sizes are what an open would find, and [`LogInfo::recovery`]
+/// says what that open would change. The durability comes from the log's durable record and,
+/// with storage on `manager`, from a listing of its namespace checked against this log's
+/// history as the upload task checks it (no upload, no record written): the durable frame_no
+/// is where the stored chain of this history ends, or unknown with the reason (storage
+/// unreachable: `failures` and `last_error`; another history: `diverged`; anything else:
+/// `notes`). Checkpoint errors and upload counts are per process, so 0 here.
+///
+/// While another process (or another connection of this one) holds the database,
+/// `Error::InUse`: it reads a log only while nobody writes it, and the reader's lock (taken
+/// on read-only handles of the database file and of the log's `lock`) keeps other opens out
+/// meanwhile. A SQLite `-wal` file beside the database is `Error::CannotOpen` (an open folds
+/// it in first, which writes).
+pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<LogInfo> {
+    use crate::storage::durability;
+    let db_path = db_path.as_ref();
+    let io = manager.io().as_ref();
+    let binding = manager.storage_binding(db_path)?;
+    let db_file = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
+    let log_dir = ownership::log_dir_of(db_path);
+    // The database file's own lock first, as an owner takes it (it covers every name of
+    // the file); then the log's.
+    if !db_file.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+        return Err(Error::InUse { path: db_path.into(), log_dir });
+    }
+    let _db_lock = ReadLock(db_file);
+    let db_file = &_db_lock.0;
+    let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
+    let db_len = db_file.size().map_err(Error::io("reading", db_path))?;
+    let (plan, record) = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+        None => (None, None),
+        Some(FileKind::File { .. }) => {
+            return Err(Error::CannotOpen {
+                path: db_path.into(),
+                reason: format!(
+                    "{} is SQLite's own -wal file: an open folds it into the database first; nothing was read",
+                    log_dir.display()
+                ),
+            });
+        }
+        Some(FileKind::Dir) => {
+            let _lock = lock_for_reading(io, db_path, &log_dir)?;
+            let plan = crate::shared::plan_recovery(io, &log_dir, mark, true)?;
+            (Some(plan), durability::read_record_read_only(io, &log_dir)?)
+        }
+    };
+    let kept = plan.as_ref().map(|p| p.kept.as_slice()).unwrap_or_default();
+    let last = crate::shared::last_commit(kept, mark, db_file.as_ref(), db_path)?;
+    let checkpointed = match kept.first() {
+        Some(oldest) => (oldest.start_frame_no - 1, oldest.prev_chain),
+        None => (last.frame_no, mark.map_or(0, |m| m.chain)),
+    };
+    let segments = kept
+        .iter()
+        .map(|s| SegmentInfo {
+            path: s.path.clone(),
+            start_frame_no: s.start_frame_no,
+            last_frame_no: s.last_committed_frame_no(),
+            frames: s.committed_frames(),
+            frames_in_file: s.frames(),
+            bytes: s.file_len(),
+            sealed: s.is_sealed(),
+            created_unix_ms: s.created_unix_ms,
+        })
+        .collect();
+    let durability = match (&binding, record) {
+        (None, None) => None,
+        (None, Some(record)) => {
+            let mut info = DurabilityInfo {
+                durable_frame_no: record.as_ref().and_then(durability::recorded_frame_no),
+                ..DurabilityInfo::default()
+            };
+            if record.is_none() {
+                info.notes.push("the durable record is damaged: an open with storage rebuilds it".into());
+            }
+            Some(info)
+        }
+        (Some(binding), record) => {
+            let mut info = DurabilityInfo {
+                storage_url: Some(binding.storage.url().to_string()),
+                namespace: Some(binding.namespace.clone()),
+                ..DurabilityInfo::default()
+            };
+            let record = record.flatten();
+            match record.as_ref().and_then(|r| durability::shipped_elsewhere(r, binding)) {
+                Some(reason) => info.notes.push(format!("an open with this storage is refused: {reason}")),
+                None => {
+                    let plan_lineage = plan.as_ref().map_or(mark.map_or(0, |m| m.lineage), |p| p.lineage);
+                    let chain_at = |frame_no: u64| -> Result<Option<u32>> {
+                        if frame_no == checkpointed.0 {
+                            return Ok(Some(checkpointed.1));
+                        }
+                        let holder = kept
+                            .iter()
+                            .find(|s| s.start_frame_no <= frame_no && frame_no <= s.last_committed_frame_no());
+                        holder.map(|s| s.chain_at(frame_no)).transpose()
+                    };
+                    let local = durability::LocalHistory {
+                        last: last.frame_no,
+                        checkpointed: checkpointed.0,
+                        lineage: plan_lineage,
+                        chain_at: &chain_at,
+                    };
+                    let look = durability::look_up_read_only(binding, &local, checkpointed.0 == 0 && db_len == 0);
+                    info.durable_frame_no = look.durable_frame_no;
+                    info.diverged = look.diverged;
+                    info.notes.extend(look.note);
+                    if let Some(error) = look.error {
+                        info.failures = 1;
+                        info.last_error = Some(error);
+                        // What an open would start from until storage answers.
+                        info.durable_frame_no = record.as_ref().and_then(durability::recorded_frame_no);
+                    }
+                }
+            }
+            Some(info)
+        }
+    };
+    let recovery = plan.as_ref().map(recovery_lines).unwrap_or_default();
+    Ok(LogInfo {
+        segments,
+        last_frame_no: last.frame_no,
+        db_pages: last.db_size,
+        db_file_pages: db_len / crate::format::PAGE_SIZE as u64,
+        checkpoint_errors: 0,
+        last_checkpoint_error: None,
+        durability,
+        checkpointed_frame_no: checkpointed.0,
+        recovery,
+    })
+}
+
+/// What an open's recovery would change, one line each (nothing when the log is clean).
+fn recovery_lines(plan: &crate::shared::RecoveryPlan) -> Vec<String> {
+    let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut lines = Vec::new();
+    for segment in &plan.covered {
+        lines.push(format!("{}: already in the database file, removed at open", name(&segment.path)));
+    }
+    for (i, segment) in plan.kept.iter().enumerate() {
+        let newest = i + 1 == plan.kept.len();
+        if !segment.is_sealed() && !newest {
+            lines.push(format!("{}: full, sealed at open", name(&segment.path)));
+        }
+        let (kept, len) = (crate::format::frame_offset(segment.committed_frames()), segment.file_len());
+        if newest && !segment.is_sealed() && len > kept && !segment.zeros_after_commits() {
+            lines.push(format!(
+                "{}: {} bytes after the last commit frame (an unfinished transaction), cut at open",
+                name(&segment.path),
+                len - kept
+            ));
+        }
+    }
+    if let Some(reason) = &plan.cut_reason {
+        lines.push(format!("the log ends early ({reason}): {} file(s) removed at open", plan.cut.len()));
+    }
+    lines
 }
 
 /// What `verify` found: one line per finding, and how many were errors.

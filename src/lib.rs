@@ -30,8 +30,8 @@ pub mod stress;
 mod wal;
 
 pub use api::{
-    LogInfo, SegmentInfo, VerifyReport, checkpoint, durable_frame_no, flush_to_storage, inspect, open_connection,
-    open_sqlite_connection, verify, wait_durable,
+    LogInfo, SegmentInfo, VerifyReport, checkpoint, durable_frame_no, flush_to_storage, inspect, inspect_read_only,
+    open_connection, open_sqlite_connection, verify, wait_durable,
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, Result};

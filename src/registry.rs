@@ -219,6 +219,11 @@ pub(crate) fn acquire(
             shared
         }
         None => {
+            // A log shipped to another store is refused before its recovery changes anything.
+            if let Some(binding) = storage {
+                let log_dir = crate::ownership::log_dir_of(&path);
+                crate::storage::durability::refuse_if_shipped_elsewhere(io.as_ref(), &log_dir, binding)?;
+            }
             let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone(), storage.cloned())?);
             if let Some(checkpointer) = checkpointer {
                 shared.attach_checkpointer(checkpointer);

@@ -1214,7 +1214,7 @@ fn check_db_file_length(
     Ok(())
 }
 
-fn last_commit(
+pub(crate) fn last_commit(
     segments: &[Segment],
     mark: Option<CheckpointMark>,
     db_file: &dyn IoFile,

@@ -37,6 +37,9 @@ pub struct LibsqlWalManager {
     storage: Option<Storage>,
     /// The namespace of every database opened through this manager; `None`: each file's stem.
     namespace: Option<String>,
+    /// Open a log whose durable record counts in another store or namespace (a deliberate
+    /// move) instead of refusing it.
+    move_to_store: bool,
 }
 
 /// The real file system, the default configuration and the process's shared background
@@ -52,7 +55,7 @@ impl LibsqlWalManager {
     /// committing connection, past 1000 frames), `PRAGMA wal_checkpoint` and the last close
     /// checkpoint, synchronously. Add one with [`LibsqlWalManager::with_checkpointer`].
     pub fn new(io: Arc<dyn Io>, config: WalConfig) -> Self {
-        LibsqlWalManager { io, config, checkpointer: None, storage: None, namespace: None }
+        LibsqlWalManager { io, config, checkpointer: None, storage: None, namespace: None, move_to_store: false }
     }
 
     /// Databases first opened through this manager are checkpointed in the background by
@@ -78,6 +81,16 @@ impl LibsqlWalManager {
         Ok(self)
     }
 
+    /// Lets a database whose log was shipped to another store or namespace (its durable
+    /// record says frames are durable there) open with this manager's storage: the log is
+    /// then counted in this store from scratch and its history uploaded here. Without it
+    /// such an open is refused (`Error::CannotOpen`): a mistyped URL or namespace must not
+    /// silently re-target a log.
+    pub fn with_move_to_store(mut self, move_to_store: bool) -> Self {
+        self.move_to_store = move_to_store;
+        self
+    }
+
     pub fn storage(&self) -> Option<&Storage> {
         self.storage.as_ref()
     }
@@ -89,7 +102,7 @@ impl LibsqlWalManager {
             Some(namespace) => namespace.clone(),
             None => namespace_of(db_path)?,
         };
-        Ok(Some(StorageBinding { storage: storage.clone(), namespace }))
+        Ok(Some(StorageBinding { storage: storage.clone(), namespace, move_to_store: self.move_to_store }))
     }
 
     pub fn checkpointer(&self) -> Option<&Checkpointer> {

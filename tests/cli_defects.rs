@@ -1,8 +1,9 @@
 //! The CLI's defects issue, through the binary: output to a full device never aborts
-//! (stdout and stderr on /dev/full), SQL bytes reach SQLite as they are (compared with stock
-//! `sqlite3`), a SQL argument may start with `--`, inspecting a missing local store creates
-//! nothing, a checkpoint held back by storage says why, and no credential of a store URL
-//! appears in an error.
+//! (stdout and stderr on /dev/full) and a command that only prints fails when its output is
+//! lost, SQL errors go to stderr and rows to stdout, SQL bytes reach SQLite as they are
+//! (compared with stock `sqlite3`), a SQL argument may start with `--`, inspecting a missing
+//! local store creates nothing, a checkpoint held back by storage says why, and no credential
+//! of a store URL appears in an error.
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
@@ -59,7 +60,8 @@ fn output_to_a_full_device_never_aborts() {
     // The rows could not be written: a clean failure.
     assert_eq!(status.code(), Some(1), "{status:?}");
 
-    // Only stderr full: every row still printed, the failing statement reported on stdout.
+    // Only stderr full: every row still printed; the failing statement's error (on stderr)
+    // is lost, but the exit code still says it failed.
     let out = Command::new(BIN)
         .args([OsStr::new("exec"), db.as_os_str(), OsStr::new("SELECT x FROM t; SELECT nope;")])
         .env("LIBSQL_WAL_LOG", "debug")
@@ -67,7 +69,7 @@ fn output_to_a_full_device_never_aborts() {
         .output()
         .unwrap();
     assert_eq!(out.status.signal(), None, "{:?}", out.status);
-    assert_eq!(text(&out.stdout), "1\n2\n3\nError: no such column: nope\n");
+    assert_eq!(text(&out.stdout), "1\n2\n3\n");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -92,6 +94,53 @@ fn every_command_survives_a_full_stdout() {
         assert_eq!(status.signal(), None, "{args:?}: {status:?}");
         assert!(matches!(status.code(), Some(0..=2)), "{args:?}: {status:?}");
     }
+}
+
+// ---- exec: SQL errors on stderr, results on stdout (as `sqlite3`) --------------------------
+
+#[test]
+fn exec_prints_sql_errors_on_stderr_and_rows_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    for wal in ["libsql", "sqlite"] {
+        let db = dir.path().join(format!("{wal}.db"));
+        let sql = "CREATE TABLE t(x); INSERT INTO t VALUES (7); SELECT x FROM t; SELECT nope; SELECT x + 1 FROM t;";
+        let out = run(&[OsStr::new("exec"), OsStr::new("--wal"), OsStr::new(wal), db.as_os_str(), OsStr::new(sql)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(stdout, "7\n8\n", "{wal}: only rows on stdout");
+        assert!(stderr.contains("Error: no such column: nope\n"), "{wal}: the error is not on stderr: {stderr:?}");
+        assert_eq!(out.status.code(), Some(1), "{wal}: a failed statement fails the command");
+    }
+}
+
+/// A command whose only job is to print fails when its output cannot be written (before,
+/// `--help >/dev/full` exited 0, clap dropping the error), and says so on stderr.
+#[test]
+fn printing_commands_fail_on_a_full_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let store = format!("file://{}", dir.path().join("store").display());
+    let db_arg = db.to_str().unwrap();
+    let out = run(&["exec", "--storage", &store, db_arg, "CREATE TABLE t(x); INSERT INTO t VALUES(1);"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["info", "--help"],
+        &["storage", "ls", "--help"],
+        &["info", db_arg],
+        &["info", "--storage", &store, db_arg],
+        &["verify", db_arg],
+        &["storage", "ls", &store],
+        &["storage", "ls", &store, "shop"],
+    ] {
+        let out = Command::new(BIN).args(args).stdout(full_device()).output().unwrap();
+        assert_eq!(out.status.signal(), None, "{args:?}: {:?}", out.status);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: a lost output must fail the command");
+        assert!(text(&out.stderr).contains("cannot write to stdout"), "{args:?}: {}", text(&out.stderr));
+    }
+    // The same commands still succeed when their output can be written.
+    let out = run(&["--help"]);
+    assert!(out.status.success() && text(&out.stdout).contains("Usage"), "{}", text(&out.stdout));
 }
 
 // ---- 9: SQL bytes reach SQLite unchanged -------------------------------------------------
@@ -147,14 +196,14 @@ fn nul_in_a_literal_is_refused_not_changed() {
     )
     .unwrap();
     let out = run(&[OsStr::new("exec"), dir.path().join("nul.db").as_os_str(), OsStr::new("-f"), file.as_os_str()]);
-    let stdout = text(&out.stdout);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(!stdout.contains("612062"), "the NUL became a space: {stdout}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].starts_with("Error: unrecognized token: \"'a"), "{stdout}");
-    assert_eq!(lines[1], "1");
-    assert!(lines[2].starts_with("Error: ") && lines[2].contains("NUL"), "{stdout}");
-    assert_eq!(&lines[3..], ["00"], "{stdout}");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["1", "00"], "{stdout}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error: ")).collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+    assert!(errors[0].starts_with("Error: unrecognized token: \"'a"), "{stderr}");
+    assert!(errors[1].contains("NUL"), "{stderr}");
 }
 
 // ---- 12: a SQL argument may start with `--` ------------------------------------------------
@@ -171,8 +220,9 @@ fn sql_argument_starting_with_dashes_is_the_sql() {
     ] {
         let out = run(&[OsStr::new("exec"), db.as_os_str(), OsStr::new(sql)]);
         if expected.is_empty() {
-            // Not SQL, but taken as SQL: SQLite's error, not clap's.
-            assert!(text(&out.stdout).starts_with("Error: near \"-\""), "{sql:?}: {}", text(&out.stdout));
+            // Not SQL, but taken as SQL: SQLite's error (on stderr), not clap's.
+            assert!(text(&out.stderr).starts_with("Error: near \"-\""), "{sql:?}: {}", text(&out.stderr));
+            assert_eq!(text(&out.stdout), "", "{sql:?}");
         } else {
             assert!(out.status.success(), "{sql:?}: {}{}", text(&out.stdout), text(&out.stderr));
             assert_eq!(text(&out.stdout), expected, "{sql:?}");

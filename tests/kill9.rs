@@ -80,11 +80,10 @@ fn read_with_cli(db: &Path) -> Result<Found, String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut found = Found { groups: Vec::new(), integrity: String::new() };
-    let mut no_table = false;
+    // SQL errors go to stderr, as with `sqlite3`.
+    let no_table = stderr.lines().any(|line| line == "Error: no such table: t");
     for line in stdout.lines() {
-        if line == "Error: no such table: t" {
-            no_table = true;
-        } else if let Some((tx, n)) = line.split_once('|') {
+        if let Some((tx, n)) = line.split_once('|') {
             let parse = |s: &str| s.parse::<u64>().map_err(|_| format!("CLI printed {line:?}"));
             found.groups.push((parse(tx)?, parse(n)?));
         } else if found.integrity.is_empty() {

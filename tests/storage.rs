@@ -15,6 +15,8 @@ use libsql_wal::{
     wait_durable,
 };
 
+mod common;
+
 fn fast() -> StorageConfig {
     StorageConfig {
         retry_delay_min: Duration::from_millis(10),
@@ -267,6 +269,134 @@ fn damaged_or_missing_objects_fail_the_restore_cleanly() {
     let error = restore(&storage, "ns", &out, &mut |_, _| {}).unwrap_err().to_string();
     assert!(error.contains("corrupt"), "{error}");
     assert!(!out.exists(), "a failed restore leaves no database behind");
+}
+
+/// Sets the database size a sealed segment file claims (its last commit frame's
+/// `size_after`, and its trailer's), recomputing that frame's chained checksum and the
+/// trailer's: only the size is wrong, every check of the format passes.
+fn forge_segment_size(bytes: &mut [u8], pages: u32) {
+    use libsql_wal::format::{FRAME_HEADER_SIZE, FRAME_SIZE, SEAL_TRAILER_SIZE, SEGMENT_HEADER_SIZE, chain_seed};
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let (start, salt, prev_chain) = (u64_at(bytes, 16), u32_at(bytes, 24), u32_at(bytes, 40));
+    let trailer = bytes.len() - SEAL_TRAILER_SIZE;
+    let frames = (u64_at(bytes, trailer + 16) - start + 1) as usize;
+    let last = SEGMENT_HEADER_SIZE + (frames - 1) * FRAME_SIZE;
+    let previous = if frames == 1 { chain_seed(salt, prev_chain) } else { u32_at(bytes, last - FRAME_SIZE + 20) };
+    assert_ne!(u32_at(bytes, last + 4), 0, "the last frame is a commit frame");
+    bytes[last + 4..last + 8].copy_from_slice(&pages.to_le_bytes());
+    let checksum = crc32c::crc32c_append(
+        crc32c::crc32c_append(previous, &bytes[last..last + 20]),
+        &bytes[last + FRAME_HEADER_SIZE..last + FRAME_SIZE],
+    );
+    bytes[last + 20..last + 24].copy_from_slice(&checksum.to_le_bytes());
+    bytes[trailer + 40..trailer + 44].copy_from_slice(&pages.to_le_bytes());
+    let checksum = crc32c::crc32c_append(salt, &bytes[trailer..trailer + 44]);
+    bytes[trailer + 44..trailer + 48].copy_from_slice(&checksum.to_le_bytes());
+}
+
+/// A stored object whose size field claims a huge database (checksums recomputed, so only
+/// the size is wrong) is refused, naming it, before anything appears at OUT; before, restore
+/// made OUT a sparse file of that size. A snapshot claiming more pages than it holds is
+/// refused by its length.
+#[test]
+fn restore_refuses_a_forged_database_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let storage = local_store(&store_dir);
+    let db = dir.path().join("ns.db");
+    let manager = wal_manager(Some(storage.clone()), "ns");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 50);
+    flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+    let real_pages = std::fs::metadata(&db).unwrap().len() / 4096;
+
+    let last = storage.chain("ns").unwrap().segments.last().unwrap().clone();
+    let path = store_dir.join(&last.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    forge_segment_size(&mut bytes, 1 << 30); // 4 TiB
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = dir.path().join("out.db");
+    let error = restore(&storage, "ns", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains(&last.key) && error.contains("1073741824 pages"), "{error}");
+    assert!(error.contains(&format!("up to {real_pages} only")), "{error}");
+    assert!(!out.exists(), "a refused restore leaves nothing at OUT");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("restoring")), "scratch left: {left:?}");
+
+    // A snapshot whose header claims more pages than it holds (header checksum recomputed).
+    let old = dir.path().join("old.db");
+    let conn = open_connection(&old, &wal_manager(None, "old")).unwrap();
+    write(&conn, 0, 20);
+    drop(conn);
+    let manager = wal_manager(Some(storage.clone()), "old");
+    let conn = open_connection(&old, &manager).unwrap();
+    flush_to_storage(&old, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
+    drop(conn);
+    let snapshot = storage.chain("old").unwrap().snapshot.unwrap();
+    let path = store_dir.join(&snapshot.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[24..28].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let checksum = crc32c::crc32c(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let error = restore(&storage, "old", &out, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(error.contains(&snapshot.key) && error.contains("1073741824 pages"), "{error}");
+    assert!(!out.exists(), "a refused restore leaves nothing at OUT");
+}
+
+/// A log shipped to one store keeps counting there: opened with another store or namespace
+/// (a mistyped URL) it is refused, naming the problem and the way to move it, and nothing is
+/// uploaded or changed; `with_move_to_store(true)` moves it deliberately.
+#[test]
+fn a_log_shipped_to_one_store_is_refused_by_another_unless_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
+    let db = dir.path().join("shop.db");
+    let config = WalConfig { checkpoint_on_close: false, ..small_segments() };
+    let manager = |store: &Path, namespace: &str| {
+        LibsqlWalManager::new(StdIo::shared(), config.clone())
+            .with_storage(local_store(store))
+            .with_namespace(namespace)
+            .unwrap()
+    };
+    let shipped = manager(&store_a, "shop");
+    let conn = open_connection(&db, &shipped).unwrap();
+    write(&conn, 0, 40);
+    let durable = flush_to_storage(&db, Some(Duration::from_secs(60)), &shipped).unwrap().unwrap();
+    drop(conn);
+    let log_dir = db.with_file_name("shop.db-wal");
+    assert!(log_dir.join("durable").is_file(), "the log keeps its durable record");
+    // More commits without storage, full segments left unsealed: what an open's recovery
+    // would change (it seals them).
+    let local = WalConfig { defer_seals: true, ..config.clone() };
+    let conn = open_connection(&db, &LibsqlWalManager::new(StdIo::shared(), local)).unwrap();
+    write(&conn, 40, 60);
+    let expected = rows(&conn);
+    drop(conn);
+
+    let before = common::tree_state(&[dir.path()]);
+    for (store, namespace) in [(&store_b, "shop"), (&store_a, "shop2")] {
+        let error = open_connection(&db, &manager(store, namespace)).err().expect("refused").to_string();
+        assert!(error.contains("shipped to another store or namespace"), "{error}");
+        assert!(error.contains(&format!("up to frame {durable}")), "{error}");
+        assert!(error.contains("--move-to-store"), "{error}");
+        common::assert_same_tree("a refused open", &before, &common::tree_state(&[dir.path()]));
+    }
+    assert!(!store_b.exists(), "something was uploaded to the mistyped store");
+    assert!(local_store(&store_a).list("shop2").unwrap().is_empty());
+
+    // The right store still opens it; a deliberate move ships the history to the other.
+    drop(open_connection(&db, &manager(&store_a, "shop")).unwrap());
+    let moved = manager(&store_b, "shop").with_move_to_store(true);
+    let conn = open_connection(&db, &moved).unwrap();
+    let last = flush_to_storage(&db, Some(Duration::from_secs(60)), &moved).unwrap().unwrap();
+    drop(conn);
+    let out = dir.path().join("moved.db");
+    assert_eq!(restore_to(&local_store(&store_b), "shop", &out).frame_no, last);
+    assert_eq!(rows(&Connection::open(&out).unwrap()), expected);
 }
 
 #[test]

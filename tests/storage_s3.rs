@@ -192,9 +192,12 @@ fn a_log_moved_to_another_store_starts_there_from_a_snapshot() {
     } // Closed with a durable record (for S3) and segments S3 never got.
     assert!(dir.path().join("moved.db-wal/durable").exists());
 
-    // The record counts in S3, not here: the local store must get everything, from a base.
+    // The record counts in S3, not here: refused unless the move is asked for; moved, the
+    // local store must get everything, from a base.
     let local = Storage::open(&format!("file://{}", dir.path().join("store").display())).unwrap();
-    let manager = manager(&local, "moved");
+    let error = open_connection(&db, &manager(&local, "moved")).err().expect("refused without the move").to_string();
+    assert!(error.contains("shipped to another store or namespace"), "{error}");
+    let manager = manager(&local, "moved").with_move_to_store(true);
     let conn = open_connection(&db, &manager).unwrap();
     let expected = rows(&conn);
     let last = flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap();

@@ -40,6 +40,9 @@ use crate::storage::{Storage, layout, snapshot};
 pub struct StorageBinding {
     pub storage: Storage,
     pub namespace: String,
+    /// Open even when the log's durable record counts in another store or namespace (see
+    /// [`crate::LibsqlWalManager::with_move_to_store`]); otherwise that is refused.
+    pub move_to_store: bool,
 }
 
 /// What `info` shows of a database's durability.
@@ -57,6 +60,9 @@ pub struct DurabilityInfo {
     /// Why this database's history no longer continues the namespace's, if it does not:
     /// nothing more is uploaded (its commits stay in the local log).
     pub diverged: Option<String>,
+    /// Findings of a read-only look (`inspect_read_only`): why the durable frame_no is
+    /// unknown although storage answered, or why an open with this storage is refused.
+    pub notes: Vec<String>,
 }
 
 pub(crate) struct Durability {
@@ -106,7 +112,7 @@ impl Durability {
     /// storage is configured nor a record says it once was.
     pub fn open(io: &Arc<dyn Io>, log_dir: &Path, binding: Option<StorageBinding>) -> Result<Option<Arc<Durability>>> {
         let record_path = log_dir.join("durable");
-        let recorded = read_record(io.as_ref(), &record_path)?;
+        let recorded = read_record(io.as_ref(), &record_path, false)?;
         if binding.is_none() && recorded.is_none() {
             return Ok(None);
         }
@@ -117,6 +123,12 @@ impl Durability {
                 None
             }
             Some(Some(record)) if identity.is_some_and(|id| id != record.identity) => {
+                if let Some(binding) = &binding
+                    && !binding.move_to_store
+                    && let Some(reason) = shipped_elsewhere(&record, binding)
+                {
+                    return Err(Error::CannotOpen { path: db_path_of(log_dir), reason });
+                }
                 tracing::info!(path = %record_path.display(), "the durable record counts in another store or namespace: listing this one");
                 None
             }
@@ -165,6 +177,7 @@ impl Durability {
             failures: state.failures,
             last_error: state.last_error.clone(),
             diverged: state.diverged.clone(),
+            notes: Vec::new(),
         }
     }
 
@@ -305,13 +318,67 @@ impl Durability {
     }
 }
 
+/// Why a log whose durable record is `record` may not open with `binding` (unless moved
+/// deliberately): the record counts in another store or namespace and says frames are
+/// durable there. `None` when it counts in `binding`'s, or knows of no durable frame.
+pub(crate) fn shipped_elsewhere(record: &DurableRecord, binding: &StorageBinding) -> Option<String> {
+    if record.frame_no == UNKNOWN || record.identity == storage_identity(binding.storage.url(), &binding.namespace) {
+        return None;
+    }
+    Some(format!(
+        "its log was shipped to another store or namespace (durable there up to frame {}), not to namespace {} in \
+         {}: check the store URL and the namespace (a typo?). To move the log to this store and namespace \
+         deliberately (its history is uploaded here from scratch), open it with --move-to-store \
+         (LibsqlWalManager::with_move_to_store)",
+        record.frame_no,
+        binding.namespace,
+        binding.storage.url()
+    ))
+}
+
+/// The database file of the log in `log_dir` (`<db>-wal`), for messages.
+fn db_path_of(log_dir: &Path) -> PathBuf {
+    let name = log_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.strip_suffix("-wal") {
+        Some(db) if !db.is_empty() => log_dir.with_file_name(db),
+        _ => log_dir.to_path_buf(),
+    }
+}
+
+/// Before the log in `log_dir` is opened (so recovered) with `binding`: refuses it, having
+/// changed nothing, when its durable record says it was shipped to another store or
+/// namespace (see [`shipped_elsewhere`]). [`Durability::open`] checks again once the log is
+/// owned; an unreadable record is left to it.
+pub(crate) fn refuse_if_shipped_elsewhere(io: &dyn Io, log_dir: &Path, binding: &StorageBinding) -> Result<()> {
+    if binding.move_to_store {
+        return Ok(());
+    }
+    let Ok(Some(Some(record))) = read_record(io, &log_dir.join("durable"), true) else { return Ok(()) };
+    match shipped_elsewhere(&record, binding) {
+        Some(reason) => Err(Error::CannotOpen { path: db_path_of(log_dir), reason }),
+        None => Ok(()),
+    }
+}
+
+/// The durable record of the log in `log_dir`, read through a read-only handle (for
+/// inspecting a log without owning it): `None` when there is none, `Some(None)` when damaged.
+pub(crate) fn read_record_read_only(io: &dyn Io, log_dir: &Path) -> Result<Option<Option<DurableRecord>>> {
+    read_record(io, &log_dir.join("durable"), true)
+}
+
+/// The record's value for a known durable frame_no (`u64::MAX` means unknown).
+pub(crate) fn recorded_frame_no(record: &DurableRecord) -> Option<u64> {
+    (record.frame_no != UNKNOWN).then_some(record.frame_no)
+}
+
 /// Reads the record: `None` when there is none, `Some(None)` when it is damaged.
-fn read_record(io: &dyn Io, path: &Path) -> Result<Option<Option<DurableRecord>>> {
+fn read_record(io: &dyn Io, path: &Path, read_only: bool) -> Result<Option<Option<DurableRecord>>> {
     match io.kind(path).map_err(Error::io("reading", path))? {
         Some(FileKind::File { .. }) => {}
         _ => return Ok(None),
     }
-    let file = io.open(path, false).map_err(Error::io("opening", path))?;
+    let file = if read_only { io.open_read_only(path) } else { io.open(path, false) };
+    let file = file.map_err(Error::io("opening", path))?;
     let mut bytes = [0u8; DURABLE_RECORD_SIZE];
     let frame_no = match file.read_exact_at(&mut bytes, 0) {
         Ok(()) => DurableRecord::decode(&bytes),
@@ -458,26 +525,67 @@ async fn history_mismatch(
     shared: &SharedWal,
     chain: &layout::Chain,
 ) -> Result<Option<String>> {
-    let end = chain.end_frame_no;
-    let last = shared.last_commit().frame_no;
-    let (checkpointed, _) = shared.checkpointed();
+    let ends = stored_ends(&binding.storage, chain).await?;
+    let local = LocalHistory {
+        last: shared.last_commit().frame_no,
+        checkpointed: shared.checkpointed().0,
+        lineage: shared.lineage(),
+        chain_at: &|frame_no| shared.chain_at(frame_no),
+    };
+    mismatch(&binding.namespace, chain, &ends, &local)
+}
+
+/// What a log can show of its history, to compare with a stored chain.
+pub(crate) struct LocalHistory<'a> {
+    /// The last commit's frame_no.
+    pub last: u64,
+    pub checkpointed: u64,
+    pub lineage: u32,
+    /// The chain value at a frame_no, if the log can still tell (see `SharedWal::chain_at`).
+    pub chain_at: &'a dyn Fn(u64) -> Result<Option<u32>>,
+}
+
+/// The lineages at both ends of a stored chain, and its chain value at its end.
+struct StoredEnds {
+    lineage: u32,
+    chain: u32,
+    base_lineage: u32,
+    last_key: String,
+    base_key: String,
+}
+
+/// Reads [`StoredEnds`] of a non-empty chain (small range requests).
+async fn stored_ends(storage: &Storage, chain: &layout::Chain) -> Result<StoredEnds> {
     let last_object = chain.segments.last().or(chain.snapshot.as_ref()).expect("a non-empty chain");
-    let (lineage, stored_chain) = stored_end(&binding.storage, last_object).await?;
+    let (lineage, stored_chain) = stored_end(storage, last_object).await?;
     let base_object = chain.snapshot.as_ref().or(chain.segments.first()).expect("a non-empty chain");
-    let (base_lineage, _) = stored_end(&binding.storage, base_object).await?;
-    let namespace = &binding.namespace;
+    let (base_lineage, _) = stored_end(storage, base_object).await?;
+    Ok(StoredEnds {
+        lineage,
+        chain: stored_chain,
+        base_lineage,
+        last_key: last_object.key.clone(),
+        base_key: base_object.key.clone(),
+    })
+}
+
+/// The decision of [`history_mismatch`], once the stored ends are read.
+fn mismatch(namespace: &str, chain: &layout::Chain, ends: &StoredEnds, local: &LocalHistory) -> Result<Option<String>> {
+    let end = chain.end_frame_no;
+    let (last, checkpointed) = (local.last, local.checkpointed);
+    let StoredEnds { lineage, chain: stored_chain, base_lineage, .. } = *ends;
     if base_lineage != lineage {
         return Ok(Some(format!(
             "namespace {namespace} holds two histories: its base {} (lineage {base_lineage:08x}) and its end {} \
              (lineage {lineage:08x}); nothing more is uploaded there",
-            base_object.key, last_object.key
+            ends.base_key, ends.last_key
         )));
     }
-    if lineage != shared.lineage() {
+    if lineage != local.lineage {
         return Ok(Some(format!(
             "namespace {namespace} holds another database's history (lineage {lineage:08x}; this database's is {:08x}): \
              use another namespace, or restore from this one",
-            shared.lineage()
+            local.lineage
         )));
     }
     if end > last {
@@ -486,7 +594,7 @@ async fn history_mismatch(
              continued the namespace; restore it from storage (`libsql-wal restore`) or use another namespace"
         )));
     }
-    match shared.chain_at(end)? {
+    match (local.chain_at)(end)? {
         Some(ours) if ours == stored_chain => Ok(None),
         Some(_) => Ok(Some(format!(
             "frame {end} in namespace {namespace} is not this database's frame {end}: their histories diverged \
@@ -496,6 +604,55 @@ async fn history_mismatch(
             "namespace {namespace} ends at frame {end}, before this database's checkpoint at {checkpointed}: \
              nothing here can show it holds this history; use another namespace"
         ))),
+    }
+}
+
+/// What storage holds of a log, found without changing anything (`inspect_read_only`).
+#[derive(Debug, Default)]
+pub(crate) struct StoreLook {
+    /// Every frame up to it is in storage, in this log's history.
+    pub durable_frame_no: Option<u64>,
+    pub diverged: Option<String>,
+    /// The request that failed, if storage could not be read.
+    pub error: Option<String>,
+    /// Why the durable frame_no is unknown although storage answered.
+    pub note: Option<String>,
+}
+
+/// Lists `binding`'s namespace and checks it holds the history `local` shows, as the upload
+/// task's first step does (`sync_with_store`), but uploading nothing and writing no record:
+/// where an open would start from, and whether it would diverge. `empty_base`: the log
+/// starts from an empty database (then an empty namespace holds all of it).
+pub(crate) fn look_up_read_only(binding: &StorageBinding, local: &LocalHistory, empty_base: bool) -> StoreLook {
+    let failed = |e: Error| StoreLook { error: Some(e.to_string()), ..StoreLook::default() };
+    let chain = match binding.storage.chain(&binding.namespace) {
+        Ok(chain) => chain,
+        Err(e) => return failed(e),
+    };
+    if chain.snapshot.is_none() && chain.segments.is_empty() {
+        if empty_base {
+            return StoreLook { durable_frame_no: Some(0), ..StoreLook::default() };
+        }
+        let note = format!(
+            "namespace {} is empty: the next open with storage uploads a snapshot of the database file first",
+            binding.namespace
+        );
+        return StoreLook { note: Some(note), ..StoreLook::default() };
+    }
+    if let Some(reason) = conflict(&binding.namespace, &chain) {
+        return StoreLook { diverged: Some(reason), ..StoreLook::default() };
+    }
+    let ends = {
+        let (storage, chain) = (binding.storage.clone(), chain.clone());
+        match binding.storage.block_on(async move { stored_ends(&storage, &chain).await }) {
+            Ok(Ok(ends)) => ends,
+            Ok(Err(e)) | Err(e) => return failed(e),
+        }
+    };
+    match mismatch(&binding.namespace, &chain, &ends, local) {
+        Ok(None) => StoreLook { durable_frame_no: Some(chain.end_frame_no), ..StoreLook::default() },
+        Ok(Some(reason)) => StoreLook { diverged: Some(reason), ..StoreLook::default() },
+        Err(e) => failed(e),
     }
 }
 

@@ -152,6 +152,10 @@ fn create_scratch_dir(out: &Path) -> Result<PathBuf> {
 /// What the objects applied so far make: the history, and where its chain is.
 struct Rebuilt {
     db_pages: u32,
+    /// The highest page number any object applied so far wrote (a snapshot writes all of
+    /// its pages). Every page of a database was written at some point of its history, so
+    /// a size past it was forged, never committed.
+    pages_present: u32,
     lineage: u32,
     /// frame_no and chain value of the last frame applied.
     end: u64,
@@ -172,7 +176,7 @@ fn rebuild(
     let db = io.open(&db_path, true).map_err(Error::io("creating", &db_path))?;
     let total = chain.bytes();
     let mut done = 0u64;
-    let mut rebuilt = Rebuilt { db_pages: 0, lineage: 0, end: 0, chain: 0, last_key: None };
+    let mut rebuilt = Rebuilt { db_pages: 0, pages_present: 0, lineage: 0, end: 0, chain: 0, last_key: None };
     for object in chain.objects() {
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |n| progress(done + n, total))?;
@@ -182,6 +186,7 @@ fn rebuild(
         io.remove_file(&object_path).map_err(Error::io("removing", &object_path))?;
     }
     let db_pages = rebuilt.db_pages;
+    check_size(&rebuilt)?;
     db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io("truncating", &db_path))?;
     if db_pages > 0 {
         let mark =
@@ -228,6 +233,7 @@ fn apply_object(
             // The chain's first object: it sets the history the rest must continue.
             *rebuilt = Rebuilt {
                 db_pages: header.db_pages.get(),
+                pages_present: header.db_pages.get(),
                 lineage: header.lineage.get(),
                 end: frame_no,
                 chain: header.chain.get(),
@@ -251,13 +257,16 @@ fn apply_object(
             }
             check_continues(rebuilt, object, &segment)?;
             let mut page = vec![0u8; PAGE_SIZE];
+            let mut pages_present = rebuilt.pages_present;
             for (page_no, position) in segment.latest_pages() {
                 segment.read_page(position, &mut page)?;
                 let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
                 db.write_all_at(&page, offset).map_err(Error::io("writing", db_path))?;
+                pages_present = pages_present.max(page_no);
             }
             *rebuilt = Rebuilt {
                 db_pages: segment.committed_size_after(),
+                pages_present,
                 lineage: segment.lineage,
                 end: segment.last_committed_frame_no(),
                 chain: segment.end_chain(),
@@ -266,6 +275,22 @@ fn apply_object(
             Ok(())
         }
     }
+}
+
+/// Refuses a database size that the pages applied cannot account for: a size field (a
+/// segment's last commit frame, checksummed like the rest, so only a forger or a bug can set
+/// it) claiming pages that no object holds would otherwise make a huge sparse file.
+fn check_size(rebuilt: &Rebuilt) -> Result<()> {
+    if rebuilt.db_pages <= rebuilt.pages_present {
+        return Ok(());
+    }
+    Err(Error::Restore(format!(
+        "{} says the database has {} pages, but the objects of the chain hold pages up to {} only: its size is \
+         forged or damaged; nothing was restored",
+        rebuilt.last_key.as_deref().unwrap_or("the chain"),
+        rebuilt.db_pages,
+        rebuilt.pages_present
+    )))
 }
 
 /// Refuses a segment that does not continue the history restored so far: another lineage,

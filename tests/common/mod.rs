@@ -194,3 +194,43 @@ pub const DEAD_S3: [(&str, &str); 5] = [
     ("AWS_SECRET_ACCESS_KEY", "test"),
     ("AWS_REGION", "us-east-1"),
 ];
+
+/// Every file and directory under each of `roots` (a missing root counts as empty): its
+/// bytes (files) and modification time, to show that a command changed nothing, not even a
+/// file's time, and created nothing.
+pub fn tree_state(roots: &[&Path]) -> std::collections::BTreeMap<PathBuf, (Option<Vec<u8>>, SystemTime)> {
+    fn walk(path: &Path, out: &mut std::collections::BTreeMap<PathBuf, (Option<Vec<u8>>, SystemTime)>) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        let bytes = meta.is_file().then(|| std::fs::read(path).unwrap());
+        out.insert(path.to_path_buf(), (bytes, meta.modified().unwrap()));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                walk(&entry.unwrap().path(), out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for root in roots {
+        walk(root, &mut out);
+    }
+    out
+}
+
+/// Panics naming what differs between two [`tree_state`]s.
+pub fn assert_same_tree(
+    what: &str,
+    before: &std::collections::BTreeMap<PathBuf, (Option<Vec<u8>>, SystemTime)>,
+    after: &std::collections::BTreeMap<PathBuf, (Option<Vec<u8>>, SystemTime)>,
+) {
+    for (path, state) in after {
+        match before.get(path) {
+            None => panic!("{what} created {}", path.display()),
+            Some(old) if old.0 != state.0 => panic!("{what} changed the bytes of {}", path.display()),
+            Some(old) if old.1 != state.1 => panic!("{what} changed the mtime of {}", path.display()),
+            Some(_) => {}
+        }
+    }
+    for path in before.keys() {
+        assert!(after.contains_key(path), "{what} removed {}", path.display());
+    }
+}

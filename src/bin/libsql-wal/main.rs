@@ -67,8 +67,10 @@ enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Describe a database's log: segments, frame ranges, sizes, pages, and with --storage
-    /// the durable frame_no and the upload lag.
+    /// Describe a database's log: segments, frame ranges, sizes, pages, what the next open
+    /// would recover, and with --storage the durable frame_no and the lag (the store is
+    /// listed). Changes nothing: no recovery, upload or checkpoint, no file created. Refused
+    /// ("in use", exit 1) while another process holds the database.
     Info {
         db: PathBuf,
         #[command(flatten)]
@@ -212,7 +214,10 @@ fn main() -> ExitCode {
         .with_writer(|| output::Stderr)
         .log_internal_errors(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_exit(&error),
+    };
     let result = match cli.command {
         Command::Exec { wal, seed, db, sql, file, storage, no_wait } => {
             exec(wal, seed, &db, sql, file, &storage, no_wait)
@@ -247,6 +252,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// What clap's own exit does (print help, version or the usage error, then exit with its
+/// code), except that help or version that could not be written to stdout (a full disk,
+/// `>/dev/full`, a closed pipe) fail the command, with a message on stderr.
+fn clap_exit(error: &clap::Error) -> ExitCode {
+    let printed = error.print().and_then(|()| std::io::stdout().flush());
+    if error.use_stderr() {
+        // A usage error, already on stderr (nowhere left to report a failure to print it).
+        return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            errln!("Error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn exec(
     wal: WalKind,
     seed: Option<u64>,
@@ -266,7 +289,7 @@ fn exec(
         WalKind::Libsql => {
             let manager = storage.manager(db)?;
             let conn = libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?;
-            let ok = script::run(&conn, &sql, seed, &mut out);
+            let ok = script::run(&conn, &sql, seed, &mut out, &mut output::Stderr);
             if manager.storage().is_some() && !no_wait {
                 storage_cmd::wait_until_durable(db, &manager)?;
             }
@@ -277,7 +300,7 @@ fn exec(
         }
         WalKind::Sqlite => {
             let conn = libsql_wal::open_sqlite_connection(db).map_err(|e| e.to_string())?;
-            script::run(&conn, &sql, seed, &mut out)
+            script::run(&conn, &sql, seed, &mut out, &mut output::Stderr)
         }
     };
     // A failed write is reported by `main`, as for every command.
@@ -345,25 +368,16 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     if !db.exists() {
         return Err(format!("no database at {}", db.display()));
     }
-    // Opening the log with storage starts its uploads: give them a moment to reach storage,
-    // so the durable frame_no shown is known rather than "unknown" (if storage answers).
-    let manager = storage.manager(db)?;
-    // With storage, a connection is held meanwhile so the log stays open (and uploading)
-    // between the calls below.
-    let mut _held = None;
-    if manager.storage().is_some() {
-        _held = Some(libsql_wal::open_connection(db, &manager).map_err(|e| e.to_string())?);
-        storage_cmd::wait_until_known(db, &manager, std::time::Duration::from_secs(2));
-    }
-    let info = libsql_wal::inspect(db, &manager).map_err(|e| e.to_string())?;
+    // Read-only: the log is read as an open would recover it, storage is listed, and
+    // nothing is written, uploaded or checkpointed (see `inspect_read_only`).
+    let config = libsql_wal::WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
+    let manager = storage.attach(db, LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), config))?;
+    let info = libsql_wal::inspect_read_only(db, &manager).map_err(|e| e.to_string())?;
     outln!("database: {}", db.display());
     outln!("db pages (last commit): {}", info.db_pages);
     outln!("db file pages: {}", info.db_file_pages);
     outln!("last frame_no: {}", info.last_frame_no);
-    outln!("checkpoint errors: {}", info.checkpoint_errors);
-    if let Some(error) = &info.last_checkpoint_error {
-        outln!("last checkpoint error: {error}");
-    }
+    outln!("checkpointed frame_no: {}", info.checkpointed_frame_no);
     storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
     outln!("segments: {} ({frames} frames in the log)", info.segments.len());
@@ -381,6 +395,12 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
             format!("frames {}..={}", s.start_frame_no, s.last_frame_no)
         };
         outln!("  {name}  {state:7}  {range}  ({} frames, {} bytes)", s.frames, s.bytes);
+    }
+    if !info.recovery.is_empty() {
+        outln!("the next open recovers the log:");
+        for line in &info.recovery {
+            outln!("  {line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

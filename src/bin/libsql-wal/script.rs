@@ -10,15 +10,15 @@ use libsql_sys::rusqlite::{self, Connection, ffi, functions::FunctionFlags};
 
 use crate::split;
 
-/// Runs every statement of `sql`; returns false if any failed (each failure prints
-/// `Error: <SQLite's message>` and execution goes on, like `sqlite3` without `-bail`).
-/// `sql` is raw bytes, handed to SQLite as they are (not necessarily UTF-8), as `sqlite3`
-/// does.
-pub fn run(conn: &Connection, sql: &[u8], seed: Option<u64>, out: &mut impl Write) -> bool {
+/// Runs every statement of `sql`, rows to `out`; returns false if any failed (each failure
+/// prints `Error: <SQLite's message>` to `err`, as `sqlite3` prints errors to stderr, and
+/// execution goes on, like `sqlite3` without `-bail`). `sql` is raw bytes, handed to SQLite
+/// as they are (not necessarily UTF-8), as `sqlite3` does.
+pub fn run(conn: &Connection, sql: &[u8], seed: Option<u64>, out: &mut impl Write, err: &mut impl Write) -> bool {
     if let Some(seed) = seed
         && let Err(e) = register_seeded_randomness(conn, seed)
     {
-        let _ = writeln!(out, "Error: {e}");
+        write_error(out, err, e.to_string().as_bytes());
         return false;
     }
     let mut ok = true;
@@ -26,7 +26,7 @@ pub fn run(conn: &Connection, sql: &[u8], seed: Option<u64>, out: &mut impl Writ
         if let Some(seed) = seed {
             reseed_sqlite_prng(seed.wrapping_add(i as u64));
         }
-        ok &= run_statement(conn, statement, out);
+        ok &= run_statement(conn, statement, out, err);
         // Flush per statement: whoever reads our output (a test killing us, say) sees every
         // row of every statement that finished.
         let _ = out.flush();
@@ -34,33 +34,37 @@ pub fn run(conn: &Connection, sql: &[u8], seed: Option<u64>, out: &mut impl Writ
     ok
 }
 
-/// Prints `Error: <message>`, the message's bytes as SQLite gave them.
-fn write_error(out: &mut impl Write, message: &[u8]) {
+/// Prints `Error: <message>` to `err`, the message's bytes as SQLite gave them. The rows
+/// printed before it are flushed first, so a terminal showing both streams shows them in
+/// order.
+fn write_error(out: &mut impl Write, err: &mut impl Write, message: &[u8]) {
+    let _ = out.flush();
     let mut line = b"Error: ".to_vec();
     line.extend_from_slice(message);
     line.push(b'\n');
-    let _ = out.write_all(&line);
+    let _ = err.write_all(&line);
+    let _ = err.flush();
 }
 
 /// Runs the statement(s) in `sql` (one from the splitter, or a few a trigger-like text holds)
 /// one after the other, stopping at the first that fails.
-fn run_statement(conn: &Connection, sql: &[u8], out: &mut impl Write) -> bool {
+fn run_statement(conn: &Connection, sql: &[u8], out: &mut impl Write, err: &mut impl Write) -> bool {
     let mut rest = sql;
     let mut ok = true;
     loop {
         match Prepared::new(conn, rest) {
             Err(message) => {
-                write_error(out, &message);
+                write_error(out, err, &message);
                 return false;
             }
             Ok((None, tail)) if rest[tail..].first() == Some(&0) => {
                 // SQLite reads a NUL as the end of the text: say so rather than skip the rest.
-                write_error(out, b"a NUL byte in the SQL text: SQLite reads no further, the rest is not run");
+                write_error(out, err, b"a NUL byte in the SQL text: SQLite reads no further, the rest is not run");
                 return false;
             }
             Ok((None, _)) => return ok, // only whitespace or comments left
             Ok((Some(stmt), tail)) => {
-                ok &= step_all(&stmt, out);
+                ok &= step_all(&stmt, out, err);
                 if tail == 0 || tail >= rest.len() {
                     return ok;
                 }
@@ -71,7 +75,7 @@ fn run_statement(conn: &Connection, sql: &[u8], out: &mut impl Write) -> bool {
 }
 
 /// Steps `stmt` to the end, printing its rows; false (and the error printed) if it failed.
-fn step_all(stmt: &Prepared, out: &mut impl Write) -> bool {
+fn step_all(stmt: &Prepared, out: &mut impl Write, err: &mut impl Write) -> bool {
     let mut line: Vec<u8> = Vec::new();
     loop {
         match stmt.step() {
@@ -88,7 +92,7 @@ fn step_all(stmt: &Prepared, out: &mut impl Write) -> bool {
                 let _ = out.write_all(&line);
             }
             Err(message) => {
-                write_error(out, &message);
+                write_error(out, err, &message);
                 return false;
             }
         }

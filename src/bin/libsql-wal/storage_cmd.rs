@@ -22,6 +22,13 @@ pub struct StorageArgs {
     /// The database's namespace in the store (default: the file name without extension).
     #[arg(long, value_name = "NS", requires = "storage")]
     pub namespace: Option<String>,
+    /// Ship this database to the store and namespace given even though its log was shipped
+    /// to another one (its durable record counts there): without this flag that is refused,
+    /// since a mistyped --storage or --namespace would re-target the log. The history is
+    /// then uploaded to the new namespace from scratch. (exec and checkpoint; info and
+    /// verify change nothing.)
+    #[arg(long, requires = "storage")]
+    pub move_to_store: bool,
 }
 
 impl StorageArgs {
@@ -37,7 +44,11 @@ impl StorageArgs {
             None => libsql_wal::namespace_of(db).map_err(|e| format!("{e} (name it with --namespace)"))?,
         };
         let storage = Storage::open(url).map_err(|e| e.to_string())?;
-        manager.with_storage(storage).with_namespace(namespace).map_err(|e| e.to_string())
+        manager
+            .with_storage(storage)
+            .with_move_to_store(self.move_to_store)
+            .with_namespace(namespace)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -110,17 +121,6 @@ pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), S
     }
 }
 
-/// Waits up to `timeout` for the durable frame_no to be known (storage listed once).
-pub fn wait_until_known(db: &Path, manager: &LibsqlWalManager, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        match libsql_wal::durable_frame_no(db, manager) {
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            _ => return,
-        }
-    }
-}
-
 pub fn print_durability(info: &LogInfo) {
     let Some(durability) = &info.durability else { return };
     match (&durability.storage_url, &durability.namespace) {
@@ -132,6 +132,7 @@ pub fn print_durability(info: &LogInfo) {
             outln!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
         }
         None if durability.diverged.is_some() => outln!("durable frame_no: unknown (this log diverged, below)"),
+        None if !durability.notes.is_empty() => outln!("durable frame_no: unknown (see the note below)"),
         None => outln!("durable frame_no: unknown (storage not reached yet)"),
     }
     outln!(
@@ -142,6 +143,9 @@ pub fn print_durability(info: &LogInfo) {
     );
     if let Some(error) = &durability.last_error {
         outln!("last storage error: {error}");
+    }
+    for note in &durability.notes {
+        outln!("note: {note}");
     }
     if let Some(reason) = &durability.diverged {
         outln!("diverged: {reason}");
