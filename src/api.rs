@@ -282,6 +282,9 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
     }
     let _db_lock = ReadLock(db_file);
     let db_file = &_db_lock.0;
+    if let Some(other) = ownership::log_under_another_name(db_path)? {
+        return Err(ownership::other_name_error(db_path, &other));
+    }
     let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
     let db_len = db_file.size().map_err(Error::io("reading", db_path))?;
     let (plan, record) = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
@@ -449,15 +452,20 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
     let io = manager.io().as_ref();
     let mut report = VerifyReport::default();
     let db_file = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
-    let db_len = db_file.size().map_err(Error::io("reading", db_path))?;
-    let mark = match ownership::read_db_header(db_file.as_ref(), db_path) {
+    // The database file's own lock first, as an owner takes it: it covers every name of the
+    // file (a holder through a hard link too), and is held until verify is done.
+    if !db_file.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+        return Err(Error::InUse { path: db_path.into(), log_dir: ownership::log_dir_of(db_path) });
+    }
+    let db_lock = ReadLock(db_file);
+    let db_len = db_lock.0.size().map_err(Error::io("reading", db_path))?;
+    let mark = match ownership::read_db_header(db_lock.0.as_ref(), db_path) {
         Ok(mark) => mark,
         Err(e) => {
             report.error(format!("database file: {e}"));
             return Ok(report);
         }
     };
-    drop(db_file);
     match mark {
         _ if db_len == 0 => report.ok("database file: empty (a new database)".into()),
         Some(m) => report.ok(format!(

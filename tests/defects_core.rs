@@ -53,6 +53,11 @@ fn another_process_is_refused_through_a_hard_link() {
     assert!(!out.status.success(), "a process wrote through a hard link of an owned database: {stdout} {stderr}");
     assert!(stderr.contains("in use") || stdout.contains("in use"), "not an \"in use\" error: {stdout:?} {stderr:?}");
     assert!(!log_dir(&hard).exists(), "the refused process left a log directory behind");
+    for look in ["verify", "info"] {
+        let out = Command::new(BIN).arg(look).arg(&hard).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("in use"), "{look} read a log being written: {stderr}");
+    }
 
     // And the other way round: through the first name while the second is owned.
     drop(conn);
