@@ -188,7 +188,7 @@ pub(crate) fn log_under_another_name(db_path: &Path) -> Result<Option<PathBuf>> 
 fn holds_a_log(log_dir: &Path) -> bool {
     match std::fs::symlink_metadata(log_dir) {
         Ok(m) if m.is_dir() => std::fs::read_dir(log_dir)
-            .is_ok_and(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|ext| ext == "seg"))),
+            .is_ok_and(|entries| entries.flatten().any(|e| crate::segment::start_of_file_name(&e.path()).is_some())),
         Ok(m) => m.is_file() && m.len() > 0,
         Err(_) => false,
     }
@@ -295,7 +295,7 @@ pub(crate) fn release(io: &dyn Io, log_dir: &Path) -> std::io::Result<bool> {
     io.remove_file(&lock)?;
     // Ours but still there (a removal that failed, already reported): not a stranger's.
     let ours =
-        |p: &&PathBuf| p.file_name().is_some_and(|n| n == "durable") || p.extension().is_some_and(|e| e == "seg");
+        |p: &&PathBuf| p.file_name().is_some_and(|n| n == "durable") || crate::segment::start_of_file_name(p).is_some();
     let foreign: Vec<&PathBuf> = left.iter().filter(|p| !ours(p)).collect();
     if !foreign.is_empty() {
         let names: Vec<String> = foreign.iter().map(|p| p.display().to_string()).collect();

@@ -112,13 +112,24 @@ pub(crate) fn segment_file_name(start_frame_no: u64) -> String {
     format!("{start_frame_no:020}.seg")
 }
 
+/// The start frame_no a file's name gives, if it is a segment's name (twenty digits, then
+/// `.seg`, as [`segment_file_name`] writes it). Any other file is not ours (`notes.seg`
+/// included): never read as a segment, never removed.
+pub(crate) fn start_of_file_name(path: &Path) -> Option<u64> {
+    let digits = path.file_name()?.to_str()?.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The segment files of a log directory, oldest first (names sort as frame numbers).
 pub(crate) fn list_segment_files(io: &dyn Io, log_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = io
         .list_dir(log_dir)
         .map_err(Error::io("reading", log_dir))?
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| start_of_file_name(p).is_some())
         .collect();
     paths.sort();
     Ok(paths)

@@ -1049,6 +1049,7 @@ pub(crate) fn plan_recovery(
     };
     for (i, path) in paths.iter().enumerate() {
         if crate::segment::creation_cut_short(io, path)? {
+            check_creation_could_be_cut_short(&plan, mark_frame_no, path)?;
             plan.cut_reason = Some(format!("the creation of {} was cut short (no complete header)", path.display()));
             plan.cut = paths[i..].to_vec();
             break;
@@ -1109,6 +1110,30 @@ pub(crate) fn plan_recovery(
         }
     };
     Ok(plan)
+}
+
+/// A segment whose creation a crash cut short (no complete header) starts after the end of
+/// the log before it: segments are created each from the last commit of the one before (or
+/// from the database file's mark), and frame numbers start at 1. One whose name starts
+/// within the log (an empty `00000000000000000000.seg`, or a file named below the mark or
+/// inside a kept segment) is damage or a stranger's file, never a crash's: refused, so that
+/// it never ends the log before the real segments after it.
+fn check_creation_could_be_cut_short(plan: &RecoveryPlan, mark_frame_no: Option<u64>, path: &Path) -> Result<()> {
+    let log_end = match (plan.kept.last(), plan.covered.last()) {
+        (Some(previous), _) => previous.last_committed_frame_no(),
+        (None, covered) => mark_frame_no.max(covered.map(|s| s.last_committed_frame_no())).unwrap_or(0),
+    };
+    let start = crate::segment::start_of_file_name(path).unwrap_or(0);
+    if start > log_end {
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        path,
+        format!(
+            "segment file without a complete header, but its name starts at frame_no {start}, within the log \
+             (which ends at {log_end}): no crash leaves that (damage, or a file that is not ours); nothing was changed"
+        ),
+    ))
 }
 
 /// Refuses to end the log early when a file past the cut holds a synchronous commit: that

@@ -279,3 +279,28 @@ fn a_bad_frame_in_the_current_segment_before_later_synchronous_commits_is_damage
     assert!(refused.is_err(), "an open cut synced commits as a torn tail");
     assert!(snapshot_files(&db) == before, "a refused open changed files");
 }
+
+#[test]
+fn an_empty_segment_file_named_within_the_log_is_damage_not_a_creation_cut_short() {
+    // Before the fix the empty file ended the log, and the open deleted every real segment.
+    let stray = |seg: &Path| std::fs::write(seg.with_file_name("00000000000000000000.seg"), b"").unwrap();
+    damage_is_reported_and_refused(first, stray, "no crash leaves that");
+    let inside = |seg: &Path| std::fs::write(seg.with_file_name("00000000000000000002.seg"), b"").unwrap();
+    damage_is_reported_and_refused(first, inside, "within the log");
+}
+
+#[test]
+fn a_file_that_only_ends_in_seg_is_not_a_segment_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_a_log(dir.path());
+    let notes = segments(&db)[0].with_file_name("notes.seg");
+    std::fs::write(&notes, b"").unwrap();
+    let (ok, out) = verify(&db);
+    assert!(ok, "{out}");
+    let config = WalConfig { segment_age_max: None, checkpoint_on_close: false, ..Default::default() };
+    let conn = open_connection(&db, &LibsqlWalManager::new(StdIo::shared(), config)).unwrap();
+    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 20, "rows lost to a file that is not a segment");
+    drop(conn);
+    assert!(notes.exists(), "a file we did not create was deleted");
+}
