@@ -183,6 +183,37 @@ fn checkpoints_wait_for_storage() {
     assert_eq!(stock_integrity(&out), "ok");
 }
 
+/// Listing works but every segment upload fails (the namespace's `segments` is a file in a
+/// `file://` store): the backoff grows from one failed upload to the next. Before, the
+/// listing between two attempts counted as success and reset it: about 10 attempts a second,
+/// each sending a whole segment, forever.
+#[test]
+fn failed_uploads_back_off_even_when_listing_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(store_dir.join("ns")).unwrap();
+    std::fs::write(store_dir.join("ns").join("segments"), b"in the way").unwrap();
+    let config = StorageConfig {
+        retry_delay_min: Duration::from_millis(50),
+        retry_delay_max: Duration::from_secs(5),
+        ..StorageConfig::default()
+    };
+    let storage = Storage::open_with(&format!("file://{}", store_dir.display()), &[], config).unwrap();
+    let db = dir.path().join("backoff.db");
+    let manager = wal_manager(Some(storage), "ns");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 50);
+    let failures = || inspect(&db, &manager).unwrap().durability.unwrap().failures;
+    common::wait_until("a first failed upload", Duration::from_secs(30), || failures() > 0);
+    let first = failures();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Growing delays (25..50, 50..100, 100..200, 200..400, 400..800 ms) allow about six in
+    // 1.5 s; a reset backoff makes 30 or more. A slower machine only makes fewer.
+    let more = failures() - first;
+    assert!(more <= 12, "{more} failed uploads in 1.5 s: the backoff does not grow");
+    drop(conn);
+}
+
 #[test]
 fn storage_added_to_an_existing_database_starts_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();

@@ -401,15 +401,24 @@ async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
                 }
                 continue;
             }
-            Step::Sync => sync_with_store(&durability, &binding, &wal).await.map(|()| synced = true),
+            // A listing that works is no progress: the upload after it may fail again, and
+            // the backoff must keep growing until one succeeds.
+            Step::Sync => sync_with_store(&durability, &binding, &wal).await.map(|()| {
+                synced = true;
+                false
+            }),
             Step::Upload(segment) => {
                 synced = false;
-                upload_segment(&durability, &binding, &wal, &segment).await
+                upload_segment(&durability, &binding, &wal, &segment).await.map(|()| true)
             }
         };
         drop(wal);
         match result {
-            Ok(()) => failures_in_row = 0,
+            Ok(progress) => {
+                if progress {
+                    failures_in_row = 0;
+                }
+            }
             Err(e) => {
                 failures_in_row = failures_in_row.saturating_add(1);
                 tracing::warn!(namespace = %binding.namespace, "storage: {e} (retrying)");
