@@ -81,20 +81,34 @@ pub fn run_bank(db_path: &Path, manager: &LibsqlWalManager, config: &StressConfi
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
     let deadline = Instant::now() + config.duration;
-    std::thread::scope(|s| {
-        s.spawn(|| writer(db_path, manager, config.seed, &stop, &counters));
-        s.spawn(|| checkpointer(db_path, manager, &stop, &counters));
-        for r in 0..config.readers {
-            let counters = &counters;
-            let stop = &stop;
-            s.spawn(move || reader(db_path, manager, r, expected_total, stop, counters));
-        }
-        while Instant::now() < deadline {
+    // Threads the system cannot give (too many readers for its memory or limits) are an
+    // error to report, never a panic: the threads already running are stopped first.
+    let started = std::thread::scope(|s| -> std::io::Result<()> {
+        let spawn_all = || -> std::io::Result<()> {
+            let thread = || std::thread::Builder::new();
+            thread()
+                .name("stress-writer".into())
+                .spawn_scoped(s, || writer(db_path, manager, config.seed, &stop, &counters))?;
+            thread()
+                .name("stress-checkpointer".into())
+                .spawn_scoped(s, || checkpointer(db_path, manager, &stop, &counters))?;
+            for r in 0..config.readers {
+                let (counters, stop) = (&counters, &stop);
+                thread()
+                    .name(format!("stress-reader-{r}"))
+                    .spawn_scoped(s, move || reader(db_path, manager, r, expected_total, stop, counters))?;
+            }
+            Ok(())
+        };
+        let started = spawn_all();
+        while started.is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         stop.store(true, Ordering::SeqCst);
+        started
     });
     drop(setup);
+    started.map_err(crate::error::Error::io("starting the stress threads for", db_path))?;
     let first_problem = counters.first_problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(StressReport {
         commits: counters.commits.into_inner(),

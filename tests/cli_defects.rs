@@ -317,3 +317,19 @@ fn no_credential_of_a_store_url_in_any_message() {
         }
     }
 }
+
+/// A reader count no machine gives threads for is refused as a usage error (before: the
+/// thread spawns ran out of memory, the process aborted and left its scratch database).
+#[test]
+fn stress_refuses_more_readers_than_it_can_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["stress", "--readers", "100000", "--seconds", "1"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not in 0..=4096") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a scratch database was left behind");
+}

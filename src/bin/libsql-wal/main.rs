@@ -120,7 +120,8 @@ enum Command {
         db: Option<PathBuf>,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        #[arg(long, default_value_t = 4)]
+        /// Reader threads (each with its own connection), at most 4096.
+        #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=4096))]
         readers: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -426,8 +427,10 @@ fn stress(
         .with_checkpointer(libsql_wal::Checkpointer::global());
     let stress = StressConfig { duration: std::time::Duration::from_secs(seconds), readers, seed };
     outln!("stress: {seconds} s, {readers} readers, 1 writer, checkpoints, seed {seed}, db {}", db.display());
-    let report = run_bank(&db, &manager, &stress).map_err(|e| e.to_string())?;
+    let report = run_bank(&db, &manager, &stress);
+    // Removed whatever happened (the scratch database is ours, made for this run).
     let _ = std::fs::remove_dir_all(&tmp);
+    let report = report.map_err(|e| e.to_string())?;
     outln!(
         "commits {} | snapshots checked {} | checkpoints {} | violations {} | corrupt {} | other errors {}",
         report.commits,
