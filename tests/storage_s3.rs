@@ -33,6 +33,23 @@ fn s3_storage(server: &S3Server) -> Storage {
     server.storage("tests", config).unwrap()
 }
 
+/// Options in the URL's query reach the store's builder: the endpoint, the credentials, the
+/// region (before, they were ignored and the request went to AWS).
+#[test]
+fn options_in_the_url_query_are_applied() {
+    use libsql_wal::bench::loopback_s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+    let root = tempfile::tempdir().unwrap();
+    let server = start_server(root.path());
+    let url = format!(
+        "s3://{BUCKET}/q?aws_endpoint=http://127.0.0.1:{}&aws_allow_http=true&aws_access_key_id={ACCESS_KEY}\
+         &aws_secret_access_key={SECRET_KEY}&aws_region=us-east-1",
+        server.port()
+    );
+    let storage = Storage::open_with(&url, &[], StorageConfig::default()).unwrap();
+    assert_eq!(storage.url(), format!("s3://{BUCKET}/q"));
+    assert_eq!(storage.list_namespaces().unwrap(), Vec::<String>::new(), "the loopback server answered");
+}
+
 fn manager(storage: &Storage, namespace: &str) -> LibsqlWalManager {
     let config = WalConfig { segment_frames_max: 64, segment_age_max: None, ..Default::default() };
     LibsqlWalManager::new(StdIo::shared(), config).with_storage(storage.clone()).with_namespace(namespace).unwrap()

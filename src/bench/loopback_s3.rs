@@ -12,8 +12,8 @@ use crate::storage::{Storage, StorageConfig};
 
 /// The bucket every server serves (a directory under its root).
 pub const BUCKET: &str = "bucket";
-const ACCESS_KEY: &str = "loopback-key";
-const SECRET_KEY: &str = "loopback-secret";
+pub const ACCESS_KEY: &str = "loopback-key";
+pub const SECRET_KEY: &str = "loopback-secret";
 
 /// The `s3s-fs` binary: `$S3S_FS`, or on `PATH`, or in cargo's bin directory.
 pub fn s3s_fs_binary() -> Option<PathBuf> {

@@ -150,7 +150,10 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 impl Storage {
     /// Opens the store at `url`. Credentials and endpoints come from the usual environment
     /// variables (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_*`,
-    /// `AZURE_*`); they are never logged.
+    /// `AZURE_*`), overridden by options in the URL's query, named as the environment
+    /// variables in lower case (`s3://bucket/p?aws_endpoint=http://127.0.0.1:9000&aws_allow_http=true`);
+    /// they are never logged. What no backend would read (credentials in the user info of an
+    /// `s3://` or `gs://` URL, an unknown option, a query on `file://`) is refused.
     pub fn open(url: &str) -> Result<Storage> {
         Storage::open_with(url, &[], StorageConfig::default())
     }
@@ -161,6 +164,19 @@ impl Storage {
         let secrets = Secrets::of(url, options);
         let bad = |reason: String| Error::Storage { url: redact(url), reason: secrets.scrub(&reason) };
         let parsed = Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+        if let Some(ignored) = unread_url_parts(&parsed) {
+            return Err(bad(ignored));
+        }
+        // Query pairs are builder options (`?aws_endpoint=…&aws_allow_http=true`); options
+        // given by the caller come after them, so they win.
+        let query: Vec<(String, String)> =
+            parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let options: Vec<(&str, &str)> =
+            query.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(options.iter().copied()).collect();
+        let options = options.as_slice();
+        let mut bare = parsed.clone();
+        bare.set_query(None);
+        let bare_url = bare.as_str();
         let client =
             ClientOptions::new().with_timeout(config.request_timeout).with_connect_timeout(Duration::from_secs(5));
         // Our own upload loop retries forever with backoff; the client's retries only smooth
@@ -178,7 +194,7 @@ impl Storage {
             "memory" => Backend::Store(memory_store(parsed.host_str().unwrap_or(""))),
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
                 let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
-                let store = cloud_store(scheme, url, options, client, retry).map_err(|e| bad(e.to_string()))?;
+                let store = cloud_store(scheme, bare_url, options, client, retry).map_err(|e| bad(e.to_string()))?;
                 let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
                 Backend::Store(if prefix.as_ref().is_empty() {
                     store
@@ -378,6 +394,33 @@ impl Storage {
 /// that cloud (`AWS_*`, `GOOGLE_*`, `AZURE_*`), then the URL, then explicit `options`. (The
 /// builders' `from_env` would be overwritten by `with_client_options`, losing for example
 /// `AWS_ALLOW_HTTP`.)
+/// What a store URL says that no backend would read: better refused than silently
+/// ignored (a request then goes to the default endpoint, signed with whatever credentials
+/// the environment has). `file://` and `memory://` take no user info and no query; `s3://`
+/// and `gs://` take no user info (credentials come from the environment or from query
+/// options); Azure's `abfss://container@account…` names its container there, but a
+/// password is never read.
+fn unread_url_parts(url: &Url) -> Option<String> {
+    let has_user = !url.username().is_empty();
+    let has_password = url.password().is_some();
+    match url.scheme() {
+        "file" | "memory" if has_user || has_password || url.query().is_some() || url.fragment().is_some() => {
+            Some(format!("a {}:// URL takes no user info, query or fragment", url.scheme()))
+        }
+        "s3" | "s3a" | "gs" if has_user || has_password => Some(format!(
+            "credentials in a {}:// URL are not read: give them in the environment (AWS_*, GOOGLE_*) or as query \
+             options (?aws_access_key_id=…)",
+            url.scheme()
+        )),
+        "az" | "abfs" | "abfss" if has_password => Some(
+            "a password in an Azure URL is not read: give credentials in the environment (AZURE_*) or as query options"
+                .into(),
+        ),
+        _ if url.fragment().is_some() => Some("a store URL takes no fragment (#…)".into()),
+        _ => None,
+    }
+}
+
 fn cloud_store(
     scheme: ObjectStoreScheme,
     url: &str,
