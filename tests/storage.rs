@@ -489,3 +489,45 @@ fn url_parts_no_backend_reads_are_refused_without_showing_secrets() {
         assert!(!message.contains("hunter2") && !message.contains("AKIDSECRET"), "{message}");
     }
 }
+
+/// A restore killed (`kill -9`) leaves its scratch directory, as large as the database. The
+/// next restore to the same output removes it, but never one whose restore still runs (its
+/// lock is held), nor one holding a file restore did not make.
+#[test]
+fn a_killed_restores_scratch_directory_is_removed_by_the_next_one() {
+    use libsql_wal::io::Io;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let db = dir.path().join("src.db");
+    let manager = wal_manager(Some(storage.clone()), "scratch");
+    let conn = open_connection(&db, &manager).unwrap();
+    write(&conn, 0, 30);
+    flush_to_storage(&db, Some(Duration::from_secs(30)), &manager).unwrap();
+    drop(conn);
+
+    let out = dir.path().join("r.db");
+    let scratch = |name: &str, files: &[&str]| {
+        let path = dir.path().join(format!(".r.db.restoring-{name}"));
+        std::fs::create_dir(&path).unwrap();
+        for file in files {
+            std::fs::write(path.join(file), b"left behind").unwrap();
+        }
+        path
+    };
+    let killed = scratch("111-0000dead", &["lock", "database", "object"]);
+    let live = scratch("222-0000beef", &["lock", "database"]);
+    let held = StdIo.open(&live.join("lock"), false).unwrap();
+    assert!(held.try_lock_exclusive().unwrap());
+    let foreign = scratch("333-0000f00d", &["lock", "notes.txt"]);
+
+    restore_to(&storage, "scratch", &out);
+    assert!(!killed.exists(), "the killed restore's scratch directory was left behind");
+    assert!(live.join("database").exists(), "a running restore's scratch directory was removed");
+    assert!(foreign.join("notes.txt").exists(), "a file restore did not make was removed");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".r.db.restoring-"))
+        .collect();
+    assert_eq!(leftovers.len(), 2, "this restore's own scratch directory was not removed");
+}

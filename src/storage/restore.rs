@@ -109,9 +109,11 @@ pub fn restore_with(
         }
         tracing::warn!(namespace, "{missing}: restoring up to frame {}", chain.end_frame_no);
     }
-    let scratch = create_scratch_dir(out)?;
+    remove_stale_scratch_dirs(io.as_ref(), out);
+    let (scratch, scratch_lock) = create_scratch_dir(io.as_ref(), out)?;
     let result = rebuild(storage, &chain, io.as_ref(), &scratch, out, progress);
     let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch_lock);
     let rebuilt = result?;
     Ok(RestoreReport {
         frame_no: chain.end_frame_no,
@@ -134,17 +136,90 @@ fn first_frame_no(object: &StoredObject) -> u64 {
     }
 }
 
-/// A new, empty scratch directory beside `out`, this restore's alone: two restores to one
-/// output never share one (the second fails on the output, not on the other's files).
-fn create_scratch_dir(out: &Path) -> Result<PathBuf> {
+/// The file in a scratch directory that its restore holds locked (`flock`) while it runs.
+const SCRATCH_LOCK: &str = "lock";
+
+/// The files a restore makes in its scratch directory: nothing else there is ever removed.
+const SCRATCH_FILES: [&str; 3] = [SCRATCH_LOCK, "database", "object"];
+
+fn scratch_prefix(out: &Path) -> String {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!(".{name}.restoring-")
+}
+
+/// A new, empty scratch directory beside `out`, this restore's alone: two restores to one
+/// output never share one (the second fails on the output, not on the other's files). Its
+/// `lock` is held for as long as the returned handle lives, so a later restore can tell a
+/// live one from what a killed one left behind.
+fn create_scratch_dir(io: &dyn Io, out: &Path) -> Result<(PathBuf, Box<dyn IoFile>)> {
+    let prefix = scratch_prefix(out);
     loop {
-        let unique = format!(".{name}.restoring-{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let unique = format!("{prefix}{}-{:08x}", std::process::id(), fastrand::u32(..));
         let scratch = out.with_file_name(unique);
         match std::fs::create_dir(&scratch) {
-            Ok(()) => return Ok(scratch),
+            Ok(()) => {
+                let lock_path = scratch.join(SCRATCH_LOCK);
+                let lock = io.open(&lock_path, true).map_err(Error::io("creating", &lock_path))?;
+                if !lock.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+                    return Err(Error::Restore(format!("{} is locked by someone else", lock_path.display())));
+                }
+                return Ok((scratch, lock));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io("creating", &scratch)(e)),
+        }
+    }
+}
+
+/// Removes scratch directories of earlier restores to `out` that were killed (`kill -9`, a
+/// power cut): each can be as large as the database. One is stale when nobody holds its
+/// lock; one without a lock file yet is left alone unless it is older than a minute (its
+/// restore may be between `mkdir` and creating the lock). Only the files a restore makes are
+/// removed; a directory holding anything else is kept, with a warning. Best effort: what
+/// cannot be removed stays, and the restore goes on.
+fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
+    let prefix = scratch_prefix(out);
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let is_scratch = entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix));
+        if !is_scratch || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = entry.path();
+        let lock_path = dir.join(SCRATCH_LOCK);
+        // Held (when there is a lock file) until the directory is gone, so no restore takes it meanwhile.
+        let _held: Option<Box<dyn IoFile>> = match io.open_read_only(&lock_path) {
+            Ok(lock) => match lock.try_lock_exclusive() {
+                Ok(true) => Some(lock),
+                _ => continue, // a live restore
+            },
+            Err(_) => {
+                let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+                if age.is_none_or(|age| age < std::time::Duration::from_secs(60)) {
+                    continue;
+                }
+                None
+            }
+        };
+        let strangers = std::fs::read_dir(&dir)
+            .map(|files| files.flatten().filter(|f| !SCRATCH_FILES.iter().any(|n| f.file_name() == *n)).count())
+            .unwrap_or(1);
+        if strangers > 0 {
+            tracing::warn!(dir = %dir.display(), "kept a stale restore directory: it holds files restore did not make");
+            continue;
+        }
+        for name in SCRATCH_FILES {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the scratch directory of a restore that was killed")
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), "could not remove a stale restore directory: {e}"),
         }
     }
 }
