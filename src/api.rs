@@ -492,6 +492,10 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         }
         Some(FileKind::Dir) => {
             let _lock = lock_for_reading(io, db_path, &log_dir)?;
+            // An open reads the durable record too, and refuses one it cannot read.
+            if let Err(e) = crate::storage::durability::read_record_read_only(io, &log_dir) {
+                report.error(format!("durable record: {e}"));
+            }
             match crate::shared::plan_recovery(io, &log_dir, mark, true) {
                 Ok(plan) => {
                     report_plan(&plan, &mut report);

@@ -26,7 +26,10 @@ pub enum Error {
     UnsupportedVersion { path: PathBuf, version: u32, supported: u32 },
     #[error("the checkpoint callback failed with SQLite code {code}")]
     CheckpointCallback { code: i32 },
-    #[error("database {path} is in use by another process (its log {log_dir} is locked)")]
+    #[error(
+        "database {path} is in use by another process (it holds the database file, by this name or another, \
+         or its log {log_dir})"
+    )]
     InUse { path: PathBuf, log_dir: PathBuf },
     #[error(
         "database {path} has a SQLite -wal file that is not empty; \

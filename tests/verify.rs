@@ -219,6 +219,18 @@ fn a_fifo_in_place_of_a_segment_or_database_is_refused_without_hanging() {
     let out = run(&["verify".as_ref(), fifo_db.as_os_str()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"), "{out:?}");
+
+    // The durable record replaced by a FIFO: an open refuses it, so verify reports it.
+    std::fs::create_dir(dir.path().join("record")).unwrap();
+    let db = database_with_a_log(&dir.path().join("record"));
+    let mut log = db.as_os_str().to_owned();
+    log.push("-wal");
+    let record = PathBuf::from(log).join("durable");
+    let _ = std::fs::remove_file(&record);
+    assert!(Command::new("mkfifo").arg(&record).status().unwrap().success());
+    let out = run(&["verify".as_ref(), db.as_os_str()]);
+    assert!(!out.status.success(), "verify passed a log whose durable record is a FIFO: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("durable record"), "{out:?}");
 }
 
 #[test]
