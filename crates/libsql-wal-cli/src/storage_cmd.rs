@@ -1,0 +1,288 @@
+//! The storage side of the CLI: `--storage`/`--namespace` on database commands, `restore`,
+//! and `storage ls`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use libsql_wal::{LibsqlWalManager, LogInfo, Storage};
+
+/// How often a waiting `exec` says what it waits for.
+const WAIT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Ship sealed segments to this store: file:///dir, s3://bucket/prefix, gs://bucket,
+    /// az://container, memory://name. Credentials and endpoints come from the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, AWS_ALLOW_HTTP, GOOGLE_*, AZURE_*).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// The database's namespace in the store (default: the file name without extension).
+    #[arg(long, value_name = "NS", requires = "storage")]
+    pub namespace: Option<String>,
+    /// Ship this database to the store and namespace given even though its log was shipped
+    /// to another one (its durable record counts there): without this flag that is refused,
+    /// since a mistyped --storage or --namespace would re-target the log. The history is
+    /// then uploaded to the new namespace from scratch. (exec and checkpoint; info and
+    /// verify change nothing.)
+    #[arg(long, requires = "storage")]
+    pub move_to_store: bool,
+}
+
+impl StorageArgs {
+    /// The default manager (background checkpointer), with storage if asked for.
+    pub fn manager(&self, db: &Path) -> Result<LibsqlWalManager, String> {
+        self.attach(db, LibsqlWalManager::default())
+    }
+
+    pub fn attach(&self, db: &Path, manager: LibsqlWalManager) -> Result<LibsqlWalManager, String> {
+        let Some(url) = &self.storage else { return Ok(manager) };
+        let namespace = match &self.namespace {
+            Some(namespace) => namespace.clone(),
+            None => libsql_wal::namespace_of(db).map_err(|e| format!("{e} (name it with --namespace)"))?,
+        };
+        let storage = Storage::open(url).map_err(|e| e.to_string())?;
+        manager
+            .with_storage(storage)
+            .with_move_to_store(self.move_to_store)
+            .with_namespace(namespace)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum StorageCommand {
+    /// List the namespaces of a store, or the objects of one namespace with their frame
+    /// ranges and times.
+    Ls {
+        #[arg(value_name = "URL")]
+        url: String,
+        #[arg(value_name = "NS")]
+        namespace: Option<String>,
+    },
+}
+
+pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
+    match command {
+        StorageCommand::Ls { url, namespace } => ls(&url, namespace.as_deref()),
+    }
+}
+
+fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
+    let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    let Some(namespace) = namespace else {
+        for namespace in storage.list_namespaces().map_err(|e| e.to_string())? {
+            let chain = storage.chain(&namespace).map_err(|e| e.to_string())?;
+            outln!("{namespace}  durable up to frame {}  ({} bytes to restore)", chain.end_frame_no, chain.bytes());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let objects = storage.list(namespace).map_err(|e| e.to_string())?;
+    let chain = libsql_wal::storage::layout::chain(&objects);
+    outln!("namespace {namespace} in {}: {} objects", storage.url(), objects.len());
+    for object in &objects {
+        let used = chain.objects().any(|o| o.key == object.key);
+        let stranded = chain.stranded.iter().any(|o| o.key == object.key);
+        let conflicting = chain.conflicts.iter().any(|o| o.key == object.key);
+        let note = if used {
+            ""
+        } else if conflicting {
+            "  (another history for the same frames: restore refuses the namespace)"
+        } else if stranded {
+            "  (after a gap: not restorable)"
+        } else {
+            "  (superseded)"
+        };
+        outln!("  {object}{note}");
+    }
+    outln!("durable up to frame {}", chain.end_frame_no);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seals the log and waits until storage has every commit, saying so while it waits (an
+/// outage makes this wait as long as the outage; `--no-wait` skips it).
+pub fn wait_until_durable(db: &Path, manager: &LibsqlWalManager) -> Result<(), String> {
+    loop {
+        match libsql_wal::flush_to_storage(db, Some(WAIT_REPORT_INTERVAL), manager).map_err(|e| e.to_string())? {
+            Some(_) => return Ok(()),
+            None => {
+                let info = libsql_wal::inspect(db, manager).map_err(|e| e.to_string())?;
+                let durable = info.durability.as_ref().and_then(|d| d.durable_frame_no);
+                let error = info.durability.as_ref().and_then(|d| d.last_error.clone()).unwrap_or_default();
+                errln!(
+                    "waiting for storage: durable up to {} of {} ({error}); --no-wait skips this",
+                    durable.map_or("unknown".into(), |d| d.to_string()),
+                    info.last_frame_no
+                );
+            }
+        }
+    }
+}
+
+pub fn print_durability(info: &LogInfo) {
+    let Some(durability) = &info.durability else { return };
+    match (&durability.storage_url, &durability.namespace) {
+        (Some(url), Some(namespace)) => outln!("storage: {url} namespace {namespace}"),
+        _ => outln!("storage: not configured here, but this log has a durable record: segments stay until uploaded"),
+    }
+    match durability.durable_frame_no {
+        Some(durable) => {
+            outln!("durable frame_no: {durable} (lag {} frames)", info.last_frame_no.saturating_sub(durable))
+        }
+        None if durability.diverged.is_some() => outln!("durable frame_no: unknown (this log diverged, below)"),
+        None if !durability.notes.is_empty() => outln!("durable frame_no: unknown (see the note below)"),
+        None => outln!("durable frame_no: unknown (storage not reached yet)"),
+    }
+    outln!(
+        "uploads: {} ({} bytes), failed requests: {}",
+        durability.uploads,
+        durability.uploaded_bytes,
+        durability.failures
+    );
+    if let Some(error) = &durability.last_error {
+        outln!("last storage error: {error}");
+    }
+    for note in &durability.notes {
+        outln!("note: {note}");
+    }
+    if let Some(reason) = &durability.diverged {
+        outln!("diverged: {reason}");
+        outln!("  nothing more is uploaded; every commit stays in the local log");
+    }
+}
+
+pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Result<ExitCode, String> {
+    let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("restoring {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    bar.set_message(namespace.to_string());
+    let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap };
+    let report = libsql_wal::restore_with(&storage, namespace, out, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| e.to_string())?;
+    outln!(
+        "restored {namespace} to {} at frame_no {}: {} pages from {} objects ({} bytes)",
+        out.display(),
+        report.frame_no,
+        report.db_pages,
+        report.objects,
+        report.bytes
+    );
+    if report.stranded > 0 {
+        outln!(
+            "stopped at frame_no {} (--allow-gap): {} segments after a gap in storage were not applied",
+            report.frame_no,
+            report.stranded
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench storage`: rows (store, metric, value).
+pub fn bench(
+    seconds: u64,
+    rate: u32,
+    segment_frames: u32,
+    upload_mib: u64,
+    dir: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    use libsql_wal_testkit::bench::loopback_s3::s3s_fs_binary;
+    use libsql_wal_testkit::bench::storage::{durable_lag, upload_throughput};
+    let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-storage-{}", std::process::id()));
+    let base = dir.unwrap_or_else(|| tmp.clone());
+    let config = libsql_wal::WalConfig { segment_frames_max: segment_frames.max(1), ..Default::default() };
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    let mut stores = vec![BenchStore::LocalDir];
+    if s3s_fs_binary().is_some() {
+        stores.push(BenchStore::S3Loopback);
+    } else {
+        errln!("s3s-fs not found: S3 rows skipped (cargo install s3s-fs@0.14.1 --features binary --locked)");
+    }
+    for store in stores {
+        let name = store.name();
+        for (what, run) in [("lag", base.join(format!("{name}-lag"))), ("upload", base.join(format!("{name}-upload")))]
+        {
+            std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+            let (storage, _server) = store.open(&run)?;
+            if what == "lag" {
+                errln!("{name}: {rate} commits/s for {seconds} s...");
+                let lag = durable_lag(&run, &storage, config.clone(), rate, Duration::from_secs(seconds))
+                    .map_err(|e| e.to_string())?;
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                rows.push((name.to_string(), "commits/s reached".into(), lag.rate));
+                rows.push((name.to_string(), "durable lag p50 (ms)".into(), ms(lag.p50)));
+                rows.push((name.to_string(), "durable lag p99 (ms)".into(), ms(lag.p99)));
+                rows.push((name.to_string(), "durable lag max (ms)".into(), ms(lag.max)));
+            } else {
+                errln!("{name}: uploading a {upload_mib} MiB backlog...");
+                let mb_s = upload_throughput(&run, &storage, upload_mib << 20).map_err(|e| e.to_string())?;
+                rows.push((name.to_string(), "upload MB/s".into(), mb_s));
+            }
+            let _ = std::fs::remove_dir_all(&run);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(store, metric, value)| {
+                format!("{{\"store\":\"{store}\",\"metric\":\"{metric}\",\"value\":{value:.3}}}")
+            })
+            .collect();
+        outln!(
+            "{{\"workload\":\"storage\",\"rate\":{rate},\"seconds\":{seconds},\"segment_frames\":{segment_frames},\"rows\":[{}]}}",
+            items.join(",")
+        );
+    } else {
+        outln!(
+            "storage: {rate} commits/s for {seconds} s, {segment_frames}-frame segments; {upload_mib} MiB backlog upload"
+        );
+        outln!("{:<12} {:<22} {:>12}", "store", "metric", "value");
+        for (store, metric, value) in &rows {
+            outln!("{store:<12} {metric:<22} {value:>12.1}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `bench storage` uploads to.
+#[derive(Clone, Copy)]
+enum BenchStore {
+    LocalDir,
+    S3Loopback,
+}
+
+impl BenchStore {
+    fn name(self) -> &'static str {
+        match self {
+            BenchStore::LocalDir => "local-dir",
+            BenchStore::S3Loopback => "s3-loopback",
+        }
+    }
+
+    /// A fresh store under `run` (and the server behind it, kept alive by the caller).
+    fn open(self, run: &Path) -> Result<(Storage, Option<libsql_wal_testkit::bench::loopback_s3::S3Server>), String> {
+        match self {
+            BenchStore::LocalDir => {
+                let url = format!("file://{}", run.join("store").display());
+                Ok((Storage::open(&url).map_err(|e| e.to_string())?, None))
+            }
+            BenchStore::S3Loopback => {
+                let server = libsql_wal_testkit::bench::loopback_s3::S3Server::start(&run.join("s3"))
+                    .map_err(|e| e.to_string())?;
+                let storage = server.storage("bench", Default::default()).map_err(|e| e.to_string())?;
+                Ok((storage, Some(server)))
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! What the tests, benchmarks and the CLI's `stress` and `bench` commands use around
+//! `libsql-wal`, kept out of the library people `cargo add`:
+//!
+//! - [`faulty`]: a fault-injecting [`libsql_wal::io::Io`] (failed and torn writes, power
+//!   cuts that lose unsynced data) for the crash-safety tests, and `HookIo` (the real file
+//!   system with a hook before every call).
+//! - [`support`]: `TestIo` (slow or failing writes to database files, counters) and helpers
+//!   shared by the integration tests of the testkit and the CLI.
+//! - [`stress`]: the bank workload (`libsql-wal stress`, tests/concurrency.rs).
+//! - [`bench`]: the workloads of `libsql-wal bench`, side by side with SQLite's own WAL, and
+//!   [`bench::loopback_s3`], an S3-compatible server (`s3s-fs`) on loopback that the tests
+//!   start, SIGKILL and restart.
+//!
+//! Everything here goes through the library's public API (the micro-benchmarks use its
+//! `bench-internals` feature).
+
+pub mod bench;
+pub mod faulty;
+pub mod stress;
+pub mod support;
+
+use std::path::PathBuf;
+
+use libsql_wal::Error;
+
+/// `map_err` adapter for an I/O failure: what was being done, and to which path (the
+/// library's `Error::Io`).
+pub(crate) fn io_error(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { action, path, source }
+}
