@@ -41,7 +41,8 @@ use crate::shared::SharedWal;
 pub struct CheckpointerConfig {
     /// Checkpoints running at once, across all databases (the worker thread count).
     pub concurrency_max: usize,
-    /// First retry delay after a failure; doubled per consecutive failure.
+    /// First retry delay after a failure; doubled per consecutive failure, with jitter (the
+    /// delay is drawn from the upper half of that: `backoff::retry_delay`).
     pub retry_delay_min: Duration,
     /// Longest retry delay.
     pub retry_delay_max: Duration,
@@ -475,10 +476,8 @@ fn finish_job(inner: &Inner, id: LogId, wal: &SharedWal, result: crate::Result<(
     }
 }
 
-/// retry_delay_min × 2^(failures − 1), at most retry_delay_max.
 fn backoff(config: &CheckpointerConfig, failures: u32) -> Duration {
-    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
-    config.retry_delay_min.saturating_mul(factor).min(config.retry_delay_max)
+    crate::backoff::retry_delay(config.retry_delay_min, config.retry_delay_max, failures)
 }
 
 /// Every tick: requeue due retries, and seal the current segment of databases whose

@@ -79,6 +79,7 @@
 //! See `ARCHITECTURE.md` for the map of the code and `docs/FORMAT.md` for the files.
 
 mod api;
+mod backoff;
 #[cfg(feature = "bench-internals")]
 pub mod bench_internals;
 pub mod checkpointer;

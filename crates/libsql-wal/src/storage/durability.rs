@@ -430,12 +430,8 @@ async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
     lock(&durability.state).task_running = false;
 }
 
-/// Exponential backoff with full jitter: uniform in [delay/2, delay].
 fn backoff(config: &crate::storage::StorageConfig, failures_in_row: u32) -> Duration {
-    let exponent = failures_in_row.saturating_sub(1).min(20);
-    let delay = config.retry_delay_min.saturating_mul(1 << exponent).min(config.retry_delay_max);
-    let half = delay / 2;
-    half + half.mul_f64(fastrand::f64())
+    crate::backoff::retry_delay(config.retry_delay_min, config.retry_delay_max, failures_in_row)
 }
 
 async fn upload_segment(
