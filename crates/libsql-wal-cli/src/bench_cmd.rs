@@ -373,9 +373,9 @@ fn fresh_dir(base: &Path, round: usize, side: Side) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// A number for JSON: `null` when not measured.
-fn json_number(value: Option<f64>) -> String {
-    value.filter(|v| v.is_finite()).map_or("null".to_string(), |v| format!("{v:.3}"))
+/// A number for JSON, to 3 decimals: `null` when not measured.
+fn json_number(value: Option<f64>) -> Option<f64> {
+    value.and_then(|v| crate::round_to(v, 3))
 }
 
 fn some_median(values: &[f64]) -> Option<f64> {
@@ -384,22 +384,22 @@ fn some_median(values: &[f64]) -> Option<f64> {
 
 fn print(suite: &Suite, args: &SuiteArgs, rounds: usize, sizes: &Sizes) {
     if args.json {
-        let items: Vec<String> = suite
+        let results: Vec<serde_json::Value> = suite
             .rows
             .iter()
             .map(|r| {
-                format!(
-                    "{{\"workload\":\"{}\",\"sqlite\":{},\"ours\":{},\"ratio\":{},\"target\":\"{}\",\"met\":{}}}",
-                    r.metric,
-                    json_number(some_median(&r.sqlite)),
-                    json_number(some_median(&r.ours)),
-                    json_number(r.ratio()),
-                    r.target_text(true),
-                    r.met().map_or("null".to_string(), |m| m.to_string())
-                )
+                serde_json::json!({
+                    "workload": r.metric,
+                    "sqlite": json_number(some_median(&r.sqlite)),
+                    "ours": json_number(some_median(&r.ours)),
+                    "ratio": json_number(r.ratio()),
+                    "target": r.target_text(true),
+                    "met": r.met(),
+                })
             })
             .collect();
-        outln!("{{\"quick\":{},\"rounds\":{rounds},\"results\":[{}]}}", args.quick, items.join(","));
+        let doc = serde_json::json!({ "quick": args.quick, "rounds": rounds, "results": results });
+        outln!("{doc}");
         return;
     }
     outln!(

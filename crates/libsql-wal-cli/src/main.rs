@@ -490,11 +490,14 @@ fn bench_commits(commits: usize, rounds: usize, dir: Option<PathBuf>, json: bool
     let raw = median(raw);
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
-        outln!(
-            "{{\"workload\":\"commits\",\"commits\":{commits},\"rounds\":{},\"raw_sync_loop_per_sec\":{raw:.1},\"rows\":[{}]}}",
-            rounds.max(1),
-            json_rows(&rows)
-        );
+        let doc = serde_json::json!({
+            "workload": "commits",
+            "commits": commits,
+            "rounds": rounds.max(1),
+            "raw_sync_loop_per_sec": round_to(raw, 1),
+            "rows": json_rows(&rows),
+        });
+        outln!("{doc}");
     } else {
         outln!("commits: {commits} one-row transactions per side and mode, median of {} round(s)", rounds.max(1));
         print_rows(&rows);
@@ -549,11 +552,15 @@ fn bench_checkpoint_latency(
     ];
     let overlapped = results.iter().filter(|r| r.side == Side::Ours).all(|r| r.checkpoint_still_running_at_end);
     if json {
-        outln!(
-            "{{\"workload\":\"checkpoint-latency\",\"log_mib\":{log_mib},\"commits\":{commits},\"rounds\":{},\"ours_checkpoint_overlapped_all_commits\":{overlapped},\"rows\":[{}]}}",
-            rounds.max(1),
-            json_rows(&rows)
-        );
+        let doc = serde_json::json!({
+            "workload": "checkpoint-latency",
+            "log_mib": log_mib,
+            "commits": commits,
+            "rounds": rounds.max(1),
+            "ours_checkpoint_overlapped_all_commits": overlapped,
+            "rows": json_rows(&rows),
+        });
+        outln!("{doc}");
     } else {
         outln!(
             "checkpoint-latency: {log_mib} MiB log, {commits} commits of {rows_per_commit} rows, synchronous=NORMAL, median of {} round(s)",
@@ -582,14 +589,24 @@ fn verify(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
 }
 
 /// Benchmark rows (metric, SQLite, ours) as JSON objects with their ratio.
-fn json_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) -> String {
+fn json_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) -> serde_json::Value {
     rows.iter()
         .map(|(name, a, b)| {
-            let name = name.as_ref();
-            format!("{{\"metric\":\"{name}\",\"sqlite\":{a:.3},\"ours\":{b:.3},\"ratio\":{:.3}}}", b / a)
+            serde_json::json!({
+                "metric": name.as_ref(),
+                "sqlite": round_to(*a, 3),
+                "ours": round_to(*b, 3),
+                "ratio": round_to(b / a, 3),
+            })
         })
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect()
+}
+
+/// `value` rounded to `decimals` places for printing, or `None` (JSON `null`) when it is
+/// not a number (a ratio over a zero measurement).
+pub(crate) fn round_to(value: f64, decimals: i32) -> Option<f64> {
+    let scale = 10f64.powi(decimals);
+    value.is_finite().then(|| (value * scale).round() / scale)
 }
 
 /// Benchmark rows (metric, SQLite, ours) as a table with their ratio.
@@ -597,5 +614,21 @@ fn print_rows<S: AsRef<str>>(rows: &[(S, f64, f64)]) {
     outln!("{:<22} {:>12} {:>12} {:>8}", "metric", "sqlite", "libsql-wal", "ratio");
     for (name, a, b) in rows {
         outln!("{:<22} {a:>12.3} {b:>12.3} {:>8.3}", name.as_ref(), b / a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmark_rows_are_json_with_names_escaped_and_unmeasured_ratios_null() {
+        let rows = [("commits/s \"full\"", 100.0, 150.0), ("reads/s", 0.0, 10.0)];
+        let text = json_rows(&rows).to_string();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed[0]["metric"], "commits/s \"full\"");
+        assert_eq!(parsed[0]["ratio"], 1.5);
+        assert!(parsed[1]["ratio"].is_null(), "a ratio over zero is not a number: {text}");
+        assert_eq!(round_to(2.0 / 3.0, 3), Some(0.667));
     }
 }

@@ -233,16 +233,20 @@ pub fn bench(
     }
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
-        let items: Vec<String> = rows
+        let items: Vec<serde_json::Value> = rows
             .iter()
             .map(|(store, metric, value)| {
-                format!("{{\"store\":\"{store}\",\"metric\":\"{metric}\",\"value\":{value:.3}}}")
+                serde_json::json!({ "store": store, "metric": metric, "value": crate::round_to(*value, 3) })
             })
             .collect();
-        outln!(
-            "{{\"workload\":\"storage\",\"rate\":{rate},\"seconds\":{seconds},\"segment_frames\":{segment_frames},\"rows\":[{}]}}",
-            items.join(",")
-        );
+        let doc = serde_json::json!({
+            "workload": "storage",
+            "rate": rate,
+            "seconds": seconds,
+            "segment_frames": segment_frames,
+            "rows": items,
+        });
+        outln!("{doc}");
     } else {
         outln!(
             "storage: {rate} commits/s for {seconds} s, {segment_frames}-frame segments; {upload_mib} MiB backlog upload"
