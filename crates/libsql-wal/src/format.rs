@@ -380,6 +380,96 @@ pub fn sqlite_header_page_size(header: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// The FORMAT.md table that follows the first line starting with `heading`: (offset,
+    /// size, type, field) of each row whose field is a `code` name.
+    fn documented_fields(heading: &str) -> Vec<(usize, usize, String, String)> {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"));
+        let after = doc.lines().skip_while(|l| !l.starts_with(heading)).skip(1);
+        let table = after.skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|'));
+        table
+            .filter_map(|row| {
+                let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+                let field = cells.get(3)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((cells[0].parse().ok()?, cells[1].parse().ok()?, cells[2].to_string(), field.to_string()))
+            })
+            .collect()
+    }
+
+    /// (offset, size, type, field) of each field of a struct, in declaration order.
+    macro_rules! code_fields {
+        ($t:ty { $($field:ident),* $(,)? }) => {{
+            let zero = <$t as zerocopy::FromZeros>::new_zeroed();
+            let type_of = |size: usize, array: bool| match (size, array) {
+                (_, true) => "bytes",
+                (8, false) => "u64",
+                (4, false) => "u32",
+                _ => "?",
+            };
+            vec![$({
+                let size = std::mem::size_of_val(&zero.$field);
+                let array = stringify!($field).starts_with("reserved") && size != 4;
+                (std::mem::offset_of!($t, $field), size, type_of(size, array).to_string(), stringify!($field).to_string())
+            }),*]
+        }};
+    }
+
+    /// The tables of FORMAT.md are the structs: every field at its offset, with its size and
+    /// type, in order, and nothing else. Edit one, and this says which to fix.
+    #[test]
+    fn format_md_tables_are_the_structs() {
+        let cases = [
+            (
+                "### SegmentHeader",
+                code_fields!(SegmentHeader {
+                    magic,
+                    version,
+                    page_size,
+                    start_frame_no,
+                    salt,
+                    lineage,
+                    created_unix_ms,
+                    prev_chain,
+                    reserved1,
+                    checksum
+                }),
+            ),
+            ("### Frame", code_fields!(FrameHeader { page_no, size_after, frame_no, flags, checksum })),
+            ("### Index", code_fields!(IndexEntry { page_no, frame_index })),
+            (
+                "### SealTrailer",
+                code_fields!(SealTrailer {
+                    magic,
+                    start_frame_no,
+                    last_frame_no,
+                    index_offset,
+                    index_entry_count,
+                    index_checksum,
+                    size_after,
+                    checksum
+                }),
+            ),
+            (
+                "**SnapshotHeader",
+                code_fields!(SnapshotHeader {
+                    magic,
+                    version,
+                    page_size,
+                    frame_no,
+                    db_pages,
+                    lineage,
+                    taken_unix_ms,
+                    chain,
+                    reserved1,
+                    checksum
+                }),
+            ),
+            ("**SnapshotTrailer", code_fields!(SnapshotTrailer { pages_checksum, reserved, magic })),
+        ];
+        for (heading, code) in cases {
+            assert_eq!(documented_fields(heading), code, "FORMAT.md's table under {heading:?} differs from the struct");
+        }
+    }
+
     /// The bytes FORMAT.md documents, field by field. If this fails, fix the doc too.
     #[test]
     fn golden_bytes_match_format_md() {
