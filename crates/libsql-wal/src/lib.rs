@@ -87,6 +87,7 @@ mod error;
 pub mod format;
 pub mod io;
 mod ownership;
+mod recovery;
 mod registry;
 mod segment;
 mod shared;

@@ -139,7 +139,7 @@ impl Segment {
     /// Creates an empty segment starting at `start_frame_no`. Nothing is synced: until the
     /// segment's first sync (a FULL commit, or its seal) its header may be lost or torn by a
     /// power cut, and recovery then takes it, and every later segment, as never written
-    /// (see `shared::plan_recovery`). A FULL commit syncs the file and its directory
+    /// (see `recovery::plan_recovery`). A FULL commit syncs the file and its directory
     /// entry before it returns (`SharedWal::make_durable_through`).
     ///
     /// `lineage` and `prev_chain` place it in its history: the chain value it continues from
