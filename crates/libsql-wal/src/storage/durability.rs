@@ -72,6 +72,10 @@ pub(crate) struct Durability {
     identity: u32,
     io: Arc<dyn Io>,
     record_path: PathBuf,
+    /// Held while the record file is written and synced (`advance`) or removed (`close`),
+    /// so those happen in order, without holding `state` across an fdatasync: a seal's
+    /// `schedule` (on the commit path) takes only `state`. Taken before `state`, never after.
+    record: Mutex<()>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -141,6 +145,7 @@ impl Durability {
             identity: identity.unwrap_or(0),
             io: io.clone(),
             record_path,
+            record: Mutex::new(()),
             state: Mutex::new(state),
             changed: Condvar::new(),
         };
@@ -229,6 +234,7 @@ impl Durability {
     /// Stops recording (the log is being handed back); removes the record too when the
     /// log is empty, since the directory goes with it. Called under the checkpoint lock.
     pub fn close(&self, log_empty: bool) {
+        let _record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = lock(&self.state);
         state.closed = true;
         if log_empty && state.record_exists {
@@ -241,16 +247,26 @@ impl Durability {
     }
 
     /// Storage acknowledged everything up to `frame_no`.
+    /// The durable frame_no moves only once the record says so on disk (written and synced,
+    /// unless the log is closed), and only forward.
     fn advance(&self, frame_no: u64) -> Result<()> {
+        let _record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let (closed, create) = {
+            let state = lock(&self.state);
+            if state.frame_no.is_some_and(|d| d >= frame_no) {
+                return Ok(());
+            }
+            (state.closed, !state.record_exists)
+        };
+        // `state` is free meanwhile; `record` keeps `close` (and any other advance) out.
+        if !closed {
+            self.write_record(frame_no, create)?;
+        }
         let mut state = lock(&self.state);
-        if state.frame_no.is_some_and(|d| d >= frame_no) {
-            return Ok(());
+        state.record_exists |= !closed;
+        if state.frame_no.is_none_or(|d| d < frame_no) {
+            state.frame_no = Some(frame_no);
         }
-        if !state.closed {
-            self.write_record(frame_no, !state.record_exists)?;
-            state.record_exists = true;
-        }
-        state.frame_no = Some(frame_no);
         self.changed.notify_all();
         Ok(())
     }
