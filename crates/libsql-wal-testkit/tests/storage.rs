@@ -265,8 +265,9 @@ fn a_namespace_with_another_history_is_refused() {
     assert!(segment_files(&second) > 0, "and nothing of it was checkpointed away");
 }
 
-#[test]
-fn damaged_or_missing_objects_fail_the_restore_cleanly() {
+/// A database `ns.db` of 50 rows, all durable in namespace `ns` of a local store: (its
+/// directory, the store's directory, the store, the database).
+fn namespace_with_fifty_rows() -> (tempfile::TempDir, PathBuf, Storage, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let storage = local_store(&store_dir);
@@ -276,6 +277,12 @@ fn damaged_or_missing_objects_fail_the_restore_cleanly() {
     write(&conn, 0, 50);
     flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
     drop(conn);
+    (dir, store_dir, storage, db)
+}
+
+#[test]
+fn damaged_or_missing_objects_fail_the_restore_cleanly() {
+    let (dir, store_dir, storage, _db) = namespace_with_fifty_rows();
 
     let out = dir.path().join("out.db");
     std::fs::write(&out, b"keep me").unwrap();
@@ -332,15 +339,7 @@ fn forge_segment_size(bytes: &mut [u8], pages: u32) {
 /// refused by its length.
 #[test]
 fn restore_refuses_a_forged_database_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    let storage = local_store(&store_dir);
-    let db = dir.path().join("ns.db");
-    let manager = wal_manager(Some(storage.clone()), "ns");
-    let conn = open_connection(&db, &manager).unwrap();
-    write(&conn, 0, 50);
-    flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().unwrap();
-    drop(conn);
+    let (dir, store_dir, storage, db) = namespace_with_fifty_rows();
     let real_pages = std::fs::metadata(&db).unwrap().len() / 4096;
 
     let last = storage.chain("ns").unwrap().segments.last().unwrap().clone();

@@ -220,21 +220,7 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
     let db_path = db_path.as_ref();
     let shared = acquire(manager, db_path)?;
     let last = shared.last_commit();
-    let segments = shared
-        .segments()
-        .iter()
-        .rev()
-        .map(|s| SegmentInfo {
-            path: s.path.clone(),
-            start_frame_no: s.start_frame_no,
-            last_frame_no: s.last_committed_frame_no(),
-            frames: s.committed_frames(),
-            frames_in_file: s.frames(),
-            bytes: s.file_len(),
-            sealed: s.is_sealed(),
-            created_unix_ms: s.created_unix_ms,
-        })
-        .collect();
+    let segments = shared.segments().iter().rev().map(|s| SegmentInfo::of(s)).collect();
     let (checkpoint_errors, last_checkpoint_error) = shared.checkpoint_errors();
     let info = LogInfo {
         durability: shared.durability().map(|d| d.info()),
@@ -249,6 +235,21 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
     };
     registry::release(&shared, false);
     Ok(info)
+}
+
+impl SegmentInfo {
+    fn of(s: &crate::segment::Segment) -> SegmentInfo {
+        SegmentInfo {
+            path: s.path.clone(),
+            start_frame_no: s.start_frame_no,
+            last_frame_no: s.last_committed_frame_no(),
+            frames: s.committed_frames(),
+            frames_in_file: s.frames(),
+            bytes: s.file_len(),
+            sealed: s.is_sealed(),
+            created_unix_ms: s.created_unix_ms,
+        }
+    }
 }
 
 /// Describes the log of `db_path` as it is on disk, changing nothing, ever: unlike
@@ -310,19 +311,7 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
         Some(oldest) => (oldest.start_frame_no - 1, oldest.prev_chain),
         None => (last.frame_no, mark.map_or(0, |m| m.chain)),
     };
-    let segments = kept
-        .iter()
-        .map(|s| SegmentInfo {
-            path: s.path.clone(),
-            start_frame_no: s.start_frame_no,
-            last_frame_no: s.last_committed_frame_no(),
-            frames: s.committed_frames(),
-            frames_in_file: s.frames(),
-            bytes: s.file_len(),
-            sealed: s.is_sealed(),
-            created_unix_ms: s.created_unix_ms,
-        })
-        .collect();
+    let segments = kept.iter().map(SegmentInfo::of).collect();
     let durability = match (&binding, record) {
         (None, None) => None,
         (None, Some(record)) => {
