@@ -143,32 +143,64 @@ const SCRATCH_LOCK: &str = "lock";
 const SCRATCH_FILES: [&str; 3] = [SCRATCH_LOCK, "database", "object"];
 
 fn scratch_prefix(out: &Path) -> String {
+    scratch_name(out, "restoring")
+}
+
+/// Where a scratch directory is made before its lock is held; see [`create_scratch_dir`].
+fn preparing_prefix(out: &Path) -> String {
+    scratch_name(out, "preparing")
+}
+
+fn scratch_name(out: &Path, state: &str) -> String {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!(".{name}.restoring-")
+    format!(".{name}.{state}-")
 }
 
 /// A new, empty scratch directory beside `out`, this restore's alone: two restores to one
 /// output never share one (the second fails on the output, not on the other's files). Its
 /// `lock` is held for as long as the returned handle lives, so a later restore can tell a
 /// live one from what a killed one left behind.
+///
+/// The directory is made under a `preparing-` name, its lock created and taken there, and
+/// only then renamed to its `restoring-` name: a directory under that name always has its
+/// lock held from the moment it appears. Made in place, another restore's cleanup could take
+/// the lock between its creation and its locking, and remove the directory under it.
 fn create_scratch_dir(io: &dyn Io, out: &Path) -> Result<(PathBuf, Box<dyn IoFile>)> {
-    let prefix = scratch_prefix(out);
     loop {
-        let unique = format!("{prefix}{}-{:08x}", std::process::id(), fastrand::u32(..));
-        let scratch = out.with_file_name(unique);
-        match std::fs::create_dir(&scratch) {
-            Ok(()) => {
-                let lock_path = scratch.join(SCRATCH_LOCK);
-                let lock = io.open(&lock_path, true).map_err(Error::io("creating", &lock_path))?;
-                if !lock.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
-                    return Err(Error::Restore(format!("{} is locked by someone else", lock_path.display())));
-                }
-                return Ok((scratch, lock));
-            }
+        let unique = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let preparing = out.with_file_name(format!("{}{unique}", preparing_prefix(out)));
+        let scratch = out.with_file_name(format!("{}{unique}", scratch_prefix(out)));
+        if io.kind(&scratch).map_err(Error::io("reading", &scratch))?.is_some() {
+            continue;
+        }
+        match std::fs::create_dir(&preparing) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("creating", &scratch)(e)),
+            Err(e) => return Err(Error::io("creating", &preparing)(e)),
+        }
+        let made = lock_and_rename(io, &preparing, &scratch);
+        if !matches!(made, Ok(Some(_))) {
+            let _ = std::fs::remove_file(preparing.join(SCRATCH_LOCK));
+            let _ = std::fs::remove_dir(&preparing);
+        }
+        match made {
+            Ok(Some(lock)) => return Ok((scratch, lock)),
+            Ok(None) => continue,
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// The lock of the new directory `preparing`, taken, and the directory renamed to
+/// `scratch`; `None` if someone else had the lock (then try another name).
+fn lock_and_rename(io: &dyn Io, preparing: &Path, scratch: &Path) -> Result<Option<Box<dyn IoFile>>> {
+    let lock_path = preparing.join(SCRATCH_LOCK);
+    let lock = io.open(&lock_path, true).map_err(Error::io("creating", &lock_path))?;
+    if !lock.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+        return Ok(None);
+    }
+    std::fs::rename(preparing, scratch).map_err(Error::io("renaming", preparing))?;
+    Ok(Some(lock))
 }
 
 /// Removes scratch directories of earlier restores to `out` that were killed (`kill -9`, a
@@ -178,32 +210,36 @@ fn create_scratch_dir(io: &dyn Io, out: &Path) -> Result<(PathBuf, Box<dyn IoFil
 /// removed; a directory holding anything else is kept, with a warning. Best effort: what
 /// cannot be removed stays, and the restore goes on.
 fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
-    let prefix = scratch_prefix(out);
+    let (restoring, preparing) = (scratch_prefix(out), preparing_prefix(out));
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
-        let is_scratch = entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix));
-        if !is_scratch || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_preparing = name.starts_with(&preparing);
+        if !(is_preparing || name.starts_with(&restoring)) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let dir = entry.path();
         let lock_path = dir.join(SCRATCH_LOCK);
+        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        let old = age.is_some_and(|age| age >= std::time::Duration::from_secs(60));
+        if is_preparing && !old {
+            continue; // its restore may not have taken its lock yet: not even a look at it
+        }
         // Held (when there is a lock file) until the directory is gone, so no restore takes it meanwhile.
         let _held: Option<Box<dyn IoFile>> = match io.open_read_only(&lock_path) {
             Ok(lock) => match lock.try_lock_exclusive() {
                 Ok(true) => Some(lock),
                 _ => continue, // a live restore
             },
-            Err(_) => {
-                let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-                if age.is_none_or(|age| age < std::time::Duration::from_secs(60)) {
-                    continue;
-                }
-                None
-            }
+            // No lock file: a preparing directory between `mkdir` and creating it, or one left
+            // by an older version that made its lock in place.
+            Err(_) if old => None,
+            Err(_) => continue,
         };
         let strangers = std::fs::read_dir(&dir)
             .map(|files| files.flatten().filter(|f| !SCRATCH_FILES.iter().any(|n| f.file_name() == *n)).count())
@@ -407,4 +443,46 @@ async fn download_async(storage: &Storage, key: &str, path: &Path, received: &At
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race behind a flaky `concurrent_restores_to_one_path_never_share_scratch_space`:
+    /// a cleanup that found a new scratch directory's lock file before its restore had locked
+    /// it took it for stale and removed the directory under the restore.
+    #[test]
+    fn a_cleanup_never_removes_a_scratch_directory_being_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.db");
+        let io = StdIo::shared();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    remove_stale_scratch_dirs(io.as_ref(), &out);
+                }
+            });
+            let makers: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for _ in 0..400 {
+                            let (scratch, lock) = create_scratch_dir(io.as_ref(), &out).unwrap();
+                            let database = scratch.join("database");
+                            io.open(&database, true).unwrap_or_else(|e| panic!("{}: {e}", database.display()));
+                            std::fs::remove_dir_all(&scratch).unwrap();
+                            drop(lock);
+                        }
+                    })
+                })
+                .collect();
+            let results: Vec<_> = makers.into_iter().map(|maker| maker.join()).collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for result in results {
+                result.unwrap();
+            }
+        });
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is left behind");
+    }
 }
