@@ -18,14 +18,3 @@ pub mod bench;
 pub mod faulty;
 pub mod stress;
 pub mod support;
-
-use std::path::PathBuf;
-
-use libsql_wal::Error;
-
-/// `map_err` adapter for an I/O failure: what was being done, and to which path (the
-/// library's `Error::Io`).
-pub(crate) fn io_error(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.into();
-    move |source| Error::Io { action, path, source }
-}

@@ -108,7 +108,7 @@ pub fn run_bank(db_path: &Path, manager: &LibsqlWalManager, config: &StressConfi
         started
     });
     drop(setup);
-    started.map_err(crate::io_error("starting the stress threads for", db_path))?;
+    started.map_err(libsql_wal::Error::io(libsql_wal::IoAction::Start, db_path))?;
     let first_problem = counters.first_problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(StressReport {
         commits: counters.commits.into_inner(),

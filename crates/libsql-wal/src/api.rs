@@ -8,7 +8,7 @@ use libsql_sys::Connection;
 use libsql_sys::rusqlite::OpenFlags;
 use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::io::FileKind;
 use crate::ownership;
 use crate::registry;
@@ -34,7 +34,7 @@ pub fn open_connection(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) ->
     ownership::check_page_size(manager.io().as_ref(), db_path)?;
     absorb_sqlite_wal(manager, db_path)?;
     // Taking the log here first turns "cannot open" into the precise reason.
-    let held = match manager.io().kind(db_path).map_err(Error::io("opening", db_path))? {
+    let held = match manager.io().kind(db_path).map_err(Error::io(IoAction::Open, db_path))? {
         Some(FileKind::File { .. }) => Some(acquire(manager, db_path)?),
         _ => None,
     };
@@ -77,7 +77,7 @@ pub fn open_sqlite_connection(db_path: impl AsRef<Path>) -> Result<Connection<Sq
 /// own WAL before ours takes over, so nothing committed there is lost.
 fn absorb_sqlite_wal(manager: &LibsqlWalManager, db_path: &Path) -> Result<()> {
     let wal_path = ownership::log_dir_of(db_path);
-    if let Some(FileKind::File { .. }) = manager.io().kind(&wal_path).map_err(Error::io("opening", &wal_path))? {
+    if let Some(FileKind::File { .. }) = manager.io().kind(&wal_path).map_err(Error::io(IoAction::Open, &wal_path))? {
         if ownership::sqlite_wal_in_use(manager.io().as_ref(), db_path)? {
             return Err(Error::InUse { path: db_path.into(), log_dir: wal_path });
         }
@@ -274,11 +274,11 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
     let db_path = db_path.as_ref();
     let io = manager.io().as_ref();
     let binding = manager.storage_binding(db_path)?;
-    let db_file = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
+    let db_file = io.open_read_only(db_path).map_err(Error::io(IoAction::Open, db_path))?;
     let log_dir = ownership::log_dir_of(db_path);
     // The database file's own lock first, as an owner takes it (it covers every name of
     // the file); then the log's.
-    if !db_file.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+    if !db_file.try_lock_exclusive().map_err(Error::io(IoAction::Lock, db_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir });
     }
     let _db_lock = ReadLock(db_file);
@@ -287,8 +287,8 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
         return Err(ownership::other_name_error(db_path, &other));
     }
     let mark = ownership::read_db_header(db_file.as_ref(), db_path)?;
-    let db_len = db_file.size().map_err(Error::io("reading", db_path))?;
-    let (plan, record) = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+    let db_len = db_file.size().map_err(Error::io(IoAction::Read, db_path))?;
+    let (plan, record) = match io.kind(&log_dir).map_err(Error::io(IoAction::Open, &log_dir))? {
         None => (None, None),
         Some(FileKind::File { .. }) => {
             return Err(Error::CannotOpen {
@@ -440,14 +440,14 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
     let db_path = db_path.as_ref();
     let io = manager.io().as_ref();
     let mut report = VerifyReport::default();
-    let db_file = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
+    let db_file = io.open_read_only(db_path).map_err(Error::io(IoAction::Open, db_path))?;
     // The database file's own lock first, as an owner takes it: it covers every name of the
     // file (a holder through a hard link too), and is held until verify is done.
-    if !db_file.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+    if !db_file.try_lock_exclusive().map_err(Error::io(IoAction::Lock, db_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir: ownership::log_dir_of(db_path) });
     }
     let db_lock = ReadLock(db_file);
-    let db_len = db_lock.0.size().map_err(Error::io("reading", db_path))?;
+    let db_len = db_lock.0.size().map_err(Error::io(IoAction::Read, db_path))?;
     let mark = match ownership::read_db_header(db_lock.0.as_ref(), db_path) {
         Ok(mark) => mark,
         Err(e) => {
@@ -469,7 +469,7 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
         return Ok(report);
     }
     let log_dir = ownership::log_dir_of(db_path);
-    let plan = match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+    let plan = match io.kind(&log_dir).map_err(Error::io(IoAction::Open, &log_dir))? {
         None => {
             report.ok("no log: a plain SQLite database".into());
             None
@@ -516,11 +516,11 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
 /// finished taking it).
 fn lock_for_reading(io: &dyn crate::io::Io, db_path: &Path, log_dir: &Path) -> Result<Option<ReadLock>> {
     let lock_path = log_dir.join("lock");
-    if io.kind(&lock_path).map_err(Error::io("opening", &lock_path))?.is_none() {
+    if io.kind(&lock_path).map_err(Error::io(IoAction::Open, &lock_path))?.is_none() {
         return Ok(None);
     }
-    let file = io.open_read_only(&lock_path).map_err(Error::io("opening", &lock_path))?;
-    if !file.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+    let file = io.open_read_only(&lock_path).map_err(Error::io(IoAction::Open, &lock_path))?;
+    if !file.try_lock_exclusive().map_err(Error::io(IoAction::Lock, &lock_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir: log_dir.into() });
     }
     Ok(Some(ReadLock(file)))
@@ -593,7 +593,7 @@ fn scratch_integrity_check(
     use std::os::unix::fs::FileExt;
     let page_size = crate::format::PAGE_SIZE as u64;
     let kept = plan.map(|p| p.kept.as_slice()).unwrap_or_default();
-    let db_len = std::fs::metadata(db_path).map_err(Error::io("reading", db_path))?.len();
+    let db_len = std::fs::metadata(db_path).map_err(Error::io(IoAction::Read, db_path))?.len();
     let log_pages: u64 = kept.iter().map(|s| s.latest_pages().len() as u64).sum();
     let size = match kept.iter().rev().find(|s| s.committed_frames() > 0) {
         Some(newest) => newest.committed_size_after() as u64 * page_size,
@@ -604,16 +604,17 @@ fn scratch_integrity_check(
     }
     let (path, mut copy) = scratch_file()?;
     let _remove = RemoveOnDrop(&path);
-    let mut source = std::fs::File::open(db_path).map_err(Error::io("opening", db_path))?;
-    std::io::copy(&mut (&mut source).take(size), &mut copy).map_err(Error::io("copying", db_path))?;
+    let mut source = std::fs::File::open(db_path).map_err(Error::io(IoAction::Open, db_path))?;
+    std::io::copy(&mut (&mut source).take(size), &mut copy).map_err(Error::io(IoAction::Copy, db_path))?;
     let mut page = vec![0u8; crate::format::PAGE_SIZE];
     for segment in kept {
         for (page_no, position) in segment.latest_pages() {
             segment.read_page(position, &mut page)?;
-            copy.write_all_at(&page, (page_no as u64 - 1) * page_size).map_err(Error::io("writing", "scratch copy"))?;
+            copy.write_all_at(&page, (page_no as u64 - 1) * page_size)
+                .map_err(Error::io(IoAction::Write, "scratch copy"))?;
         }
     }
-    copy.set_len(size).map_err(Error::io("truncating", "scratch copy"))?;
+    copy.set_len(size).map_err(Error::io(IoAction::Truncate, "scratch copy"))?;
     drop(copy);
     // immutable: SQLite reads the file as it is, with no journal, WAL or lock files of its own.
     let mut uri = b"file:".to_vec();
@@ -647,7 +648,7 @@ fn scratch_file() -> Result<(PathBuf, std::fs::File)> {
         match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
             Ok(file) => return Ok((path, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("creating", &path)(e)),
+            Err(e) => return Err(Error::io(IoAction::Create, &path)(e)),
         }
     }
 }
@@ -662,7 +663,7 @@ fn free_temp_space() -> Result<u64> {
     // that outlives the call.
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return Err(Error::io("reading", dir)(std::io::Error::last_os_error()));
+        return Err(Error::io(IoAction::Read, dir)(std::io::Error::last_os_error()));
     }
     Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::io::StdIo;
 use crate::segment::Segment;
 
@@ -31,7 +31,7 @@ impl SegmentBench {
     pub fn remove(self) -> Result<()> {
         let path = self.segment.path.clone();
         drop(self.segment);
-        std::fs::remove_file(&path).map_err(Error::io("removing", &path))
+        std::fs::remove_file(&path).map_err(Error::io(IoAction::Remove, &path))
     }
 
     /// Seals the segment (index and trailer, one sync).

@@ -8,10 +8,12 @@ use libsql_sys::ffi;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("I/O error while {action} {path}: {source}")]
+    #[error("I/O error while {action} {path}{}: {source}", at_frame(*frame_no))]
     Io {
-        action: &'static str,
+        action: IoAction,
         path: PathBuf,
+        /// The frame being read or written, when the operation was on one.
+        frame_no: Option<u64>,
         #[source]
         source: std::io::Error,
     },
@@ -62,15 +64,73 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What an I/O operation that failed was doing: it chooses the SQLite code
+/// ([`Error::sqlite_code`]) and reads as the verb of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoAction {
+    Open,
+    Create,
+    Lock,
+    Read,
+    Write,
+    /// An fsync or fdatasync: when it fails, what is on disk is unknown.
+    Sync,
+    Truncate,
+    Remove,
+    Rename,
+    Link,
+    Copy,
+    /// Binding a socket (test servers).
+    Bind,
+    /// Starting a thread or a process.
+    Start,
+}
+
+impl std::fmt::Display for IoAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoAction::Open => "opening",
+            IoAction::Create => "creating",
+            IoAction::Lock => "locking",
+            IoAction::Read => "reading",
+            IoAction::Write => "writing",
+            IoAction::Sync => "syncing",
+            IoAction::Truncate => "truncating",
+            IoAction::Remove => "removing",
+            IoAction::Rename => "renaming",
+            IoAction::Link => "linking",
+            IoAction::Copy => "copying",
+            IoAction::Bind => "binding",
+            IoAction::Start => "starting",
+        })
+    }
+}
+
+fn at_frame(frame_no: Option<u64>) -> String {
+    frame_no.map(|n| format!(" at frame {n}")).unwrap_or_default()
+}
+
 impl Error {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    /// Wraps an I/O error of `action` on `path` (for `map_err`).
+    pub fn io(action: IoAction, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::Io { action, path, frame_no: None, source }
+    }
+
+    /// As [`Error::io`], for an operation on the frame `frame_no`.
+    pub(crate) fn io_at(
+        action: IoAction,
+        path: impl Into<PathBuf>,
+        frame_no: u64,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, frame_no: Some(frame_no), source }
     }
 
     /// Did a sync fail (an fsync whose failure leaves the disk's contents unknown)?
     pub(crate) fn is_failed_sync(&self) -> bool {
-        matches!(self, Error::Io { action: "syncing", .. })
+        matches!(self, Error::Io { action: IoAction::Sync, .. })
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
@@ -80,7 +140,7 @@ impl Error {
     /// The SQLite extended result code for this error.
     pub fn sqlite_code(&self) -> i32 {
         match self {
-            Error::Io { action, source, .. } => io_code(action, source),
+            Error::Io { action, source, .. } => io_code(*action, source),
             Error::Corrupt { .. } => ffi::SQLITE_CORRUPT,
             Error::CheckpointCallback { code } => *code,
             Error::UnsupportedPageSize { .. }
@@ -106,7 +166,7 @@ impl Error {
     }
 }
 
-fn io_code(action: &str, source: &std::io::Error) -> i32 {
+fn io_code(action: IoAction, source: &std::io::Error) -> i32 {
     // ENOSPC and EDQUOT are "disk full" to SQLite, whatever we were doing.
     if matches!(source.raw_os_error(), Some(28) | Some(122)) {
         return ffi::SQLITE_FULL;
@@ -115,13 +175,13 @@ fn io_code(action: &str, source: &std::io::Error) -> i32 {
         return ffi::SQLITE_IOERR_SHORT_READ;
     }
     match action {
-        "reading" => ffi::SQLITE_IOERR_READ,
-        "writing" => ffi::SQLITE_IOERR_WRITE,
-        "syncing" => ffi::SQLITE_IOERR_FSYNC,
-        "truncating" => ffi::SQLITE_IOERR_TRUNCATE,
-        "removing" => ffi::SQLITE_IOERR_DELETE,
-        "opening" | "creating" | "locking" => ffi::SQLITE_CANTOPEN,
-        _ => ffi::SQLITE_IOERR,
+        IoAction::Read => ffi::SQLITE_IOERR_READ,
+        IoAction::Write => ffi::SQLITE_IOERR_WRITE,
+        IoAction::Sync => ffi::SQLITE_IOERR_FSYNC,
+        IoAction::Truncate => ffi::SQLITE_IOERR_TRUNCATE,
+        IoAction::Remove => ffi::SQLITE_IOERR_DELETE,
+        IoAction::Open | IoAction::Create | IoAction::Lock => ffi::SQLITE_CANTOPEN,
+        IoAction::Rename | IoAction::Link | IoAction::Copy | IoAction::Bind | IoAction::Start => ffi::SQLITE_IOERR,
     }
 }
 
@@ -129,23 +189,23 @@ fn io_code(action: &str, source: &std::io::Error) -> i32 {
 mod tests {
     use super::*;
 
-    fn io_error(action: &'static str, source: std::io::Error) -> Error {
-        Error::Io { action, path: "x".into(), source }
+    fn io_error(action: IoAction, source: std::io::Error) -> Error {
+        Error::io(action, "x")(source)
     }
 
     #[test]
     fn each_error_maps_to_the_sqlite_code_sqlite_would_use() {
         let eio = || std::io::Error::from_raw_os_error(5);
-        assert_eq!(io_error("writing", eio()).sqlite_code(), ffi::SQLITE_IOERR_WRITE);
-        assert_eq!(io_error("reading", eio()).sqlite_code(), ffi::SQLITE_IOERR_READ);
-        assert_eq!(io_error("syncing", eio()).sqlite_code(), ffi::SQLITE_IOERR_FSYNC);
-        assert_eq!(io_error("truncating", eio()).sqlite_code(), ffi::SQLITE_IOERR_TRUNCATE);
-        assert_eq!(io_error("removing", eio()).sqlite_code(), ffi::SQLITE_IOERR_DELETE);
-        assert_eq!(io_error("opening", eio()).sqlite_code(), ffi::SQLITE_CANTOPEN);
+        assert_eq!(io_error(IoAction::Write, eio()).sqlite_code(), ffi::SQLITE_IOERR_WRITE);
+        assert_eq!(io_error(IoAction::Read, eio()).sqlite_code(), ffi::SQLITE_IOERR_READ);
+        assert_eq!(io_error(IoAction::Sync, eio()).sqlite_code(), ffi::SQLITE_IOERR_FSYNC);
+        assert_eq!(io_error(IoAction::Truncate, eio()).sqlite_code(), ffi::SQLITE_IOERR_TRUNCATE);
+        assert_eq!(io_error(IoAction::Remove, eio()).sqlite_code(), ffi::SQLITE_IOERR_DELETE);
+        assert_eq!(io_error(IoAction::Open, eio()).sqlite_code(), ffi::SQLITE_CANTOPEN);
         let short = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        assert_eq!(io_error("reading", short).sqlite_code(), ffi::SQLITE_IOERR_SHORT_READ);
+        assert_eq!(io_error(IoAction::Read, short).sqlite_code(), ffi::SQLITE_IOERR_SHORT_READ);
         let full = std::io::Error::from_raw_os_error(28);
-        assert_eq!(io_error("writing", full).sqlite_code(), ffi::SQLITE_FULL);
+        assert_eq!(io_error(IoAction::Write, full).sqlite_code(), ffi::SQLITE_FULL);
         assert_eq!(Error::corrupt("x", "bad").sqlite_code(), ffi::SQLITE_CORRUPT);
         assert_eq!(
             Error::UnsupportedPageSize { path: "x".into(), page_size: 1024 }.sqlite_code(),
@@ -156,5 +216,16 @@ mod tests {
         assert_eq!(Error::Busy.sqlite_code(), ffi::SQLITE_BUSY);
         assert_eq!(Error::BusySnapshot.sqlite_code(), ffi::SQLITE_BUSY_SNAPSHOT);
         assert_eq!(Error::InUse { path: "x".into(), log_dir: "x-wal".into() }.sqlite_code(), ffi::SQLITE_BUSY);
+    }
+
+    #[test]
+    fn an_io_error_names_its_action_path_and_frame() {
+        let error = Error::io_at(IoAction::Read, "/db-wal/s", 42)(std::io::Error::from_raw_os_error(5));
+        assert_eq!(error.sqlite_code(), ffi::SQLITE_IOERR_READ);
+        let message = error.to_string();
+        assert!(message.starts_with("I/O error while reading /db-wal/s at frame 42: "), "{message}");
+        let sync = Error::io(IoAction::Sync, "/db")(std::io::Error::from_raw_os_error(5));
+        assert!(sync.is_failed_sync() && !error.is_failed_sync());
+        assert_eq!(sync.to_string(), format!("I/O error while syncing /db: {}", std::io::Error::from_raw_os_error(5)));
     }
 }

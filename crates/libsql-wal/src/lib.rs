@@ -101,7 +101,7 @@ pub use api::{
     open_connection, open_sqlite_connection, verify, wait_durable,
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
-pub use error::{Error, Result};
+pub use error::{Error, IoAction, Result};
 pub use registry::{
     DEFAULT_IDLE_OPEN_FILES_MAX, RegistryStats, close_idle_logs, registry_stats, set_idle_open_files_max,
 };

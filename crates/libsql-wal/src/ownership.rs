@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, PAGE_SIZE, sqlite_header_page_size};
 use crate::io::{FileKind, Io, IoFile};
 
@@ -33,9 +33,9 @@ fn shm_path_of(db_path: &Path) -> PathBuf {
 
 /// Refuses a database whose page size is not 4096, before anything touches it.
 pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
-    match io.kind(db_path).map_err(Error::io("opening", db_path))? {
+    match io.kind(db_path).map_err(Error::io(IoAction::Open, db_path))? {
         Some(FileKind::File { len }) if len >= 100 => {
-            let file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+            let file = io.open(db_path, false).map_err(Error::io(IoAction::Open, db_path))?;
             read_db_header(file.as_ref(), db_path).map(|_| ())
         }
         _ => Ok(()),
@@ -45,7 +45,7 @@ pub(crate) fn check_page_size(io: &dyn Io, db_path: &Path) -> Result<()> {
 /// Reads the database header: refuses a file that is not SQLite or whose page size is not
 /// 4096, and returns the checkpoint mark (see `CheckpointMark::decode`).
 pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Option<CheckpointMark>> {
-    let len = db_file.size().map_err(Error::io("reading", db_path))?;
+    let len = db_file.size().map_err(Error::io(IoAction::Read, db_path))?;
     if len == 0 {
         return Ok(Some(CheckpointMark::default()));
     }
@@ -55,7 +55,7 @@ pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Opt
         return Err(Error::CannotOpen { path: db_path.into(), reason });
     }
     let mut header = [0u8; 100];
-    db_file.read_exact_at(&mut header, 0).map_err(Error::io("reading", db_path))?;
+    db_file.read_exact_at(&mut header, 0).map_err(Error::io(IoAction::Read, db_path))?;
     if &header[..16] != b"SQLite format 3\0" {
         return Err(Error::CannotOpen { path: db_path.into(), reason: "not a SQLite database".into() });
     }
@@ -70,11 +70,11 @@ pub(crate) fn read_db_header(db_file: &dyn IoFile, db_path: &Path) -> Result<Opt
 /// Is some process (this one included) connected to the database through SQLite's WAL?
 pub(crate) fn sqlite_wal_in_use(io: &dyn Io, db_path: &Path) -> Result<bool> {
     let shm = shm_path_of(db_path);
-    if io.kind(&shm).map_err(Error::io("opening", &shm))?.is_none() {
+    if io.kind(&shm).map_err(Error::io(IoAction::Open, &shm))?.is_none() {
         return Ok(false);
     }
-    let file = io.open(&shm, false).map_err(Error::io("opening", &shm))?;
-    let free = file.try_lock_byte(SQLITE_SHM_DMS_BYTE).map_err(Error::io("locking", &shm))?;
+    let file = io.open(&shm, false).map_err(Error::io(IoAction::Open, &shm))?;
+    let free = file.try_lock_byte(SQLITE_SHM_DMS_BYTE).map_err(Error::io(IoAction::Lock, &shm))?;
     Ok(!free)
 }
 
@@ -130,8 +130,8 @@ impl IoFile for Ownership {
 pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir_of(db_path);
     // Read-only: the handle only carries the lock.
-    let db_lock = io.open_read_only(db_path).map_err(Error::io("opening", db_path))?;
-    if !db_lock.try_lock_exclusive().map_err(Error::io("locking", db_path))? {
+    let db_lock = io.open_read_only(db_path).map_err(Error::io(IoAction::Open, db_path))?;
+    if !db_lock.try_lock_exclusive().map_err(Error::io(IoAction::Lock, db_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir });
     }
     if let Some(other) = log_under_another_name(db_path)? {
@@ -248,7 +248,7 @@ fn lost_race(e: &std::io::Error) -> bool {
 
 fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir.to_path_buf();
-    match io.kind(&log_dir).map_err(Error::io("opening", &log_dir))? {
+    match io.kind(&log_dir).map_err(Error::io(IoAction::Open, &log_dir))? {
         Some(FileKind::Dir) => {}
         Some(FileKind::File { len }) => {
             // SQLite's own log: ours only once nobody uses it and it holds nothing.
@@ -258,7 +258,7 @@ fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<d
             if sqlite_wal_in_use(io, db_path)? {
                 return Err(Error::InUse { path: db_path.into(), log_dir });
             }
-            io.remove_file(&log_dir).map_err(Error::io("removing", &log_dir))?;
+            io.remove_file(&log_dir).map_err(Error::io(IoAction::Remove, &log_dir))?;
             create_log_dir(io, &log_dir)?;
         }
         None => {
@@ -269,17 +269,17 @@ fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<d
         }
     }
     let lock_path = log_dir.join("lock");
-    let lock_file = io.open(&lock_path, true).map_err(Error::io("opening", &lock_path))?;
-    if !lock_file.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+    let lock_file = io.open(&lock_path, true).map_err(Error::io(IoAction::Open, &lock_path))?;
+    if !lock_file.try_lock_exclusive().map_err(Error::io(IoAction::Lock, &lock_path))? {
         return Err(Error::InUse { path: db_path.into(), log_dir });
     }
     Ok(lock_file)
 }
 
 fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
-    io.create_dir_all(log_dir).map_err(Error::io("creating", log_dir))?;
+    io.create_dir_all(log_dir).map_err(Error::io(IoAction::Create, log_dir))?;
     if let Some(parent) = log_dir.parent() {
-        io.sync_dir(parent).map_err(Error::io("syncing", parent))?;
+        io.sync_dir(parent).map_err(Error::io(IoAction::Sync, parent))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, PAGE_SIZE};
 use crate::io::{Io, IoFile};
 use crate::segment::{Segment, SegmentRef};
@@ -210,11 +210,11 @@ pub(crate) fn carry_out(io: &dyn Io, log_dir: &Path, plan: RecoveryPlan) -> Resu
             "recovery: the log ends before this segment (a power cut lost unsynced commits); removing it and later ones"
         );
         for path in &plan.cut {
-            io.remove_file(path).map_err(Error::io("removing", path))?;
+            io.remove_file(path).map_err(Error::io(IoAction::Remove, path))?;
         }
     }
     if !plan.covered.is_empty() || !plan.cut.is_empty() {
-        io.sync_dir(log_dir).map_err(Error::io("syncing", log_dir))?;
+        io.sync_dir(log_dir).map_err(Error::io(IoAction::Sync, log_dir))?;
     }
     let mut segments: Vec<SegmentRef> = plan.kept.into_iter().map(Arc::new).collect();
     if let Some((newest, complete)) = segments.split_last() {
@@ -243,7 +243,7 @@ pub(crate) fn check_db_file_length(
         return Ok(());
     }
     let needed = mark.db_pages.min(last.db_size) as u64;
-    let pages = db_file.size().map_err(Error::io("reading", db_path))? / PAGE_SIZE as u64;
+    let pages = db_file.size().map_err(Error::io(IoAction::Read, db_path))? / PAGE_SIZE as u64;
     if pages < needed {
         let reason =
             format!("the database file holds {pages} pages but its last checkpoint left {needed}: it was cut short");
@@ -266,7 +266,7 @@ pub(crate) fn last_commit(
             });
         }
     }
-    let len = db_file.size().map_err(Error::io("reading", db_path))?;
+    let len = db_file.size().map_err(Error::io(IoAction::Read, db_path))?;
     let frame_no = match segments.first() {
         Some(oldest) => oldest.start_frame_no - 1,
         None => mark.map_or(0, |m| m.frame_no),

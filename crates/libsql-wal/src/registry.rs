@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use crate::checkpointer::Checkpointer;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::io::{FileKind, Io};
 use crate::ownership::log_dir_of;
 use crate::shared::{SharedWal, WalConfig};
@@ -327,8 +327,8 @@ pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
 /// file, so we let it open in rollback mode until `journal_mode=WAL` opens the log.
 pub(crate) fn log_exists(io: &dyn Io, db_path: &Path) -> Result<bool> {
     let log_dir = log_dir_of(&canonical(io, db_path).unwrap_or_else(|_| db_path.into()));
-    let dir = io.kind(&log_dir).map_err(Error::io("reading", &log_dir))?;
-    let db = io.kind(db_path).map_err(Error::io("reading", db_path))?;
+    let dir = io.kind(&log_dir).map_err(Error::io(IoAction::Read, &log_dir))?;
+    let db = io.kind(db_path).map_err(Error::io(IoAction::Read, db_path))?;
     let non_empty = matches!(db, Some(FileKind::File { len }) if len > 0);
     // Another name of this file may have the live log (its directory is beside that name).
     let live = || file_id(db_path).is_ok_and(|id| registry().logs.get(&id).is_some_and(|w| w.strong_count() > 0));

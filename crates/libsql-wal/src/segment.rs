@@ -18,7 +18,7 @@ use std::time::UNIX_EPOCH;
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::*;
 use crate::io::{Io, IoFile};
 
@@ -127,7 +127,7 @@ pub(crate) fn start_of_file_name(path: &Path) -> Option<u64> {
 pub(crate) fn list_segment_files(io: &dyn Io, log_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = io
         .list_dir(log_dir)
-        .map_err(Error::io("reading", log_dir))?
+        .map_err(Error::io(IoAction::Read, log_dir))?
         .into_iter()
         .filter(|p| start_of_file_name(p).is_some())
         .collect();
@@ -150,9 +150,9 @@ impl Segment {
         let seed = chain_seed(salt, prev_chain);
         let created_unix_ms = io.now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let header = SegmentHeader::new(start_frame_no, salt, created_unix_ms, lineage, prev_chain);
-        let file = io.open(&path, true).map_err(Error::io("creating", &path))?;
-        file.set_len(0).map_err(Error::io("truncating", &path))?;
-        file.write_all_at(header.as_bytes(), 0).map_err(Error::io("writing", &path))?;
+        let file = io.open(&path, true).map_err(Error::io(IoAction::Create, &path))?;
+        file.set_len(0).map_err(Error::io(IoAction::Truncate, &path))?;
+        file.write_all_at(header.as_bytes(), 0).map_err(Error::io(IoAction::Write, &path))?;
         Ok(Segment {
             path,
             start_frame_no,
@@ -215,7 +215,7 @@ impl Segment {
                         new_len - state.file_len
                     );
                 }
-                Err(e) => return Err(Error::io("writing", &self.path)(e)),
+                Err(e) => return Err(Error::io(IoAction::Write, &self.path)(e)),
             }
         }
         Ok(())
@@ -230,7 +230,7 @@ impl Segment {
         if state.sealed || state.file_len <= end {
             return Ok(());
         }
-        self.file.set_len(end).map_err(Error::io("truncating", &self.path))?;
+        self.file.set_len(end).map_err(Error::io(IoAction::Truncate, &self.path))?;
         state.file_len = end;
         Ok(())
     }
@@ -262,8 +262,8 @@ impl Segment {
                 self.start_frame_no + state.committed_frames as u64 - 1
             );
         }
-        self.file.set_len(keep).map_err(Error::io("truncating", &self.path))?;
-        self.file.sync_data().map_err(Error::io("syncing", &self.path))?;
+        self.file.set_len(keep).map_err(Error::io(IoAction::Truncate, &self.path))?;
+        self.file.sync_data().map_err(Error::io(IoAction::Sync, &self.path))?;
         state.file_len = keep;
         Ok(())
     }
@@ -272,24 +272,24 @@ impl Segment {
     /// end until [`Segment::cut_torn_end`] (or its seal), so a log refused as damaged after
     /// this is left exactly as it was found.
     pub fn open_verified(io: &dyn Io, path: &Path, sealed_required: bool) -> Result<Segment> {
-        let file = io.open(path, false).map_err(Error::io("opening", path))?;
+        let file = io.open(path, false).map_err(Error::io(IoAction::Open, path))?;
         Segment::verify_file(file, path, sealed_required)
     }
 
     /// [`Segment::open_verified`] on a file opened for reading only (`verify`): the result
     /// must never be written, sealed or cut.
     pub fn open_read_only(io: &dyn Io, path: &Path) -> Result<Segment> {
-        let file = io.open_read_only(path).map_err(Error::io("opening", path))?;
+        let file = io.open_read_only(path).map_err(Error::io(IoAction::Open, path))?;
         Segment::verify_file(file, path, false)
     }
 
     fn verify_file(file: Box<dyn IoFile>, path: &Path, sealed_required: bool) -> Result<Segment> {
-        let len = file.size().map_err(Error::io("reading", path))?;
+        let len = file.size().map_err(Error::io(IoAction::Read, path))?;
         if len < SEGMENT_HEADER_SIZE as u64 {
             return Err(Error::corrupt(path, format!("segment file of {len} bytes has no header")));
         }
         let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
-        file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+        file.read_exact_at(&mut header_bytes, 0).map_err(Error::io(IoAction::Read, path))?;
         let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
         if header.magic.get() == SEGMENT_MAGIC
             && header.checksum.get() == header.computed_checksum()
@@ -450,9 +450,18 @@ impl Segment {
         (n > 0).then(|| versions[n - 1])
     }
 
+    /// The frame_no of the frame at `position` (for messages).
+    fn frame_no_at(&self, position: u32) -> u64 {
+        self.start_frame_no + position as u64
+    }
+
     pub fn read_page(&self, position: u32, buf: &mut [u8]) -> Result<()> {
         let offset = frame_offset(position) + FRAME_HEADER_SIZE as u64;
-        self.file.read_exact_at(buf, offset).map_err(Error::io("reading", &self.path))
+        self.file.read_exact_at(buf, offset).map_err(Error::io_at(
+            IoAction::Read,
+            &self.path,
+            self.frame_no_at(position),
+        ))
     }
 
     /// Reads the pages of the `pages.len() / PAGE_SIZE` consecutive frames from `position`
@@ -461,7 +470,11 @@ impl Segment {
     pub fn read_pages(&self, position: u32, frames: &mut Vec<u8>, pages: &mut [u8]) -> Result<()> {
         let count = pages.len() / PAGE_SIZE;
         frames.resize(count * FRAME_SIZE, 0);
-        self.file.read_exact_at(frames, frame_offset(position)).map_err(Error::io("reading", &self.path))?;
+        self.file.read_exact_at(frames, frame_offset(position)).map_err(Error::io_at(
+            IoAction::Read,
+            &self.path,
+            self.frame_no_at(position),
+        ))?;
         for (frame, page) in frames.chunks_exact(FRAME_SIZE).zip(pages.chunks_exact_mut(PAGE_SIZE)) {
             page.copy_from_slice(&frame[FRAME_HEADER_SIZE..]);
         }
@@ -469,7 +482,11 @@ impl Segment {
     }
 
     pub fn read_frame_raw(&self, position: u32, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, frame_offset(position)).map_err(Error::io("reading", &self.path))
+        self.file.read_exact_at(buf, frame_offset(position)).map_err(Error::io_at(
+            IoAction::Read,
+            &self.path,
+            self.frame_no_at(position),
+        ))
     }
 
     /// Writes a batch of pages of the open transaction. A page that already has a frame in
@@ -505,7 +522,11 @@ impl Segment {
             match existing {
                 Some(pos) if !is_commit_frame => {
                     let offset = frame_offset(pos) + FRAME_HEADER_SIZE as u64;
-                    self.file.write_all_at(data, offset).map_err(Error::io("writing", &self.path))?;
+                    self.file.write_all_at(data, offset).map_err(Error::io_at(
+                        IoAction::Write,
+                        &self.path,
+                        self.frame_no_at(pos),
+                    ))?;
                     state.recompute_from = Some(state.recompute_from.map_or(pos, |p| p.min(pos)));
                 }
                 _ => {
@@ -532,7 +553,11 @@ impl Segment {
             buf.extend_from_slice(header.as_bytes());
             buf.extend_from_slice(data);
         }
-        self.file.write_all_at(&buf, frame_offset(state.frames)).map_err(Error::io("writing", &self.path))?;
+        self.file.write_all_at(&buf, frame_offset(state.frames)).map_err(Error::io_at(
+            IoAction::Write,
+            &self.path,
+            self.frame_no_at(state.frames),
+        ))?;
         state.file_len = state.file_len.max(frame_offset(state.frames + appended.len() as u32));
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for (i, &(page_no, _, _)) in appended.iter().enumerate() {
@@ -568,20 +593,28 @@ impl Segment {
             let mut header = FrameHeader::read_from_bytes(head).expect("exact size");
             checksum = header.chained_checksum(checksum, page);
             header.checksum = checksum.into();
-            self.file.write_all_at(header.as_bytes(), frame_offset(pos)).map_err(Error::io("writing", &self.path))?;
+            self.file.write_all_at(header.as_bytes(), frame_offset(pos)).map_err(Error::io_at(
+                IoAction::Write,
+                &self.path,
+                self.frame_no_at(pos),
+            ))?;
         }
         Ok(checksum)
     }
 
     fn frame_checksum(&self, position: u32) -> Result<u32> {
         let mut head = [0u8; FRAME_HEADER_SIZE];
-        self.file.read_exact_at(&mut head, frame_offset(position)).map_err(Error::io("reading", &self.path))?;
+        self.file.read_exact_at(&mut head, frame_offset(position)).map_err(Error::io_at(
+            IoAction::Read,
+            &self.path,
+            self.frame_no_at(position),
+        ))?;
         Ok(FrameHeader::read_from_bytes(&head).expect("exact size").checksum.get())
     }
 
     /// Makes the frames written so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(Error::io("syncing", &self.path))?;
+        self.file.sync_data().map_err(Error::io(IoAction::Sync, &self.path))?;
         // Cleared after the sync, never before: a FULL commit that finds it clear skips
         // syncing this segment. No frame can be written between the sync and the clear:
         // only the writer writes frames, and it syncs its own segment itself; other threads
@@ -611,7 +644,7 @@ impl Segment {
             return Ok(());
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
+        io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
         self.mark_entry_durable();
         Ok(())
     }
@@ -643,7 +676,7 @@ impl Segment {
         // it (recompute_from), and here we only need the last stored checksum.
         state.last_checksum = if keep == 0 { self.seed } else { self.frame_checksum(keep - 1)? };
         // Cut the file so no dropped frame can ever be mistaken for part of the log.
-        self.file.set_len(frame_offset(keep)).map_err(Error::io("truncating", &self.path))?;
+        self.file.set_len(frame_offset(keep)).map_err(Error::io(IoAction::Truncate, &self.path))?;
         state.file_len = frame_offset(keep);
         if state.unfinished_commit {
             self.sync()?;
@@ -698,7 +731,7 @@ impl Segment {
             .file
             .write_all_at(&buf, index_offset)
             .and_then(|()| if state.file_len > end { self.file.set_len(end) } else { Ok(()) })
-            .map_err(Error::io("writing", &self.path))
+            .map_err(Error::io(IoAction::Write, &self.path))
             .and_then(|()| self.sync());
         if let Err(e) = written {
             // Frames appended later would land over the index, and a trailer left at the end
@@ -734,16 +767,16 @@ impl Segment {
 
     /// The whole file of a sealed segment (immutable, so read without locks), for upload.
     pub fn read_all(&self) -> Result<Vec<u8>> {
-        let len = self.file.size().map_err(Error::io("reading", &self.path))?;
+        let len = self.file.size().map_err(Error::io(IoAction::Read, &self.path))?;
         let mut bytes = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut bytes, 0).map_err(Error::io("reading", &self.path))?;
+        self.file.read_exact_at(&mut bytes, 0).map_err(Error::io(IoAction::Read, &self.path))?;
         Ok(bytes)
     }
 
     /// Removes the file. The caller has made sure nobody will look for a page in it again;
     /// readers that still hold the `Arc` keep reading from the open handle.
     pub fn remove(&self, io: &dyn Io) -> Result<()> {
-        io.remove_file(&self.path).map_err(Error::io("removing", &self.path))
+        io.remove_file(&self.path).map_err(Error::io(IoAction::Remove, &self.path))
     }
 }
 
@@ -789,13 +822,13 @@ fn verify_sealed_index(
 /// Opens a segment file and reads its header: the file, its length, and the header unless
 /// the file is shorter than one.
 fn read_header(io: &dyn Io, path: &Path) -> Result<(Box<dyn IoFile>, u64, Option<SegmentHeader>)> {
-    let file = io.open_read_only(path).map_err(Error::io("opening", path))?;
-    let len = file.size().map_err(Error::io("reading", path))?;
+    let file = io.open_read_only(path).map_err(Error::io(IoAction::Open, path))?;
+    let len = file.size().map_err(Error::io(IoAction::Read, path))?;
     if len < SEGMENT_HEADER_SIZE as u64 {
         return Ok((file, len, None));
     }
     let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
-    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    file.read_exact_at(&mut header_bytes, 0).map_err(Error::io(IoAction::Read, path))?;
     let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
     Ok((file, len, Some(header)))
 }
@@ -903,7 +936,7 @@ fn zeros_from(file: &dyn IoFile, path: &Path, from: u64, len: u64) -> Result<boo
     let mut offset = from;
     while offset < len {
         let n = (len - offset).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset).map_err(Error::io("reading", path))?;
+        file.read_exact_at(&mut buf[..n], offset).map_err(Error::io(IoAction::Read, path))?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -927,7 +960,7 @@ fn for_each_frame(
     while position < to {
         let batch = (to - position).min(SCAN_BATCH_FRAMES);
         let bytes = &mut buf[..batch as usize * FRAME_SIZE];
-        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io("reading", path))?;
+        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io(IoAction::Read, path))?;
         for frame in bytes.chunks_exact(FRAME_SIZE) {
             let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
             let header = FrameHeader::read_from_bytes(head).expect("exact size");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::checkpointer::Checkpointer;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, PAGE_SIZE};
 use crate::io::{Io, IoFile};
 use crate::ownership;
@@ -187,7 +187,7 @@ impl SharedWal {
         storage: Option<StorageBinding>,
     ) -> Result<SharedWal> {
         let log_dir = ownership::log_dir_of(db_path);
-        let db_file = io.open(db_path, false).map_err(Error::io("opening", db_path))?;
+        let db_file = io.open(db_path, false).map_err(Error::io(IoAction::Open, db_path))?;
         // Refuse a file that is not SQLite (or has other pages) before touching anything.
         ownership::read_db_header(db_file.as_ref(), db_path)?;
         let lock_file = ownership::take(io.as_ref(), db_path)?;
@@ -290,7 +290,7 @@ impl SharedWal {
 
     /// Reads from the database file (for snapshots: the caller keeps it from changing).
     pub fn read_db_file(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.db_file.read_exact_at(buf, offset).map_err(Error::io("reading", &self.db_path))
+        self.db_file.read_exact_at(buf, offset).map_err(Error::io(IoAction::Read, &self.db_path))
     }
 
     /// A segment was sealed (or the log opened): upload what is not durable yet.
@@ -556,7 +556,7 @@ impl SharedWal {
 
     /// Syncs the log directory: the names of `segments` (all created before) are durable.
     fn sync_log_dir(&self, segments: &[SegmentRef]) -> Result<()> {
-        self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))?;
+        self.io.sync_dir(&self.log_dir).map_err(Error::io(IoAction::Sync, &self.log_dir))?;
         for segment in segments {
             segment.mark_entry_durable();
         }
@@ -827,11 +827,11 @@ impl SharedWal {
                 }
             }
             let offset = (run.first_page_no as u64 - 1) * PAGE_SIZE as u64;
-            self.db_file.write_all_at(&run_pages, offset).map_err(Error::io("writing", &self.db_path))?;
+            self.db_file.write_all_at(&run_pages, offset).map_err(Error::io(IoAction::Write, &self.db_path))?;
         }
         let db_len = db_size as u64 * PAGE_SIZE as u64;
-        self.db_file.set_len(db_len).map_err(Error::io("truncating", &self.db_path))?;
-        self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
+        self.db_file.set_len(db_len).map_err(Error::io(IoAction::Truncate, &self.db_path))?;
+        self.db_file.sync_data().map_err(Error::io(IoAction::Sync, &self.db_path))?;
         // Only now that the pages are durable may the mark say they are there.
         let frame_no = newest.last_committed_frame_no();
         let chain = newest.end_chain();
@@ -839,8 +839,10 @@ impl SharedWal {
         let mark_bytes = mark.encode().ok_or_else(|| {
             Error::corrupt(&self.db_path, format!("frame_no {frame_no} is past what a checkpoint mark holds (2^48)"))
         })?;
-        self.db_file.write_all_at(&mark_bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io("writing", &self.db_path))?;
-        self.db_file.sync_data().map_err(Error::io("syncing", &self.db_path))?;
+        self.db_file
+            .write_all_at(&mark_bytes, DB_HEADER_MARK_OFFSET)
+            .map_err(Error::io(IoAction::Write, &self.db_path))?;
+        self.db_file.sync_data().map_err(Error::io(IoAction::Sync, &self.db_path))?;
         let mut commit = lock(&self.commit);
         commit.checkpointed_frame_no = frame_no;
         commit.checkpointed_chain = chain;
@@ -850,10 +852,10 @@ impl SharedWal {
     /// The mark bytes as the database file holds them now (zeros for a file too short).
     fn read_mark_bytes(&self) -> Result<[u8; DB_HEADER_MARK_SIZE]> {
         let mut bytes = [0u8; DB_HEADER_MARK_SIZE];
-        if self.db_file.size().map_err(Error::io("reading", &self.db_path))? >= 100 {
+        if self.db_file.size().map_err(Error::io(IoAction::Read, &self.db_path))? >= 100 {
             self.db_file
                 .read_exact_at(&mut bytes, DB_HEADER_MARK_OFFSET)
-                .map_err(Error::io("reading", &self.db_path))?;
+                .map_err(Error::io(IoAction::Read, &self.db_path))?;
         }
         Ok(bytes)
     }
@@ -865,7 +867,7 @@ impl SharedWal {
         for segment in done {
             segment.remove(self.io.as_ref())?;
         }
-        self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))
+        self.io.sync_dir(&self.log_dir).map_err(Error::io(IoAction::Sync, &self.log_dir))
     }
 
     /// After a truncate checkpoint: no segment file at all, if the writer lets us.
@@ -887,7 +889,7 @@ impl SharedWal {
         let result = match removed {
             Some(segment) => segment
                 .remove(self.io.as_ref())
-                .and_then(|()| self.io.sync_dir(&self.log_dir).map_err(Error::io("syncing", &self.log_dir))),
+                .and_then(|()| self.io.sync_dir(&self.log_dir).map_err(Error::io(IoAction::Sync, &self.log_dir))),
             None => Ok(()),
         };
         self.end_write(CHECKPOINT_WRITER_ID);

@@ -38,10 +38,10 @@ impl S3Server {
     /// Starts a server for `root` (created) on a free loopback port.
     pub fn start(root: &Path) -> Result<S3Server> {
         let bucket = root.join(BUCKET);
-        std::fs::create_dir_all(&bucket).map_err(crate::io_error("creating", &bucket))?;
+        std::fs::create_dir_all(&bucket).map_err(libsql_wal::Error::io(libsql_wal::IoAction::Create, &bucket))?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(crate::io_error("binding", "127.0.0.1:0"))?
+            .map_err(libsql_wal::Error::io(libsql_wal::IoAction::Bind, "127.0.0.1:0"))?
             .port();
         let mut server = S3Server { root: root.into(), port, child: None };
         server.restart()?;
@@ -61,7 +61,7 @@ impl S3Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(crate::io_error("starting", &binary))?;
+            .map_err(libsql_wal::Error::io(libsql_wal::IoAction::Start, &binary))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {

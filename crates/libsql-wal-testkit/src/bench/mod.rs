@@ -159,10 +159,10 @@ pub fn checkpoint_latency(dir: &Path, side: Side, config: &CheckpointLatencyConf
 /// before it (the suite calls it before each workload, on both sides).
 pub fn settle(dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let handle = std::fs::File::open(dir).map_err(crate::io_error("opening", dir))?;
+    let handle = std::fs::File::open(dir).map_err(libsql_wal::Error::io(libsql_wal::IoAction::Open, dir))?;
     // SAFETY: syncfs takes a descriptor we own for the duration of the call.
     if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(crate::io_error("syncing", dir)(std::io::Error::last_os_error()));
+        return Err(libsql_wal::Error::io(libsql_wal::IoAction::Sync, dir)(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -214,15 +214,16 @@ pub fn raw_sync_loop_per_sec(dir: &Path, commits: usize) -> Result<f64> {
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(crate::io_error("opening", &path))?;
+        .map_err(libsql_wal::Error::io(libsql_wal::IoAction::Open, &path))?;
     let frame = vec![0x5Au8; libsql_wal::format::FRAME_SIZE];
     let zeros = vec![0u8; commits * frame.len()];
-    file.write_all_at(&zeros, 0).map_err(crate::io_error("writing", &path))?;
-    file.sync_data().map_err(crate::io_error("syncing", &path))?;
+    file.write_all_at(&zeros, 0).map_err(libsql_wal::Error::io(libsql_wal::IoAction::Write, &path))?;
+    file.sync_data().map_err(libsql_wal::Error::io(libsql_wal::IoAction::Sync, &path))?;
     let started = Instant::now();
     for i in 0..commits {
-        file.write_all_at(&frame, (i * frame.len()) as u64).map_err(crate::io_error("writing", &path))?;
-        file.sync_data().map_err(crate::io_error("syncing", &path))?;
+        file.write_all_at(&frame, (i * frame.len()) as u64)
+            .map_err(libsql_wal::Error::io(libsql_wal::IoAction::Write, &path))?;
+        file.sync_data().map_err(libsql_wal::Error::io(libsql_wal::IoAction::Sync, &path))?;
     }
     Ok(commits as f64 / started.elapsed().as_secs_f64())
 }

@@ -139,7 +139,8 @@ pub fn resident_bytes() -> Result<u64> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let statm = std::fs::read_to_string("/proc/self/statm").map_err(crate::io_error("reading", "/proc/self/statm"))?;
+    let statm = std::fs::read_to_string("/proc/self/statm")
+        .map_err(libsql_wal::Error::io(libsql_wal::IoAction::Read, "/proc/self/statm"))?;
     let pages: u64 = statm
         .split_whitespace()
         .nth(1)
@@ -153,5 +154,5 @@ pub fn resident_bytes() -> Result<u64> {
 /// File descriptors the process has open.
 pub fn open_descriptors() -> Result<usize> {
     let dir = "/proc/self/fd";
-    Ok(std::fs::read_dir(dir).map_err(crate::io_error("reading", dir))?.count())
+    Ok(std::fs::read_dir(dir).map_err(libsql_wal::Error::io(libsql_wal::IoAction::Read, dir))?.count())
 }

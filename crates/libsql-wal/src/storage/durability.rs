@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{
     DURABLE_RECORD_SIZE, DurableRecord, FRAME_HEADER_SIZE, FrameHeader, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
     SegmentHeader, SnapshotHeader, frame_offset, storage_identity,
@@ -273,12 +273,12 @@ impl Durability {
 
     fn write_record(&self, frame_no: u64, create: bool) -> Result<()> {
         let path = &self.record_path;
-        let file = self.io.open(path, true).map_err(Error::io("opening", path))?;
+        let file = self.io.open(path, true).map_err(Error::io(IoAction::Open, path))?;
         let record = DurableRecord { frame_no, identity: self.identity };
-        file.write_all_at(&record.encode(), 0).map_err(Error::io("writing", path))?;
-        file.sync_data().map_err(Error::io("syncing", path))?;
+        file.write_all_at(&record.encode(), 0).map_err(Error::io(IoAction::Write, path))?;
+        file.sync_data().map_err(Error::io(IoAction::Sync, path))?;
         if create && let Some(dir) = path.parent() {
-            self.io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
+            self.io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
         }
         Ok(())
     }
@@ -389,12 +389,12 @@ pub(crate) fn recorded_frame_no(record: &DurableRecord) -> Option<u64> {
 
 /// Reads the record: `None` when there is none, `Some(None)` when it is damaged.
 fn read_record(io: &dyn Io, path: &Path, read_only: bool) -> Result<Option<Option<DurableRecord>>> {
-    match io.kind(path).map_err(Error::io("reading", path))? {
+    match io.kind(path).map_err(Error::io(IoAction::Read, path))? {
         Some(FileKind::File { .. }) => {}
         _ => return Ok(None),
     }
     let file = if read_only { io.open_read_only(path) } else { io.open(path, false) };
-    let file = file.map_err(Error::io("opening", path))?;
+    let file = file.map_err(Error::io(IoAction::Open, path))?;
     let mut bytes = [0u8; DURABLE_RECORD_SIZE];
     let frame_no = match file.read_exact_at(&mut bytes, 0) {
         Ok(()) => DurableRecord::decode(&bytes),

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, PAGE_SIZE};
 use crate::io::{Io, IoFile, StdIo};
 use crate::segment::Segment;
@@ -73,7 +73,7 @@ pub fn restore_with(
     layout::validate_namespace(namespace)?;
     let io = StdIo::shared();
     for path in [out.to_path_buf(), crate::ownership::log_dir_of(out)] {
-        if io.kind(&path).map_err(Error::io("reading", &path))?.is_some() {
+        if io.kind(&path).map_err(Error::io(IoAction::Read, &path))?.is_some() {
             return Err(Error::Restore(format!("{} exists: restore writes a new database only", path.display())));
         }
     }
@@ -170,13 +170,13 @@ fn create_scratch_dir(io: &dyn Io, out: &Path) -> Result<(PathBuf, Box<dyn IoFil
         let unique = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         let preparing = out.with_file_name(format!("{}{unique}", preparing_prefix(out)));
         let scratch = out.with_file_name(format!("{}{unique}", scratch_prefix(out)));
-        if io.kind(&scratch).map_err(Error::io("reading", &scratch))?.is_some() {
+        if io.kind(&scratch).map_err(Error::io(IoAction::Read, &scratch))?.is_some() {
             continue;
         }
         match std::fs::create_dir(&preparing) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("creating", &preparing)(e)),
+            Err(e) => return Err(Error::io(IoAction::Create, &preparing)(e)),
         }
         let made = lock_and_rename(io, &preparing, &scratch);
         if !matches!(made, Ok(Some(_))) {
@@ -195,11 +195,11 @@ fn create_scratch_dir(io: &dyn Io, out: &Path) -> Result<(PathBuf, Box<dyn IoFil
 /// `scratch`; `None` if someone else had the lock (then try another name).
 fn lock_and_rename(io: &dyn Io, preparing: &Path, scratch: &Path) -> Result<Option<Box<dyn IoFile>>> {
     let lock_path = preparing.join(SCRATCH_LOCK);
-    let lock = io.open(&lock_path, true).map_err(Error::io("creating", &lock_path))?;
-    if !lock.try_lock_exclusive().map_err(Error::io("locking", &lock_path))? {
+    let lock = io.open(&lock_path, true).map_err(Error::io(IoAction::Create, &lock_path))?;
+    if !lock.try_lock_exclusive().map_err(Error::io(IoAction::Lock, &lock_path))? {
         return Ok(None);
     }
-    std::fs::rename(preparing, scratch).map_err(Error::io("renaming", preparing))?;
+    std::fs::rename(preparing, scratch).map_err(Error::io(IoAction::Rename, preparing))?;
     Ok(Some(lock))
 }
 
@@ -284,7 +284,7 @@ fn rebuild(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Rebuilt> {
     let db_path = scratch.join("database");
-    let db = io.open(&db_path, true).map_err(Error::io("creating", &db_path))?;
+    let db = io.open(&db_path, true).map_err(Error::io(IoAction::Create, &db_path))?;
     let total = chain.bytes();
     let mut done = 0u64;
     let mut rebuilt = Rebuilt { db_pages: 0, pages_present: 0, lineage: 0, end: 0, chain: 0, last_key: None };
@@ -294,20 +294,20 @@ fn rebuild(
         done += object.size;
         progress(done, total);
         apply_object(io, object, &object_path, db.as_ref(), &db_path, &mut rebuilt)?;
-        io.remove_file(&object_path).map_err(Error::io("removing", &object_path))?;
+        io.remove_file(&object_path).map_err(Error::io(IoAction::Remove, &object_path))?;
     }
     let db_pages = rebuilt.db_pages;
     check_size(&rebuilt)?;
-    db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io("truncating", &db_path))?;
+    db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io(IoAction::Truncate, &db_path))?;
     if db_pages > 0 {
         let mark =
             CheckpointMark { frame_no: chain.end_frame_no, db_pages, lineage: rebuilt.lineage, chain: rebuilt.chain };
         let bytes = mark.encode().ok_or_else(|| {
             Error::Restore(format!("frame_no {} is past what a checkpoint mark holds", chain.end_frame_no))
         })?;
-        db.write_all_at(&bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io("writing", &db_path))?;
+        db.write_all_at(&bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Write, &db_path))?;
     }
-    db.sync_data().map_err(Error::io("syncing", &db_path))?;
+    db.sync_data().map_err(Error::io(IoAction::Sync, &db_path))?;
     drop(db);
     // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
     // since the check at the start. The scratch directory (and its name) goes afterwards.
@@ -316,10 +316,10 @@ fn rebuild(
             "{} appeared while this restore ran (another restore to the same path?); it was left as it is",
             out.display()
         )),
-        _ => Error::io("linking", out)(e),
+        _ => Error::io(IoAction::Link, out)(e),
     })?;
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    io.sync_dir(dir).map_err(Error::io("syncing", dir))?;
+    io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
     Ok(rebuilt)
 }
 
@@ -335,7 +335,7 @@ fn apply_object(
 ) -> Result<()> {
     match object.kind {
         ObjectKind::Snapshot { frame_no, .. } => {
-            let file = io.open(path, false).map_err(Error::io("opening", path))?;
+            let file = io.open(path, false).map_err(Error::io(IoAction::Open, path))?;
             let header = snapshot::apply(file.as_ref(), Path::new(&object.key), db, db_path)?;
             if header.frame_no.get() != frame_no {
                 let reason = format!("holds frame_no {}, its name says {frame_no}", header.frame_no.get());
@@ -372,7 +372,7 @@ fn apply_object(
             for (page_no, position) in segment.latest_pages() {
                 segment.read_page(position, &mut page)?;
                 let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
-                db.write_all_at(&page, offset).map_err(Error::io("writing", db_path))?;
+                db.write_all_at(&page, offset).map_err(Error::io(IoAction::Write, db_path))?;
                 pages_present = pages_present.max(page_no);
             }
             *rebuilt = Rebuilt {
@@ -435,11 +435,11 @@ async fn download_async(storage: &Storage, key: &str, path: &Path, received: &At
     use std::io::Write;
     let location = ObjectPath::parse(key).map_err(|e| storage.error(key, e))?;
     let result = storage.store().get(&location).await.map_err(|e| storage.error(&format!("downloading {key}"), e))?;
-    let mut file = std::fs::File::create(path).map_err(Error::io("creating", path))?;
+    let mut file = std::fs::File::create(path).map_err(Error::io(IoAction::Create, path))?;
     let mut stream = result.into_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| storage.error(&format!("downloading {key}"), e))?;
-        file.write_all(&chunk).map_err(Error::io("writing", path))?;
+        file.write_all(&chunk).map_err(Error::io(IoAction::Write, path))?;
         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     Ok(())

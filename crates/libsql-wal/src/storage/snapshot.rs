@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAction, Result};
 use crate::format::{
     PAGE_SIZE, SNAPSHOT_END_MAGIC, SNAPSHOT_HEADER_SIZE, SNAPSHOT_TRAILER_SIZE, SnapshotHeader, SnapshotTrailer,
 };
@@ -63,12 +63,12 @@ pub(crate) async fn upload(
 /// Checks a downloaded snapshot file and copies its pages into `out` from page 1. Returns
 /// its header (frame_no, db_pages, lineage, chain).
 pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<SnapshotHeader> {
-    let len = snapshot.size().map_err(Error::io("reading", path))?;
+    let len = snapshot.size().map_err(Error::io(IoAction::Read, path))?;
     let mut header_bytes = [0u8; SNAPSHOT_HEADER_SIZE];
     if len < (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 {
         return Err(Error::corrupt(path, format!("snapshot of {len} bytes is cut short")));
     }
-    snapshot.read_exact_at(&mut header_bytes, 0).map_err(Error::io("reading", path))?;
+    snapshot.read_exact_at(&mut header_bytes, 0).map_err(Error::io(IoAction::Read, path))?;
     let header = SnapshotHeader::read_from_bytes(&header_bytes).expect("exact size");
     if let Some(problem) = header.problem() {
         return Err(Error::corrupt(path, problem));
@@ -84,7 +84,7 @@ pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_pa
     let mut trailer_bytes = [0u8; SNAPSHOT_TRAILER_SIZE];
     snapshot
         .read_exact_at(&mut trailer_bytes, len - SNAPSHOT_TRAILER_SIZE as u64)
-        .map_err(Error::io("reading", path))?;
+        .map_err(Error::io(IoAction::Read, path))?;
     let trailer = SnapshotTrailer::read_from_bytes(&trailer_bytes).expect("exact size");
     if trailer.magic.get() != SNAPSHOT_END_MAGIC {
         return Err(Error::corrupt(path, "snapshot trailer missing"));
@@ -93,9 +93,9 @@ pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_pa
     let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
     for (offset, len) in page_chunks(db_pages) {
         let buf = &mut chunk[..len];
-        snapshot.read_exact_at(buf, SNAPSHOT_HEADER_SIZE as u64 + offset).map_err(Error::io("reading", path))?;
+        snapshot.read_exact_at(buf, SNAPSHOT_HEADER_SIZE as u64 + offset).map_err(Error::io(IoAction::Read, path))?;
         checksum = crc32c::crc32c_append(checksum, buf);
-        out.write_all_at(buf, offset).map_err(Error::io("writing", out_path))?;
+        out.write_all_at(buf, offset).map_err(Error::io(IoAction::Write, out_path))?;
     }
     if checksum != trailer.pages_checksum.get() {
         return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
