@@ -10,13 +10,13 @@ use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
 
 use crate::error::{Error, IoAction, Result};
 use crate::io::FileKind;
+use crate::log::{CheckpointMode, CheckpointResult};
 use crate::ownership;
 use crate::registry;
-use crate::shared::{CheckpointMode, CheckpointResult};
 use crate::storage::durability::DurabilityInfo;
 use crate::wal::{LibsqlWal, LibsqlWalManager};
 
-fn acquire(manager: &LibsqlWalManager, db_path: &Path) -> Result<std::sync::Arc<crate::shared::SharedWal>> {
+fn acquire(manager: &LibsqlWalManager, db_path: &Path) -> Result<std::sync::Arc<crate::log::SharedWal>> {
     let binding = manager.storage_binding(db_path)?;
     registry::acquire(manager.io(), db_path, manager.config(), manager.checkpointer(), binding.as_ref())
 }

@@ -19,14 +19,15 @@
 //! Who changes what: `State` (entries, their `queued`/`running`/`again`/backoff, the ready
 //! queue, `stopping`) only under its mutex, which is never held while calling into a log
 //! (the ticker and the workers copy what they need and let go first), except for
-//! `SharedWal::record_checkpoint_error` (a counter and a mutex of its own, taken last). `stopped` is set once,
+//! `CheckpointTarget::record_checkpoint_error` (a counter and a mutex of its own, taken last). `stopped` is set once,
 //! by `shutdown`, after every thread is joined; logs read it (`has_checkpointer`) without a
 //! lock. `live_threads` is counted under its own mutex. A log's slot for its checkpointer
-//! (`SharedWal::checkpointer`) is taken before this `State`, never after.
+//! (`CheckpointerLink::slot` in `log`) is taken before this `State`, never after.
 //!
 //! Architecture invariant: the checkpointer never holds a database's write lock while it
-//! copies pages; it only ever calls `SharedWal::checkpoint_sealed` (copy what is sealed) and
-//! `SharedWal::seal_if_older_than` (a short seal for quiet databases).
+//! copies pages; it sees a log only as a [`CheckpointTarget`], which offers nothing else than
+//! `checkpoint_sealed` (copy what is sealed) and `seal_if_older_than` (a short seal for
+//! quiet databases). This module does not depend on `log`: the log depends on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,7 +35,24 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::shared::SharedWal;
+use std::path::Path;
+
+/// What the checkpointer sees of a log: the two things it may do to it, and where to say
+/// what went wrong. Given at registration, as a `Weak` (the checkpointer never keeps a
+/// log open).
+pub(crate) trait CheckpointTarget: Send + Sync {
+    /// The database, for messages.
+    fn db_path(&self) -> &Path;
+    /// Seal by age: see `WalConfig::segment_age_max`.
+    fn segment_age_max(&self) -> Option<Duration>;
+    /// Copies what is sealed into the database file; never waits, never takes the write lock.
+    fn checkpoint_sealed(&self) -> crate::Result<()>;
+    /// Seals the current segment if it is at least `age_max` old and no writer holds the
+    /// lock. Returns whether it sealed.
+    fn seal_if_older_than(&self, age_max: Duration) -> crate::Result<bool>;
+    /// A background checkpoint failed (`info` shows the count and the last one).
+    fn record_checkpoint_error(&self, error: &crate::Error);
+}
 
 /// Tuning of the background checkpointer.
 #[derive(Debug, Clone)]
@@ -147,7 +165,7 @@ struct State {
 }
 
 struct Entry {
-    wal: Weak<SharedWal>,
+    wal: Weak<dyn CheckpointTarget>,
     queued: bool,
     running: bool,
     /// Notified while running: run again when done.
@@ -227,7 +245,7 @@ impl Checkpointer {
     /// Registers a log and asks for its first checkpoint at once (sealed segments left by
     /// a previous process or close are copied without waiting for a seal). `None` if the
     /// checkpointer is stopping: the log then checkpoints on its own.
-    pub(crate) fn register(&self, wal: &Arc<SharedWal>) -> Option<LogId> {
+    pub(crate) fn register(&self, wal: Weak<dyn CheckpointTarget>) -> Option<LogId> {
         let mut state = lock(&self.inner.state);
         if state.stopping {
             return None;
@@ -235,14 +253,7 @@ impl Checkpointer {
         let id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
         state.databases.insert(
             id,
-            Entry {
-                wal: Arc::downgrade(wal),
-                queued: false,
-                running: false,
-                again: false,
-                consecutive_failures: 0,
-                retry_at: None,
-            },
+            Entry { wal, queued: false, running: false, again: false, consecutive_failures: 0, retry_at: None },
         );
         let start = !std::mem::replace(&mut state.started, true);
         drop(state);
@@ -305,7 +316,7 @@ impl Checkpointer {
     /// then stops the threads. Databases stay usable: their logs simply stop being
     /// checkpointed in the background.
     pub fn shutdown(&self, timeout: Duration) {
-        let live: Vec<(LogId, Arc<SharedWal>)> = {
+        let live: Vec<(LogId, Arc<dyn CheckpointTarget>)> = {
             let mut state = lock(&self.inner.state);
             state.paused = false;
             for entry in state.databases.values_mut() {
@@ -317,7 +328,7 @@ impl Checkpointer {
             if self.inner.config.seal_on_shutdown
                 && let Err(e) = wal.seal_if_older_than(Duration::ZERO)
             {
-                tracing::warn!(db = %wal.db_path.display(), "could not seal at shutdown: {e}");
+                tracing::warn!(db = %wal.db_path().display(), "could not seal at shutdown: {e}");
             }
             self.notify(*id);
         }
@@ -391,7 +402,7 @@ fn worker(inner: &Inner) {
         inner.running_max_seen.fetch_max(running, Ordering::SeqCst);
         let result = wal.checkpoint_sealed();
         inner.running_now.fetch_sub(1, Ordering::SeqCst);
-        finish_job(inner, id, &wal, result);
+        finish_job(inner, id, wal.as_ref(), result);
         drop(wal);
         inner.idle.notify_all();
     }
@@ -414,7 +425,7 @@ fn lower_priority(nice: i32) {
 fn lower_priority(_nice: i32) {}
 
 /// Waits for the next database to checkpoint; `None` when the checkpointer stops.
-fn next_job(inner: &Inner) -> Option<(LogId, Arc<SharedWal>)> {
+fn next_job(inner: &Inner) -> Option<(LogId, Arc<dyn CheckpointTarget>)> {
     let mut state = lock(&inner.state);
     loop {
         if state.stopping {
@@ -445,7 +456,7 @@ fn next_job(inner: &Inner) -> Option<(LogId, Arc<SharedWal>)> {
     }
 }
 
-fn finish_job(inner: &Inner, id: LogId, wal: &SharedWal, result: crate::Result<()>) {
+fn finish_job(inner: &Inner, id: LogId, wal: &dyn CheckpointTarget, result: crate::Result<()>) {
     let mut state = lock(&inner.state);
     let Some(entry) = state.databases.get_mut(&id) else { return };
     entry.running = false;
@@ -460,7 +471,7 @@ fn finish_job(inner: &Inner, id: LogId, wal: &SharedWal, result: crate::Result<(
             entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
             let delay = backoff(&inner.config, entry.consecutive_failures);
             tracing::warn!(
-                db = %wal.db_path.display(),
+                db = %wal.db_path().display(),
                 failures = entry.consecutive_failures,
                 "background checkpoint failed, retrying in {delay:?}: {e}"
             );
@@ -487,7 +498,7 @@ fn ticker(inner: &Inner) {
         // Weak references, upgraded one at a time below: the ticker holds at most one log
         // at any moment, so a log closed (or evicted) meanwhile gives its descriptors back
         // at once instead of after the whole round.
-        let live: Vec<(LogId, Weak<SharedWal>)> = {
+        let live: Vec<(LogId, Weak<dyn CheckpointTarget>)> = {
             let mut state = lock(&inner.state);
             if state.stopping {
                 return;
@@ -516,11 +527,11 @@ fn ticker(inner: &Inner) {
         };
         for (id, wal) in live {
             let Some(wal) = wal.upgrade() else { continue };
-            if let Some(age_max) = wal.config.segment_age_max {
+            if let Some(age_max) = wal.segment_age_max() {
                 match wal.seal_if_older_than(age_max) {
                     Ok(true) => notify_inner(inner, id),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(db = %wal.db_path.display(), "sealing an old segment failed: {e}"),
+                    Err(e) => tracing::warn!(db = %wal.db_path().display(), "sealing an old segment failed: {e}"),
                 }
             }
         }

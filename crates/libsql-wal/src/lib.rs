@@ -86,16 +86,17 @@ pub mod checkpointer;
 mod error;
 pub mod format;
 pub mod io;
+mod log;
 mod ownership;
 mod recovery;
 mod registry;
 mod segment;
-mod shared;
 pub mod storage;
 #[cfg(test)]
 mod test_io;
 mod wal;
 
+pub use crate::log::{CheckpointMode, CheckpointResult, WalConfig};
 pub use api::{
     LogInfo, SegmentInfo, VerifyReport, checkpoint, durable_frame_no, flush_to_storage, inspect, inspect_read_only,
     open_connection, open_sqlite_connection, verify, wait_durable,
@@ -105,7 +106,6 @@ pub use error::{Error, IoAction, Result};
 pub use registry::{
     DEFAULT_IDLE_OPEN_FILES_MAX, RegistryStats, close_idle_logs, registry_stats, set_idle_open_files_max,
 };
-pub use shared::{CheckpointMode, CheckpointResult, WalConfig};
 pub use storage::durability::{DurabilityInfo, StorageBinding};
 pub use storage::restore::{RestoreOptions, RestoreReport, restore, restore_with};
 pub use storage::{Storage, StorageConfig};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, PAGE_SIZE};
 use crate::io::{Io, IoFile};
+use crate::log::Snapshot;
 use crate::segment::{Segment, SegmentRef};
-use crate::shared::Snapshot;
 
 /// What recovery found in a log directory, and what it will do about it. Computed without
 /// changing any file ([`plan_recovery`]); `open` then carries it out ([`carry_out`]) and

@@ -21,8 +21,8 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, IoAction, Result};
 use crate::io::{FileKind, Io};
+use crate::log::{SharedWal, WalConfig};
 use crate::ownership::log_dir_of;
-use crate::shared::{SharedWal, WalConfig};
 use crate::storage::durability::StorageBinding;
 
 /// Descriptors idle logs may hold together unless [`set_idle_open_files_max`] says otherwise:

@@ -19,9 +19,9 @@ use crate::checkpointer::Checkpointer;
 use crate::error::Error;
 use crate::format::{FRAME_SIZE, PAGE_SIZE};
 use crate::io::{FileKind, Io, StdIo};
+use crate::log::{CheckpointMode, SharedWal, Snapshot, WalConfig};
 use crate::registry;
 use crate::segment::SegmentRef;
-use crate::shared::{CheckpointMode, SharedWal, Snapshot, WalConfig};
 use crate::storage::Storage;
 use crate::storage::durability::StorageBinding;
 
@@ -579,8 +579,8 @@ mod tests {
         assert_eq!(saturating_i32(7), 7);
         assert_eq!(saturating_i32(i32::MAX as u32 + 1), i32::MAX, "wrapped to a negative count");
         assert_eq!(saturating_i32(u32::MAX), i32::MAX);
-        assert_eq!(crate::shared::saturating_u32(u32::MAX as u64 + 1), u32::MAX, "wrapped to 0");
-        assert_eq!(crate::shared::saturating_u32(5), 5);
+        assert_eq!(crate::log::transactions::saturating_u32(u32::MAX as u64 + 1), u32::MAX, "wrapped to 0");
+        assert_eq!(crate::log::transactions::saturating_u32(5), 5);
     }
 
     /// SQLite's pager, unlocking in its error state, ends the read transaction without

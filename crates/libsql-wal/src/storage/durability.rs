@@ -21,7 +21,7 @@
 //!   commits locally (the gate stays where it was), never ships them, and `info` says why.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, IoAction, Result};
@@ -31,9 +31,28 @@ use crate::format::{
 };
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
-use crate::shared::SharedWal;
 use crate::storage::layout::StoredObject;
 use crate::storage::{Storage, layout, snapshot};
+
+/// What the uploader reads of its log, given when its [`Durability`] is opened: storage
+/// never sees the log itself (this module does not depend on `log`; the log depends on it).
+pub(crate) trait LogView: Send + Sync {
+    /// All segments, newest first.
+    fn segments(&self) -> Vec<SegmentRef>;
+    /// The log was shut down: its files may belong to another log by now.
+    fn is_closed(&self) -> bool;
+    /// The checkpointed frame_no and the chain value there.
+    fn checkpointed(&self) -> (u64, u32);
+    fn last_commit_frame_no(&self) -> u64;
+    fn lineage(&self) -> u32;
+    /// The chain value at `frame_no`, if the log can still tell.
+    fn chain_at(&self, frame_no: u64) -> Result<Option<u32>>;
+    fn db_file_len(&self) -> u64;
+    /// Reads the database file (a snapshot of it: the caller keeps it from changing).
+    fn read_db_file(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Frames became durable: a checkpoint may copy the segments holding them now.
+    fn became_durable(&self);
+}
 
 /// Storage for one database: where, and under which namespace.
 #[derive(Clone)]
@@ -67,6 +86,8 @@ pub struct DurabilityInfo {
 
 pub(crate) struct Durability {
     binding: Option<StorageBinding>,
+    /// The log this is the durability of.
+    log: Arc<dyn LogView>,
     /// Which store and namespace the record counts in (`format::storage_identity`; 0 when
     /// the log has no storage here: then the record is only read, never written).
     identity: u32,
@@ -114,7 +135,12 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Durability {
     /// The durability of the log in `log_dir` (owned by the caller): `None` when neither
     /// storage is configured nor a record says it once was.
-    pub fn open(io: &Arc<dyn Io>, log_dir: &Path, binding: Option<StorageBinding>) -> Result<Option<Arc<Durability>>> {
+    pub fn open(
+        io: &Arc<dyn Io>,
+        log_dir: &Path,
+        binding: Option<StorageBinding>,
+        log: Arc<dyn LogView>,
+    ) -> Result<Option<Arc<Durability>>> {
         let record_path = log_dir.join("durable");
         let recorded = read_record(io.as_ref(), &record_path, false)?;
         if binding.is_none() && recorded.is_none() {
@@ -142,6 +168,7 @@ impl Durability {
         let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
         let durability = Durability {
             binding,
+            log,
             identity: identity.unwrap_or(0),
             io: io.clone(),
             record_path,
@@ -215,7 +242,7 @@ impl Durability {
     }
 
     /// Starts the upload task unless it runs already (then it looks again before stopping).
-    pub fn schedule(self: &Arc<Self>, shared: &Arc<SharedWal>) {
+    pub fn schedule(self: &Arc<Self>) {
         let Some(binding) = &self.binding else { return };
         {
             let mut state = lock(&self.state);
@@ -228,7 +255,7 @@ impl Durability {
             }
             state.task_running = true;
         }
-        binding.storage.spawn(upload_task(self.clone(), Arc::downgrade(shared)));
+        binding.storage.spawn(upload_task(self.clone()));
     }
 
     /// Stops recording (the log is being handed back); removes the record too when the
@@ -284,13 +311,13 @@ impl Durability {
     }
 
     /// `synced`: storage was listed and found to hold this history since the last upload.
-    fn next_step(&self, shared: &SharedWal, synced: bool) -> Step {
+    fn next_step(&self, synced: bool) -> Step {
         let state = lock(&self.state);
-        if state.closed || state.diverged.is_some() || shared.is_closed() {
+        if state.closed || state.diverged.is_some() || self.log.is_closed() {
             return Step::Idle;
         }
         let Some(durable) = state.frame_no else { return Step::Sync };
-        let segments = shared.segments();
+        let segments = self.log.segments();
         // The oldest segment storage lacks, once sealed: uploads go in log order, so the
         // durable frame_no never passes a segment still waiting for its seal.
         let next = segments.iter().rev().find(|s| s.last_committed_frame_no() > durable).filter(|s| s.is_sealed());
@@ -403,15 +430,13 @@ fn read_record(io: &dyn Io, path: &Path, read_only: bool) -> Result<Option<Optio
     Ok(Some(frame_no))
 }
 
-async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
+async fn upload_task(durability: Arc<Durability>) {
     let Some(binding) = durability.binding.clone() else { return };
     let mut failures_in_row = 0u32;
     let mut synced = false;
     loop {
-        let Some(wal) = shared.upgrade() else { break };
-        let result = match durability.next_step(&wal, synced) {
+        let result = match durability.next_step(synced) {
             Step::Idle => {
-                drop(wal);
                 if durability.finish() {
                     return;
                 }
@@ -419,16 +444,15 @@ async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
             }
             // A listing that works is no progress: the upload after it may fail again, and
             // the backoff must keep growing until one succeeds.
-            Step::Sync => sync_with_store(&durability, &binding, &wal).await.map(|()| {
+            Step::Sync => sync_with_store(&durability, &binding).await.map(|()| {
                 synced = true;
                 false
             }),
             Step::Upload(segment) => {
                 synced = false;
-                upload_segment(&durability, &binding, &wal, &segment).await.map(|()| true)
+                upload_segment(&durability, &binding, &segment).await.map(|()| true)
             }
         };
-        drop(wal);
         match result {
             Ok(progress) => {
                 if progress {
@@ -443,19 +467,13 @@ async fn upload_task(durability: Arc<Durability>, shared: Weak<SharedWal>) {
             }
         }
     }
-    lock(&durability.state).task_running = false;
 }
 
 fn backoff(config: &crate::storage::StorageConfig, failures_in_row: u32) -> Duration {
     crate::backoff::retry_delay(config.retry_delay_min, config.retry_delay_max, failures_in_row)
 }
 
-async fn upload_segment(
-    durability: &Durability,
-    binding: &StorageBinding,
-    shared: &Arc<SharedWal>,
-    segment: &SegmentRef,
-) -> Result<()> {
+async fn upload_segment(durability: &Durability, binding: &StorageBinding, segment: &SegmentRef) -> Result<()> {
     let durable = durability.frame_no().unwrap_or(0);
     if segment.start_frame_no > durable + 1 {
         // Only a broken gate could have deleted frames storage never had.
@@ -469,7 +487,7 @@ async fn upload_segment(
     let bytes = segment.read_all()?;
     let len = bytes.len() as u64;
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    if !binding.storage.put_new(&key, bytes).await? && !already_ours(binding, shared, segment, &key).await? {
+    if !binding.storage.put_new(&key, bytes).await? && !already_ours(binding, durability, segment, &key).await? {
         let reason = format!(
             "{key} is already in namespace {} and is not this database's segment: another copy uploaded the same \
              frames at the same moment",
@@ -488,7 +506,7 @@ async fn upload_segment(
     tracing::debug!(namespace = %binding.namespace, key, "uploaded");
     durability.record_success(len);
     durability.advance(last)?;
-    shared.notify_checkpointer();
+    durability.log.became_durable();
     Ok(())
 }
 
@@ -497,16 +515,16 @@ async fn upload_segment(
 /// it checks out, uploads a snapshot first when the namespace is empty and the log does not
 /// start at frame 1, and otherwise marks the log diverged. Never uploads into a history that
 /// is not this one's.
-async fn sync_with_store(durability: &Durability, binding: &StorageBinding, shared: &Arc<SharedWal>) -> Result<()> {
+async fn sync_with_store(durability: &Durability, binding: &StorageBinding) -> Result<()> {
     let objects = binding.storage.list_async(&binding.namespace).await?;
     let chain = layout::chain(&objects);
-    let (checkpointed, checkpointed_chain) = shared.checkpointed();
+    let (checkpointed, checkpointed_chain) = durability.log.checkpointed();
     if chain.snapshot.is_none() && chain.segments.is_empty() {
-        if checkpointed == 0 && shared.db_file_len() == 0 {
+        if checkpointed == 0 && durability.log.db_file_len() == 0 {
             durability.advance(0)?;
             return Ok(());
         }
-        return upload_base_snapshot(durability, binding, shared, (checkpointed, checkpointed_chain)).await;
+        return upload_base_snapshot(durability, binding, (checkpointed, checkpointed_chain)).await;
     }
     if let Some(reason) = conflict(&binding.namespace, &chain) {
         durability.diverge(&binding.namespace, reason);
@@ -516,12 +534,12 @@ async fn sync_with_store(durability: &Durability, binding: &StorageBinding, shar
     if durability.frame_no() == Some(end) {
         return Ok(()); // Where this log's own last upload left it.
     }
-    match history_mismatch(binding, shared, &chain).await? {
+    match history_mismatch(binding, durability.log.as_ref(), &chain).await? {
         Some(reason) => durability.diverge(&binding.namespace, reason),
         None => {
             durability.advance(end)?;
             // Segments storage already had are checkpointable now.
-            shared.notify_checkpointer();
+            durability.log.became_durable();
         }
     }
     Ok(())
@@ -543,15 +561,15 @@ fn conflict(namespace: &str, chain: &layout::Chain) -> Option<String> {
 /// at that end.
 async fn history_mismatch(
     binding: &StorageBinding,
-    shared: &SharedWal,
+    log: &dyn LogView,
     chain: &layout::Chain,
 ) -> Result<Option<String>> {
     let ends = stored_ends(&binding.storage, chain).await?;
     let local = LocalHistory {
-        last: shared.last_commit().frame_no,
-        checkpointed: shared.checkpointed().0,
-        lineage: shared.lineage(),
-        chain_at: &|frame_no| shared.chain_at(frame_no),
+        last: log.last_commit_frame_no(),
+        checkpointed: log.checkpointed().0,
+        lineage: log.lineage(),
+        chain_at: &|frame_no| log.chain_at(frame_no),
     };
     mismatch(&binding.namespace, chain, &ends, &local)
 }
@@ -562,7 +580,7 @@ pub(crate) struct LocalHistory<'a> {
     pub last: u64,
     pub checkpointed: u64,
     pub lineage: u32,
-    /// The chain value at a frame_no, if the log can still tell (see `SharedWal::chain_at`).
+    /// The chain value at a frame_no, if the log can still tell (see `LogView::chain_at`).
     pub chain_at: &'a dyn Fn(u64) -> Result<Option<u32>>,
 }
 
@@ -714,11 +732,16 @@ async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)
 
 /// Is the object already at `key` this very segment (an upload repeated after a crash
 /// before the durable record was written): the same lineage and end chain value?
-async fn already_ours(binding: &StorageBinding, shared: &SharedWal, segment: &SegmentRef, key: &str) -> Result<bool> {
+async fn already_ours(
+    binding: &StorageBinding,
+    durability: &Durability,
+    segment: &SegmentRef,
+    key: &str,
+) -> Result<bool> {
     let Some(kind) = layout::parse_key(&binding.namespace, key) else { return Ok(false) };
     let object = StoredObject { key: key.to_string(), size: 0, kind };
     let (lineage, chain) = stored_end(&binding.storage, &object).await?;
-    Ok(lineage == shared.lineage() && chain == segment.end_chain())
+    Ok(lineage == durability.log.lineage() && chain == segment.end_chain())
 }
 
 /// Uploads a snapshot of the database file as the base of an empty namespace: the log does
@@ -726,15 +749,15 @@ async fn already_ours(binding: &StorageBinding, shared: &SharedWal, segment: &Se
 async fn upload_base_snapshot(
     durability: &Durability,
     binding: &StorageBinding,
-    shared: &Arc<SharedWal>,
     (checkpointed, chain): (u64, u32),
 ) -> Result<()> {
     // While the durable frame_no is unknown the gate stops every checkpoint, so the
     // database file holds exactly the state at `checkpointed` while we read it.
-    let taken_unix_ms = shared.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let taken_unix_ms = durability.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let key = layout::snapshot_key(&binding.namespace, checkpointed, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    let bytes = snapshot::upload(&binding.storage, &key, shared, (checkpointed, chain), taken_unix_ms).await?;
+    let bytes =
+        snapshot::upload(&binding.storage, &key, durability.log.as_ref(), (checkpointed, chain), taken_unix_ms).await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     // Another copy claiming the empty namespace at the same moment: only one base may stand.
     let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);
@@ -752,6 +775,6 @@ async fn upload_base_snapshot(
     }
     durability.record_success(bytes);
     durability.advance(checkpointed)?;
-    shared.notify_checkpointer();
+    durability.log.became_durable();
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! [`SnapshotTrailer`] (16 bytes) with the pages' crc32c.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use zerocopy::{FromBytes, IntoBytes};
@@ -14,8 +13,8 @@ use crate::format::{
     PAGE_SIZE, SNAPSHOT_END_MAGIC, SNAPSHOT_HEADER_SIZE, SNAPSHOT_TRAILER_SIZE, SnapshotHeader, SnapshotTrailer,
 };
 use crate::io::IoFile;
-use crate::shared::SharedWal;
 use crate::storage::Storage;
+use crate::storage::durability::LogView;
 
 /// Pages read from the database file per write to the store.
 const CHUNK_PAGES: usize = 256;
@@ -29,18 +28,18 @@ fn page_chunks(db_pages: u32) -> impl Iterator<Item = (u64, usize)> {
     })
 }
 
-/// Streams the database file of `shared` (which must hold exactly the state at `frame_no`,
+/// Streams the database file of `log` (which must hold exactly the state at `frame_no`,
 /// where the chain value is `chain`, and not change meanwhile) to `key`. Returns the
 /// object's size.
 pub(crate) async fn upload(
     storage: &Storage,
     key: &str,
-    shared: &Arc<SharedWal>,
+    log: &dyn LogView,
     (frame_no, chain): (u64, u32),
     taken_unix_ms: u64,
 ) -> Result<u64> {
-    let db_pages = (shared.db_file_len() / PAGE_SIZE as u64) as u32;
-    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, shared.lineage(), chain);
+    let db_pages = (log.db_file_len() / PAGE_SIZE as u64) as u32;
+    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, log.lineage(), chain);
     let mut writer = storage.writer(key)?;
     let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);
     writer.write_all(header.as_bytes()).await.map_err(put_error)?;
@@ -48,7 +47,7 @@ pub(crate) async fn upload(
     let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
     for (offset, len) in page_chunks(db_pages) {
         let buf = &mut chunk[..len];
-        shared.read_db_file(buf, offset)?;
+        log.read_db_file(buf, offset)?;
         checksum = crc32c::crc32c_append(checksum, buf);
         writer.write_all(buf).await.map_err(put_error)?;
     }
