@@ -9,12 +9,22 @@
 //! damage, never panic, and no single allocation of ours is larger than the files on disk
 //! plus the fixed scan buffers (a length or count read from a file is never trusted).
 //!
+//! And the recovery planner (`fuzz_internals::plan_log`: the survey and plan `verify` and an
+//! open share) is checked against this target's own reading of the files: the kept segments'
+//! frames run on from the mark and from one another, each continuing the chain before it;
+//! covered ones lie wholly at or below the mark; nothing sealed is cut, and the log ends
+//! before a cut file's start; only full segments before the newest are sealed at open. Then
+//! the open carries it out: afterwards the directory holds exactly the kept files (sealed as
+//! planned, the newest cut back to its commits), and a new plan keeps them all. A refused log
+//! is left byte for byte as found. `verify` and `inspect_read_only` agree with the open: all
+//! refuse, or all accept with the same last frame_no.
+//!
 //! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run recover_structured -s none -- -max_len=4096`.
 
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,7 +33,10 @@ use libsql_wal::format::{
     CheckpointMark, DB_HEADER_MARK_OFFSET, FRAME_HEADER_SIZE, FrameHeader, INDEX_ENTRY_SIZE, IndexEntry, PAGE_SIZE,
     SEAL_MAGIC, SEAL_TRAILER_SIZE, SEGMENT_HEADER_SIZE, SealTrailer, SegmentHeader, chain_seed, frame_offset,
 };
-use libsql_wal::{LibsqlWalManager, WalConfig, inspect, io::StdIo, verify};
+use libsql_wal::fuzz_internals::{PlannedFate, PlannedFile, PlannedLog, plan_log};
+use libsql_wal::{
+    Error, LibsqlWalManager, LogInfo, VerifyReport, WalConfig, inspect, inspect_read_only, io::StdIo, verify,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// The largest single allocation allowed while recovering the current input (0: no check).
@@ -118,8 +131,10 @@ fn write_segment(input: &mut Input, start: u64, lineage: u32, prev_chain: u32, s
     }
     let mut index_entries = 0;
     if sealed {
-        let entries: Vec<IndexEntry> =
-            latest.iter().map(|(&page_no, &at)| IndexEntry { page_no: page_no.into(), frame_index: at.into() }).collect();
+        let entries: Vec<IndexEntry> = latest
+            .iter()
+            .map(|(&page_no, &at)| IndexEntry { page_no: page_no.into(), frame_index: at.into() })
+            .collect();
         index_entries = entries.len() as u32;
         let index = entries.as_bytes();
         let mut trailer = SealTrailer {
@@ -270,6 +285,174 @@ fn write_log(input: &mut Input, log: &Path) -> usize {
     total
 }
 
+/// This target's own reading of a segment file, as FORMAT.md describes the format and apart
+/// from the crate's scan: a valid header, whether a valid seal trailer ends the file, and the
+/// frames that check out from the first on, up to the last commit among them.
+struct Reading {
+    start: u64,
+    lineage: u32,
+    prev_chain: u32,
+    committed: u32,
+    /// The chain value at the last commit (`prev_chain` without one).
+    end_chain: u32,
+    sealed: bool,
+}
+
+impl Reading {
+    /// frame_no of the last commit, `start - 1` without one.
+    fn last(&self) -> u64 {
+        self.start + self.committed as u64 - 1
+    }
+}
+
+fn read_segment(bytes: &[u8]) -> Option<Reading> {
+    let header = SegmentHeader::read_from_bytes(bytes.get(..SEGMENT_HEADER_SIZE)?).ok()?;
+    if header.problem().is_some() {
+        return None;
+    }
+    let (start, salt, prev_chain) = (header.start_frame_no.get(), header.salt.get(), header.prev_chain.get());
+    let trailer = bytes
+        .len()
+        .checked_sub(SEAL_TRAILER_SIZE)
+        .filter(|&at| at >= SEGMENT_HEADER_SIZE)
+        .and_then(|at| SealTrailer::read_from_bytes(&bytes[at..]).ok())
+        .filter(|t| t.magic.get() == SEAL_MAGIC && t.checksum.get() == t.computed_checksum(salt));
+    let whole_frames = ((bytes.len() - SEGMENT_HEADER_SIZE) / (FRAME_HEADER_SIZE + PAGE_SIZE)) as u64;
+    let frames = match &trailer {
+        Some(t) => t.last_frame_no.get().saturating_sub(start).saturating_add(1).min(whole_frames),
+        None => whole_frames,
+    };
+    let mut reading = Reading {
+        start,
+        lineage: header.lineage.get(),
+        prev_chain,
+        committed: 0,
+        end_chain: prev_chain,
+        sealed: trailer.is_some(),
+    };
+    let mut checksum = chain_seed(salt, prev_chain);
+    for position in 0..frames as u32 {
+        let at = frame_offset(position) as usize;
+        let (head, page) = bytes[at..at + FRAME_HEADER_SIZE + PAGE_SIZE].split_at(FRAME_HEADER_SIZE);
+        let frame = FrameHeader::read_from_bytes(head).ok()?;
+        let checks_out = frame.frame_no.get() == start + position as u64
+            && frame.page_no.get() != 0
+            && frame.chained_checksum(checksum, page) == frame.checksum.get();
+        if !checks_out {
+            break;
+        }
+        checksum = frame.checksum.get();
+        if frame.size_after.get() != 0 {
+            (reading.committed, reading.end_chain) = (position + 1, checksum);
+        }
+    }
+    Some(reading)
+}
+
+/// The segment files of the log directory and their bytes, oldest first (none once an open
+/// removed the directory).
+fn segment_files(log: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(log) else { return Vec::new() };
+    let mut paths: Vec<PathBuf> =
+        entries.map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    paths.sort();
+    paths.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("segment"))).collect()
+}
+
+/// Checks an accepted plan against the files it was made from; returns the last frame_no
+/// of the recovered log (as `SharedWal::open`'s last commit reckons it).
+fn check_plan(plan: &PlannedLog, files: &[(PathBuf, Vec<u8>)], mark: Option<CheckpointMark>) -> u64 {
+    let paths: Vec<&PathBuf> = files.iter().map(|(p, _)| p).collect();
+    assert_eq!(plan.files.iter().map(|f| &f.path).collect::<Vec<_>>(), paths, "the plan covers every file");
+    let rank = |fate: &PlannedFate| match fate {
+        PlannedFate::Covered => 0,
+        PlannedFate::Kept { .. } => 1,
+        PlannedFate::Cut => 2,
+    };
+    assert!(plan.files.is_sorted_by_key(|f| rank(&f.fate)), "covered, then kept, then cut: {plan:?}");
+    let newest_kept = plan.files.iter().rposition(|f| matches!(f.fate, PlannedFate::Kept { .. }));
+    let mut log_end = mark.map(|m| m.frame_no);
+    let mut history = mark.filter(|m| m.lineage != 0).map(|m| (m.lineage, m.chain));
+    let mut last_commit = None;
+    let mut first_cut = true;
+    for (i, (file, (_, bytes))) in plan.files.iter().zip(files).enumerate() {
+        let reading = read_segment(bytes);
+        match file.fate {
+            PlannedFate::Covered => {
+                let (reading, mark) = (reading.expect("a covered segment reads"), mark.expect("covered needs a mark"));
+                assert!(reading.committed > 0 && reading.last() <= mark.frame_no, "covered: {file:?}");
+            }
+            PlannedFate::Kept { sealed_at_open } => {
+                let reading = reading.expect("a kept segment reads");
+                assert_eq!(file.frames, Some((reading.start, reading.last())), "kept frames: {file:?}");
+                assert_eq!(file.sealed, reading.sealed, "kept seal: {file:?}");
+                if let Some(end) = log_end {
+                    assert_eq!(reading.start, end + 1, "kept segments run on: {file:?}");
+                }
+                if let Some(before) = history {
+                    assert_eq!((reading.lineage, reading.prev_chain), before, "kept segments chain: {file:?}");
+                }
+                assert_eq!(sealed_at_open, !reading.sealed && Some(i) != newest_kept, "sealed at open: {file:?}");
+                (log_end, history) = (Some(reading.last()), Some((reading.lineage, reading.end_chain)));
+                if reading.committed > 0 {
+                    last_commit = Some(reading.last());
+                }
+            }
+            PlannedFate::Cut => {
+                assert!(!reading.as_ref().is_some_and(|r| r.sealed), "a sealed file is never cut: {file:?}");
+                if first_cut && let (Some(reading), Some(end)) = (&reading, log_end) {
+                    assert!(reading.start > end + 1, "a cut starts past a gap: {file:?}");
+                }
+                first_cut = false;
+            }
+        }
+    }
+    assert_eq!(plan.cut_reason.is_some(), !first_cut, "a reason for every cut");
+    let oldest_kept = plan.files.iter().find(|f| matches!(f.fate, PlannedFate::Kept { .. }));
+    last_commit.unwrap_or_else(|| match oldest_kept.and_then(|f| f.frames) {
+        Some((first, _)) => first - 1,
+        None => mark.map_or(0, |m| m.frame_no),
+    })
+}
+
+/// After an open carried out `plan`: the directory holds exactly the kept files, those to
+/// seal are sealed, the newest is cut back to its last commit, and a new plan keeps them all.
+fn check_carried_out(plan: &PlannedLog, log: &Path, mark: Option<CheckpointMark>, opened: &LogInfo) {
+    let kept: Vec<&PlannedFile> = plan.files.iter().filter(|f| matches!(f.fate, PlannedFate::Kept { .. })).collect();
+    let after = segment_files(log);
+    let kept_paths: Vec<&PathBuf> = kept.iter().map(|f| &f.path).collect();
+    assert_eq!(after.iter().map(|(p, _)| p).collect::<Vec<_>>(), kept_paths, "the open keeps the kept files");
+    assert_eq!(opened.segments.iter().map(|s| &s.path).collect::<Vec<_>>(), kept_paths, "the open's segments");
+    for (i, (file, (_, bytes))) in kept.iter().zip(&after).enumerate() {
+        let reading = read_segment(bytes).expect("a kept file reads after the open");
+        if file.fate == (PlannedFate::Kept { sealed_at_open: true }) {
+            assert!(reading.sealed, "sealed at open: {file:?}");
+        }
+        if i + 1 == kept.len() && !reading.sealed {
+            assert_eq!(bytes.len() as u64, frame_offset(reading.committed), "the newest is cut back: {file:?}");
+        }
+    }
+    if after.is_empty() {
+        return;
+    }
+    let again = plan_log(log, mark).expect("a recovered log plans again");
+    let clean = again.files.iter().all(|f| f.fate == PlannedFate::Kept { sealed_at_open: false });
+    assert!(clean && again.cut_reason.is_none(), "a recovered log is kept whole: {again:?}");
+}
+
+/// `verify` refuses what the planner refuses (reporting the same error), and reads the rest.
+fn check_verify_agrees(planned: &Result<PlannedLog, Error>, report: &VerifyReport) {
+    let damaged = report.lines.iter().any(|l| l == "integrity_check skipped: the log is damaged");
+    match planned {
+        Ok(_) => assert!(!damaged, "verify refuses a log the planner accepts: {report:?}"),
+        Err(Error::Io { .. }) => {}
+        Err(e) => {
+            let line = format!("ERROR    {e}");
+            assert!(damaged && report.lines.contains(&line), "verify does not report {e}: {report:?}");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let db = DIR.path().join("d.db");
     let log = DIR.path().join("d.db-wal");
@@ -277,11 +460,32 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir_all(&log).expect("log dir");
     std::fs::write(&db, &*DB).expect("db");
     let files = write_log(&mut Input(data), &log) + DB.len();
+    let mark = CheckpointMark::decode(&DB[DB_HEADER_MARK_OFFSET as usize..]);
+    let before = segment_files(&log);
     let config = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..Default::default() };
     let manager = LibsqlWalManager::new(StdIo::shared(), config);
     LIMIT.store(files + FIXED_BUFFERS, Ordering::Relaxed);
     // Damage must come back as errors: any panic (or oversized allocation) is a finding.
-    let _ = verify(&db, &manager);
-    let _ = inspect(&db, &manager);
+    let planned = plan_log(&log, mark);
+    let verified = verify(&db, &manager);
+    let read_only = inspect_read_only(&db, &manager);
+    let opened = inspect(&db, &manager);
     LIMIT.store(0, Ordering::Relaxed);
+    if let Ok(report) = &verified {
+        check_verify_agrees(&planned, report);
+    }
+    match (&planned, &read_only, &opened) {
+        (Ok(plan), Ok(read_only), Ok(opened)) => {
+            let last = check_plan(plan, &before, mark);
+            assert_eq!((read_only.last_frame_no, opened.last_frame_no), (last, last), "the last frame_no");
+            check_carried_out(plan, &log, mark, opened);
+        }
+        (Err(_), Err(_), Err(_)) => assert!(segment_files(&log) == before, "a refused log is left as found"),
+        _ => panic!(
+            "the planner, inspect_read_only and the open disagree: {:?} / {:?} / {:?}",
+            planned.as_ref().map(|_| ()),
+            read_only.as_ref().map(|i| i.last_frame_no),
+            opened.as_ref().map(|i| i.last_frame_no)
+        ),
+    }
 });

@@ -388,7 +388,7 @@ fn recovery_lines(plan: &crate::recovery::RecoveryPlan) -> Vec<String> {
     }
     for (i, segment) in plan.kept.iter().enumerate() {
         let newest = i + 1 == plan.kept.len();
-        if !segment.is_sealed() && !newest {
+        if plan.seal.contains(&i) {
             lines.push(format!("{}: full, sealed at open", name(&segment.path)));
         }
         let (kept, len) = (crate::format::frame_offset(segment.committed_frames()), segment.file_len());
@@ -546,10 +546,10 @@ fn report_plan(plan: &crate::recovery::RecoveryPlan, report: &mut VerifyReport) 
         ));
     }
     for (i, segment) in plan.kept.iter().enumerate() {
-        let state = match (segment.is_sealed(), i + 1 == plan.kept.len()) {
+        let state = match (segment.is_sealed(), plan.seal.contains(&i)) {
             (true, _) => "sealed",
-            (false, true) => "current",
-            (false, false) => "full, not sealed yet (sealed at open)",
+            (false, true) => "full, not sealed yet (sealed at open)",
+            (false, false) => "current",
         };
         report.ok(format!(
             "{}: {state}, frames {}..={} ({} frames), checksums ok",

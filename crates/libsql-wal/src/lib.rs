@@ -85,6 +85,8 @@ pub mod bench_internals;
 pub mod checkpointer;
 mod error;
 pub mod format;
+#[cfg(feature = "fuzz-internals")]
+pub mod fuzz_internals;
 pub mod io;
 mod log;
 mod ownership;
