@@ -301,12 +301,12 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
         }
         Some(FileKind::Dir) => {
             let _lock = lock_for_reading(io, db_path, &log_dir)?;
-            let plan = crate::recovery::plan_recovery(io, &log_dir, mark, true)?;
+            let plan = crate::log::recovery::plan_recovery(io, &log_dir, mark, true)?;
             (Some(plan), durability::read_record_read_only(io, &log_dir)?)
         }
     };
     let kept = plan.as_ref().map(|p| p.kept.as_slice()).unwrap_or_default();
-    let last = crate::recovery::last_commit(kept, mark, db_file.as_ref(), db_path)?;
+    let last = crate::log::recovery::last_commit(kept, mark, db_file.as_ref(), db_path)?;
     let checkpointed = match kept.first() {
         Some(oldest) => (oldest.start_frame_no - 1, oldest.prev_chain),
         None => (last.frame_no, mark.map_or(0, |m| m.chain)),
@@ -380,7 +380,7 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
 }
 
 /// What an open's recovery would change, one line each (nothing when the log is clean).
-fn recovery_lines(plan: &crate::recovery::RecoveryPlan) -> Vec<String> {
+fn recovery_lines(plan: &crate::log::recovery::RecoveryPlan) -> Vec<String> {
     let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut lines = Vec::new();
     for segment in &plan.covered {
@@ -485,7 +485,7 @@ pub fn verify(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<V
             if let Err(e) = crate::storage::durability::read_record_read_only(io, &log_dir) {
                 report.error(format!("durable record: {e}"));
             }
-            match crate::recovery::plan_recovery(io, &log_dir, mark, true) {
+            match crate::log::recovery::plan_recovery(io, &log_dir, mark, true) {
                 Ok(plan) => {
                     report_plan(&plan, &mut report);
                     Some(plan)
@@ -535,7 +535,7 @@ impl Drop for ReadLock {
 }
 
 /// One line per segment of the plan: what an open keeps, removes, cuts.
-fn report_plan(plan: &crate::recovery::RecoveryPlan, report: &mut VerifyReport) {
+fn report_plan(plan: &crate::log::recovery::RecoveryPlan, report: &mut VerifyReport) {
     let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for segment in &plan.covered {
         report.ok(format!(
@@ -588,7 +588,7 @@ fn report_plan(plan: &crate::recovery::RecoveryPlan, report: &mut VerifyReport) 
 /// copy itself can leave it behind); `None` when the temporary directory has no room for it.
 fn scratch_integrity_check(
     db_path: &Path,
-    plan: Option<&crate::recovery::RecoveryPlan>,
+    plan: Option<&crate::log::recovery::RecoveryPlan>,
 ) -> Result<Option<Vec<String>>> {
     use std::os::unix::fs::FileExt;
     let page_size = crate::format::PAGE_SIZE as u64;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Result;
 use crate::format::CheckpointMark;
 use crate::io::StdIo;
-use crate::recovery::{self, Fate, FileState};
+use crate::log::recovery::{self, Fate, FileState};
 
 /// What an open would do with one segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

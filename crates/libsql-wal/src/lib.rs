@@ -90,7 +90,6 @@ pub mod fuzz_internals;
 pub mod io;
 mod log;
 mod ownership;
-mod recovery;
 mod registry;
 mod segment;
 pub mod storage;

@@ -84,16 +84,16 @@ impl SharedWal {
             // seal each time would chop the log into tiny segments. Segments are sealed by
             // size, age, `flush_to_storage`, shutdown, or a FULL/RESTART/TRUNCATE
             // checkpoint with no upload pending.
-            blocked = self.segments.newest().is_some_and(|s| !s.is_sealed() && s.committed_frames() > 0);
+            blocked = self.parts.segments.newest().is_some_and(|s| !s.is_sealed() && s.committed_frames() > 0);
         } else {
             blocked |= !self.seal_current(mode, busy)?;
         }
         blocked |= self.copy_ready_segments(mode, busy, on_page)?;
         if mode == CheckpointMode::Truncate && !blocked {
             self.remove_empty_current()?;
-            self.transactions.restart_log_counts_now();
+            self.parts.transactions.restart_log_counts_now();
         }
-        let (log_frames, checkpointed_frames) = self.transactions.finish_foreground_checkpoint();
+        let (log_frames, checkpointed_frames) = self.parts.transactions.finish_foreground_checkpoint();
         Ok(CheckpointResult { busy: blocked, log_frames, checkpointed_frames })
     }
 
@@ -101,7 +101,7 @@ impl SharedWal {
     /// the write lock.
     pub fn checkpoint_sealed(&self) -> Result<()> {
         let _guard = lock(&self.checkpoint_lock);
-        if self.lifecycle.is_closed() {
+        if self.parts.lifecycle.is_closed() {
             return Ok(());
         }
         // Full segments the writer left behind (background seals): under the checkpoint
@@ -125,12 +125,13 @@ impl SharedWal {
     ) -> Result<bool> {
         loop {
             let durable = self.durability.as_ref().map_or(u64::MAX, |d| d.gate_frame_no());
-            let (ready, blocker) = self.segments.checkpointable(self.transactions.oldest_reader(), durable);
+            let (ready, blocker) = self.parts.segments.checkpointable(self.parts.transactions.oldest_reader(), durable);
             if !ready.is_empty() {
-                self.lifecycle.check_writable()?;
-                let (frame_no, chain) = self.lifecycle.watch(copy_segments(&self.db, &ready, self.lineage, on_page))?;
-                self.transactions.set_checkpointed(frame_no, chain);
-                self.lifecycle.watch(drop_segments(self.io.as_ref(), &self.log_dir, &self.segments, &ready))?;
+                self.check_writable()?;
+                let (frame_no, chain) =
+                    self.watch(copy_segments(&self.parts.db, &ready, self.parts.lineage, on_page))?;
+                self.parts.transactions.set_checkpointed(frame_no, chain);
+                self.watch(drop_segments(self.io.as_ref(), &self.log_dir, &self.parts.segments, &ready))?;
             }
             let give_up = match blocker {
                 Blocker::None => return Ok(false),
@@ -139,7 +140,7 @@ impl SharedWal {
             };
             if give_up {
                 if blocker == Blocker::Reader {
-                    self.transactions.note_held_back_by_readers();
+                    self.parts.transactions.note_held_back_by_readers();
                 }
                 // Not durable yet: the upload that makes it durable notifies the checkpointer.
                 return Ok(true);
@@ -150,19 +151,19 @@ impl SharedWal {
     /// Is some sealed segment still waiting to be uploaded?
     fn uploads_pending(&self) -> bool {
         let Some(durability) = &self.durability else { return false };
-        self.segments.sealed_past(durability.gate_frame_no())
+        self.parts.segments.sealed_past(durability.gate_frame_no())
     }
 
     /// After a truncate checkpoint: no segment file at all, if the writer lets us.
     fn remove_empty_current(&self) -> Result<()> {
-        if !self.transactions.try_begin_checkpoint_write(|| false) {
+        if !self.parts.transactions.try_begin_checkpoint_write(|| false) {
             return Ok(());
         }
-        let result = match self.segments.take_empty_current() {
+        let result = match self.parts.segments.take_empty_current() {
             Some(segment) => segment.remove(self.io.as_ref()).and_then(|()| sync_dir(self.io.as_ref(), &self.log_dir)),
             None => Ok(()),
         };
-        self.transactions.end_write(crate::log::transactions::CHECKPOINT_WRITER_ID);
+        self.parts.transactions.end_write(crate::log::transactions::CHECKPOINT_WRITER_ID);
         result
     }
 }

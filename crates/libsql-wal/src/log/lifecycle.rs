@@ -4,16 +4,16 @@
 //! log, here or in another process, may own them by then); once a sync failed, nothing is
 //! written again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 
+/// Paths are not kept here (the log has them, and passes them for messages): an idle log
+/// kept open costs each of its allocations once per database.
 pub(crate) struct Lifecycle {
-    db_path: PathBuf,
-    log_dir: PathBuf,
     /// The ownership lock (`ownership::take`): taken at open, released (set to `None`) once,
     /// by `release_lock` at shutdown or when the log is dropped.
     lock_file: Mutex<Option<Box<dyn IoFile>>>,
@@ -33,10 +33,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Lifecycle {
-    pub fn new(db_path: &Path, log_dir: &Path, lock_file: Box<dyn IoFile>) -> Lifecycle {
+    pub fn new(lock_file: Box<dyn IoFile>) -> Lifecycle {
         Lifecycle {
-            db_path: db_path.into(),
-            log_dir: log_dir.into(),
             lock_file: Mutex::new(Some(lock_file)),
             closed: AtomicBool::new(false),
             sync_failure: Mutex::new(None),
@@ -53,13 +51,13 @@ impl Lifecycle {
     }
 
     /// Records a failed sync, if `result` is one: the log then refuses writes for good.
-    pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
+    pub fn watch<T>(&self, db_path: &Path, result: Result<T>) -> Result<T> {
         if let Err(e) = &result
             && e.is_failed_sync()
         {
             let mut failure = lock(&self.sync_failure);
             if failure.is_none() {
-                tracing::error!(db = %self.db_path.display(), "{e}: the log refuses writes until it is reopened");
+                tracing::error!(db = %db_path.display(), "{e}: the log refuses writes until it is reopened");
                 *failure = Some(e.to_string());
             }
         }
@@ -67,19 +65,19 @@ impl Lifecycle {
     }
 
     /// Refuses when an earlier sync failed (see `sync_failure`).
-    pub fn check_writable(&self) -> Result<()> {
+    pub fn check_writable(&self, db_path: &Path) -> Result<()> {
         match lock(&self.sync_failure).as_ref() {
-            Some(reason) => Err(Error::SyncFailed { path: self.db_path.clone(), reason: reason.clone() }),
+            Some(reason) => Err(Error::SyncFailed { path: db_path.into(), reason: reason.clone() }),
             None => Ok(()),
         }
     }
 
     /// Lets another process (or a new log of this one) take the log. Once.
-    pub fn release_lock(&self) {
+    pub fn release_lock(&self, log_dir: &Path) {
         if let Some(file) = lock(&self.lock_file).take()
             && let Err(e) = file.unlock()
         {
-            tracing::warn!(dir = %self.log_dir.display(), "could not unlock the log: {e}");
+            tracing::warn!(dir = %log_dir.display(), "could not unlock the log: {e}");
         }
     }
 }

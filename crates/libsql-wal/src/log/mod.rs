@@ -28,13 +28,14 @@ use crate::checkpointer::{CheckpointTarget, Checkpointer, LogId};
 use crate::error::{Error, IoAction, Result};
 use crate::io::Io;
 use crate::ownership;
-use crate::recovery::{carry_out, check_db_file_length, last_commit, plan_recovery};
 use crate::segment::{Segment, SegmentRef};
 use crate::storage::durability::{Durability, LogView, StorageBinding};
+use recovery::{carry_out, check_db_file_length, last_commit, plan_recovery};
 
 pub(crate) mod checkpoint;
 mod db_file;
 mod lifecycle;
+pub(crate) mod recovery;
 mod seal;
 mod segments;
 pub(crate) mod transactions;
@@ -94,21 +95,28 @@ pub(crate) struct SharedWal {
     pub log_dir: PathBuf,
     pub(crate) io: Arc<dyn Io>,
     pub config: WalConfig,
-    /// The history this log belongs to (see `format::SegmentHeader::lineage`): fixed at
-    /// open, from the segments, the database file's mark, or new for a new history.
-    lineage: u32,
-    db: Arc<DbFile>,
-    segments: Arc<SegmentList>,
-    transactions: Arc<Transactions>,
-    lifecycle: Arc<Lifecycle>,
+    /// What the uploader may read too (its `LogView`): one allocation for all of them.
+    parts: Arc<LogParts>,
     /// One checkpoint at a time (foreground or background), and none after shutdown.
     checkpoint_lock: Mutex<()>,
     checkpoint_errors: checkpoint::CheckpointErrors,
-    checkpointer: Arc<CheckpointerLink>,
     /// Connections open on this log in this process (the registry counts them).
     pub(crate) open_connections: AtomicUsize,
     /// The durable frame_no and its uploads, when storage is (or once was) configured.
     durability: Option<Arc<Durability>>,
+}
+
+/// The parts of a log, each owning one invariant (see the module documentation). Shared
+/// by the log and, as a [`LogView`], by its uploader; nothing here refers back to the log.
+struct LogParts {
+    /// The history this log belongs to (see `format::SegmentHeader::lineage`): fixed at
+    /// open, from the segments, the database file's mark, or new for a new history.
+    lineage: u32,
+    db: DbFile,
+    segments: SegmentList,
+    transactions: Transactions,
+    lifecycle: Lifecycle,
+    checkpointer: CheckpointerLink,
 }
 
 /// The background checkpointer a log is registered with, if any, and the id it knows the
@@ -127,17 +135,7 @@ impl CheckpointerLink {
     }
 }
 
-/// What the uploader reads of a log: the parts, not the log (see the module documentation).
-struct UploadView {
-    lineage: u32,
-    db: Arc<DbFile>,
-    segments: Arc<SegmentList>,
-    transactions: Arc<Transactions>,
-    lifecycle: Arc<Lifecycle>,
-    checkpointer: Arc<CheckpointerLink>,
-}
-
-impl LogView for UploadView {
+impl LogView for LogParts {
     fn segments(&self) -> Vec<SegmentRef> {
         self.segments.all()
     }
@@ -225,35 +223,27 @@ impl SharedWal {
             last_frame_no = last.frame_no,
             "log recovered"
         );
-        let db = Arc::new(DbFile::new(db_path, db_file));
-        let segments = Arc::new(SegmentList::new(segments));
-        let transactions = Arc::new(Transactions::new(last, checkpointed_frame_no, checkpointed_chain));
-        let lifecycle = Arc::new(Lifecycle::new(db_path, &log_dir, lock_file));
-        let checkpointer = Arc::new(CheckpointerLink::default());
-        let view = Arc::new(UploadView {
+        let parts = Arc::new(LogParts {
             lineage,
-            db: db.clone(),
-            segments: segments.clone(),
-            transactions: transactions.clone(),
-            lifecycle: lifecycle.clone(),
-            checkpointer: checkpointer.clone(),
+            db: DbFile::new(db_path, db_file),
+            segments: SegmentList::new(segments),
+            transactions: Transactions::new(last, checkpointed_frame_no, checkpointed_chain),
+            lifecycle: Lifecycle::new(lock_file),
+            checkpointer: CheckpointerLink::default(),
         });
-        // Dropping `lifecycle`'s last handle would not release the lock soon enough if the
-        // upload task held it: release it explicitly on failure.
-        let durability = Durability::open(&io, &log_dir, storage, view).inspect_err(|_| lifecycle.release_lock())?;
+        let view: Arc<dyn LogView> = parts.clone();
+        // The upload task may hold `parts` for a moment after a failure here: release the
+        // lock explicitly rather than when its last handle goes.
+        let durability =
+            Durability::open(&io, &log_dir, storage, view).inspect_err(|_| parts.lifecycle.release_lock(&log_dir))?;
         Ok(SharedWal {
             db_path: db_path.into(),
             log_dir,
             io,
             config,
-            lineage,
-            db,
-            segments,
-            transactions,
-            lifecycle,
+            parts,
             checkpoint_lock: Mutex::new(()),
             checkpoint_errors: checkpoint::CheckpointErrors::default(),
-            checkpointer,
             open_connections: AtomicUsize::new(0),
             durability,
         })
@@ -273,31 +263,31 @@ impl SharedWal {
 
     /// The checkpointed frame_no and the chain value there (a snapshot's base).
     pub fn checkpointed(&self) -> (u64, u32) {
-        self.transactions.checkpointed()
+        self.parts.transactions.checkpointed()
     }
 
     pub fn new_connection_id(&self) -> u64 {
-        self.transactions.new_connection_id()
+        self.parts.transactions.new_connection_id()
     }
 
     pub fn last_commit(&self) -> Snapshot {
-        self.transactions.last_commit()
+        self.parts.transactions.last_commit()
     }
 
     /// See [`Transactions::begin_read`].
     pub fn begin_read(&self) -> (Snapshot, bool) {
-        self.transactions.begin_read()
+        self.parts.transactions.begin_read()
     }
 
     pub fn end_read(&self, snapshot: Snapshot) {
-        if self.transactions.end_read(snapshot) {
+        if self.parts.transactions.end_read(snapshot) {
             self.notify_checkpointer();
         }
     }
 
     /// Moves a connection's registered snapshot to a newer one (the writer after its commit).
     pub fn move_reader(&self, from: Snapshot, to: Snapshot) {
-        if self.transactions.move_reader(from, to) {
+        if self.parts.transactions.move_reader(from, to) {
             self.notify_checkpointer();
         }
     }
@@ -309,7 +299,7 @@ impl SharedWal {
     /// checkpoints on its own.
     pub fn attach_checkpointer(self: &Arc<Self>, checkpointer: &Checkpointer) {
         // The slot is set before the registration's first notification can need it.
-        let mut slot = lock(&self.checkpointer.slot);
+        let mut slot = lock(&self.parts.checkpointer.slot);
         let target: std::sync::Weak<dyn CheckpointTarget> = Arc::downgrade(self) as _;
         if let Some(id) = checkpointer.register(target) {
             *slot = Some((checkpointer.clone(), id));
@@ -320,11 +310,11 @@ impl SharedWal {
     /// been shut down: then full segments are sealed on the commit path and SQLite's
     /// autocheckpoint runs again, or the log would grow without bound.
     pub fn has_checkpointer(&self) -> bool {
-        lock(&self.checkpointer.slot).as_ref().is_some_and(|(c, _)| !c.is_stopped())
+        lock(&self.parts.checkpointer.slot).as_ref().is_some_and(|(c, _)| !c.is_stopped())
     }
 
     pub(crate) fn notify_checkpointer(&self) {
-        self.checkpointer.notify();
+        self.parts.checkpointer.notify();
     }
 
     /// Failed background checkpoints so far, and the last failure.
@@ -334,62 +324,67 @@ impl SharedWal {
 
     /// Records a failed sync, if `result` is one: the log then refuses writes for good.
     pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
-        self.lifecycle.watch(result)
+        self.parts.lifecycle.watch(&self.db_path, result)
+    }
+
+    /// Refuses when an earlier sync failed (see `Lifecycle::sync_failure`).
+    fn check_writable(&self) -> Result<()> {
+        self.parts.lifecycle.check_writable(&self.db_path)
     }
 
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
     pub fn begin_write(&self, connection_id: u64, snapshot: Snapshot) -> Result<()> {
-        self.lifecycle.check_writable()?;
-        self.transactions.begin_write(connection_id, snapshot)
+        self.check_writable()?;
+        self.parts.transactions.begin_write(connection_id, snapshot)
     }
 
     pub fn end_write(&self, connection_id: u64) {
-        self.transactions.end_write(connection_id)
+        self.parts.transactions.end_write(connection_id)
     }
 
     /// See [`Transactions::restart_log_counts`].
     pub fn restart_log_counts(&self) {
-        self.transactions.restart_log_counts()
+        self.parts.transactions.restart_log_counts()
     }
 
     /// Frames in the log since the last restart, as SQLite would count them.
     pub fn log_frames(&self) -> u32 {
-        self.transactions.log_frames()
+        self.parts.transactions.log_frames()
     }
 
     /// Publishes a commit written (and synced if asked) by the writer. Write lock held.
     pub fn publish_commit(&self, segment: &Segment) -> Snapshot {
         let snapshot =
             Snapshot { frame_no: segment.last_committed_frame_no(), db_size: segment.committed_size_after() };
-        self.transactions.publish_commit(snapshot);
+        self.parts.transactions.publish_commit(snapshot);
         snapshot
     }
 
     /// Finds the newest frame of `page_no` no newer than `max_frame_no`.
     pub fn find(&self, page_no: u32, max_frame_no: u64) -> Option<(SegmentRef, u32)> {
-        self.segments.find(page_no, max_frame_no)
+        self.parts.segments.find(page_no, max_frame_no)
     }
 
     /// The file descriptors this log holds: the database file, the ownership locks (the
     /// `lock` file and the database file's own lock handle), each segment.
     pub fn open_files(&self) -> usize {
-        3 + self.segments.len()
+        3 + self.parts.segments.len()
     }
 
     /// All segments, newest first.
     pub fn segments(&self) -> Vec<SegmentRef> {
-        self.segments.all()
+        self.parts.segments.all()
     }
 
     pub fn db_file_len(&self) -> u64 {
-        self.db.len().unwrap_or(0)
+        self.parts.db.len().unwrap_or(0)
     }
 
     /// Called when the last connection of the process closes it: checkpoint everything
     /// (if configured) and, once the log is empty, hand the file back to plain SQLite by
     /// removing the log directory.
     pub fn shutdown(&self, checkpoint: bool) {
-        if let Some((checkpointer, id)) = lock(&self.checkpointer.slot).take() {
+        if let Some((checkpointer, id)) = lock(&self.parts.checkpointer.slot).take() {
             checkpointer.unregister(id);
         }
         if self.durability.as_ref().is_some_and(|d| d.binding().is_some()) {
@@ -413,8 +408,8 @@ impl SharedWal {
         // `closed` and leaves the files alone. Without this, a late seal could write its
         // trailer into a segment that a reopened log (here or in another process) is
         // appending to.
-        self.transactions.when_no_writer(|| self.lifecycle.set_closed());
-        let segments = self.segments.all();
+        self.parts.transactions.when_no_writer(|| self.parts.lifecycle.set_closed());
+        let segments = self.parts.segments.all();
         let log_empty = segments.is_empty();
         if let Some(current) = segments.first()
             && let Err(e) = current.trim_preallocation()
@@ -432,7 +427,7 @@ impl SharedWal {
                 tracing::warn!(dir = %self.log_dir.display(), "could not remove the empty log directory: {e}");
             }
         }
-        self.lifecycle.release_lock();
+        self.parts.lifecycle.release_lock(&self.log_dir);
     }
 }
 
@@ -462,8 +457,8 @@ impl Drop for SharedWal {
     /// A log dropped without `shutdown` (a failed registration, a test) is closed too: the
     /// uploader, which may still hold its parts for a moment, stops at its next step.
     fn drop(&mut self) {
-        self.lifecycle.set_closed();
-        self.lifecycle.release_lock();
+        self.parts.lifecycle.set_closed();
+        self.parts.lifecycle.release_lock(&self.log_dir);
     }
 }
 
@@ -513,7 +508,7 @@ mod tests {
             once.call_once(|| {
                 let other = SharedWal::open(StdIo::shared(), &other_db, other_config.clone(), None).unwrap();
                 let middle = other.segments()[other.segments().len() / 2].start_frame_no;
-                other.transactions.add_reader(middle);
+                other.parts.transactions.add_reader(middle);
                 other.checkpoint(CheckpointMode::Passive, &mut || false, &mut |_, _, _| Ok(())).unwrap();
                 assert!(other.checkpointed().0 > 0, "setup: the other owner checkpointed something");
                 other.shutdown(false);
@@ -528,7 +523,7 @@ mod tests {
         };
         let wal = SharedWal::open(io, &db, config, None).expect("recovery used the mark written before the lock");
         assert_eq!(wal.last_commit(), last_before);
-        let mark = ownership::read_db_header(wal.db.file.as_ref(), &db).unwrap().unwrap();
+        let mark = ownership::read_db_header(wal.parts.db.file.as_ref(), &db).unwrap().unwrap();
         assert_eq!(wal.checkpointed(), (mark.frame_no, mark.chain), "recovery started from the mark on disk now");
         wal.shutdown(false);
     }

@@ -19,7 +19,7 @@ use crate::segment::{Segment, SegmentRef};
 impl SharedWal {
     /// The segment the writer appends to, created (or swapped in) if needed. Write lock held.
     pub fn current_segment_for_write(&self) -> Result<SegmentRef> {
-        if let Some(current) = self.segments.newest()
+        if let Some(current) = self.parts.segments.newest()
             && !current.is_sealed()
         {
             if !self.is_full(&current) {
@@ -38,11 +38,12 @@ impl SharedWal {
                 }
             }
         }
-        let next_frame_no = self.transactions.last_commit().frame_no + 1;
-        let prev_chain = self.segments.newest_end_chain().unwrap_or_else(|| self.transactions.checkpointed().1);
+        let next_frame_no = self.parts.transactions.last_commit().frame_no + 1;
+        let prev_chain =
+            self.parts.segments.newest_end_chain().unwrap_or_else(|| self.parts.transactions.checkpointed().1);
         let segment =
-            Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no, self.lineage, prev_chain)?);
-        self.segments.push_current(segment.clone());
+            Arc::new(Segment::create(self.io.as_ref(), &self.log_dir, next_frame_no, self.parts.lineage, prev_chain)?);
+        self.parts.segments.push_current(segment.clone());
         Ok(segment)
     }
 
@@ -71,18 +72,18 @@ impl SharedWal {
     /// current one too if `current` (the caller holds the write lock then). Returns whether
     /// any was sealed.
     pub(super) fn seal_in_order(&self, current: bool) -> Result<bool> {
-        self.lifecycle.check_writable()?;
-        self.lifecycle.watch(self.seal_in_order_unwatched(current))
+        self.check_writable()?;
+        self.watch(self.seal_in_order_unwatched(current))
     }
 
     fn seal_in_order_unwatched(&self, current: bool) -> Result<bool> {
-        let to_seal = self.segments.sealable(|position, s| current || self.is_frozen(position, s));
+        let to_seal = self.parts.segments.sealable(|position, s| current || self.is_frozen(position, s));
         if to_seal.is_empty() {
             return Ok(false);
         }
         // One directory sync for all of them (each seal would otherwise sync it again).
         if to_seal.iter().any(|s| !s.entry_durable()) {
-            self.sync_log_dir(&self.segments.all())?;
+            self.sync_log_dir(&self.parts.segments.all())?;
         }
         for segment in to_seal {
             segment.seal(self.io.as_ref())?;
@@ -99,14 +100,14 @@ impl SharedWal {
     /// lose a commit before it, or the file holding it. Usually nothing to do: one pass
     /// over the list under its read lock.
     pub fn make_durable_through(&self, current: &Segment) -> Result<()> {
-        self.lifecycle.watch(self.make_durable_through_unwatched(current))
+        self.watch(self.make_durable_through_unwatched(current))
     }
 
     fn make_durable_through_unwatched(&self, current: &Segment) -> Result<()> {
-        if self.segments.durable_except(current) {
+        if self.parts.segments.durable_except(current) {
             return Ok(());
         }
-        let pending = self.segments.all();
+        let pending = self.parts.segments.all();
         for segment in pending.iter().rev().filter(|s| !std::ptr::eq(s.as_ref(), current)) {
             if segment.frames_unsynced() {
                 segment.sync()?;
@@ -145,18 +146,18 @@ impl SharedWal {
     /// unless a writer holds the lock (then it is not quiet: try again later). The seal is
     /// short (index, trailer, one sync); the copy happens later, without the lock.
     pub fn seal_if_older_than(&self, age_max: Duration) -> Result<bool> {
-        let Some(current) = self.segments.newest() else { return Ok(false) };
+        let Some(current) = self.parts.segments.newest() else { return Ok(false) };
         let now_ms = self.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let age = Duration::from_millis(now_ms.saturating_sub(current.created_unix_ms));
         if current.is_sealed() || current.committed_frames() == 0 || age < age_max {
             return Ok(false);
         }
         // Closed: the files may already belong to another log (see `Lifecycle::closed`).
-        if !self.transactions.try_begin_checkpoint_write(|| self.lifecycle.is_closed()) {
+        if !self.parts.transactions.try_begin_checkpoint_write(|| self.parts.lifecycle.is_closed()) {
             return Ok(false);
         }
         let result = self.seal_in_order(true);
-        self.transactions.end_write(CHECKPOINT_WRITER_ID);
+        self.parts.transactions.end_write(CHECKPOINT_WRITER_ID);
         result.map(|_| true)
     }
 
@@ -165,12 +166,12 @@ impl SharedWal {
     pub(super) fn seal_current(&self, mode: CheckpointMode, busy: &mut dyn FnMut() -> bool) -> Result<bool> {
         loop {
             let mut closed = false;
-            if self.transactions.try_begin_checkpoint_write(|| {
-                closed = self.lifecycle.is_closed();
+            if self.parts.transactions.try_begin_checkpoint_write(|| {
+                closed = self.parts.lifecycle.is_closed();
                 closed
             }) {
                 let result = self.seal_in_order(true);
-                self.transactions.end_write(CHECKPOINT_WRITER_ID);
+                self.parts.transactions.end_write(CHECKPOINT_WRITER_ID);
                 return result.map(|_| true);
             }
             if closed || mode == CheckpointMode::Passive || !busy() {
