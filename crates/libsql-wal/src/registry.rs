@@ -156,7 +156,7 @@ impl Registry {
     fn evict_idle(&mut self) {
         while self.idle.files > self.idle_open_files_max {
             let Some(shared) = self.idle.pop_eviction_victim() else { break };
-            tracing::debug!(db = %shared.db_path.display(), "closing an idle log: too many idle files open");
+            tracing::debug!(db = %shared.db_path().display(), "closing an idle log: too many idle files open");
             self.close(&shared, false);
         }
     }
@@ -270,7 +270,7 @@ fn check_same_config(
         return Ok(());
     }
     Err(Error::CannotOpen {
-        path: shared.db_path.clone(),
+        path: shared.db_path().to_path_buf(),
         reason: format!(
             "already open in this process with another configuration: asked for {}",
             differences.join(", ")
@@ -291,7 +291,7 @@ fn check_same_storage(shared: &SharedWal, storage: Option<&StorageBinding>) -> R
             let now = current
                 .map_or("no storage".to_string(), |c| format!("namespace {} in {}", c.namespace, c.storage.url()));
             Err(Error::CannotOpen {
-                path: shared.db_path.clone(),
+                path: shared.db_path().to_path_buf(),
                 reason: format!(
                     "already open in this process with {now}; asked for namespace {} in {}",
                     wanted.namespace,

@@ -91,7 +91,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// See the module documentation. The fields are set at open and never replaced; what
 /// changes lives inside the parts, under their own locks.
 pub(crate) struct SharedWal {
-    pub db_path: PathBuf,
     pub log_dir: PathBuf,
     pub(crate) io: Arc<dyn Io>,
     pub config: WalConfig,
@@ -237,7 +236,6 @@ impl SharedWal {
         let durability =
             Durability::open(&io, &log_dir, storage, view).inspect_err(|_| parts.lifecycle.release_lock(&log_dir))?;
         Ok(SharedWal {
-            db_path: db_path.into(),
             log_dir,
             io,
             config,
@@ -247,6 +245,11 @@ impl SharedWal {
             open_connections: AtomicUsize::new(0),
             durability,
         })
+    }
+
+    /// The database file (as it was named at open; the log's other names share it).
+    pub fn db_path(&self) -> &Path {
+        &self.parts.db.path
     }
 
     /// Called once by the registry right after the log is shared: starts its uploads (the
@@ -324,12 +327,12 @@ impl SharedWal {
 
     /// Records a failed sync, if `result` is one: the log then refuses writes for good.
     pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
-        self.parts.lifecycle.watch(&self.db_path, result)
+        self.parts.lifecycle.watch(&self.db_path(), result)
     }
 
     /// Refuses when an earlier sync failed (see `Lifecycle::sync_failure`).
     fn check_writable(&self) -> Result<()> {
-        self.parts.lifecycle.check_writable(&self.db_path)
+        self.parts.lifecycle.check_writable(&self.db_path())
     }
 
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
@@ -391,13 +394,13 @@ impl SharedWal {
             // A clean shutdown seals the tail so it can be uploaded (now, or by the next
             // process to open the log): storage never lacks more than a crash's tail.
             if let Err(e) = self.seal_current(CheckpointMode::Passive, &mut || false) {
-                tracing::error!(db = %self.db_path.display(), "sealing the log on close failed: {e}");
+                tracing::error!(db = %self.db_path().display(), "sealing the log on close failed: {e}");
             }
         }
         if checkpoint && self.config.checkpoint_on_close {
             let result = self.checkpoint(CheckpointMode::Truncate, &mut || false, &mut |_, _, _| Ok(()));
             if let Err(e) = result {
-                tracing::error!(db = %self.db_path.display(), "checkpoint on close failed: {e}");
+                tracing::error!(db = %self.db_path().display(), "checkpoint on close failed: {e}");
             }
         }
         // From here no checkpoint of ours may touch the files: another process may own
@@ -414,7 +417,7 @@ impl SharedWal {
         if let Some(current) = segments.first()
             && let Err(e) = current.trim_preallocation()
         {
-            tracing::warn!(db = %self.db_path.display(), "could not give back the segment's preallocated zeros: {e}");
+            tracing::warn!(db = %self.db_path().display(), "could not give back the segment's preallocated zeros: {e}");
         }
         if let Some(durability) = &self.durability {
             durability.close(log_empty);
@@ -433,7 +436,7 @@ impl SharedWal {
 
 impl CheckpointTarget for SharedWal {
     fn db_path(&self) -> &Path {
-        &self.db_path
+        SharedWal::db_path(self)
     }
 
     fn segment_age_max(&self) -> Option<Duration> {
