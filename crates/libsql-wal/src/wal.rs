@@ -365,7 +365,7 @@ impl Wal for LibsqlWal {
             return Err(not_4096(buffer.len()));
         }
         let (segment, pos) = self.locate(frame.get()).ok_or_else(|| {
-            Error::corrupt(&self.shared.db_path(), format!("page {} vanished from the log", frame.get())).into_sqlite()
+            Error::corrupt(self.shared.db_path(), format!("page {} vanished from the log", frame.get())).into_sqlite()
         })?;
         segment.read_page(pos, buffer).map_err(Error::into_sqlite)
     }

@@ -327,12 +327,12 @@ impl SharedWal {
 
     /// Records a failed sync, if `result` is one: the log then refuses writes for good.
     pub fn watch<T>(&self, result: Result<T>) -> Result<T> {
-        self.parts.lifecycle.watch(&self.db_path(), result)
+        self.parts.lifecycle.watch(self.db_path(), result)
     }
 
     /// Refuses when an earlier sync failed (see `Lifecycle::sync_failure`).
     fn check_writable(&self) -> Result<()> {
-        self.parts.lifecycle.check_writable(&self.db_path())
+        self.parts.lifecycle.check_writable(self.db_path())
     }
 
     /// Takes the write lock for a connection whose snapshot is `snapshot`, without waiting.
