@@ -238,6 +238,9 @@ pub(crate) fn plan(files: &[FileFindings], mark: Option<CheckpointMark>) -> Plan
             break;
         }
         check_continues(kept.last().copied(), mark, facts, &file.path)?;
+        if kept.last().is_some_and(|previous| previous.committed_frames == 0) {
+            return Err(refuse_followed_empty_segment(&files[i - 1], file));
+        }
         kept.push(facts);
     }
     if let Some(cut) = &cut {
@@ -252,6 +255,21 @@ pub(crate) fn plan(files: &[FileFindings], mark: Option<CheckpointMark>) -> Plan
         kept: kept_range,
         cut,
     })
+}
+
+/// A segment without a commit followed by another: the writer starts a segment only once
+/// the one before holds commits (an empty newest segment is reused, never passed), so no
+/// crash leaves that (a header-only file under another's name does). Kept, open would have
+/// to seal a segment holding nothing.
+fn refuse_followed_empty_segment(empty: &FileFindings, next: &FileFindings) -> Refusal {
+    Refusal::corrupt(
+        &empty.path,
+        format!(
+            "holds no commit, yet {} follows it: a new segment starts only after the one before holds commits \
+             (damage, or a file that is not ours); nothing was changed",
+            next.path.display()
+        ),
+    )
 }
 
 fn verified(file: &FileFindings) -> Option<&SegmentFacts> {
@@ -648,6 +666,19 @@ mod tests {
         assert!(plan.seal.is_empty());
         assert_eq!(plan.history, History::Continues { lineage: LINEAGE, base_chain: chain(5) });
         assert_eq!([plan.fate(1), plan.fate(2)], [Fate::Covered, Fate::Kept]);
+    }
+
+    #[test]
+    fn an_empty_segment_followed_by_another_is_refused_never_sealed() {
+        // A header-only file under the name of the log's first segment, the real one after it.
+        let files = [segment(1, 0, false), segment(1, 3, false)];
+        refused_with(plan(&files, mark(0)), 1, "holds no commit, yet");
+        let files = [segment(1, 3, true), segment(4, 0, false), segment(4, 2, false)];
+        refused_with(plan(&files, mark(0)), 4, "holds no commit, yet");
+        // The newest may be empty: the writer created it and a crash came before its commit.
+        let files = [segment(1, 3, true), segment(4, 0, false)];
+        let plan = plan(&files, mark(0)).unwrap();
+        assert_eq!((plan.kept, plan.seal), (0..2, vec![]));
     }
 
     #[test]
