@@ -335,15 +335,7 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
                 Some(reason) => info.notes.push(format!("an open with this storage is refused: {reason}")),
                 None => {
                     let plan_lineage = plan.as_ref().map_or(mark.map_or(0, |m| m.lineage), |p| p.lineage);
-                    let chain_at = |frame_no: u64| -> Result<Option<u32>> {
-                        if frame_no == checkpointed.0 {
-                            return Ok(Some(checkpointed.1));
-                        }
-                        let holder = kept
-                            .iter()
-                            .find(|s| s.start_frame_no <= frame_no && frame_no <= s.last_committed_frame_no());
-                        holder.map(|s| s.chain_at(frame_no)).transpose()
-                    };
+                    let chain_at = |frame_no: u64| crate::log::chain_at(checkpointed, kept, frame_no);
                     let local = durability::LocalHistory {
                         last: last.frame_no,
                         checkpointed: checkpointed.0,

@@ -156,7 +156,7 @@ impl LogView for LogParts {
     }
 
     fn chain_at(&self, frame_no: u64) -> Result<Option<u32>> {
-        chain_at(&self.transactions, &self.segments, frame_no)
+        chain_at(self.transactions.checkpointed(), self.segments.all().iter().map(|s| s.as_ref()), frame_no)
     }
 
     fn db_file_len(&self) -> u64 {
@@ -172,14 +172,20 @@ impl LogView for LogParts {
     }
 }
 
-/// The chain value at `frame_no`, if the log can still tell: the checkpointed frame, or a
-/// committed frame of one of its segments.
-fn chain_at(transactions: &Transactions, segments: &SegmentList, frame_no: u64) -> Result<Option<u32>> {
-    let (checkpointed, chain) = transactions.checkpointed();
-    if frame_no == checkpointed {
-        return Ok(Some(chain));
+/// The chain value at `frame_no`, if a log can still tell: `checkpointed` (the checkpointed
+/// frame_no and its chain value), or a committed frame of one of `segments`. The uploader
+/// asks it of a live log, `inspect_read_only` of what an open would recover.
+pub(crate) fn chain_at<'a>(
+    checkpointed: (u64, u32),
+    segments: impl IntoIterator<Item = &'a Segment>,
+    frame_no: u64,
+) -> Result<Option<u32>> {
+    if frame_no == checkpointed.0 {
+        return Ok(Some(checkpointed.1));
     }
-    segments.holder_of(frame_no).map(|s| s.chain_at(frame_no)).transpose()
+    let mut segments = segments.into_iter();
+    let holder = segments.find(|s| s.start_frame_no <= frame_no && frame_no <= s.last_committed_frame_no());
+    holder.map(|s| s.chain_at(frame_no)).transpose()
 }
 
 impl SharedWal {

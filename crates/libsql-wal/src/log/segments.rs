@@ -71,11 +71,6 @@ impl SegmentList {
             .find_map(|s| s.find(page_no, max_frame_no).map(|pos| (s.clone(), pos)))
     }
 
-    /// The segment holding `frame_no` as a committed frame, if one does.
-    pub fn holder_of(&self, frame_no: u64) -> Option<SegmentRef> {
-        self.read().iter().find(|s| s.start_frame_no <= frame_no && frame_no <= s.last_committed_frame_no()).cloned()
-    }
-
     /// The unsealed segments to seal, oldest first, keeping the sealed prefix a prefix: from
     /// the oldest unsealed one on, as long as each holds commits and `may_seal(position,
     /// segment)` (position in the newest-first list) says nothing appends to it any more.
