@@ -83,13 +83,24 @@ enum Command {
         #[command(flatten)]
         storage: StorageArgs,
     },
-    /// Rebuild a database from storage alone, at the namespace's durable frame_no.
+    /// Rebuild a database from storage alone: at the namespace's durable frame_no, or at
+    /// the last commit at or before --frame-no N or --timestamp T.
     Restore {
         /// The store, as a URL: file:///dir, s3://bucket/prefix, gs://..., az://..., memory://name.
         #[arg(long, value_name = "URL")]
         storage: String,
         #[arg(long, value_name = "NS")]
         namespace: String,
+        /// Restore the last commit at or before this frame_no (see `storage ls URL NS`).
+        #[arg(long, value_name = "N", conflicts_with = "timestamp")]
+        frame_no: Option<u64>,
+        /// Restore the last commit made at or before this time (RFC 3339, e.g.
+        /// 2026-12-01T10:15:00.250Z).
+        #[arg(long, value_name = "T", value_parser = libsql_wal::storage::history::parse_time)]
+        timestamp: Option<u64>,
+        /// Print the plan (objects, bytes, the commit it lands on) and write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// If the stored chain has a gap (a missing segment), restore the state before it
         /// instead of refusing; the output says which frame_no it stopped at.
         #[arg(long)]
@@ -226,8 +237,15 @@ fn main() -> ExitCode {
         Command::Checkpoint { db, mode, storage } => checkpoint(&db, mode, &storage),
         Command::Info { db, storage } => info(&db, &storage),
         Command::Verify { db, storage } => verify(&db, &storage),
-        Command::Restore { storage, namespace, allow_gap, out } => {
-            storage_cmd::restore(&storage, &namespace, &out, allow_gap)
+        Command::Restore { storage, namespace, frame_no, timestamp, dry_run, allow_gap, out } => {
+            use libsql_wal::storage::history::RestorePoint;
+            let point = match (frame_no, timestamp) {
+                (Some(n), _) => RestorePoint::FrameNo(n),
+                (None, Some(t)) => RestorePoint::Time(t),
+                (None, None) => RestorePoint::Latest,
+            };
+            let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap, point, dry_run };
+            storage_cmd::restore(&storage, &namespace, &out, &options)
         }
         Command::Storage { command } => storage_cmd::run(command),
         Command::Bench { workload: Some(workload), .. } => bench(workload),

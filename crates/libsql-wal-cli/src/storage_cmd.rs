@@ -61,17 +61,24 @@ pub enum StorageCommand {
         url: String,
         #[arg(value_name = "NS")]
         namespace: Option<String>,
+        /// One JSON document: for a namespace, its restorable window (`durable_frame_no`,
+        /// `first_frame_no`, `last_frame_no`, `first_time`, `last_time`, `gaps`) and objects.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
     match command {
-        StorageCommand::Ls { url, namespace } => ls(&url, namespace.as_deref()),
+        StorageCommand::Ls { url, namespace, json } => ls(&url, namespace.as_deref(), json),
     }
 }
 
-fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
+fn ls(url: &str, namespace: Option<&str>, json: bool) -> Result<ExitCode, String> {
     let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    if json {
+        return ls_json(&storage, namespace);
+    }
     let Some(namespace) = namespace else {
         for namespace in storage.list_namespaces().map_err(|e| e.to_string())? {
             let chain = storage.chain(&namespace).map_err(|e| e.to_string())?;
@@ -98,7 +105,87 @@ fn ls(url: &str, namespace: Option<&str>) -> Result<ExitCode, String> {
         outln!("  {object}{note}");
     }
     outln!("durable up to frame {}", chain.end_frame_no);
+    let window = libsql_wal::storage::history::window(&objects);
+    let time = |t: Option<u64>| t.map_or("time not recorded".into(), libsql_wal::storage::layout::format_unix_ms);
+    for (i, span) in window.spans.iter().enumerate() {
+        if i > 0 {
+            outln!(
+                "gap: frames {}..={} are in no stored object",
+                window.spans[i - 1].last_frame_no + 1,
+                span.first_frame_no - 1
+            );
+        }
+        outln!(
+            "restorable: frames {}..={}, commits {} .. {}",
+            span.first_frame_no,
+            span.last_frame_no,
+            time(span.first_time),
+            time(span.last_time)
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `storage ls --json`: the namespaces of a store, or one namespace's window and objects.
+fn ls_json(storage: &Storage, namespace: Option<&str>) -> Result<ExitCode, String> {
+    use libsql_wal::storage::layout::format_unix_ms;
+    use serde_json::json;
+    let Some(namespace) = namespace else {
+        let mut namespaces = Vec::new();
+        for namespace in storage.list_namespaces().map_err(|e| e.to_string())? {
+            let chain = storage.chain(&namespace).map_err(|e| e.to_string())?;
+            namespaces.push(
+                json!({ "namespace": namespace, "durable_frame_no": chain.end_frame_no, "bytes": chain.bytes() }),
+            );
+        }
+        outln!("{}", json!({ "url": storage.url(), "namespaces": namespaces }));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let objects = storage.list(namespace).map_err(|e| e.to_string())?;
+    let chain = libsql_wal::storage::layout::chain(&objects);
+    let window = libsql_wal::storage::history::window(&objects);
+    let time = |t: Option<u64>| t.map(format_unix_ms);
+    let gaps: Vec<_> = window
+        .spans
+        .windows(2)
+        .map(|w| {
+            json!({
+                "from_frame_no": w[0].last_frame_no + 1,
+                "to_frame_no": w[1].first_frame_no - 1,
+                "after_time": time(w[0].last_time),
+                "before_time": time(w[1].first_time),
+            })
+        })
+        .collect();
+    let listed: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            let in_chain = chain.objects().any(|c| c.key == o.key);
+            json!({ "key": o.key, "size": o.size, "first_frame_no": first_frame(o), "last_frame_no": o.end_frame_no(), "in_latest_chain": in_chain })
+        })
+        .collect();
+    let doc = json!({
+        "namespace": namespace,
+        "url": storage.url(),
+        "durable_frame_no": chain.end_frame_no,
+        "first_frame_no": window.first().map(|s| s.first_frame_no),
+        "last_frame_no": window.last().map(|s| s.last_frame_no),
+        "first_time": window.first().and_then(|s| time(s.first_time)),
+        "last_time": window.last().and_then(|s| time(s.last_time)),
+        "first_time_unix_ms": window.first().and_then(|s| s.first_time),
+        "last_time_unix_ms": window.last().and_then(|s| s.last_time),
+        "gaps": gaps,
+        "objects": listed,
+    });
+    outln!("{doc}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn first_frame(object: &libsql_wal::storage::layout::StoredObject) -> u64 {
+    match object.kind {
+        libsql_wal::storage::layout::ObjectKind::Segment { start_frame_no, .. } => start_frame_no,
+        libsql_wal::storage::layout::ObjectKind::Snapshot { frame_no, .. } => frame_no,
+    }
 }
 
 /// Seals the log and waits until storage has every commit, saying so while it waits (an
@@ -153,7 +240,12 @@ pub fn print_durability(info: &LogInfo) {
     }
 }
 
-pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Result<ExitCode, String> {
+pub fn restore(
+    url: &str,
+    namespace: &str,
+    out: &Path,
+    options: &libsql_wal::RestoreOptions,
+) -> Result<ExitCode, String> {
     let storage = Storage::open(url).map_err(|e| e.to_string())?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -162,17 +254,29 @@ pub fn restore(url: &str, namespace: &str, out: &Path, allow_gap: bool) -> Resul
             .progress_chars("=> "),
     );
     bar.set_message(namespace.to_string());
-    let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap };
-    let report = libsql_wal::restore_with(&storage, namespace, out, &options, &mut |done, total| {
+    let report = libsql_wal::restore_with(&storage, namespace, out, options, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
     bar.finish_and_clear();
     let report = report.map_err(|e| e.to_string())?;
+    let landed = match report.commit_unix_ms {
+        Some(t) => {
+            format!("frame_no {}, committed {}", report.frame_no, libsql_wal::storage::layout::format_unix_ms(t))
+        }
+        None => format!("frame_no {} (commit time not recorded)", report.frame_no),
+    };
+    if report.dry_run {
+        outln!("restore of {namespace} to {} would land on the commit at {landed}", out.display());
+        outln!("plan: {} objects, {} bytes (nothing written)", report.objects, report.bytes);
+        for key in &report.keys {
+            outln!("  {key}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
-        "restored {namespace} to {} at frame_no {}: {} pages from {} objects ({} bytes)",
+        "restored {namespace} to {} at the commit at {landed}: {} pages from {} objects ({} bytes)",
         out.display(),
-        report.frame_no,
         report.db_pages,
         report.objects,
         report.bytes

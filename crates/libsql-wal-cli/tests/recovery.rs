@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
 
 // The on-disk layout (src/format.rs, docs/FORMAT.md).
 const HEADER_SIZE: u64 = 64;
-const FRAME_HEADER_SIZE: u64 = 24;
+const FRAME_HEADER_SIZE: u64 = libsql_wal::format::FRAME_HEADER_SIZE as u64;
 const FRAME_SIZE: u64 = FRAME_HEADER_SIZE + 4096;
 const TRAILER_SIZE: u64 = 48;
 

@@ -255,7 +255,14 @@ fn a_missing_or_emptied_segment_before_a_synchronous_commit_is_damage_not_a_cut(
     // once every earlier segment was durable, so no crash can have lost one of them.
     damage_is_reported_and_refused(first, |seg| std::fs::write(seg, b"").unwrap(), "synchronous commit");
     damage_is_reported_and_refused(first, |seg| std::fs::remove_file(seg).unwrap(), "frames are missing");
-    let cut = |seg: &Path| std::fs::OpenOptions::new().write(true).open(seg).unwrap().set_len(64 + 4120).unwrap();
+    let cut = |seg: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg)
+            .unwrap()
+            .set_len(64 + libsql_wal::format::FRAME_SIZE as u64)
+            .unwrap()
+    };
     // The sealed segment before the current one gone: the current (unsealed) one follows a
     // gap, which a power cut under NORMAL could leave, but not before a FULL commit.
     damage_is_reported_and_refused(newest_sealed, |seg| std::fs::remove_file(seg).unwrap(), "synchronous commit");

@@ -320,14 +320,15 @@ fn forge_segment_size(bytes: &mut [u8], pages: u32) {
     let trailer = bytes.len() - SEAL_TRAILER_SIZE;
     let frames = (u64_at(bytes, trailer + 16) - start + 1) as usize;
     let last = SEGMENT_HEADER_SIZE + (frames - 1) * FRAME_SIZE;
-    let previous = if frames == 1 { chain_seed(salt, prev_chain) } else { u32_at(bytes, last - FRAME_SIZE + 20) };
+    let sum_at = FRAME_HEADER_SIZE - 4; // the checksum ends the frame header
+    let previous = if frames == 1 { chain_seed(salt, prev_chain) } else { u32_at(bytes, last - FRAME_SIZE + sum_at) };
     assert_ne!(u32_at(bytes, last + 4), 0, "the last frame is a commit frame");
     bytes[last + 4..last + 8].copy_from_slice(&pages.to_le_bytes());
     let checksum = crc32c::crc32c_append(
-        crc32c::crc32c_append(previous, &bytes[last..last + 20]),
+        crc32c::crc32c_append(previous, &bytes[last..last + sum_at]),
         &bytes[last + FRAME_HEADER_SIZE..last + FRAME_SIZE],
     );
-    bytes[last + 20..last + 24].copy_from_slice(&checksum.to_le_bytes());
+    bytes[last + sum_at..last + FRAME_HEADER_SIZE].copy_from_slice(&checksum.to_le_bytes());
     bytes[trailer + 40..trailer + 44].copy_from_slice(&pages.to_le_bytes());
     let checksum = crc32c::crc32c_append(salt, &bytes[trailer..trailer + 44]);
     bytes[trailer + 44..trailer + 48].copy_from_slice(&checksum.to_le_bytes());

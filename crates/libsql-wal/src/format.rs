@@ -6,7 +6,7 @@
 //! ```text
 //! [SegmentHeader: 64 bytes][frame 0][frame 1]...[frame n-1]            (current)
 //! [SegmentHeader: 64 bytes][frame 0]...[frame n-1][index][SealTrailer] (sealed)
-//! frame = [FrameHeader: 24 bytes][page: 4096 bytes]
+//! frame = [FrameHeader: 32 bytes][page: 4096 bytes]      (version 2: 24-byte header)
 //! ```
 
 use zerocopy::little_endian::{U32, U64};
@@ -19,15 +19,22 @@ pub const SEAL_MAGIC: u64 = u64::from_le_bytes(*b"LSQLSEAL");
 /// Bumped on any incompatible change; a reader refuses versions it does not know.
 /// Version 2: segments, snapshots and the checkpoint mark carry the history's lineage and the
 /// chain value they continue from (see [`chain_seed`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: a commit frame carries its commit time (`FrameHeader::commit_unix_ms`, so the
+/// frame header grows to 32 bytes), and a snapshot the time of the commit it is the state at.
+pub const FORMAT_VERSION: u32 = 3;
+/// The version before [`FORMAT_VERSION`]: read from storage (restore), never written, and
+/// refused in a local log (see `Segment::open_verified`).
+pub const FORMAT_VERSION_V2: u32 = 2;
 
 pub const SEGMENT_HEADER_SIZE: usize = 64;
 /// Frame flag: the commit frame of a synchronous commit, written only once every earlier
 /// segment (frames, header and directory entry) was durable. Recovery reads a valid one as
 /// proof that no earlier segment can be missing or cut short by a crash.
 pub const FRAME_SYNCED_COMMIT: u32 = 1;
-pub const FRAME_HEADER_SIZE: usize = 24;
+pub const FRAME_HEADER_SIZE: usize = 32;
 pub const FRAME_SIZE: usize = FRAME_HEADER_SIZE + PAGE_SIZE;
+/// The frame header of format version 2 ([`FrameHeaderV2`]).
+pub const FRAME_HEADER_SIZE_V2: usize = 24;
 pub const INDEX_ENTRY_SIZE: usize = 8;
 pub const SEAL_TRAILER_SIZE: usize = 48;
 
@@ -138,10 +145,87 @@ pub struct FrameHeader {
     /// Database size in pages after the transaction: non-zero only on a commit frame.
     pub size_after: U32,
     pub frame_no: U64,
+    /// On a commit frame, when the transaction committed: ms since the Unix epoch, never
+    /// decreasing within a database (see `Transactions::commit_time`). 0 on other frames, and
+    /// on every frame of format version 2 (no time known).
+    pub commit_unix_ms: U64,
     /// [`FRAME_SYNCED_COMMIT`] on the commit frame of a synchronous (FULL) commit; else 0.
+    pub flags: U32,
+    /// crc32c chained: crc32c_append(previous checksum, header bytes 0..28 ++ page).
+    pub checksum: U32,
+}
+
+/// The frame header of format version 2, kept to read stored objects of that version.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct FrameHeaderV2 {
+    pub page_no: U32,
+    pub size_after: U32,
+    pub frame_no: U64,
     pub flags: U32,
     /// crc32c chained: crc32c_append(previous checksum, header bytes 0..20 ++ page).
     pub checksum: U32,
+}
+
+/// How frames are laid out in a segment of a given format version. Everything that reads
+/// frames asks the segment's layout; only [`FrameLayout::V3`] is ever written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameLayout {
+    V2,
+    V3,
+}
+
+impl FrameLayout {
+    /// The layout of a format version we read, if we read it.
+    pub fn of_version(version: u32) -> Option<FrameLayout> {
+        match version {
+            FORMAT_VERSION => Some(FrameLayout::V3),
+            FORMAT_VERSION_V2 => Some(FrameLayout::V2),
+            _ => None,
+        }
+    }
+
+    pub fn header_size(self) -> usize {
+        match self {
+            FrameLayout::V2 => FRAME_HEADER_SIZE_V2,
+            FrameLayout::V3 => FRAME_HEADER_SIZE,
+        }
+    }
+
+    pub fn frame_size(self) -> usize {
+        self.header_size() + PAGE_SIZE
+    }
+
+    /// Byte offset of frame `index` (0-based) in a segment file.
+    pub fn frame_offset(self, index: u32) -> u64 {
+        SEGMENT_HEADER_SIZE as u64 + index as u64 * self.frame_size() as u64
+    }
+
+    /// The header at the start of `head` (at least [`FrameLayout::header_size`] bytes), as a
+    /// version 3 header: a version 2 one has no commit time (0).
+    pub fn decode(self, head: &[u8]) -> FrameHeader {
+        match self {
+            FrameLayout::V3 => FrameHeader::read_from_bytes(&head[..FRAME_HEADER_SIZE]).expect("exact size"),
+            FrameLayout::V2 => {
+                let v2 = FrameHeaderV2::read_from_bytes(&head[..FRAME_HEADER_SIZE_V2]).expect("exact size");
+                FrameHeader {
+                    page_no: v2.page_no,
+                    size_after: v2.size_after,
+                    frame_no: v2.frame_no,
+                    commit_unix_ms: 0.into(),
+                    flags: v2.flags,
+                    checksum: v2.checksum,
+                }
+            }
+        }
+    }
+
+    /// The chained checksum of a frame as its bytes hold it: the header bytes before the
+    /// checksum field (`head` is at least a header long), then the page.
+    pub fn chained_checksum(self, head: &[u8], previous: u32, page: &[u8]) -> u32 {
+        let crc = crc32c::crc32c_append(previous, &head[..self.header_size() - 4]);
+        crc32c::crc32c_append(crc, page)
+    }
 }
 
 /// One entry of a sealed segment's index: the latest frame of `page_no` in the segment.
@@ -172,6 +256,7 @@ pub struct SealTrailer {
 
 const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_SIZE);
 const _: () = assert!(size_of::<FrameHeader>() == FRAME_HEADER_SIZE);
+const _: () = assert!(size_of::<FrameHeaderV2>() == FRAME_HEADER_SIZE_V2);
 const _: () = assert!(size_of::<IndexEntry>() == INDEX_ENTRY_SIZE);
 const _: () = assert!(size_of::<SealTrailer>() == SEAL_TRAILER_SIZE);
 
@@ -205,9 +290,10 @@ impl SegmentHeader {
         if self.checksum.get() != self.computed_checksum() {
             return Some("segment header checksum mismatch".into());
         }
-        if self.version.get() != FORMAT_VERSION {
+        if FrameLayout::of_version(self.version.get()).is_none() {
             return Some(format!(
-                "segment format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                "segment format version {} is not supported (this build reads versions {FORMAT_VERSION_V2} and \
+                 {FORMAT_VERSION})",
                 self.version.get()
             ));
         }
@@ -230,15 +316,15 @@ impl FrameHeader {
             page_no: page_no.into(),
             size_after: size_after.into(),
             frame_no: frame_no.into(),
+            commit_unix_ms: 0.into(),
             flags: 0.into(),
             checksum: 0.into(),
         }
     }
 
-    /// The chained checksum of this header (bytes 0..20) and its page.
+    /// The chained checksum of this header (bytes 0..28) and its page.
     pub fn chained_checksum(&self, previous: u32, page: &[u8]) -> u32 {
-        let crc = crc32c::crc32c_append(previous, &self.as_bytes()[..FRAME_HEADER_SIZE - 4]);
-        crc32c::crc32c_append(crc, page)
+        FrameLayout::V3.chained_checksum(self.as_bytes(), previous, page)
     }
 }
 
@@ -268,7 +354,10 @@ pub struct SnapshotHeader {
     pub taken_unix_ms: U64,
     /// The chain value at `frame_no`: the next segment continues from it.
     pub chain: U32,
-    pub reserved1: [u8; 16],
+    /// When the commit at `frame_no` was made (ms since the epoch); 0 if unknown (nothing
+    /// committed yet, or a snapshot of format version 2).
+    pub commit_unix_ms: U64,
+    pub reserved1: [u8; 8],
     /// crc32c of bytes 0..60.
     pub checksum: U32,
 }
@@ -287,7 +376,14 @@ const _: () = assert!(size_of::<SnapshotHeader>() == SNAPSHOT_HEADER_SIZE);
 const _: () = assert!(size_of::<SnapshotTrailer>() == SNAPSHOT_TRAILER_SIZE);
 
 impl SnapshotHeader {
-    pub fn new(frame_no: u64, db_pages: u32, taken_unix_ms: u64, lineage: u32, chain: u32) -> Self {
+    pub fn new(
+        frame_no: u64,
+        db_pages: u32,
+        taken_unix_ms: u64,
+        lineage: u32,
+        chain: u32,
+        commit_unix_ms: u64,
+    ) -> Self {
         let mut header = SnapshotHeader {
             magic: SNAPSHOT_MAGIC.into(),
             version: FORMAT_VERSION.into(),
@@ -297,7 +393,8 @@ impl SnapshotHeader {
             lineage: lineage.into(),
             taken_unix_ms: taken_unix_ms.into(),
             chain: chain.into(),
-            reserved1: [0; 16],
+            commit_unix_ms: commit_unix_ms.into(),
+            reserved1: [0; 8],
             checksum: 0.into(),
         };
         header.checksum = crc32c::crc32c(&header.as_bytes()[..SNAPSHOT_HEADER_SIZE - 4]).into();
@@ -312,9 +409,11 @@ impl SnapshotHeader {
         if self.checksum.get() != crc32c::crc32c(&self.as_bytes()[..SNAPSHOT_HEADER_SIZE - 4]) {
             return Some("snapshot header checksum mismatch".into());
         }
-        if self.version.get() != FORMAT_VERSION || self.page_size.get() != PAGE_SIZE as u32 {
+        // Version 2 differs only in bytes 44..52, then reserved (zeros): a commit time of 0.
+        if FrameLayout::of_version(self.version.get()).is_none() || self.page_size.get() != PAGE_SIZE as u32 {
             return Some(format!(
-                "snapshot version {} with {}-byte pages; this build reads version {FORMAT_VERSION}, 4096-byte pages",
+                "snapshot version {} with {}-byte pages; this build reads versions {FORMAT_VERSION_V2} and \
+                 {FORMAT_VERSION}, 4096-byte pages",
                 self.version.get(),
                 self.page_size.get()
             ));
@@ -363,9 +462,9 @@ pub fn storage_identity(url: &str, namespace: &str) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(url.as_bytes()), &[0]), namespace.as_bytes())
 }
 
-/// Byte offset of frame `index` (0-based) in a segment file.
+/// Byte offset of frame `index` (0-based) in a segment file of the current version.
 pub fn frame_offset(index: u32) -> u64 {
-    SEGMENT_HEADER_SIZE as u64 + index as u64 * FRAME_SIZE as u64
+    FrameLayout::V3.frame_offset(index)
 }
 
 /// Reads a page size from a SQLite database header (bytes 16..18, big-endian; 1 means 65536).
@@ -433,7 +532,8 @@ mod tests {
                     checksum
                 }),
             ),
-            ("### Frame", code_fields!(FrameHeader { page_no, size_after, frame_no, flags, checksum })),
+            ("### Frame", code_fields!(FrameHeader { page_no, size_after, frame_no, commit_unix_ms, flags, checksum })),
+            ("### Frame of version 2", code_fields!(FrameHeaderV2 { page_no, size_after, frame_no, flags, checksum })),
             ("### Index", code_fields!(IndexEntry { page_no, frame_index })),
             (
                 "### SealTrailer",
@@ -459,6 +559,7 @@ mod tests {
                     lineage,
                     taken_unix_ms,
                     chain,
+                    commit_unix_ms,
                     reserved1,
                     checksum
                 }),
@@ -476,7 +577,7 @@ mod tests {
         let header = SegmentHeader::new(0x0102, 0xAABBCCDD, 7, 0x11223344, 0x55667788);
         let b = header.as_bytes();
         assert_eq!(&b[0..8], b"LSQLWSEG");
-        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
         assert_eq!(&b[12..16], &4096u32.to_le_bytes());
         assert_eq!(&b[16..24], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[24..28], &[0xDD, 0xCC, 0xBB, 0xAA]);
@@ -488,15 +589,38 @@ mod tests {
         assert_eq!(chain_seed(0xAABBCCDD, 0x55667788), crc32c::crc32c_append(0xAABBCCDD, &[0x88, 0x77, 0x66, 0x55]));
         assert!(header.problem().is_none());
 
-        let frame = FrameHeader::new(3, 9, 0x10);
+        let mut frame = FrameHeader::new(3, 9, 0x10);
+        frame.commit_unix_ms = 0x0102_0304_0506.into();
+        frame.flags = FRAME_SYNCED_COMMIT.into();
         let f = frame.as_bytes();
         assert_eq!(&f[0..4], &3u32.to_le_bytes());
         assert_eq!(&f[4..8], &9u32.to_le_bytes());
         assert_eq!(&f[8..16], &0x10u64.to_le_bytes());
+        assert_eq!(&f[16..24], &0x0102_0304_0506u64.to_le_bytes());
+        assert_eq!(&f[24..28], &1u32.to_le_bytes());
         let page = [0x5Au8; PAGE_SIZE];
-        let expected = crc32c::crc32c_append(crc32c::crc32c_append(42, &f[..20]), &page);
+        let expected = crc32c::crc32c_append(crc32c::crc32c_append(42, &f[..28]), &page);
         assert_eq!(frame.chained_checksum(42, &page), expected);
-        assert_eq!(frame_offset(2), 64 + 2 * 4120);
+        assert_eq!(frame_offset(2), 64 + 2 * 4128);
+        assert_eq!(FrameLayout::V3.decode(f).commit_unix_ms.get(), 0x0102_0304_0506);
+
+        // Version 2: 24 bytes, flags at 16, checksum at 20 over bytes 0..20; no commit time.
+        let v2 = FrameHeaderV2 {
+            page_no: 3.into(),
+            size_after: 9.into(),
+            frame_no: 0x10.into(),
+            flags: 1.into(),
+            checksum: 0xCAFE.into(),
+        };
+        let f2 = v2.as_bytes();
+        assert_eq!(&f2[16..20], &1u32.to_le_bytes());
+        assert_eq!(&f2[20..24], &0xCAFEu32.to_le_bytes());
+        let decoded = FrameLayout::V2.decode(f2);
+        assert_eq!((decoded.page_no.get(), decoded.size_after.get(), decoded.frame_no.get()), (3, 9, 0x10));
+        assert_eq!((decoded.commit_unix_ms.get(), decoded.flags.get(), decoded.checksum.get()), (0, 1, 0xCAFE));
+        let expected = crc32c::crc32c_append(crc32c::crc32c_append(42, &f2[..20]), &page);
+        assert_eq!(FrameLayout::V2.chained_checksum(f2, 42, &page), expected);
+        assert_eq!(FrameLayout::V2.frame_offset(2), 64 + 2 * 4120);
 
         let entry = IndexEntry { page_no: 5.into(), frame_index: 9.into() };
         assert_eq!(entry.as_bytes(), &[5, 0, 0, 0, 9, 0, 0, 0]);
@@ -542,16 +666,18 @@ mod tests {
 
     #[test]
     fn snapshot_and_durable_record_bytes_match_format_md() {
-        let header = SnapshotHeader::new(0x0102, 3, 9, 0x0A0B0C0D, 0x01020304);
+        let header = SnapshotHeader::new(0x0102, 3, 9, 0x0A0B0C0D, 0x01020304, 0x0B0C);
         let b = header.as_bytes();
         assert_eq!(&b[0..8], b"LSQLSNAP");
-        assert_eq!(&b[8..12], &2u32.to_le_bytes());
+        assert_eq!(&b[8..12], &3u32.to_le_bytes());
         assert_eq!(&b[12..16], &4096u32.to_le_bytes());
         assert_eq!(&b[16..24], &0x0102u64.to_le_bytes());
         assert_eq!(&b[24..28], &3u32.to_le_bytes());
         assert_eq!(&b[28..32], &0x0A0B0C0Du32.to_le_bytes());
         assert_eq!(&b[32..40], &9u64.to_le_bytes());
         assert_eq!(&b[40..44], &0x01020304u32.to_le_bytes());
+        assert_eq!(&b[44..52], &0x0B0Cu64.to_le_bytes());
+        assert_eq!(&b[52..60], &[0; 8]);
         assert_eq!(&b[60..64], &crc32c::crc32c(&b[..60]).to_le_bytes());
         assert!(header.problem().is_none());
         let trailer =
@@ -575,10 +701,13 @@ mod tests {
     #[test]
     fn damaged_header_is_refused_with_a_reason() {
         let mut header = SegmentHeader::new(1, 5, 0, 1, 1);
-        header.version = 3.into();
+        header.version = 4.into();
         assert!(header.problem().unwrap().contains("checksum"));
         header.checksum = header.computed_checksum().into();
-        assert!(header.problem().unwrap().contains("version 3"));
+        assert!(header.problem().unwrap().contains("version 4"));
+        header.version = FORMAT_VERSION_V2.into();
+        header.checksum = header.computed_checksum().into();
+        assert!(header.problem().is_none(), "version 2 is read (from storage)");
         // Frame numbers from a file are bounded before any arithmetic on them.
         let far = SegmentHeader::new(CheckpointMark::FRAME_NO_MAX + 1, 5, 0, 1, 1);
         assert!(far.problem().unwrap().contains("past 2^48"));

@@ -56,6 +56,11 @@ pub trait Io: Send + Sync + 'static {
     /// What is at `path`, if anything.
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
     fn now(&self) -> SystemTime;
+    /// When the file at `path` was last modified. Used only as a floor for commit times
+    /// (`SharedWal::open`), so wrappers that inject faults need not override it.
+    fn modified(&self, path: &Path) -> io::Result<SystemTime> {
+        std::fs::metadata(path)?.modified()
+    }
     fn random_u32(&self) -> u32;
 }
 

@@ -50,6 +50,9 @@ pub(crate) struct Segment {
     /// The seed of its frame checksums: `chain_seed(salt, prev_chain)`.
     seed: u32,
     pub created_unix_ms: u64,
+    /// How its frames are laid out (its header's format version). Only the current version is
+    /// ever written; version 2 is read from storage (restore) only.
+    layout: FrameLayout,
     /// The sealed index on disk was damaged and rebuilt from the frames (reported by verify).
     pub index_rebuilt: bool,
     /// At open, a committed frame carried `FRAME_SYNCED_COMMIT` (recovery's evidence that
@@ -75,11 +78,17 @@ struct AppendState {
     frames: u32,
     /// Checksum of the last frame in the file (the seed when there is none).
     last_checksum: u32,
+    /// The commit time of the commit frame written and not yet marked committed.
+    pending_unix_ms: u64,
     /// Frames of committed transactions. Monotonic: a rollback only drops frames past it.
     committed_frames: u32,
     committed_checksum: u32,
     /// Database size in pages after the last committed transaction in this segment.
     committed_size_after: u32,
+    /// When the last committed transaction in this segment committed (0: none, or unknown).
+    committed_unix_ms: u64,
+    /// When the first committed transaction in this segment committed (0: none, or unknown).
+    first_commit_unix_ms: u64,
     /// Position of the first frame whose checksum must be recomputed before commit
     /// (a page rewritten in place by the open transaction).
     recompute_from: Option<u32>,
@@ -99,6 +108,8 @@ struct ScanResult {
     committed_frames: u32,
     committed_checksum: u32,
     committed_size_after: u32,
+    committed_unix_ms: u64,
+    first_commit_unix_ms: u64,
     index: PageIndex,
     /// Frames that passed their checks after the last commit frame (a torn transaction).
     uncommitted_tail: u32,
@@ -161,6 +172,7 @@ impl Segment {
             prev_chain,
             seed,
             created_unix_ms,
+            layout: FrameLayout::V3,
             index_rebuilt: false,
             holds_synced_commit: false,
             file,
@@ -171,6 +183,9 @@ impl Segment {
                 committed_frames: 0,
                 committed_checksum: seed,
                 committed_size_after: 0,
+                committed_unix_ms: 0,
+                first_commit_unix_ms: 0,
+                pending_unix_ms: 0,
                 recompute_from: None,
                 file_len: SEGMENT_HEADER_SIZE as u64,
                 unfinished_commit: false,
@@ -192,7 +207,7 @@ impl Segment {
     /// succeeds or reports the full disk itself.
     pub fn preallocate(&self, more: u32) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let needed = frame_offset(state.frames + more);
+        let needed = self.layout.frame_offset(state.frames + more);
         if needed <= state.file_len {
             return Ok(());
         }
@@ -226,7 +241,7 @@ impl Segment {
     /// zeros a crash brings back are cut by recovery like any preallocation.
     pub fn trim_preallocation(&self) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let end = frame_offset(state.frames);
+        let end = self.layout.frame_offset(state.frames);
         if state.sealed || state.file_len <= end {
             return Ok(());
         }
@@ -249,7 +264,7 @@ impl Segment {
     /// [`Segment::open_verified`]: a torn transaction, garbage, or preallocated zeros.
     pub fn cut_torn_end(&self) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = frame_offset(state.committed_frames);
+        let keep = self.layout.frame_offset(state.committed_frames);
         if state.sealed || state.file_len == keep {
             return Ok(());
         }
@@ -291,16 +306,17 @@ impl Segment {
         let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE];
         file.read_exact_at(&mut header_bytes, 0).map_err(Error::io(IoAction::Read, path))?;
         let header = SegmentHeader::read_from_bytes(&header_bytes).expect("exact size");
-        if header.magic.get() == SEGMENT_MAGIC
-            && header.checksum.get() == header.computed_checksum()
-            && header.version.get() != FORMAT_VERSION
-        {
-            let (version, supported) = (header.version.get(), FORMAT_VERSION);
-            return Err(Error::UnsupportedVersion { path: path.into(), version, supported });
+        let version = header.version.get();
+        // Version 2 only from storage: a local log of it would get frames of this version
+        // appended. The build that wrote it checkpoints it.
+        let readable = version == FORMAT_VERSION || (sealed_required && version == FORMAT_VERSION_V2);
+        if header.magic.get() == SEGMENT_MAGIC && header.checksum.get() == header.computed_checksum() && !readable {
+            return Err(Error::UnsupportedVersion { path: path.into(), version, supported: FORMAT_VERSION });
         }
         if let Some(problem) = header.problem() {
             return Err(Error::corrupt(path, problem));
         }
+        let layout = FrameLayout::of_version(version).expect("checked by problem()");
         let start_frame_no = header.start_frame_no.get();
         let salt = header.salt.get();
         let seed = chain_seed(salt, header.prev_chain.get());
@@ -311,13 +327,13 @@ impl Segment {
             return Err(Error::corrupt(path, damage));
         }
         let frames_in_file = match &trailer {
-            Some(t) => match sealed_frames(t, start_frame_no) {
+            Some(t) => match sealed_frames(layout, t, start_frame_no) {
                 Some(n) => n,
                 None => return Err(Error::corrupt(path, "seal trailer does not match the frames")),
             },
-            None => whole_frames(len),
+            None => whole_frames(layout, len),
         };
-        let scan = scan_frames(file.as_ref(), path, start_frame_no, seed, frames_in_file)?;
+        let scan = scan_frames(file.as_ref(), path, layout, start_frame_no, seed, frames_in_file)?;
         let mut index_rebuilt = false;
         if let Some(t) = &trailer {
             if scan.committed_frames != frames_in_file || scan.uncommitted_tail != 0 {
@@ -334,7 +350,7 @@ impl Segment {
             return Err(Error::corrupt(path, "the segment is not sealed"));
         } else if let Some(bad) = scan.first_bad
             && let Some((commit, next)) =
-                synced_past_bad_frame(file.as_ref(), path, start_frame_no, bad, frames_in_file)?
+                synced_past_bad_frame(file.as_ref(), path, layout, start_frame_no, bad, frames_in_file)?
         {
             let reason = format!(
                 "bad frame at frame_no {} (checksum or header mismatch), but frame_no {commit} after it is a \
@@ -354,6 +370,7 @@ impl Segment {
             prev_chain: header.prev_chain.get(),
             seed,
             created_unix_ms: header.created_unix_ms.get(),
+            layout,
             index_rebuilt,
             holds_synced_commit: scan.synced_commit,
             file,
@@ -364,6 +381,9 @@ impl Segment {
                 committed_frames: scan.committed_frames,
                 committed_checksum: scan.committed_checksum,
                 committed_size_after: scan.committed_size_after,
+                committed_unix_ms: scan.committed_unix_ms,
+                first_commit_unix_ms: scan.first_commit_unix_ms,
+                pending_unix_ms: 0,
                 recompute_from: None,
                 file_len,
                 unfinished_commit: false,
@@ -390,7 +410,7 @@ impl Segment {
     /// Is everything after the last commit frame zeros (preallocated, never written)? What an
     /// open would cut is then no lost transaction.
     pub fn zeros_after_commits(&self) -> bool {
-        let (keep, len) = (frame_offset(self.committed_frames()), self.file_len());
+        let (keep, len) = (self.layout.frame_offset(self.committed_frames()), self.file_len());
         zeros_from(self.file.as_ref(), &self.path, keep, len).unwrap_or(false)
     }
 
@@ -402,6 +422,19 @@ impl Segment {
     /// Database size in pages after the last commit in this segment (0 if none).
     pub fn committed_size_after(&self) -> u32 {
         self.state().committed_size_after
+    }
+
+    /// When the last transaction committed in this segment committed (ms since the epoch):
+    /// 0 when it holds none, or for a segment of format version 2 (no times recorded).
+    pub fn committed_unix_ms(&self) -> u64 {
+        self.state().committed_unix_ms
+    }
+
+    /// When its first and last committed transactions committed (0 for unknown, as
+    /// [`Segment::committed_unix_ms`] says).
+    pub fn commit_times(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.first_commit_unix_ms, state.committed_unix_ms)
     }
 
     /// frame_no of the last committed frame, or `start_frame_no - 1` when empty.
@@ -456,7 +489,7 @@ impl Segment {
     }
 
     pub fn read_page(&self, position: u32, buf: &mut [u8]) -> Result<()> {
-        let offset = frame_offset(position) + FRAME_HEADER_SIZE as u64;
+        let offset = self.layout.frame_offset(position) + self.layout.header_size() as u64;
         self.file.read_exact_at(buf, offset).map_err(Error::io_at(
             IoAction::Read,
             &self.path,
@@ -469,20 +502,21 @@ impl Segment {
     /// runs of pages this way, a few system calls per megabyte instead of two per page.
     pub fn read_pages(&self, position: u32, frames: &mut Vec<u8>, pages: &mut [u8]) -> Result<()> {
         let count = pages.len() / PAGE_SIZE;
-        frames.resize(count * FRAME_SIZE, 0);
-        self.file.read_exact_at(frames, frame_offset(position)).map_err(Error::io_at(
+        let layout = self.layout;
+        frames.resize(count * layout.frame_size(), 0);
+        self.file.read_exact_at(frames, layout.frame_offset(position)).map_err(Error::io_at(
             IoAction::Read,
             &self.path,
             self.frame_no_at(position),
         ))?;
-        for (frame, page) in frames.chunks_exact(FRAME_SIZE).zip(pages.chunks_exact_mut(PAGE_SIZE)) {
-            page.copy_from_slice(&frame[FRAME_HEADER_SIZE..]);
+        for (frame, page) in frames.chunks_exact(layout.frame_size()).zip(pages.chunks_exact_mut(PAGE_SIZE)) {
+            page.copy_from_slice(&frame[layout.header_size()..]);
         }
         Ok(())
     }
 
     pub fn read_frame_raw(&self, position: u32, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, frame_offset(position)).map_err(Error::io_at(
+        self.file.read_exact_at(buf, self.layout.frame_offset(position)).map_err(Error::io_at(
             IoAction::Read,
             &self.path,
             self.frame_no_at(position),
@@ -492,23 +526,20 @@ impl Segment {
     /// Writes a batch of pages of the open transaction. A page that already has a frame in
     /// this transaction (at or after `txn_start`) is rewritten in place, as SQLite's own WAL
     /// does, except the commit frame, which is always new. With `commit_size_after`, the last
-    /// page is written as the commit frame; see [`Segment::mark_committed`].
+    /// page is written as the commit frame (at time 0); see [`Segment::mark_committed`].
     #[cfg(any(test, feature = "bench-internals"))]
     pub fn write_pages(&self, pages: &[(u32, &[u8])], txn_start: u32, commit_size_after: Option<u32>) -> Result<()> {
-        self.write_pages_flagged(pages, txn_start, commit_size_after, false)
+        let commit = commit_size_after.map(|size_after| CommitFrame { size_after, unix_ms: 0, synced: false });
+        self.write_transaction(pages, txn_start, commit)
     }
 
-    /// [`Segment::write_pages`]; `synced_commit` marks the commit frame with
-    /// `FRAME_SYNCED_COMMIT` (the caller made every earlier segment durable first).
-    pub fn write_pages_flagged(
-        &self,
-        pages: &[(u32, &[u8])],
-        txn_start: u32,
-        commit_size_after: Option<u32>,
-        synced_commit: bool,
-    ) -> Result<()> {
+    /// Writes a batch of pages of the open transaction, as [`Segment::write_pages`] says;
+    /// with `commit`, the last page is written as the commit frame that `commit` describes.
+    pub fn write_transaction(&self, pages: &[(u32, &[u8])], txn_start: u32, commit: Option<CommitFrame>) -> Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(!state.sealed, "write to a sealed segment");
+        assert_eq!(self.layout, FrameLayout::V3, "write to a segment of an older format");
+        let commit_size_after = commit.map(|c| c.size_after);
         if state.broken {
             let reason =
                 "a failed seal could not be cut back: no more frames go into this segment until the log is reopened";
@@ -545,8 +576,12 @@ impl Segment {
         for (i, &(page_no, data, size_after)) in appended.iter().enumerate() {
             let frame_no = self.start_frame_no + state.frames as u64 + i as u64;
             let mut header = FrameHeader::new(page_no, size_after, frame_no);
-            if size_after != 0 && synced_commit {
-                header.flags = FRAME_SYNCED_COMMIT.into();
+            if let Some(commit) = commit.filter(|_| size_after != 0) {
+                header.commit_unix_ms = commit.unix_ms.into();
+                if commit.synced {
+                    header.flags = FRAME_SYNCED_COMMIT.into();
+                }
+                state.pending_unix_ms = commit.unix_ms;
             }
             checksum = header.chained_checksum(checksum, data);
             header.checksum = checksum.into();
@@ -577,9 +612,13 @@ impl Segment {
         assert!(size_after > 0, "commit with database size 0");
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         assert!(state.recompute_from.is_none(), "commit with a broken checksum chain");
+        if state.committed_frames == 0 {
+            state.first_commit_unix_ms = state.pending_unix_ms;
+        }
         state.committed_frames = state.frames;
         state.committed_checksum = state.last_checksum;
         state.committed_size_after = size_after;
+        state.committed_unix_ms = state.pending_unix_ms;
         state.unfinished_commit = false;
     }
 
@@ -604,12 +643,13 @@ impl Segment {
 
     fn frame_checksum(&self, position: u32) -> Result<u32> {
         let mut head = [0u8; FRAME_HEADER_SIZE];
-        self.file.read_exact_at(&mut head, frame_offset(position)).map_err(Error::io_at(
+        let head = &mut head[..self.layout.header_size()];
+        self.file.read_exact_at(head, self.layout.frame_offset(position)).map_err(Error::io_at(
             IoAction::Read,
             &self.path,
             self.frame_no_at(position),
         ))?;
-        Ok(FrameHeader::read_from_bytes(&head).expect("exact size").checksum.get())
+        Ok(self.layout.decode(head).checksum.get())
     }
 
     /// Makes the frames written so far durable.
@@ -710,7 +750,7 @@ impl Segment {
         };
         entries.sort_unstable_by_key(|e| e.page_no.get());
         let index_bytes = entries.as_bytes();
-        let index_offset = frame_offset(state.frames);
+        let index_offset = self.layout.frame_offset(state.frames);
         let mut trailer = SealTrailer {
             magic: SEAL_MAGIC.into(),
             start_frame_no: self.start_frame_no.into(),
@@ -763,6 +803,33 @@ impl Segment {
                 (n > 0).then(|| (page_no, versions[n - 1]))
             })
             .collect()
+    }
+
+    /// Every commit in the segment, oldest first (reads the committed frames again: for
+    /// point-in-time restores, not the log's hot paths).
+    pub fn commits(&self) -> Result<Vec<CommitInfo>> {
+        let mut commits = Vec::new();
+        for_each_frame(self.file.as_ref(), &self.path, self.layout, 0, self.committed_frames(), |_, head, _| {
+            let header = self.layout.decode(head);
+            if header.size_after.get() != 0 {
+                commits.push(CommitInfo {
+                    frame_no: header.frame_no.get(),
+                    size_after: header.size_after.get(),
+                    unix_ms: header.commit_unix_ms.get(),
+                });
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(commits)
+    }
+
+    /// The newest version, at or before `max_frame_no`, of every page this segment holds
+    /// one of: (page_no, position).
+    pub fn pages_at(&self, max_frame_no: u64) -> Vec<(u32, u32)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let pages: Vec<u32> = index.keys().copied().collect();
+        drop(index);
+        pages.into_iter().filter_map(|page_no| Some((page_no, self.find(page_no, max_frame_no)?))).collect()
     }
 
     /// The whole file of a sealed segment (immutable, so read without locks), for upload.
@@ -856,31 +923,29 @@ pub(crate) fn creation_cut_short(io: &dyn Io, path: &Path) -> Result<bool> {
 /// Does frame 0 check out against the header's start and chain seed (the header's fields
 /// were written, whatever its checksum says)?
 fn first_frame_checks_out(file: &dyn IoFile, len: u64, header: &SegmentHeader) -> bool {
-    if len < frame_offset(1) {
+    let Some(layout) = FrameLayout::of_version(header.version.get()) else { return false };
+    if len < layout.frame_offset(1) {
         return false;
     }
-    let mut frame = vec![0u8; FRAME_SIZE];
-    if file.read_exact_at(&mut frame, frame_offset(0)).is_err() {
+    let mut frame = vec![0u8; layout.frame_size()];
+    if file.read_exact_at(&mut frame, layout.frame_offset(0)).is_err() {
         return false;
     }
-    let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
-    let frame_header = FrameHeader::read_from_bytes(head).expect("exact size");
+    let (head, page) = frame.split_at(layout.header_size());
     let seed = chain_seed(header.salt.get(), header.prev_chain.get());
-    frame_header.frame_no.get() == header.start_frame_no.get()
-        && frame_header.page_no.get() != 0
-        && frame_header.chained_checksum(seed, page) == frame_header.checksum.get()
+    frame_checks_out(layout, head, page, header.start_frame_no.get(), 0, seed)
 }
 
 /// Frames a valid trailer says the segment holds, if that agrees with where its index starts.
-fn sealed_frames(trailer: &SealTrailer, start_frame_no: u64) -> Option<u32> {
+fn sealed_frames(layout: FrameLayout, trailer: &SealTrailer, start_frame_no: u64) -> Option<u32> {
     let frames = trailer.last_frame_no.get().checked_sub(start_frame_no)?.checked_add(1)?;
     let frames = u32::try_from(frames).ok()?;
-    (trailer.index_offset.get() == frame_offset(frames)).then_some(frames)
+    (trailer.index_offset.get() == layout.frame_offset(frames)).then_some(frames)
 }
 
 /// Whole frames a file of `len` bytes has room for past its header.
-fn whole_frames(len: u64) -> u32 {
-    let frames = len.saturating_sub(SEGMENT_HEADER_SIZE as u64) / FRAME_SIZE as u64;
+fn whole_frames(layout: FrameLayout, len: u64) -> u32 {
+    let frames = len.saturating_sub(SEGMENT_HEADER_SIZE as u64) / layout.frame_size() as u64;
     frames.min(u32::MAX as u64) as u32
 }
 
@@ -906,10 +971,11 @@ fn trailer_damage(file: &dyn IoFile, len: u64, header: &SegmentHeader) -> Option
             .checked_add(t.index_entry_count.get() as u64 * INDEX_ENTRY_SIZE as u64 + SEAL_TRAILER_SIZE as u64)
     };
     // One damaged byte spoils one field: two that agree with the segment show a trailer.
+    let layout = FrameLayout::of_version(header.version.get()).unwrap_or(FrameLayout::V3);
     let signs = [
         trailer.magic.get() == SEAL_MAGIC,
         trailer.start_frame_no.get() == start,
-        sealed_frames(&trailer, start).is_some(),
+        sealed_frames(layout, &trailer, start).is_some(),
         index_end(&trailer) == Some(len),
     ];
     (signs.iter().filter(|&&s| s).count() >= 2).then(|| {
@@ -951,20 +1017,21 @@ fn zeros_from(file: &dyn IoFile, path: &Path, from: u64, len: u64) -> Result<boo
 fn for_each_frame(
     file: &dyn IoFile,
     path: &Path,
+    layout: FrameLayout,
     from: u32,
     to: u32,
-    mut visit: impl FnMut(u32, &FrameHeader, &[u8]) -> ControlFlow<()>,
+    mut visit: impl FnMut(u32, &[u8], &[u8]) -> ControlFlow<()>,
 ) -> Result<()> {
-    let mut buf = vec![0u8; SCAN_BATCH_FRAMES.min(to.saturating_sub(from)) as usize * FRAME_SIZE];
+    let frame_size = layout.frame_size();
+    let mut buf = vec![0u8; SCAN_BATCH_FRAMES.min(to.saturating_sub(from)) as usize * frame_size];
     let mut position = from;
     while position < to {
         let batch = (to - position).min(SCAN_BATCH_FRAMES);
-        let bytes = &mut buf[..batch as usize * FRAME_SIZE];
-        file.read_exact_at(bytes, frame_offset(position)).map_err(Error::io(IoAction::Read, path))?;
-        for frame in bytes.chunks_exact(FRAME_SIZE) {
-            let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
-            let header = FrameHeader::read_from_bytes(head).expect("exact size");
-            if visit(position, &header, page).is_break() {
+        let bytes = &mut buf[..batch as usize * frame_size];
+        file.read_exact_at(bytes, layout.frame_offset(position)).map_err(Error::io(IoAction::Read, path))?;
+        for frame in bytes.chunks_exact(frame_size) {
+            let (head, page) = frame.split_at(layout.header_size());
+            if visit(position, head, page).is_break() {
                 return Ok(());
             }
             position += 1;
@@ -975,10 +1042,18 @@ fn for_each_frame(
 
 /// Does the frame at `position` check out when chained from `previous` (the checksum before
 /// it)? Its number must be the one its position gives, and page 0 is never written.
-fn frame_checks_out(header: &FrameHeader, page: &[u8], start_frame_no: u64, position: u32, previous: u32) -> bool {
+fn frame_checks_out(
+    layout: FrameLayout,
+    head: &[u8],
+    page: &[u8],
+    start_frame_no: u64,
+    position: u32,
+    previous: u32,
+) -> bool {
+    let header = layout.decode(head);
     header.frame_no.get() == start_frame_no + position as u64
         && header.page_no.get() != 0
-        && header.chained_checksum(previous, page) == header.checksum.get()
+        && layout.chained_checksum(head, previous, page) == header.checksum.get()
 }
 
 /// Verifies frames `0..frames_in_file` in order and stops at the first one that fails:
@@ -986,6 +1061,7 @@ fn frame_checks_out(header: &FrameHeader, page: &[u8], start_frame_no: u64, posi
 fn scan_frames(
     file: &dyn IoFile,
     path: &Path,
+    layout: FrameLayout,
     start_frame_no: u64,
     seed: u32,
     frames_in_file: u32,
@@ -994,6 +1070,8 @@ fn scan_frames(
         committed_frames: 0,
         committed_checksum: seed,
         committed_size_after: 0,
+        committed_unix_ms: 0,
+        first_commit_unix_ms: 0,
         index: PageIndex::default(),
         uncommitted_tail: 0,
         first_bad: None,
@@ -1001,20 +1079,25 @@ fn scan_frames(
     };
     let mut pending: Vec<(u32, u32)> = Vec::new();
     let mut checksum = seed;
-    for_each_frame(file, path, 0, frames_in_file, |position, header, page| {
-        if !frame_checks_out(header, page, start_frame_no, position, checksum) {
+    for_each_frame(file, path, layout, 0, frames_in_file, |position, head, page| {
+        if !frame_checks_out(layout, head, page, start_frame_no, position, checksum) {
             result.first_bad = Some(position);
             return ControlFlow::Break(());
         }
+        let header = layout.decode(head);
         checksum = header.checksum.get();
         pending.push((header.page_no.get(), position));
         if header.size_after.get() != 0 {
             for (page_no, pos) in pending.drain(..) {
                 result.index.entry(page_no).or_default().push(pos);
             }
+            if result.committed_frames == 0 {
+                result.first_commit_unix_ms = header.commit_unix_ms.get();
+            }
             result.committed_frames = position + 1;
             result.committed_checksum = checksum;
             result.committed_size_after = header.size_after.get();
+            result.committed_unix_ms = header.commit_unix_ms.get();
             result.synced_commit |= header.flags.get() & FRAME_SYNCED_COMMIT != 0;
         }
         ControlFlow::Continue(())
@@ -1038,6 +1121,7 @@ fn scan_frames(
 fn synced_past_bad_frame(
     file: &dyn IoFile,
     path: &Path,
+    layout: FrameLayout,
     start_frame_no: u64,
     first_bad: u32,
     frames_in_file: u32,
@@ -1045,8 +1129,9 @@ fn synced_past_bad_frame(
     let mut previous: Option<u32> = None;
     let mut synced_commit_before: Option<u32> = None;
     let mut found = None;
-    for_each_frame(file, path, first_bad, frames_in_file, |position, header, page| {
-        let chained = previous.is_some_and(|p| frame_checks_out(header, page, start_frame_no, position, p));
+    for_each_frame(file, path, layout, first_bad, frames_in_file, |position, head, page| {
+        let chained = previous.is_some_and(|p| frame_checks_out(layout, head, page, start_frame_no, position, p));
+        let header = layout.decode(head);
         if let (true, Some(commit)) = (chained, synced_commit_before)
             && commit + 1 == position
         {
@@ -1059,6 +1144,25 @@ fn synced_past_bad_frame(
         ControlFlow::Continue(())
     })?;
     Ok(found)
+}
+
+/// What a commit frame records: the database size after the transaction, when it
+/// committed, and whether the commit is synchronous (`FRAME_SYNCED_COMMIT`: the caller made
+/// every earlier segment durable first).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitFrame {
+    pub size_after: u32,
+    pub unix_ms: u64,
+    pub synced: bool,
+}
+
+/// A commit as its frame records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommitInfo {
+    pub frame_no: u64,
+    pub size_after: u32,
+    /// 0: not recorded (format version 2).
+    pub unix_ms: u64,
 }
 
 pub(crate) type SegmentRef = Arc<Segment>;
@@ -1193,7 +1297,9 @@ mod tests {
     fn commit_synced(segment: &Segment, pages: &[u32], byte: u8) {
         let data = page(byte);
         let frames: Vec<(u32, &[u8])> = pages.iter().map(|&p| (p, data.as_slice())).collect();
-        segment.write_pages_flagged(&frames, segment.frames(), Some(8), true).unwrap();
+        segment
+            .write_transaction(&frames, segment.frames(), Some(CommitFrame { size_after: 8, unix_ms: 0, synced: true }))
+            .unwrap();
         segment.mark_committed(8);
     }
 

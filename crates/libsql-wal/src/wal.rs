@@ -21,7 +21,7 @@ use crate::format::{FRAME_SIZE, PAGE_SIZE};
 use crate::io::{FileKind, Io, StdIo};
 use crate::log::{CheckpointMode, SharedWal, Snapshot, WalConfig};
 use crate::registry;
-use crate::segment::SegmentRef;
+use crate::segment::{CommitFrame, SegmentRef};
 use crate::storage::Storage;
 use crate::storage::durability::StorageBinding;
 
@@ -473,7 +473,12 @@ impl Wal for LibsqlWal {
             // flagged frame then proves to recovery that none of them can be missing.
             self.shared.make_durable_through(&segment).map_err(|e| commit_error(&self.shared, e))?;
         }
-        segment.write_pages_flagged(&pages, start, commit, synced_commit).map_err(|e| commit_error(&self.shared, e))?;
+        let commit_frame = commit.map(|size_after| CommitFrame {
+            size_after,
+            unix_ms: self.shared.commit_time(),
+            synced: synced_commit,
+        });
+        segment.write_transaction(&pages, start, commit_frame).map_err(|e| commit_error(&self.shared, e))?;
         if commit.is_none() {
             return Ok(0);
         }

@@ -196,7 +196,7 @@ fn a_gap_in_the_chain_is_an_error_unless_the_prefix_is_asked_for() {
     let error = restore_all(&storage, "g", &out).unwrap_err().to_string();
     assert!(error.contains("gap"), "{error}");
     assert!(!out.exists(), "nothing at OUT when the chain has a gap");
-    let options = RestoreOptions { allow_prefix: true };
+    let options = RestoreOptions { allow_prefix: true, ..RestoreOptions::default() };
     let report = restore_with(&storage, "g", &out, &options, &mut |_, _| {}).unwrap();
     let ObjectKind::Segment { start_frame_no, .. } = middle.kind else { unreachable!() };
     assert_eq!(report.frame_no, start_frame_no - 1, "the prefix stops right before the gap");
@@ -252,8 +252,11 @@ fn restore_refuses_two_objects_for_the_same_frames() {
     // A second object for the frames of the last segment, under another key (what two
     // copies uploading at the same moment leave).
     let last = storage.chain("o").unwrap().segments.pop().unwrap();
-    let ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms } = last.kind else { unreachable!() };
-    let twin = libsql_wal::storage::layout::segment_key("o", start_frame_no, end_frame_no, created_unix_ms + 1);
+    let ObjectKind::Segment { start_frame_no, end_frame_no, commit_times: Some(times) } = last.kind else {
+        unreachable!()
+    };
+    let other_times = libsql_wal::storage::layout::CommitTimes { last: times.last + 1, ..times };
+    let twin = libsql_wal::storage::layout::segment_key("o", start_frame_no, end_frame_no, other_times);
     std::fs::copy(store_dir.join(&last.key), store_dir.join(&twin)).unwrap();
     let out = dir.path().join("out.db");
     let error = restore_all(&storage, "o", &out).unwrap_err().to_string();

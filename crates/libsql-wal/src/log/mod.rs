@@ -172,6 +172,21 @@ impl LogView for LogParts {
     }
 }
 
+/// The earliest time the next commit may record: the newest commit time in the log, or,
+/// when the log holds none (emptied by a checkpoint), the database file's modification time,
+/// which the checkpoint that emptied it set after the last commit. So commit times keep
+/// going forward across restarts even if the clock went back meanwhile.
+fn commit_clock_floor(io: &dyn Io, db_path: &Path, segments: &[SegmentRef]) -> u64 {
+    let in_log = segments.iter().map(|s| s.committed_unix_ms()).max().unwrap_or(0);
+    let file = io.modified(db_path).ok().map_or(0, unix_ms);
+    in_log.max(file)
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The chain value at `frame_no`, if a log can still tell: `checkpointed` (the checkpointed
 /// frame_no and its chain value), or a committed frame of one of `segments`. The uploader
 /// asks it of a live log, `inspect_read_only` of what an open would recover.
@@ -222,6 +237,7 @@ impl SharedWal {
             }
         };
         let checkpointed_frame_no = segments.last().map_or(last.frame_no, |s| s.start_frame_no - 1);
+        let commit_clock = commit_clock_floor(io.as_ref(), db_path, &segments);
         tracing::debug!(
             db = %db_path.display(),
             segments = segments.len(),
@@ -232,7 +248,7 @@ impl SharedWal {
             lineage,
             db: DbFile::new(db_path, db_file),
             segments: SegmentList::new(segments),
-            transactions: Transactions::new(last, checkpointed_frame_no, checkpointed_chain),
+            transactions: Transactions::new(last, checkpointed_frame_no, checkpointed_chain, commit_clock),
             lifecycle: Lifecycle::new(lock_file),
             checkpointer: CheckpointerLink::default(),
         });
@@ -362,6 +378,12 @@ impl SharedWal {
     }
 
     /// Publishes a commit written (and synced if asked) by the writer. Write lock held.
+    /// The commit time to record on a commit frame written now (see
+    /// [`Transactions::commit_time`]).
+    pub fn commit_time(&self) -> u64 {
+        self.parts.transactions.commit_time(unix_ms(self.io.now()))
+    }
+
     pub fn publish_commit(&self, segment: &Segment) -> Snapshot {
         let snapshot =
             Snapshot { frame_no: segment.last_committed_frame_no(), db_size: segment.committed_size_after() };

@@ -63,6 +63,10 @@ pub(crate) struct Transactions {
     /// A checkpoint left sealed segments behind for an open reader: set by the checkpoint,
     /// cleared by the next reader to finish, which then asks for another.
     held_back_by_readers: AtomicBool,
+    /// The latest commit time handed out (ms since the epoch): commit times never go back,
+    /// even when the system clock does. Starts at what recovery found (see
+    /// `SharedWal::open`); moved only by the writer holding the write lock.
+    commit_clock: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,7 +76,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Transactions {
     /// The state of a log recovered up to `last`, with everything up to
     /// `checkpointed_frame_no` (chain value `checkpointed_chain`) in the database file.
-    pub fn new(last: Snapshot, checkpointed_frame_no: u64, checkpointed_chain: u32) -> Transactions {
+    /// Commit times start at `commit_clock_floor` at the earliest.
+    pub fn new(
+        last: Snapshot,
+        checkpointed_frame_no: u64,
+        checkpointed_chain: u32,
+        commit_clock_floor: u64,
+    ) -> Transactions {
         Transactions {
             commit: Mutex::new(CommitState {
                 last,
@@ -85,7 +95,15 @@ impl Transactions {
             writer: Mutex::new(None),
             next_connection_id: AtomicU64::new(1),
             held_back_by_readers: AtomicBool::new(false),
+            commit_clock: AtomicU64::new(commit_clock_floor),
         }
+    }
+
+    /// The time to record on a commit made now (`now_ms`, the system clock): never before
+    /// the previous commit's, so a clock stepped back cannot make history run backwards
+    /// (a point-in-time restore by timestamp relies on commit times in frame order).
+    pub fn commit_time(&self, now_ms: u64) -> u64 {
+        self.commit_clock.fetch_max(now_ms, Ordering::Relaxed).max(now_ms)
     }
 
     pub fn new_connection_id(&self) -> u64 {

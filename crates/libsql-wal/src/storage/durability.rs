@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, IoAction, Result};
 use crate::format::{
-    DURABLE_RECORD_SIZE, DurableRecord, FRAME_HEADER_SIZE, FrameHeader, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
-    SegmentHeader, SnapshotHeader, frame_offset, storage_identity,
+    DURABLE_RECORD_SIZE, DurableRecord, FrameLayout, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE, SegmentHeader,
+    SnapshotHeader, storage_identity,
 };
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
@@ -483,7 +483,9 @@ async fn upload_segment(durability: &Durability, binding: &StorageBinding, segme
         ));
     }
     let last = segment.last_committed_frame_no();
-    let key = layout::segment_key(&binding.namespace, segment.start_frame_no, last, segment.created_unix_ms);
+    let (first, last_time) = segment.commit_times();
+    let times = layout::CommitTimes { first, last: last_time };
+    let key = layout::segment_key(&binding.namespace, segment.start_frame_no, last, times);
     let bytes = segment.read_all()?;
     let len = bytes.len() as u64;
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
@@ -722,10 +724,13 @@ async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)
                 return Err(Error::corrupt(&last.key, problem));
             }
             let position = u32::try_from(end_frame_no - start_frame_no).map_err(|_| short("frame count"))?;
-            let at = frame_offset(position);
-            let bytes = get(at..at + FRAME_HEADER_SIZE as u64).await.map_err(read_error)?;
-            let frame = FrameHeader::read_from_bytes(&bytes).map_err(|_| short("last frame"))?;
-            Ok((header.lineage.get(), frame.checksum.get()))
+            let layout = FrameLayout::of_version(header.version.get()).expect("checked by problem()");
+            let at = layout.frame_offset(position);
+            let bytes = get(at..at + layout.header_size() as u64).await.map_err(read_error)?;
+            if bytes.len() != layout.header_size() {
+                return Err(short("last frame"));
+            }
+            Ok((header.lineage.get(), layout.decode(&bytes).checksum.get()))
         }
     }
 }
@@ -754,7 +759,7 @@ async fn upload_base_snapshot(
     // While the durable frame_no is unknown the gate stops every checkpoint, so the
     // database file holds exactly the state at `checkpointed` while we read it.
     let taken_unix_ms = durability.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let key = layout::snapshot_key(&binding.namespace, checkpointed, taken_unix_ms);
+    let key = layout::snapshot_key(&binding.namespace, checkpointed, 0, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
     let bytes =
         snapshot::upload(&binding.storage, &key, durability.log.as_ref(), (checkpointed, chain), taken_unix_ms).await?;

@@ -3,9 +3,12 @@
 //! Keys (under the store URL's own prefix; numbers zero-padded so that names sort as numbers):
 //!
 //! ```text
-//! <namespace>/segments/<start_frame_no:020>-<end_frame_no:020>-<created_unix_ms:013>.seg
-//! <namespace>/snapshots/<frame_no:020>-<taken_unix_ms:013>.snap
+//! <namespace>/segments/<start_frame_no:020>-<end_frame_no:020>-<first_commit_ms:013>-<last_commit_ms:013>.seg
+//! <namespace>/snapshots/<frame_no:020>-<commit_ms:013>-<taken_unix_ms:013>.snap
 //! ```
+//!
+//! Format version 2 wrote `<start>-<end>-<created_ms>.seg` and `<frame_no>-<taken_ms>.snap`:
+//! still read, as objects without commit times.
 //!
 //! A segment object is a sealed segment file, byte for byte; a snapshot object is a whole
 //! database file at a frame_no (see `docs/FORMAT.md`). The *chain* of a namespace is the
@@ -37,13 +40,22 @@ pub fn validate_namespace(namespace: &str) -> Result<()> {
     }
 }
 
+/// When the first and the last commit of a segment object were made (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitTimes {
+    pub first: u64,
+    pub last: u64,
+}
+
 /// One object of a namespace, as its key describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectKind {
-    /// Frames `start_frame_no..=end_frame_no`.
-    Segment { start_frame_no: u64, end_frame_no: u64, created_unix_ms: u64 },
-    /// The whole database as of `frame_no`.
-    Snapshot { frame_no: u64, taken_unix_ms: u64 },
+    /// Frames `start_frame_no..=end_frame_no`. `commit_times`: `None` for an object of format
+    /// version 2 (its key and frames hold no commit times).
+    Segment { start_frame_no: u64, end_frame_no: u64, commit_times: Option<CommitTimes> },
+    /// The whole database as of `frame_no`, the state after the commit made at
+    /// `commit_unix_ms` (`None`: not known, as for a version 2 key).
+    Snapshot { frame_no: u64, commit_unix_ms: Option<u64>, taken_unix_ms: u64 },
 }
 
 /// An object of a namespace: its key (relative to the store root), size and kind.
@@ -67,14 +79,20 @@ impl StoredObject {
 impl fmt::Display for StoredObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
-            ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms } => write!(
-                f,
-                "segment  frames {start_frame_no}..={end_frame_no}  {} bytes  created {}",
-                self.size,
-                format_unix_ms(created_unix_ms)
-            ),
-            ObjectKind::Snapshot { frame_no, taken_unix_ms } => {
-                write!(f, "snapshot at frame {frame_no}  {} bytes  taken {}", self.size, format_unix_ms(taken_unix_ms))
+            ObjectKind::Segment { start_frame_no, end_frame_no, commit_times } => {
+                write!(f, "segment  frames {start_frame_no}..={end_frame_no}  {} bytes  ", self.size)?;
+                match commit_times {
+                    Some(t) => write!(f, "commits {} .. {}", format_unix_ms(t.first), format_unix_ms(t.last)),
+                    None => write!(f, "commit times unknown (format 2)"),
+                }
+            }
+            ObjectKind::Snapshot { frame_no, commit_unix_ms, taken_unix_ms } => {
+                write!(f, "snapshot at frame {frame_no}  {} bytes  ", self.size)?;
+                match commit_unix_ms {
+                    Some(t) => write!(f, "commit {}  ", format_unix_ms(t))?,
+                    None => write!(f, "commit time unknown  ")?,
+                }
+                write!(f, "taken {}", format_unix_ms(taken_unix_ms))
             }
         }
     }
@@ -87,12 +105,14 @@ pub fn format_unix_ms(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-pub fn segment_key(namespace: &str, start_frame_no: u64, end_frame_no: u64, created_unix_ms: u64) -> String {
-    format!("{namespace}/segments/{start_frame_no:020}-{end_frame_no:020}-{created_unix_ms:013}.seg")
+pub fn segment_key(namespace: &str, start_frame_no: u64, end_frame_no: u64, times: CommitTimes) -> String {
+    let CommitTimes { first, last } = times;
+    format!("{namespace}/segments/{start_frame_no:020}-{end_frame_no:020}-{first:013}-{last:013}.seg")
 }
 
-pub fn snapshot_key(namespace: &str, frame_no: u64, taken_unix_ms: u64) -> String {
-    format!("{namespace}/snapshots/{frame_no:020}-{taken_unix_ms:013}.snap")
+/// A snapshot's key; a commit time of 0 (unknown) is written as 0.
+pub fn snapshot_key(namespace: &str, frame_no: u64, commit_unix_ms: u64, taken_unix_ms: u64) -> String {
+    format!("{namespace}/snapshots/{frame_no:020}-{commit_unix_ms:013}-{taken_unix_ms:013}.snap")
 }
 
 /// Reads a key written by [`segment_key`] or [`snapshot_key`]; anything else is `None`
@@ -100,21 +120,28 @@ pub fn snapshot_key(namespace: &str, frame_no: u64, taken_unix_ms: u64) -> Strin
 pub fn parse_key(namespace: &str, key: &str) -> Option<ObjectKind> {
     let rest = key.strip_prefix(namespace)?.strip_prefix('/')?;
     if let Some(name) = rest.strip_prefix("segments/").and_then(|n| n.strip_suffix(".seg")) {
-        let mut parts = name.split('-');
-        let start_frame_no = parse_number(parts.next()?, 20)?;
-        let end_frame_no = parse_number(parts.next()?, 20)?;
-        let created_unix_ms = parse_number(parts.next()?, 13)?;
-        if parts.next().is_some() || start_frame_no == 0 || end_frame_no < start_frame_no {
+        let parts: Vec<&str> = name.split('-').collect();
+        let (start_frame_no, end_frame_no) = (parse_number(parts.first()?, 20)?, parse_number(parts.get(1)?, 20)?);
+        let commit_times = match parts[2..] {
+            // Format version 2: the third number was the creation time, no commit times.
+            [created] => parse_number(created, 13).map(|_| None)?,
+            [first, last] => Some(CommitTimes { first: parse_number(first, 13)?, last: parse_number(last, 13)? }),
+            _ => return None,
+        };
+        if start_frame_no == 0 || end_frame_no < start_frame_no || commit_times.is_some_and(|t| t.last < t.first) {
             return None;
         }
-        return Some(ObjectKind::Segment { start_frame_no, end_frame_no, created_unix_ms });
+        return Some(ObjectKind::Segment { start_frame_no, end_frame_no, commit_times });
     }
     if let Some(name) = rest.strip_prefix("snapshots/").and_then(|n| n.strip_suffix(".snap")) {
-        let (frame_no, taken) = name.split_once('-')?;
-        return Some(ObjectKind::Snapshot {
-            frame_no: parse_number(frame_no, 20)?,
-            taken_unix_ms: parse_number(taken, 13)?,
-        });
+        let parts: Vec<&str> = name.split('-').collect();
+        let frame_no = parse_number(parts.first()?, 20)?;
+        let (commit_unix_ms, taken_unix_ms) = match parts[1..] {
+            [taken] => (None, parse_number(taken, 13)?),
+            [commit, taken] => (Some(parse_number(commit, 13)?).filter(|&t| t != 0), parse_number(taken, 13)?),
+            _ => return None,
+        };
+        return Some(ObjectKind::Snapshot { frame_no, commit_unix_ms, taken_unix_ms });
     }
     None
 }
@@ -194,11 +221,13 @@ pub fn chain(objects: &[StoredObject]) -> Chain {
 mod tests {
     use super::*;
 
+    const TIMES: CommitTimes = CommitTimes { first: 1, last: 2 };
+
     fn segment(start: u64, end: u64) -> StoredObject {
         StoredObject {
-            key: segment_key("ns", start, end, 1),
+            key: segment_key("ns", start, end, TIMES),
             size: 1,
-            kind: ObjectKind::Segment { start_frame_no: start, end_frame_no: end, created_unix_ms: 1 },
+            kind: ObjectKind::Segment { start_frame_no: start, end_frame_no: end, commit_times: Some(TIMES) },
         }
     }
 
@@ -214,16 +243,38 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_sort_as_numbers() {
-        let key = segment_key("ns", 4097, 8192, 1_764_279_506_123);
-        assert_eq!(key, "ns/segments/00000000000000004097-00000000000000008192-1764279506123.seg");
+        let times = CommitTimes { first: 1_764_279_506_123, last: 1_764_279_507_000 };
+        let key = segment_key("ns", 4097, 8192, times);
+        assert_eq!(key, "ns/segments/00000000000000004097-00000000000000008192-1764279506123-1764279507000.seg");
         assert_eq!(
             parse_key("ns", &key),
-            Some(ObjectKind::Segment { start_frame_no: 4097, end_frame_no: 8192, created_unix_ms: 1_764_279_506_123 })
+            Some(ObjectKind::Segment { start_frame_no: 4097, end_frame_no: 8192, commit_times: Some(times) })
         );
-        assert!(segment_key("ns", 9, 10, 0) < segment_key("ns", 10, 11, 0));
-        let snap = snapshot_key("ns", 7, 5);
-        assert_eq!(parse_key("ns", &snap), Some(ObjectKind::Snapshot { frame_no: 7, taken_unix_ms: 5 }));
+        assert!(segment_key("ns", 9, 10, TIMES) < segment_key("ns", 10, 11, TIMES));
+        let snap = snapshot_key("ns", 7, 4, 5);
+        assert_eq!(
+            parse_key("ns", &snap),
+            Some(ObjectKind::Snapshot { frame_no: 7, commit_unix_ms: Some(4), taken_unix_ms: 5 })
+        );
         assert_eq!(parse_key("other", &snap), None);
+        // Keys of format version 2: read, without commit times.
+        let v2 = "ns/segments/00000000000000004097-00000000000000008192-1764279506123.seg";
+        assert_eq!(
+            parse_key("ns", v2),
+            Some(ObjectKind::Segment { start_frame_no: 4097, end_frame_no: 8192, commit_times: None })
+        );
+        let v2 = "ns/snapshots/00000000000000000007-0000000000005.snap";
+        assert_eq!(
+            parse_key("ns", v2),
+            Some(ObjectKind::Snapshot { frame_no: 7, commit_unix_ms: None, taken_unix_ms: 5 })
+        );
+        let unknown = snapshot_key("ns", 7, 0, 5);
+        assert_eq!(
+            parse_key("ns", &unknown),
+            Some(ObjectKind::Snapshot { frame_no: 7, commit_unix_ms: None, taken_unix_ms: 5 })
+        );
+        let backwards = "ns/segments/00000000000000000001-00000000000000000002-0000000000009-0000000000008.seg";
+        assert_eq!(parse_key("ns", backwards), None, "a last commit before the first is not our key");
         assert_eq!(parse_key("ns", "ns/segments/1-2-3.seg"), None);
         assert_eq!(parse_key("ns", "ns/segments/tmp.seg.part"), None);
     }
@@ -240,7 +291,7 @@ mod tests {
     #[test]
     fn overlapping_segments_past_the_base_are_conflicts_not_duplicates() {
         let mut other = segment(11, 20);
-        other.key = segment_key("ns", 11, 20, 2);
+        other.key = segment_key("ns", 11, 20, CommitTimes { first: 1, last: 3 });
         let chain = chain(&[segment(1, 10), segment(11, 20), segment(11, 20), other.clone(), segment(11, 15)]);
         assert_eq!(chain.end_frame_no, 20);
         assert_eq!(chain.conflicts.len(), 2, "another 11..=20 and a 11..=15: {:?}", chain.conflicts);
@@ -252,9 +303,9 @@ mod tests {
     #[test]
     fn chain_starts_at_the_newest_snapshot() {
         let snapshot = StoredObject {
-            key: snapshot_key("ns", 15, 1),
+            key: snapshot_key("ns", 15, 1, 1),
             size: 1,
-            kind: ObjectKind::Snapshot { frame_no: 15, taken_unix_ms: 1 },
+            kind: ObjectKind::Snapshot { frame_no: 15, commit_unix_ms: Some(1), taken_unix_ms: 1 },
         };
         let chain = chain(&[segment(1, 10), segment(11, 20), segment(21, 30), snapshot]);
         assert_eq!(chain.snapshot.as_ref().map(StoredObject::end_frame_no), Some(15));

@@ -15,6 +15,7 @@
 //! [`durability::Durability::gate_frame_no`].
 
 pub mod durability;
+pub mod history;
 pub mod layout;
 pub mod restore;
 pub(crate) mod snapshot;

@@ -23,23 +23,31 @@ use object_store::path::Path as ObjectPath;
 use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, PAGE_SIZE};
 use crate::io::{Io, IoFile, StdIo};
-use crate::segment::Segment;
+use crate::segment::{CommitInfo, Segment};
+use crate::storage::history::{self, RestorePlan, RestorePoint};
 use crate::storage::layout::{self, ObjectKind, StoredObject};
 use crate::storage::{Storage, snapshot};
 
-/// What a restore did.
+/// What a restore did (or, with [`RestoreOptions::dry_run`], would do).
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
-    /// The frame_no the restored database is at (the namespace's durable frame_no).
+    /// The frame_no of the commit the restored database is at: the namespace's durable
+    /// frame_no for the latest state, else the last commit at or before the point asked for.
     pub frame_no: u64,
+    /// When that commit was made (ms since the epoch), if recorded.
+    pub commit_unix_ms: Option<u64>,
     pub db_pages: u32,
     pub objects: usize,
     pub bytes: u64,
     /// Objects past a gap in the stored chain: not applied (only with
     /// [`RestoreOptions::allow_prefix`]; without it a gap is an error).
     pub stranded: usize,
-    /// The history restored (see `format::SegmentHeader::lineage`).
+    /// The history restored (see `format::SegmentHeader::lineage`; 0 in a dry run).
     pub lineage: u32,
+    /// The keys of the objects applied, in order.
+    pub keys: Vec<String>,
+    /// Whether this was a dry run: nothing was written at the output.
+    pub dry_run: bool,
 }
 
 /// How to restore.
@@ -48,6 +56,11 @@ pub struct RestoreOptions {
     /// Restore the chain up to a gap (a missing segment) instead of refusing: the report's
     /// `frame_no` says where it stopped.
     pub allow_prefix: bool,
+    /// The point of history to restore (default: the latest state).
+    pub point: RestorePoint,
+    /// Work out the plan (objects, bytes, landing commit) and write nothing at the output.
+    /// A point inside a segment needs that segment: it is downloaded to a scratch directory.
+    pub dry_run: bool,
 }
 
 /// Rebuilds `namespace` into a new database file at `out` (which must not exist).
@@ -72,12 +85,15 @@ pub fn restore_with(
 ) -> Result<RestoreReport> {
     layout::validate_namespace(namespace)?;
     let io = StdIo::shared();
-    for path in [out.to_path_buf(), crate::ownership::log_dir_of(out)] {
-        if io.kind(&path).map_err(Error::io(IoAction::Read, &path))?.is_some() {
-            return Err(Error::Restore(format!("{} exists: restore writes a new database only", path.display())));
+    if !options.dry_run {
+        for path in [out.to_path_buf(), crate::ownership::log_dir_of(out)] {
+            if io.kind(&path).map_err(Error::io(IoAction::Read, &path))?.is_some() {
+                return Err(Error::Restore(format!("{} exists: restore writes a new database only", path.display())));
+            }
         }
     }
-    let chain = storage.chain(namespace)?;
+    let objects = storage.list(namespace)?;
+    let chain = layout::chain(&objects);
     if chain.snapshot.is_none() && chain.segments.is_empty() {
         return Err(Error::Restore(format!("namespace {namespace} holds nothing in {}", storage.url())));
     }
@@ -89,40 +105,61 @@ pub fn restore_with(
             other.key
         )));
     }
-    if let Some(first) = chain.stranded.first() {
+    let now_ms = crate::log::unix_ms(io.now());
+    let plan = history::plan(&objects, options.point, now_ms, namespace)?;
+    let stranded = stranded_after(&objects, plan.frame_no);
+    if options.point == RestorePoint::Latest
+        && let Some(first) = stranded.first()
+    {
         let missing = format!(
             "namespace {namespace} has a gap: frames {}..={} are in no stored object, so {} object(s) from {} on \
              cannot be applied",
-            chain.end_frame_no + 1,
+            plan.frame_no + 1,
             first_frame_no(first) - 1,
-            chain.stranded.len(),
+            stranded.len(),
             first.key
         );
-        if chain.end_frame_no == 0 {
-            return Err(Error::Restore(format!("{missing}; nothing before the gap can be restored")));
-        }
         if !options.allow_prefix {
             return Err(Error::Restore(format!(
                 "{missing}; restore the prefix up to frame {} explicitly if you want it",
-                chain.end_frame_no
+                plan.frame_no
             )));
         }
-        tracing::warn!(namespace, "{missing}: restoring up to frame {}", chain.end_frame_no);
+        tracing::warn!(namespace, "{missing}: restoring up to frame {}", plan.frame_no);
     }
     remove_stale_scratch_dirs(io.as_ref(), out);
     let (scratch, scratch_lock) = create_scratch_dir(io.as_ref(), out)?;
-    let result = rebuild(storage, &chain, io.as_ref(), &scratch, out, progress);
+    let result = if options.dry_run {
+        land(storage, &plan, io.as_ref(), &scratch)
+    } else {
+        rebuild(storage, &plan, io.as_ref(), &scratch, out, progress)
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     drop(scratch_lock);
     let rebuilt = result?;
     Ok(RestoreReport {
-        frame_no: chain.end_frame_no,
+        frame_no: rebuilt.end,
+        commit_unix_ms: rebuilt.commit_unix_ms,
         db_pages: rebuilt.db_pages,
-        objects: chain.objects().count(),
-        bytes: chain.bytes(),
-        stranded: chain.stranded.len(),
+        objects: plan.objects().count(),
+        bytes: plan.bytes(),
+        stranded: if options.point == RestorePoint::Latest { stranded.len() } else { 0 },
         lineage: rebuilt.lineage,
+        keys: plan.objects().map(|o| o.key.clone()).collect(),
+        dry_run: options.dry_run,
     })
+}
+
+/// Segments past `frame_no` that no base reaches (after a gap): what a restore of the
+/// latest state leaves out.
+fn stranded_after(objects: &[StoredObject], frame_no: u64) -> Vec<StoredObject> {
+    let mut stranded: Vec<StoredObject> = objects
+        .iter()
+        .filter(|o| matches!(o.kind, ObjectKind::Segment { .. }) && o.end_frame_no() > frame_no)
+        .cloned()
+        .collect();
+    stranded.sort_by_key(first_frame_no);
+    stranded
 }
 
 fn overlaps(a: &StoredObject, b: &StoredObject) -> bool {
@@ -271,13 +308,15 @@ struct Rebuilt {
     /// frame_no and chain value of the last frame applied.
     end: u64,
     chain: u32,
+    /// When the commit at `end` was made, if recorded.
+    commit_unix_ms: Option<u64>,
     /// The key of the object that brought the database there, for messages.
     last_key: Option<String>,
 }
 
 fn rebuild(
     storage: &Storage,
-    chain: &layout::Chain,
+    plan: &RestorePlan,
     io: &dyn Io,
     scratch: &Path,
     out: &Path,
@@ -285,26 +324,26 @@ fn rebuild(
 ) -> Result<Rebuilt> {
     let db_path = scratch.join("database");
     let db = io.open(&db_path, true).map_err(Error::io(IoAction::Create, &db_path))?;
-    let total = chain.bytes();
+    let total = plan.bytes();
     let mut done = 0u64;
-    let mut rebuilt = Rebuilt { db_pages: 0, pages_present: 0, lineage: 0, end: 0, chain: 0, last_key: None };
-    for object in chain.objects() {
+    let mut rebuilt = Rebuilt::empty();
+    for object in plan.objects() {
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |n| progress(done + n, total))?;
         done += object.size;
         progress(done, total);
-        apply_object(io, object, &object_path, db.as_ref(), &db_path, &mut rebuilt)?;
+        apply_object(io, object, &object_path, db.as_ref(), &db_path, plan, &mut rebuilt)?;
         io.remove_file(&object_path).map_err(Error::io(IoAction::Remove, &object_path))?;
     }
+    refuse_before_first_commit(&rebuilt, plan)?;
     let db_pages = rebuilt.db_pages;
     check_size(&rebuilt)?;
     db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io(IoAction::Truncate, &db_path))?;
     if db_pages > 0 {
-        let mark =
-            CheckpointMark { frame_no: chain.end_frame_no, db_pages, lineage: rebuilt.lineage, chain: rebuilt.chain };
-        let bytes = mark.encode().ok_or_else(|| {
-            Error::Restore(format!("frame_no {} is past what a checkpoint mark holds", chain.end_frame_no))
-        })?;
+        let mark = CheckpointMark { frame_no: rebuilt.end, db_pages, lineage: rebuilt.lineage, chain: rebuilt.chain };
+        let bytes = mark
+            .encode()
+            .ok_or_else(|| Error::Restore(format!("frame_no {} is past what a checkpoint mark holds", rebuilt.end)))?;
         db.write_all_at(&bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Write, &db_path))?;
     }
     db.sync_data().map_err(Error::io(IoAction::Sync, &db_path))?;
@@ -323,14 +362,74 @@ fn rebuild(
     Ok(rebuilt)
 }
 
+/// A dry run: where the plan lands, building nothing. Only the last segment is downloaded
+/// (into the scratch directory, and checked), and only when the point may lie inside it;
+/// the other objects are taken at their keys' word, which the real restore then checks.
+fn land(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path) -> Result<Rebuilt> {
+    let mut rebuilt = Rebuilt::empty();
+    let objects: Vec<&StoredObject> = plan.objects().collect();
+    for (i, object) in objects.iter().enumerate() {
+        let is_segment = matches!(object.kind, ObjectKind::Segment { .. });
+        let inside =
+            i + 1 == objects.len() && is_segment && (object.end_frame_no() > plan.frame_no || plan.time.is_some());
+        if !inside {
+            rebuilt.end = object.end_frame_no();
+            rebuilt.commit_unix_ms = key_commit_time(object);
+            rebuilt.last_key = Some(object.key.clone());
+            continue;
+        }
+        let object_path = scratch.join("object");
+        download(storage, object, &object_path, &mut |_| {})?;
+        let segment =
+            Segment::recover(io, &object_path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
+        if let Some(landing) = landing_in(&segment, plan, &rebuilt)? {
+            rebuilt.end = landing.frame_no;
+            rebuilt.db_pages = landing.size_after;
+            rebuilt.commit_unix_ms = Some(landing.unix_ms).filter(|&t| t != 0);
+            rebuilt.last_key = Some(object.key.clone());
+        }
+    }
+    refuse_before_first_commit(&rebuilt, plan)?;
+    Ok(rebuilt)
+}
+
+/// The commit time an object's key gives for its last commit.
+fn key_commit_time(object: &StoredObject) -> Option<u64> {
+    match object.kind {
+        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.last),
+        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
+    }
+}
+
+/// A point before the first commit of a history that starts from the empty database (among
+/// its first transaction's frames, before their commit frame) has nothing to restore.
+fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<()> {
+    if rebuilt.end > 0 {
+        return Ok(());
+    }
+    let point = match plan.time {
+        Some(t) => layout::format_unix_ms(t),
+        None => format!("frame_no {}", plan.frame_no),
+    };
+    Err(Error::Restore(format!("{point} is before the first commit of the namespace: nothing to restore")))
+}
+
+impl Rebuilt {
+    fn empty() -> Rebuilt {
+        Rebuilt { db_pages: 0, pages_present: 0, lineage: 0, end: 0, chain: 0, commit_unix_ms: None, last_key: None }
+    }
+}
+
 /// Checks one downloaded object, alone and as the continuation of what `rebuilt` holds,
-/// writes its pages, and moves `rebuilt` to its end.
+/// writes its pages, and moves `rebuilt` to its end, or, for the plan's last segment, to
+/// the commit the plan lands on inside it.
 fn apply_object(
     io: &dyn Io,
     object: &StoredObject,
     path: &Path,
     db: &dyn IoFile,
     db_path: &Path,
+    plan: &RestorePlan,
     rebuilt: &mut Rebuilt,
 ) -> Result<()> {
     match object.kind {
@@ -348,6 +447,7 @@ fn apply_object(
                 lineage: header.lineage.get(),
                 end: frame_no,
                 chain: header.chain.get(),
+                commit_unix_ms: Some(header.commit_unix_ms.get()).filter(|&t| t != 0),
                 last_key: Some(object.key.clone()),
             };
             Ok(())
@@ -367,25 +467,42 @@ fn apply_object(
                 return Err(Error::corrupt(&object.key, reason));
             }
             check_continues(rebuilt, object, &segment)?;
+            let Some(landing) = landing_in(&segment, plan, rebuilt)? else {
+                return Ok(()); // the point lies before this segment's first new commit
+            };
             let mut page = vec![0u8; PAGE_SIZE];
             let mut pages_present = rebuilt.pages_present;
-            for (page_no, position) in segment.latest_pages() {
+            for (page_no, position) in segment.pages_at(landing.frame_no) {
                 segment.read_page(position, &mut page)?;
                 let offset = (page_no as u64 - 1) * PAGE_SIZE as u64;
                 db.write_all_at(&page, offset).map_err(Error::io(IoAction::Write, db_path))?;
                 pages_present = pages_present.max(page_no);
             }
             *rebuilt = Rebuilt {
-                db_pages: segment.committed_size_after(),
+                db_pages: landing.size_after,
                 pages_present,
                 lineage: segment.lineage,
-                end: segment.last_committed_frame_no(),
-                chain: segment.end_chain(),
+                end: landing.frame_no,
+                chain: segment.chain_at(landing.frame_no)?,
+                commit_unix_ms: Some(landing.unix_ms).filter(|&t| t != 0),
                 last_key: Some(object.key.clone()),
             };
             Ok(())
         }
     }
+}
+
+/// The commit of `segment` the restore goes to: its last, or, when the plan's point lies
+/// inside it, the last one at or before the plan's frame_no (and time). `None` when no
+/// commit past what `rebuilt` holds is: the point lies before the segment's first commit.
+fn landing_in(segment: &Segment, plan: &RestorePlan, rebuilt: &Rebuilt) -> Result<Option<CommitInfo>> {
+    let (last, last_time) = (segment.last_committed_frame_no(), segment.committed_unix_ms());
+    let in_time = |unix_ms: u64| plan.time.is_none_or(|t| unix_ms <= t);
+    if last <= plan.frame_no && in_time(last_time) {
+        return Ok(Some(CommitInfo { frame_no: last, size_after: segment.committed_size_after(), unix_ms: last_time }));
+    }
+    let found = segment.commits()?.into_iter().take_while(|c| c.frame_no <= plan.frame_no && in_time(c.unix_ms)).last();
+    Ok(found.filter(|c| rebuilt.last_key.is_none() || c.frame_no > rebuilt.end))
 }
 
 /// Refuses a database size that the pages applied cannot account for: a size field (a

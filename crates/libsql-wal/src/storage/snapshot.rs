@@ -29,8 +29,8 @@ fn page_chunks(db_pages: u32) -> impl Iterator<Item = (u64, usize)> {
 }
 
 /// Streams the database file of `log` (which must hold exactly the state at `frame_no`,
-/// where the chain value is `chain`, and not change meanwhile) to `key`. Returns the
-/// object's size.
+/// where the chain value is `chain`, and not change meanwhile) to `key`. Its commit time is
+/// unknown (0): the log no longer holds the commit at `frame_no`. Returns the object's size.
 pub(crate) async fn upload(
     storage: &Storage,
     key: &str,
@@ -39,7 +39,7 @@ pub(crate) async fn upload(
     taken_unix_ms: u64,
 ) -> Result<u64> {
     let db_pages = (log.db_file_len() / PAGE_SIZE as u64) as u32;
-    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, log.lineage(), chain);
+    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, log.lineage(), chain, 0);
     let mut writer = storage.writer(key)?;
     let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);
     writer.write_all(header.as_bytes()).await.map_err(put_error)?;

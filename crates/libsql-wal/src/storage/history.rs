@@ -1,0 +1,429 @@
+//! What a namespace's stored objects can give back: its restorable *window* (every commit
+//! from which frame_no and time to which), the gaps in it, and the objects a restore to a
+//! given point applies. Pure functions of a listing: nothing here reads an object.
+//!
+//! A *run* starts at a base — a snapshot, or the empty database at frame 0 when a segment
+//! starts at frame 1 — and goes on through segments each starting at most one frame after
+//! the previous one ends (see `layout::chain`). Every commit from the base to the run's end
+//! restores exactly. The window is the union of the runs; what lies between two runs is a
+//! gap (frames no object holds). A restore to a point uses the run of the newest base at or
+//! before the point that reaches it: the fewest bytes.
+
+use crate::error::{Error, Result};
+use crate::storage::layout::{self, ObjectKind, StoredObject};
+
+/// A point of a namespace's history to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestorePoint {
+    /// The newest state storage holds.
+    #[default]
+    Latest,
+    /// The last commit at or before this frame_no.
+    FrameNo(u64),
+    /// The last commit made at or before this time (ms since the Unix epoch).
+    Time(u64),
+}
+
+/// Reads a point in time as RFC 3339 (`2026-12-01T10:15:00.250Z`, or with an offset such
+/// as `+01:00`): milliseconds since the Unix epoch. Finer than a millisecond is cut (times
+/// are kept to the millisecond).
+pub fn parse_time(text: &str) -> std::result::Result<u64, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-12-01T10:15:00.250Z: {e}"))?;
+    u64::try_from(time.timestamp_millis()).map_err(|_| format!("{text:?} is before 1970"))
+}
+
+/// Reads a duration such as `90s`, `15m`, `24h`, `7d` (or combined: `1h 30m`).
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 90s, 15m, 24h or 7d: {e}"))
+}
+
+/// A stretch of frames that restores: `first_frame_no..=last_frame_no`, with the commit
+/// times at its ends where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The run's base frame_no (a snapshot's), or the first frame of its first segment when
+    /// it starts from the empty database (its first commit is at or after it).
+    pub first_frame_no: u64,
+    pub last_frame_no: u64,
+    /// The time of the first commit that restores by timestamp (`None`: unknown, objects of
+    /// format version 2 or a snapshot whose commit time was not recorded).
+    pub first_time: Option<u64>,
+    pub last_time: Option<u64>,
+}
+
+/// The restorable window of a namespace: its spans, oldest first, disjoint and separated by
+/// gaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    pub spans: Vec<Span>,
+}
+
+impl Window {
+    pub fn first(&self) -> Option<&Span> {
+        self.spans.first()
+    }
+
+    pub fn last(&self) -> Option<&Span> {
+        self.spans.last()
+    }
+
+    /// The frames no object holds between two spans: `(after, before)`, exclusive.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        self.spans.windows(2).map(|w| (w[0].last_frame_no, w[1].first_frame_no)).collect()
+    }
+
+    /// "frames 1..=40 (2026-…Z .. 2026-…Z)[, gap, frames …]" for messages.
+    pub fn describe(&self) -> String {
+        if self.spans.is_empty() {
+            return "nothing restorable".into();
+        }
+        let time = |t: Option<u64>| t.map_or("time unknown".to_string(), layout::format_unix_ms);
+        let spans: Vec<String> = self
+            .spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "frames {}..={} ({} .. {})",
+                    s.first_frame_no,
+                    s.last_frame_no,
+                    time(s.first_time),
+                    time(s.last_time)
+                )
+            })
+            .collect();
+        format!("the restorable window is {}", spans.join(", then after a gap "))
+    }
+}
+
+/// One base and the segments that continue it without a gap.
+#[derive(Debug, Clone)]
+struct Run {
+    base: Option<StoredObject>,
+    base_frame_no: u64,
+    segments: Vec<StoredObject>,
+    end_frame_no: u64,
+}
+
+/// The objects a restore applies, in order, and where it stops.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub snapshot: Option<StoredObject>,
+    pub segments: Vec<StoredObject>,
+    /// The restore lands on the last commit at or before this frame_no...
+    pub frame_no: u64,
+    /// ...and, for a point in time, made at or before this time: found in the last segment
+    /// when its commits straddle the time.
+    pub time: Option<u64>,
+}
+
+impl RestorePlan {
+    pub fn objects(&self) -> impl Iterator<Item = &StoredObject> {
+        self.snapshot.iter().chain(self.segments.iter())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.objects().map(|o| o.size).sum()
+    }
+}
+
+fn segment_range(object: &StoredObject) -> Option<(u64, u64)> {
+    match object.kind {
+        ObjectKind::Segment { start_frame_no, end_frame_no, .. } => Some((start_frame_no, end_frame_no)),
+        ObjectKind::Snapshot { .. } => None,
+    }
+}
+
+/// Every run: from the empty database (if a segment starts at frame 1) and from each
+/// snapshot, ordered by base frame_no.
+fn runs(objects: &[StoredObject]) -> Vec<Run> {
+    let mut segments: Vec<&StoredObject> = objects.iter().filter(|o| segment_range(o).is_some()).collect();
+    segments.sort_by_key(|o| {
+        let (start, end) = segment_range(o).expect("segments only");
+        (start, u64::MAX - end, o.key.clone())
+    });
+    let mut snapshots: Vec<&StoredObject> =
+        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. })).collect();
+    snapshots.sort_by_key(|o| (o.end_frame_no(), o.key.clone()));
+    snapshots.dedup_by_key(|o| o.end_frame_no()); // the greatest key per frame_no is kept last
+    let mut bases: Vec<Option<&StoredObject>> = Vec::new();
+    if segments.first().and_then(|s| segment_range(s)).is_some_and(|(start, _)| start == 1) {
+        bases.push(None);
+    }
+    bases.extend(snapshots.into_iter().map(Some));
+    bases
+        .into_iter()
+        .map(|base| {
+            let base_frame_no = base.map_or(0, StoredObject::end_frame_no);
+            let mut run = Run { base: base.cloned(), base_frame_no, segments: Vec::new(), end_frame_no: base_frame_no };
+            for segment in &segments {
+                let (start, end) = segment_range(segment).expect("segments only");
+                if end <= run.end_frame_no {
+                    continue;
+                }
+                if start > run.end_frame_no + 1 {
+                    break;
+                }
+                run.segments.push((*segment).clone());
+                run.end_frame_no = end;
+            }
+            run
+        })
+        .collect()
+}
+
+fn first_commit_time(object: &StoredObject) -> Option<u64> {
+    match object.kind {
+        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.first),
+        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
+    }
+}
+
+fn last_commit_time(object: &StoredObject) -> Option<u64> {
+    match object.kind {
+        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.last),
+        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
+    }
+}
+
+/// The restorable window of a namespace's objects.
+pub fn window(objects: &[StoredObject]) -> Window {
+    let mut spans: Vec<Span> = Vec::new();
+    for run in runs(objects) {
+        let first_frame_no = match &run.base {
+            Some(_) => run.base_frame_no,
+            None => run.segments.first().and_then(segment_range).map_or(1, |(start, _)| start),
+        };
+        let last_object = run.segments.last().or(run.base.as_ref());
+        let first_object = run.base.as_ref().or(run.segments.first());
+        // A snapshot of unknown time restores by frame_no only: by time the run starts at
+        // its first segment's first commit.
+        let first_time =
+            first_object.and_then(first_commit_time).or_else(|| run.segments.first().and_then(first_commit_time));
+        let span = Span {
+            first_frame_no,
+            last_frame_no: run.end_frame_no,
+            first_time,
+            last_time: last_object.and_then(last_commit_time),
+        };
+        match spans.last_mut() {
+            Some(last) if span.first_frame_no <= last.last_frame_no + 1 => {
+                if span.last_frame_no > last.last_frame_no {
+                    last.last_frame_no = span.last_frame_no;
+                    last.last_time = span.last_time;
+                }
+            }
+            _ => spans.push(span),
+        }
+    }
+    Window { spans }
+}
+
+/// The objects to apply to restore `point`, or why it cannot be: before the window, after
+/// its end, or in a gap (the error names the window). `now_ms` bounds a time: the state at
+/// a time still to come is not known.
+pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespace: &str) -> Result<RestorePlan> {
+    let window = window(objects);
+    let runs = runs(objects);
+    let Some(last) = window.last() else {
+        return Err(Error::Restore(format!("namespace {namespace} holds nothing restorable")));
+    };
+    let refuse = |what: String| Error::Restore(format!("{what}: {} of namespace {namespace}", window.describe()));
+    let (frame_no, time) = match point {
+        RestorePoint::Latest => (last.last_frame_no, None),
+        RestorePoint::FrameNo(n) if n > last.last_frame_no => {
+            return Err(refuse(format!("frame_no {n} is after the end of what storage holds")));
+        }
+        RestorePoint::FrameNo(n) => (n, None),
+        RestorePoint::Time(t) if t > now_ms => {
+            return Err(refuse(format!("{} is in the future", layout::format_unix_ms(t))));
+        }
+        RestorePoint::Time(t) => (frame_bound_for_time(objects, &window, t).map_err(refuse)?, Some(t)),
+    };
+    let run = runs
+        .iter()
+        .filter(|r| r.base_frame_no <= frame_no && frame_no <= r.end_frame_no)
+        .filter(|r| r.base.is_some() || frame_no >= r.segments.first().and_then(segment_range).map_or(1, |s| s.0))
+        .max_by_key(|r| r.base_frame_no)
+        .ok_or_else(|| {
+            let first = window.first().map_or(0, |s| s.first_frame_no);
+            if frame_no < first {
+                refuse(format!("frame_no {frame_no} is before the window"))
+            } else {
+                refuse(format!("frame_no {frame_no} is in a gap (frames no stored object holds)"))
+            }
+        })?;
+    let mut segments = Vec::new();
+    for segment in &run.segments {
+        if frame_no <= run.base_frame_no {
+            break;
+        }
+        let (start, _) = segment_range(segment).expect("segments only");
+        if start > frame_no {
+            break;
+        }
+        segments.push(segment.clone());
+        if segment.end_frame_no() >= frame_no {
+            break;
+        }
+    }
+    Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time })
+}
+
+/// The highest frame_no whose commit is known to be at or before `t`: a snapshot or a whole
+/// segment committed by then (its end), or the end of a segment whose commits straddle `t`
+/// (the restore then looks for the last commit at or before `t` inside it). Refused when
+/// the commits right after that frame lie in a gap or have no recorded time: the last
+/// commit before `t` could be among them.
+fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> std::result::Result<u64, String> {
+    let when = layout::format_unix_ms(t);
+    // (frame_no, whether the object's own commits go past `t`: then the landing is inside it).
+    let mut bound: Option<(u64, bool)> = None;
+    for object in objects {
+        let reaches = match object.kind {
+            ObjectKind::Snapshot { commit_unix_ms: Some(c), frame_no, .. } if c <= t => Some((frame_no, false)),
+            ObjectKind::Segment { end_frame_no, commit_times: Some(times), .. } if times.first <= t => {
+                Some((end_frame_no, times.last > t))
+            }
+            _ => None,
+        };
+        bound = bound.max(reaches);
+    }
+    let untimed = objects.iter().any(|o| matches!(o.kind, ObjectKind::Segment { commit_times: None, .. }));
+    let Some(bound) = bound else {
+        return Err(if untimed {
+            format!(
+                "{when} may fall among commits whose times were not recorded (objects of format version 2); use --frame-no"
+            )
+        } else {
+            format!("{when} is before the window")
+        });
+    };
+    let (bound, straddles) = bound;
+    let last = window.last().map_or(0, |s| s.last_frame_no);
+    if straddles || bound >= last {
+        return Ok(bound);
+    }
+    // What comes right after `bound` must be a stored commit known to be after `t`.
+    let next = objects
+        .iter()
+        .filter_map(|o| segment_range(o).map(|r| (o, r)))
+        .find(|(_, (s, e))| *s <= bound + 1 && bound < *e);
+    match next {
+        Some((object, _)) if first_commit_time(object).is_some_and(|f| f > t) => Ok(bound),
+        Some(_) => Err(format!(
+            "{when} falls among commits after frame_no {bound} whose times were not recorded (objects of format \
+             version 2); use --frame-no"
+        )),
+        None => Err(format!("{when} is in a gap: the commits right after frame_no {bound} are in no stored object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::layout::{CommitTimes, segment_key, snapshot_key};
+
+    fn segment(start: u64, end: u64, first: u64, last: u64) -> StoredObject {
+        let times = CommitTimes { first, last };
+        StoredObject {
+            key: segment_key("ns", start, end, times),
+            size: (end - start + 1) * 4128,
+            kind: ObjectKind::Segment { start_frame_no: start, end_frame_no: end, commit_times: Some(times) },
+        }
+    }
+
+    fn snapshot(frame_no: u64, commit: Option<u64>) -> StoredObject {
+        StoredObject {
+            key: snapshot_key("ns", frame_no, commit.unwrap_or(0), 1),
+            size: 4096,
+            kind: ObjectKind::Snapshot { frame_no, commit_unix_ms: commit, taken_unix_ms: 1 },
+        }
+    }
+
+    fn keys(plan: &RestorePlan) -> Vec<u64> {
+        plan.objects().map(StoredObject::end_frame_no).collect()
+    }
+
+    #[test]
+    fn times_and_durations_read_as_documented() {
+        assert_eq!(parse_time("1970-01-01T00:00:01.250Z"), Ok(1250));
+        assert_eq!(parse_time("1970-01-01T01:00:01.250+01:00"), Ok(1250));
+        assert_eq!(
+            parse_time("2026-12-01T10:15:00.250Z").map(layout::format_unix_ms).unwrap(),
+            "2026-12-01T10:15:00.250Z"
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("1969-12-31T23:59:59Z").is_err());
+        for (text, secs) in [("90s", 90), ("15m", 900), ("24h", 86_400), ("7d", 604_800)] {
+            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs(secs)));
+        }
+        assert!(parse_duration("7 fortnights").is_err());
+    }
+
+    #[test]
+    fn the_window_spans_contiguous_objects_and_names_its_gaps() {
+        let objects = [segment(1, 10, 100, 200), segment(11, 20, 300, 400), segment(31, 40, 700, 800)];
+        let window = window(&objects);
+        assert_eq!(window.spans.len(), 1, "31..40 follows a gap and has no base: not restorable");
+        assert_eq!(
+            window.spans[0],
+            Span { first_frame_no: 1, last_frame_no: 20, first_time: Some(100), last_time: Some(400) }
+        );
+        let with_base = [segment(1, 10, 100, 200), snapshot(30, Some(650)), segment(31, 40, 700, 800)];
+        let window = super::window(&with_base);
+        assert_eq!(window.gaps(), vec![(10, 30)]);
+        assert_eq!(window.spans[1].first_time, Some(650));
+        assert!(window.describe().contains("frames 30..=40"), "{}", window.describe());
+    }
+
+    #[test]
+    fn a_point_uses_the_newest_base_at_or_before_it() {
+        let objects =
+            [segment(1, 10, 100, 200), segment(11, 20, 300, 400), snapshot(20, Some(400)), segment(21, 30, 500, 600)];
+        let latest = plan(&objects, RestorePoint::Latest, u64::MAX, "ns").unwrap();
+        assert_eq!((keys(&latest), latest.frame_no), (vec![20, 30], 30));
+        let early = plan(&objects, RestorePoint::FrameNo(15), u64::MAX, "ns").unwrap();
+        assert_eq!((keys(&early), early.frame_no), (vec![10, 20], 15));
+        let at_snapshot = plan(&objects, RestorePoint::FrameNo(20), u64::MAX, "ns").unwrap();
+        assert_eq!(keys(&at_snapshot), vec![20]);
+        assert!(plan(&objects, RestorePoint::FrameNo(31), u64::MAX, "ns").is_err(), "after the end");
+    }
+
+    #[test]
+    fn a_time_lands_on_the_last_commit_at_or_before_it() {
+        let objects = [segment(1, 10, 100, 200), segment(11, 20, 300, 400), segment(21, 30, 500, 600)];
+        let at = |t| plan(&objects, RestorePoint::Time(t), 10_000, "ns");
+        let between = at(250).unwrap();
+        assert_eq!((keys(&between), between.frame_no, between.time), (vec![10], 10, Some(250)));
+        let inside = at(350).unwrap();
+        assert_eq!((keys(&inside), inside.frame_no), (vec![10, 20], 20), "found inside 11..=20 by time");
+        assert_eq!(at(5_000).unwrap().frame_no, 30, "after the last commit: the last commit");
+        let before = at(99).unwrap_err().to_string();
+        assert!(before.contains("before the window") && before.contains("frames 1..=30"), "{before}");
+        assert!(at(20_000).unwrap_err().to_string().contains("future"));
+    }
+
+    #[test]
+    fn a_time_in_a_gap_is_refused() {
+        let objects = [segment(1, 10, 100, 200), snapshot(30, Some(650)), segment(31, 40, 700, 800)];
+        let gap = plan(&objects, RestorePoint::Time(400), 10_000, "ns").unwrap_err().to_string();
+        assert!(gap.contains("gap"), "{gap}");
+        assert_eq!(plan(&objects, RestorePoint::Time(660), 10_000, "ns").unwrap().frame_no, 30);
+        assert_eq!(plan(&objects, RestorePoint::Time(150), 10_000, "ns").unwrap().frame_no, 10);
+        let frame_gap = plan(&objects, RestorePoint::FrameNo(20), 10_000, "ns").unwrap_err().to_string();
+        assert!(frame_gap.contains("gap"), "{frame_gap}");
+    }
+
+    #[test]
+    fn objects_without_times_restore_by_frame_only() {
+        let mut old = segment(1, 10, 0, 0);
+        old.kind = ObjectKind::Segment { start_frame_no: 1, end_frame_no: 10, commit_times: None };
+        let objects = [old, segment(11, 20, 300, 400)];
+        assert_eq!(plan(&objects, RestorePoint::FrameNo(5), 10_000, "ns").unwrap().frame_no, 5);
+        assert_eq!(plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap().frame_no, 20);
+        let unknown = plan(&objects, RestorePoint::Time(250), 10_000, "ns").unwrap_err().to_string();
+        assert!(unknown.contains("--frame-no"), "{unknown}");
+    }
+}
