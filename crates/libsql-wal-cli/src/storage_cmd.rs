@@ -66,12 +66,108 @@ pub enum StorageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compact a namespace: write a snapshot of the latest state when its history has grown,
+    /// pack small segments into larger objects, and delete what no restorable point of the
+    /// retention window (and no branch) needs. The process that ships a namespace does this
+    /// online too; this runs one step now.
+    Compact {
+        #[arg(value_name = "URL")]
+        url: String,
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// Every commit of the last DUR restores exactly (90s, 15m, 24h, 7d; default 7d).
+        #[arg(long, value_name = "DUR", value_parser = libsql_wal::storage::history::parse_duration)]
+        retention: Option<Duration>,
+        /// Pack segments once this many bytes of consecutive ones are kept (default 32 MiB).
+        #[arg(long, value_name = "BYTES")]
+        pack_bytes_min: Option<u64>,
+        /// Write a snapshot once the history after the newest one holds this many bytes
+        /// (and a quarter of the database; default 4 MiB).
+        #[arg(long, value_name = "BYTES")]
+        snapshot_bytes_min: Option<u64>,
+    },
+    /// Make NEW_NS a branch of NS at a commit: its history is NS's up to there, then its own.
+    /// No segment data is copied; NS keeps what the branch needs until `storage rm URL NEW_NS`.
+    Branch {
+        #[arg(value_name = "URL")]
+        url: String,
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// The last commit at or before this frame_no.
+        #[arg(long, value_name = "N", conflicts_with = "timestamp", required_unless_present = "timestamp")]
+        frame_no: Option<u64>,
+        /// The last commit made at or before this time (RFC 3339).
+        #[arg(long, value_name = "T", value_parser = libsql_wal::storage::history::parse_time)]
+        timestamp: Option<u64>,
+        #[arg(value_name = "NEW_NS")]
+        new_namespace: String,
+    },
+    /// Remove a namespace from the store (refused while it has branches).
+    Rm {
+        #[arg(value_name = "URL")]
+        url: String,
+        #[arg(value_name = "NS")]
+        namespace: String,
+    },
 }
 
 pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
     match command {
         StorageCommand::Ls { url, namespace, json } => ls(&url, namespace.as_deref(), json),
+        StorageCommand::Compact { url, namespace, retention, pack_bytes_min, snapshot_bytes_min } => {
+            let mut config = libsql_wal::storage::compaction::CompactionConfig::default();
+            config.retention = retention.unwrap_or(config.retention);
+            config.pack_bytes_min = pack_bytes_min.unwrap_or(config.pack_bytes_min);
+            config.snapshot_bytes_min = snapshot_bytes_min.unwrap_or(config.snapshot_bytes_min);
+            compact(&url, &namespace, &config)
+        }
+        StorageCommand::Branch { url, namespace, frame_no, timestamp, new_namespace } => {
+            use libsql_wal::storage::history::RestorePoint;
+            let point = match (frame_no, timestamp) {
+                (Some(n), _) => RestorePoint::FrameNo(n),
+                (None, Some(t)) => RestorePoint::Time(t),
+                (None, None) => return Err("give --frame-no N or --timestamp T".into()),
+            };
+            let storage = Storage::open(&url).map_err(|e| e.to_string())?;
+            let report = libsql_wal::storage::branch::create(&storage, &namespace, point, &new_namespace)
+                .map_err(|e| e.to_string())?;
+            let when = report.commit_unix_ms.map_or("time not recorded".into(), libsql_wal::storage::layout::format_unix_ms);
+            outln!("{new_namespace} is a branch of {namespace} at frame_no {} (committed {when})", report.frame_no);
+            Ok(ExitCode::SUCCESS)
+        }
+        StorageCommand::Rm { url, namespace } => {
+            let storage = Storage::open(&url).map_err(|e| e.to_string())?;
+            let deleted = libsql_wal::storage::branch::remove(&storage, &namespace).map_err(|e| e.to_string())?;
+            outln!("removed namespace {namespace}: {deleted} objects deleted");
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn compact(url: &str, namespace: &str, config: &libsql_wal::storage::compaction::CompactionConfig) -> Result<ExitCode, String> {
+    let storage = Storage::open(url).map_err(|e| e.to_string())?;
+    let report = libsql_wal::storage::compaction::compact(&storage, namespace, config).map_err(|e| e.to_string())?;
+    for key in &report.snapshots {
+        outln!("snapshot written: {key}");
+    }
+    for key in &report.packs {
+        outln!("pack written: {key}");
+    }
+    outln!(
+        "compacted {namespace}: {} snapshot(s), {} pack(s) written; {} object(s) deleted ({} bytes); {} branch(es) kept restorable",
+        report.snapshots.len(),
+        report.packs.len(),
+        report.deleted.len(),
+        report.deleted_bytes,
+        report.branches
+    );
+    if report.delete_failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in &report.delete_failures {
+        errln!("delete failed: {failure}");
+    }
+    Err(format!("{} delete(s) failed; the objects stay and the next compaction retries", report.delete_failures.len()))
 }
 
 fn ls(url: &str, namespace: Option<&str>, json: bool) -> Result<ExitCode, String> {
@@ -184,7 +280,7 @@ fn ls_json(storage: &Storage, namespace: Option<&str>) -> Result<ExitCode, Strin
 fn first_frame(object: &libsql_wal::storage::layout::StoredObject) -> u64 {
     match object.kind {
         libsql_wal::storage::layout::ObjectKind::Segment { start_frame_no, .. } => start_frame_no,
-        libsql_wal::storage::layout::ObjectKind::Snapshot { frame_no, .. } => frame_no,
+        _ => object.first_frame_no(),
     }
 }
 

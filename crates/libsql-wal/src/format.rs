@@ -422,6 +422,77 @@ impl SnapshotHeader {
     }
 }
 
+pub const PACK_MAGIC: u64 = u64::from_le_bytes(*b"LSQLPACK");
+pub const PACK_HEADER_SIZE: usize = 64;
+pub const PACK_ENTRY_SIZE: usize = 32;
+
+/// The head of a pack object (level 1): `count` segment objects follow a directory of
+/// [`PackEntry`]s, each byte for byte as it was stored.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PackHeader {
+    pub magic: U64,
+    pub version: U32,
+    /// Segments in the pack.
+    pub count: U32,
+    /// The first segment's first frame_no and the last one's last.
+    pub start_frame_no: U64,
+    pub end_frame_no: U64,
+    /// The history its segments belong to.
+    pub lineage: U32,
+    /// crc32c of the directory (the `count` entries after this header).
+    pub entries_checksum: U32,
+    pub reserved1: [u8; 20],
+    /// crc32c of bytes 0..60.
+    pub checksum: U32,
+}
+
+/// Where one segment lies in a pack.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PackEntry {
+    /// Byte offset of the segment in the pack object.
+    pub offset: U64,
+    pub len: U64,
+    pub start_frame_no: U64,
+    pub end_frame_no: U64,
+}
+
+const _: () = assert!(size_of::<PackHeader>() == PACK_HEADER_SIZE);
+const _: () = assert!(size_of::<PackEntry>() == PACK_ENTRY_SIZE);
+
+impl PackHeader {
+    pub fn new(count: u32, start_frame_no: u64, end_frame_no: u64, lineage: u32, entries_checksum: u32) -> Self {
+        let mut header = PackHeader {
+            magic: PACK_MAGIC.into(),
+            version: FORMAT_VERSION.into(),
+            count: count.into(),
+            start_frame_no: start_frame_no.into(),
+            end_frame_no: end_frame_no.into(),
+            lineage: lineage.into(),
+            entries_checksum: entries_checksum.into(),
+            reserved1: [0; 20],
+            checksum: 0.into(),
+        };
+        header.checksum = crc32c::crc32c(&header.as_bytes()[..PACK_HEADER_SIZE - 4]).into();
+        header
+    }
+
+    /// Why this header cannot be trusted, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.magic.get() != PACK_MAGIC {
+            return Some("not a libsql-wal pack (bad magic)".into());
+        }
+        if self.checksum.get() != crc32c::crc32c(&self.as_bytes()[..PACK_HEADER_SIZE - 4]) {
+            return Some("pack header checksum mismatch".into());
+        }
+        if self.version.get() != FORMAT_VERSION {
+            return Some(format!("pack version {}; this build reads version {FORMAT_VERSION}", self.version.get()));
+        }
+        None
+    }
+}
+
 /// The local record of a database's durable frame_no (`<db>-wal/durable`, 16 bytes):
 /// frame_no (u64), the identity of the store and namespace it counts in (u32, see
 /// [`storage_identity`]), crc32c of bytes 0..12 (u32). A record failing its check is ignored
@@ -565,6 +636,21 @@ mod tests {
                 }),
             ),
             ("**SnapshotTrailer", code_fields!(SnapshotTrailer { pages_checksum, reserved, magic })),
+            (
+                "**PackHeader",
+                code_fields!(PackHeader {
+                    magic,
+                    version,
+                    count,
+                    start_frame_no,
+                    end_frame_no,
+                    lineage,
+                    entries_checksum,
+                    reserved1,
+                    checksum
+                }),
+            ),
+            ("**PackEntry", code_fields!(PackEntry { offset, len, start_frame_no, end_frame_no })),
         ];
         for (heading, code) in cases {
             assert_eq!(documented_fields(heading), code, "FORMAT.md's table under {heading:?} differs from the struct");

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, IoAction, Result};
 use crate::format::{
-    DURABLE_RECORD_SIZE, DurableRecord, FrameLayout, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE, SegmentHeader,
-    SnapshotHeader, storage_identity,
+    DURABLE_RECORD_SIZE, DurableRecord, FrameLayout, PACK_ENTRY_SIZE, PACK_HEADER_SIZE, PackEntry, PackHeader,
+    SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE, SegmentHeader, SnapshotHeader, storage_identity,
 };
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::storage::layout::StoredObject;
-use crate::storage::{Storage, layout, snapshot};
+use crate::storage::{Storage, compaction, layout, snapshot};
 
 /// What the uploader reads of its log, given when its [`Durability`] is opened: storage
 /// never sees the log itself (this module does not depend on `log`; the log depends on it).
@@ -99,6 +99,8 @@ pub(crate) struct Durability {
     record: Mutex<()>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Bytes uploaded since the last online compaction step was started.
+    uploaded_since_compaction: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -164,6 +166,11 @@ impl Durability {
             }
             other => other.flatten(),
         };
+        if let Some(binding) = &binding
+            && recorded.is_none()
+        {
+            refuse_a_fork(binding, log.as_ref(), log_dir)?;
+        }
         let frame_no = record.map(|r| r.frame_no).filter(|&f| f != UNKNOWN);
         let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
         let durability = Durability {
@@ -175,6 +182,7 @@ impl Durability {
             record: Mutex::new(()),
             state: Mutex::new(state),
             changed: Condvar::new(),
+            uploaded_since_compaction: Default::default(),
         };
         if durability.binding.is_some() && record.is_none() {
             // From now on this log keeps its segments until this store has them, whoever
@@ -276,6 +284,22 @@ impl Durability {
     /// Storage acknowledged everything up to `frame_no`.
     /// The durable frame_no moves only once the record says so on disk (written and synced,
     /// unless the log is closed), and only forward.
+    /// Starts an online compaction step of the namespace once enough was uploaded since the
+    /// last one: writes are what make history to compact, so an idle namespace never costs a
+    /// request, and no timer runs.
+    fn compact_after(&self, binding: &StorageBinding, uploaded: u64) {
+        use std::sync::atomic::Ordering;
+        let config = &binding.storage.config().compaction;
+        if !config.online {
+            return;
+        }
+        let since = self.uploaded_since_compaction.fetch_add(uploaded, Ordering::Relaxed) + uploaded;
+        if since >= config.online_after_bytes {
+            self.uploaded_since_compaction.store(0, Ordering::Relaxed);
+            compaction::spawn_online(binding.storage.clone(), binding.namespace.clone(), config.clone());
+        }
+    }
+
     fn advance(&self, frame_no: u64) -> Result<()> {
         let _record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let (closed, create) = {
@@ -377,6 +401,46 @@ pub(crate) fn shipped_elsewhere(record: &DurableRecord, binding: &StorageBinding
         binding.namespace,
         binding.storage.url()
     ))
+}
+
+/// At the first open of a database with a store and namespace (no durable record yet):
+/// refuses a database of the namespace's history whose last commit the namespace has gone
+/// past, say one restored at an earlier point. Writing there would fork the history (its
+/// commits could never be uploaded); a branch is the way to write from an earlier point.
+/// One listing, bounded by the request timeout; when storage cannot be reached the open
+/// goes on, and the upload task's own check catches the fork (keeping the commits local).
+fn refuse_a_fork(binding: &StorageBinding, log: &dyn LogView, log_dir: &Path) -> Result<()> {
+    let (lineage, last) = (log.lineage(), log.last_commit_frame_no());
+    let (storage, namespace) = (binding.storage.clone(), binding.namespace.clone());
+    let timeout = binding.storage.config().request_timeout;
+    // The chain's end and the lineage of its last object: another database's history is
+    // not a fork of this one (the upload task says so, and keeps the commits local).
+    let looked = binding.storage.block_on(async move {
+        tokio::time::timeout(timeout, async {
+            let chain = layout::chain(&storage.list_async(&namespace).await?);
+            match chain.objects().last() {
+                Some(last) => stored_end(&storage, last).await.map(|(l, _)| Some((chain.end_frame_no, l))),
+                None => Ok(None),
+            }
+        })
+        .await
+    })?;
+    let Ok(Ok(Some((end, stored_lineage)))) = looked else { return Ok(()) };
+    if end <= last || stored_lineage != lineage {
+        return Ok(());
+    }
+    let chain = layout::Chain { end_frame_no: end, ..layout::Chain::default() };
+    let url = binding.storage.url();
+    let ns = &binding.namespace;
+    Err(Error::CannotOpen {
+        path: db_path_of(log_dir),
+        reason: format!(
+            "this database is at frame_no {last} of namespace {ns}, which goes on to frame_no {}: writing here \
+             would fork its history. To write from this point, make a branch and open the database with it: \
+             `libsql-wal storage branch {url} {ns} --frame-no {last} NEW_NS`, then --namespace NEW_NS",
+            chain.end_frame_no
+        ),
+    })
 }
 
 /// The database file of the log in `log_dir` (`<db>-wal`), for messages.
@@ -507,6 +571,7 @@ async fn upload_segment(durability: &Durability, binding: &StorageBinding, segme
     }
     tracing::debug!(namespace = %binding.namespace, key, "uploaded");
     durability.record_success(len);
+    durability.compact_after(binding, len);
     durability.advance(last)?;
     durability.log.became_durable();
     Ok(())
@@ -699,7 +764,7 @@ pub(crate) fn look_up_read_only(binding: &StorageBinding, local: &LocalHistory, 
 
 /// The lineage of a stored object and the chain value at its end, read from its header
 /// (and, for a segment, its last frame's header): one or two small range requests.
-async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)> {
+pub(crate) async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)> {
     use zerocopy::FromBytes;
     let location = object_store::path::Path::parse(&last.key).map_err(|e| storage.error(&last.key, e))?;
     let get = |range: std::ops::Range<u64>| {
@@ -718,21 +783,57 @@ async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)
             Ok((header.lineage.get(), header.chain.get()))
         }
         layout::ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
-            let bytes = get(0..SEGMENT_HEADER_SIZE as u64).await.map_err(read_error)?;
-            let header = SegmentHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
+            segment_end(storage, &get, &last.key, 0, end_frame_no - start_frame_no).await
+        }
+        // A branch's origin says it all in its key.
+        layout::ObjectKind::Origin { lineage, chain, .. } => Ok((lineage, chain)),
+        layout::ObjectKind::Pack { .. } => {
+            // The pack's last segment, found through its header and its last directory entry.
+            let bytes = get(0..PACK_HEADER_SIZE as u64).await.map_err(read_error)?;
+            let header = PackHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
             if let Some(problem) = header.problem() {
                 return Err(Error::corrupt(&last.key, problem));
             }
-            let position = u32::try_from(end_frame_no - start_frame_no).map_err(|_| short("frame count"))?;
-            let layout = FrameLayout::of_version(header.version.get()).expect("checked by problem()");
-            let at = layout.frame_offset(position);
-            let bytes = get(at..at + layout.header_size() as u64).await.map_err(read_error)?;
-            if bytes.len() != layout.header_size() {
-                return Err(short("last frame"));
-            }
-            Ok((header.lineage.get(), layout.decode(&bytes).checksum.get()))
+            let count = header.count.get().checked_sub(1).ok_or_else(|| short("directory"))? as u64;
+            let at = PACK_HEADER_SIZE as u64 + count * PACK_ENTRY_SIZE as u64;
+            let bytes = get(at..at + PACK_ENTRY_SIZE as u64).await.map_err(read_error)?;
+            let entry = PackEntry::read_from_bytes(&bytes).map_err(|_| short("directory"))?;
+            let frames = entry.end_frame_no.get().saturating_sub(entry.start_frame_no.get());
+            segment_end(storage, &get, &last.key, entry.offset.get(), frames).await
         }
     }
+}
+
+/// The lineage and end chain value of the segment object at byte `at` of `key` whose last
+/// frame is its frame `last_position` (0-based): its header, then that frame's header.
+async fn segment_end<F, Fut, B>(
+    storage: &Storage,
+    get: &F,
+    key: &str,
+    at: u64,
+    last_position: u64,
+) -> Result<(u32, u32)>
+where
+    F: Fn(std::ops::Range<u64>) -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<B>>,
+    B: AsRef<[u8]>,
+{
+    use zerocopy::FromBytes;
+    let short = |what: &str| Error::corrupt(key, format!("its {what} is cut short"));
+    let read_error = |e: object_store::Error| storage.error(&format!("reading {key}"), e);
+    let bytes = get(at..at + SEGMENT_HEADER_SIZE as u64).await.map_err(read_error)?;
+    let header = SegmentHeader::read_from_bytes(bytes.as_ref()).map_err(|_| short("header"))?;
+    if let Some(problem) = header.problem() {
+        return Err(Error::corrupt(key, problem));
+    }
+    let position = u32::try_from(last_position).map_err(|_| short("frame count"))?;
+    let layout = FrameLayout::of_version(header.version.get()).expect("checked by problem()");
+    let frame_at = at + layout.frame_offset(position);
+    let bytes = get(frame_at..frame_at + layout.header_size() as u64).await.map_err(read_error)?;
+    if bytes.as_ref().len() != layout.header_size() {
+        return Err(short("last frame"));
+    }
+    Ok((header.lineage.get(), layout.decode(bytes.as_ref()).checksum.get()))
 }
 
 /// Is the object already at `key` this very segment (an upload repeated after a crash
@@ -762,7 +863,14 @@ async fn upload_base_snapshot(
     let key = layout::snapshot_key(&binding.namespace, checkpointed, 0, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
     let bytes =
-        snapshot::upload(&binding.storage, &key, durability.log.as_ref(), (checkpointed, chain), taken_unix_ms).await?;
+        snapshot::upload(&binding.storage, &key, &snapshot::LogPages(durability.log.as_ref()), snapshot::SnapshotOf {
+            frame_no: checkpointed,
+            chain,
+            lineage: durability.log.lineage(),
+            commit_unix_ms: 0,
+            taken_unix_ms,
+        })
+        .await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     // Another copy claiming the empty namespace at the same moment: only one base may stand.
     let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);

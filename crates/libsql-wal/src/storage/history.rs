@@ -2,7 +2,7 @@
 //! from which frame_no and time to which), the gaps in it, and the objects a restore to a
 //! given point applies. Pure functions of a listing: nothing here reads an object.
 //!
-//! A *run* starts at a base — a snapshot, or the empty database at frame 0 when a segment
+//! A *run* starts at a base — a snapshot, a branch's origin, or the empty database at frame 0 when a segment
 //! starts at frame 1 — and goes on through segments each starting at most one frame after
 //! the previous one ends (see `layout::chain`). Every commit from the base to the run's end
 //! restores exactly. The window is the union of the runs; what lies between two runs is a
@@ -129,24 +129,22 @@ impl RestorePlan {
 }
 
 fn segment_range(object: &StoredObject) -> Option<(u64, u64)> {
-    match object.kind {
-        ObjectKind::Segment { start_frame_no, end_frame_no, .. } => Some((start_frame_no, end_frame_no)),
-        ObjectKind::Snapshot { .. } => None,
-    }
+    object.frames()
 }
 
 /// Every run: from the empty database (if a segment starts at frame 1) and from each
 /// snapshot, ordered by base frame_no.
 fn runs(objects: &[StoredObject]) -> Vec<Run> {
     let mut segments: Vec<&StoredObject> = objects.iter().filter(|o| segment_range(o).is_some()).collect();
+    // Reaching furthest first; at equal ranges a pack first (fewer objects to fetch).
     segments.sort_by_key(|o| {
         let (start, end) = segment_range(o).expect("segments only");
-        (start, u64::MAX - end, o.key.clone())
+        (start, u64::MAX - end, !matches!(o.kind, ObjectKind::Pack { .. }), o.key.clone())
     });
-    let mut snapshots: Vec<&StoredObject> =
-        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. })).collect();
-    snapshots.sort_by_key(|o| (o.end_frame_no(), o.key.clone()));
-    snapshots.dedup_by_key(|o| o.end_frame_no()); // the greatest key per frame_no is kept last
+    let mut snapshots: Vec<&StoredObject> = objects.iter().filter(|o| o.is_base()).collect();
+    // One base per frame_no: a snapshot rather than a branch's origin (no parent to read).
+    snapshots.sort_by_key(|o| (o.end_frame_no(), matches!(o.kind, ObjectKind::Origin { .. }), o.key.clone()));
+    snapshots.dedup_by_key(|o| o.end_frame_no());
     let mut bases: Vec<Option<&StoredObject>> = Vec::new();
     if segments.first().and_then(|s| segment_range(s)).is_some_and(|(start, _)| start == 1) {
         bases.push(None);
@@ -174,17 +172,11 @@ fn runs(objects: &[StoredObject]) -> Vec<Run> {
 }
 
 fn first_commit_time(object: &StoredObject) -> Option<u64> {
-    match object.kind {
-        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.first),
-        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
-    }
+    object.commit_times().map(|t| t.first)
 }
 
 fn last_commit_time(object: &StoredObject) -> Option<u64> {
-    match object.kind {
-        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.last),
-        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
-    }
+    object.commit_times().map(|t| t.last)
 }
 
 /// The restorable window of a namespace's objects.
@@ -282,8 +274,16 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
     let mut bound: Option<(u64, bool)> = None;
     for object in objects {
         let reaches = match object.kind {
-            ObjectKind::Snapshot { commit_unix_ms: Some(c), frame_no, .. } if c <= t => Some((frame_no, false)),
-            ObjectKind::Segment { end_frame_no, commit_times: Some(times), .. } if times.first <= t => {
+            ObjectKind::Snapshot { commit_unix_ms: Some(c), frame_no, .. }
+            | ObjectKind::Origin { commit_unix_ms: Some(c), frame_no, .. }
+                if c <= t =>
+            {
+                Some((frame_no, false))
+            }
+            ObjectKind::Segment { end_frame_no, commit_times: Some(times), .. }
+            | ObjectKind::Pack { end_frame_no, commit_times: times, .. }
+                if times.first <= t =>
+            {
                 Some((end_frame_no, times.last > t))
             }
             _ => None,

@@ -5,6 +5,10 @@
 //! ```text
 //! <namespace>/segments/<start_frame_no:020>-<end_frame_no:020>-<first_commit_ms:013>-<last_commit_ms:013>.seg
 //! <namespace>/snapshots/<frame_no:020>-<commit_ms:013>-<taken_unix_ms:013>.snap
+//! <namespace>/packs/<start_frame_no:020>-<end_frame_no:020>-<first_commit_ms:013>-<last_commit_ms:013>.pack
+//! <namespace>/branches/<frame_no:020>-<child>                    a branch starts at frame_no
+//! <namespace>/branch/<frame_no:020>-<commit_ms:013>-<lineage:08x>-<chain:08x>-<parent>
+//!                                                                 this namespace is a branch
 //! ```
 //!
 //! Format version 2 wrote `<start>-<end>-<created_ms>.seg` and `<frame_no>-<taken_ms>.snap`:
@@ -56,6 +60,13 @@ pub enum ObjectKind {
     /// The whole database as of `frame_no`, the state after the commit made at
     /// `commit_unix_ms` (`None`: not known, as for a version 2 key).
     Snapshot { frame_no: u64, commit_unix_ms: Option<u64>, taken_unix_ms: u64 },
+    /// Consecutive segment objects, byte for byte, in one object (level 1, written by
+    /// compaction): frames `start_frame_no..=end_frame_no`, every commit of them kept.
+    Pack { start_frame_no: u64, end_frame_no: u64, commit_times: CommitTimes },
+    /// The origin of a branch (an empty marker object): this namespace's history is
+    /// `parent`'s up to `frame_no` (the commit made at `commit_unix_ms`, where the history
+    /// is `lineage` and its chain value `chain`), then its own. A base, like a snapshot.
+    Origin { frame_no: u64, commit_unix_ms: Option<u64>, lineage: u32, chain: u32, parent: String },
 }
 
 /// An object of a namespace: its key (relative to the store root), size and kind.
@@ -70,8 +81,38 @@ impl StoredObject {
     /// The last frame_no this object brings the database to.
     pub fn end_frame_no(&self) -> u64 {
         match self.kind {
-            ObjectKind::Segment { end_frame_no, .. } => end_frame_no,
-            ObjectKind::Snapshot { frame_no, .. } => frame_no,
+            ObjectKind::Segment { end_frame_no, .. } | ObjectKind::Pack { end_frame_no, .. } => end_frame_no,
+            ObjectKind::Snapshot { frame_no, .. } | ObjectKind::Origin { frame_no, .. } => frame_no,
+        }
+    }
+
+    /// Is it a base (a snapshot, or a branch's origin): the state at one frame_no?
+    pub fn is_base(&self) -> bool {
+        matches!(self.kind, ObjectKind::Snapshot { .. } | ObjectKind::Origin { .. })
+    }
+
+    /// The frames a segment or a pack holds (`None` for a snapshot).
+    pub fn frames(&self) -> Option<(u64, u64)> {
+        match self.kind {
+            ObjectKind::Segment { start_frame_no, end_frame_no, .. }
+            | ObjectKind::Pack { start_frame_no, end_frame_no, .. } => Some((start_frame_no, end_frame_no)),
+            ObjectKind::Snapshot { .. } | ObjectKind::Origin { .. } => None,
+        }
+    }
+
+    /// The first frame_no it holds (a snapshot's own frame_no).
+    pub fn first_frame_no(&self) -> u64 {
+        self.frames().map_or(self.end_frame_no(), |(start, _)| start)
+    }
+
+    /// When its first and last commits were made, if recorded (a snapshot: its one commit).
+    pub fn commit_times(&self) -> Option<CommitTimes> {
+        match self.kind {
+            ObjectKind::Segment { commit_times, .. } => commit_times,
+            ObjectKind::Pack { commit_times, .. } => Some(commit_times),
+            ObjectKind::Snapshot { commit_unix_ms, .. } | ObjectKind::Origin { commit_unix_ms, .. } => {
+                commit_unix_ms.map(|t| CommitTimes { first: t, last: t })
+            }
         }
     }
 }
@@ -85,6 +126,16 @@ impl fmt::Display for StoredObject {
                     Some(t) => write!(f, "commits {} .. {}", format_unix_ms(t.first), format_unix_ms(t.last)),
                     None => write!(f, "commit times unknown (format 2)"),
                 }
+            }
+            ObjectKind::Pack { start_frame_no, end_frame_no, commit_times: t } => write!(
+                f,
+                "pack     frames {start_frame_no}..={end_frame_no}  {} bytes  commits {} .. {}",
+                self.size,
+                format_unix_ms(t.first),
+                format_unix_ms(t.last)
+            ),
+            ObjectKind::Origin { frame_no, ref parent, .. } => {
+                write!(f, "branch   of namespace {parent} at frame {frame_no}")
             }
             ObjectKind::Snapshot { frame_no, commit_unix_ms, taken_unix_ms } => {
                 write!(f, "snapshot at frame {frame_no}  {} bytes  ", self.size)?;
@@ -110,6 +161,11 @@ pub fn segment_key(namespace: &str, start_frame_no: u64, end_frame_no: u64, time
     format!("{namespace}/segments/{start_frame_no:020}-{end_frame_no:020}-{first:013}-{last:013}.seg")
 }
 
+pub fn pack_key(namespace: &str, start_frame_no: u64, end_frame_no: u64, times: CommitTimes) -> String {
+    let CommitTimes { first, last } = times;
+    format!("{namespace}/packs/{start_frame_no:020}-{end_frame_no:020}-{first:013}-{last:013}.pack")
+}
+
 /// A snapshot's key; a commit time of 0 (unknown) is written as 0.
 pub fn snapshot_key(namespace: &str, frame_no: u64, commit_unix_ms: u64, taken_unix_ms: u64) -> String {
     format!("{namespace}/snapshots/{frame_no:020}-{commit_unix_ms:013}-{taken_unix_ms:013}.snap")
@@ -133,6 +189,19 @@ pub fn parse_key(namespace: &str, key: &str) -> Option<ObjectKind> {
         }
         return Some(ObjectKind::Segment { start_frame_no, end_frame_no, commit_times });
     }
+    if let Some(name) = rest.strip_prefix("branch/") {
+        return parse_origin(name);
+    }
+    if let Some(name) = rest.strip_prefix("packs/").and_then(|n| n.strip_suffix(".pack")) {
+        let parts: Vec<&str> = name.split('-').collect();
+        let [start, end, first, last] = parts[..] else { return None };
+        let (start_frame_no, end_frame_no) = (parse_number(start, 20)?, parse_number(end, 20)?);
+        let commit_times = CommitTimes { first: parse_number(first, 13)?, last: parse_number(last, 13)? };
+        if start_frame_no == 0 || end_frame_no < start_frame_no || commit_times.last < commit_times.first {
+            return None;
+        }
+        return Some(ObjectKind::Pack { start_frame_no, end_frame_no, commit_times });
+    }
     if let Some(name) = rest.strip_prefix("snapshots/").and_then(|n| n.strip_suffix(".snap")) {
         let parts: Vec<&str> = name.split('-').collect();
         let frame_no = parse_number(parts.first()?, 20)?;
@@ -144,6 +213,43 @@ pub fn parse_key(namespace: &str, key: &str) -> Option<ObjectKind> {
         return Some(ObjectKind::Snapshot { frame_no, commit_unix_ms, taken_unix_ms });
     }
     None
+}
+
+/// The marker a branch leaves in its parent's prefix, so that the parent's garbage
+/// collection keeps the branch point restorable: `<parent>/branches/<frame_no:020>-<child>`
+/// (empty; the key says it all).
+pub fn branch_marker_key(parent: &str, frame_no: u64, child: &str) -> String {
+    format!("{parent}/branches/{frame_no:020}-{child}")
+}
+
+/// The branch point and child namespace of a key written by [`branch_marker_key`].
+pub fn parse_branch_marker(parent: &str, key: &str) -> Option<(u64, String)> {
+    let name = key.strip_prefix(parent)?.strip_prefix("/branches/")?;
+    let (frame_no, child) = name.split_once('-')?;
+    validate_namespace(child).ok()?;
+    Some((parse_number(frame_no, 20)?, child.to_string()))
+}
+
+/// The marker that makes `child` a branch (read back as [`ObjectKind::Origin`]): its
+/// history is `parent`'s up to `frame_no`, then its own. Everything is in the key.
+pub fn origin_key(child: &str, parent: &str, frame_no: u64, commit_unix_ms: u64, lineage: u32, chain: u32) -> String {
+    format!("{child}/branch/{frame_no:020}-{commit_unix_ms:013}-{lineage:08x}-{chain:08x}-{parent}")
+}
+
+fn parse_origin(name: &str) -> Option<ObjectKind> {
+    let (frame_no, rest) = name.split_once('-')?;
+    let (commit, rest) = rest.split_once('-')?;
+    let (lineage, rest) = rest.split_once('-')?;
+    let (chain, parent) = rest.split_once('-')?;
+    validate_namespace(parent).ok()?;
+    let hex = |digits: &str| (digits.len() == 8).then(|| u32::from_str_radix(digits, 16).ok()).flatten();
+    Some(ObjectKind::Origin {
+        frame_no: parse_number(frame_no, 20)?,
+        commit_unix_ms: Some(parse_number(commit, 13)?).filter(|&t| t != 0),
+        lineage: hex(lineage)?,
+        chain: hex(chain)?,
+        parent: parent.to_string(),
+    })
 }
 
 fn parse_number(digits: &str, width: usize) -> Option<u64> {
@@ -182,25 +288,24 @@ impl Chain {
 /// Builds the chain from a namespace's objects (any order). Duplicates (the same segment
 /// uploaded twice) collapse; where segments overlap, the one reaching furthest is taken.
 pub fn chain(objects: &[StoredObject]) -> Chain {
-    let snapshot = objects
-        .iter()
-        .filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }))
-        .max_by_key(|o| (o.end_frame_no(), o.key.clone()))
-        .cloned();
+    let snapshot = objects.iter().filter(|o| o.is_base()).max_by_key(|o| (o.end_frame_no(), o.key.clone())).cloned();
     let mut end = snapshot.as_ref().map_or(0, StoredObject::end_frame_no);
-    let mut segments: Vec<&StoredObject> =
-        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Segment { .. })).collect();
-    segments.sort_by_key(|o| match o.kind {
-        ObjectKind::Segment { start_frame_no, end_frame_no, .. } => (start_frame_no, u64::MAX - end_frame_no),
-        ObjectKind::Snapshot { .. } => (0, 0),
+    let mut segments: Vec<&StoredObject> = objects.iter().filter(|o| o.frames().is_some()).collect();
+    segments.sort_by_key(|o| {
+        let (start, end) = o.frames().expect("segments and packs only");
+        (start, u64::MAX - end, !matches!(o.kind, ObjectKind::Pack { .. }))
     });
+    let packs: Vec<(u64, u64)> =
+        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Pack { .. })).filter_map(StoredObject::frames).collect();
     let base = end;
     let mut chain = Chain { snapshot, ..Chain::default() };
     for segment in segments {
-        let ObjectKind::Segment { start_frame_no, end_frame_no, .. } = segment.kind else { continue };
+        let (start_frame_no, end_frame_no) = segment.frames().expect("segments and packs only");
         if end_frame_no <= end {
-            // Covered by the base snapshot (superseded), or by a segment already taken.
-            if end_frame_no > base && !chain.segments.iter().any(|s| s.key == segment.key) {
+            // Covered by the base snapshot (superseded), by a pack that holds it (compaction
+            // copies segments into packs byte for byte), or by a segment already taken.
+            let in_pack = packs.iter().any(|&(s, e)| s <= start_frame_no && end_frame_no <= e);
+            if end_frame_no > base && !in_pack && !chain.segments.iter().any(|s| s.key == segment.key) {
                 chain.conflicts.push(segment.clone());
             }
             continue;

@@ -14,10 +14,13 @@
 //! and deleted only once it is durable; `SharedWal::checkpointable_segments` enforces it with
 //! [`durability::Durability::gate_frame_no`].
 
+pub mod branch;
+pub mod compaction;
 pub mod durability;
 pub mod history;
 pub mod layout;
 pub mod restore;
+pub(crate) mod pack;
 pub(crate) mod snapshot;
 
 use std::collections::HashMap;
@@ -48,6 +51,9 @@ pub struct StorageConfig {
     pub retry_delay_max: Duration,
     /// One request's time limit (a hung server must not hang an upload forever).
     pub request_timeout: Duration,
+    /// How the namespaces this process ships are compacted and garbage collected (online,
+    /// after uploads; see [`compaction`]).
+    pub compaction: compaction::CompactionConfig,
 }
 
 impl Default for StorageConfig {
@@ -57,6 +63,7 @@ impl Default for StorageConfig {
             retry_delay_min: Duration::from_millis(100),
             retry_delay_max: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            compaction: compaction::CompactionConfig::default(),
         }
     }
 }
@@ -284,6 +291,39 @@ impl Storage {
             Err(e) => return Err(self.error(&format!("uploading {key}"), e)),
         }
         self.sync_local(key).await.map(|()| true)
+    }
+
+    /// Deletes the object at `key` (gone already counts as deleted).
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
+        match self.write_store()?.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&format!("deleting {key}"), e)),
+        }
+    }
+
+    /// Every key under `prefix` (a directory-like prefix such as `ns/branches`), unparsed.
+    pub(crate) async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = ObjectPath::from(prefix);
+        let metas: Vec<_> = self
+            .read_store()?
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(&format!("listing {prefix}"), e))?;
+        let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Stores `bytes` under `key` (replacing what is there), durably.
+    pub(crate) async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = ObjectPath::parse(key).map_err(|e| self.error(key, e))?;
+        self.write_store()?
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(&format!("uploading {key}"), e))?;
+        self.sync_local(key).await
     }
 
     /// Stores what `fill` writes under `key`, in parts for large objects; the object appears

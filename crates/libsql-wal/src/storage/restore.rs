@@ -26,6 +26,7 @@ use crate::io::{Io, IoFile, StdIo};
 use crate::segment::{CommitInfo, Segment};
 use crate::storage::history::{self, RestorePlan, RestorePoint};
 use crate::storage::layout::{self, ObjectKind, StoredObject};
+use crate::storage::pack::PackFile;
 use crate::storage::{Storage, snapshot};
 
 /// What a restore did (or, with [`RestoreOptions::dry_run`], would do).
@@ -42,8 +43,10 @@ pub struct RestoreReport {
     /// Objects past a gap in the stored chain: not applied (only with
     /// [`RestoreOptions::allow_prefix`]; without it a gap is an error).
     pub stranded: usize,
-    /// The history restored (see `format::SegmentHeader::lineage`; 0 in a dry run).
+    /// The history restored (see `format::SegmentHeader::lineage`).
     pub lineage: u32,
+    /// The chain value at `frame_no` (see `format::chain_seed`).
+    pub chain: u32,
     /// The keys of the objects applied, in order.
     pub keys: Vec<String>,
     /// Whether this was a dry run: nothing was written at the output.
@@ -106,7 +109,8 @@ pub fn restore_with(
         )));
     }
     let now_ms = crate::log::unix_ms(io.now());
-    let plan = history::plan(&objects, options.point, now_ms, namespace)?;
+    let stages = plan_stages(storage, namespace, &objects, options.point, now_ms)?;
+    let plan = stages.last().expect("at least the namespace's own stage");
     let stranded = stranded_after(&objects, plan.frame_no);
     if options.point == RestorePoint::Latest
         && let Some(first) = stranded.first()
@@ -130,24 +134,65 @@ pub fn restore_with(
     remove_stale_scratch_dirs(io.as_ref(), out);
     let (scratch, scratch_lock) = create_scratch_dir(io.as_ref(), out)?;
     let result = if options.dry_run {
-        land(storage, &plan, io.as_ref(), &scratch)
+        land(storage, &stages, io.as_ref(), &scratch)
     } else {
-        rebuild(storage, &plan, io.as_ref(), &scratch, out, progress)
+        rebuild(storage, &stages, io.as_ref(), &scratch, out, progress)
     };
     let _ = std::fs::remove_dir_all(&scratch);
     drop(scratch_lock);
     let rebuilt = result?;
+    let keys: Vec<String> = stages.iter().flat_map(|p| p.objects()).map(|o| o.key.clone()).collect();
     Ok(RestoreReport {
         frame_no: rebuilt.end,
         commit_unix_ms: rebuilt.commit_unix_ms,
         db_pages: rebuilt.db_pages,
-        objects: plan.objects().count(),
-        bytes: plan.bytes(),
+        objects: keys.len(),
+        bytes: stages.iter().map(RestorePlan::bytes).sum(),
         stranded: if options.point == RestorePoint::Latest { stranded.len() } else { 0 },
         lineage: rebuilt.lineage,
-        keys: plan.objects().map(|o| o.key.clone()).collect(),
+        chain: rebuilt.chain,
+        keys,
         dry_run: options.dry_run,
     })
+}
+
+/// How deep branches of branches may go (a loop of origins would never end).
+const BRANCH_DEPTH_MAX: usize = 64;
+
+/// The plans a restore applies in turn: for a branch whose point lies at or before its
+/// own first objects, its parent's plan up to the branch point first (and so on up the
+/// ancestry), then its own; otherwise its own alone.
+fn plan_stages(
+    storage: &Storage,
+    namespace: &str,
+    objects: &[StoredObject],
+    point: RestorePoint,
+    now_ms: u64,
+) -> Result<Vec<RestorePlan>> {
+    let mut plan = history::plan(objects, point, now_ms, namespace)?;
+    let mut stages = Vec::new();
+    let mut origin = plan.snapshot.clone();
+    let mut seen = vec![namespace.to_string()];
+    while let Some(StoredObject { kind: ObjectKind::Origin { frame_no, ref parent, .. }, .. }) = origin {
+        if seen.len() > BRANCH_DEPTH_MAX || seen.contains(parent) {
+            return Err(Error::Restore(format!("the branches of {namespace} loop or go too deep ({})", seen.join(" <- "))));
+        }
+        seen.push(parent.clone());
+        let parent_objects = storage.list(parent)?;
+        let parent_plan = history::plan(&parent_objects, RestorePoint::FrameNo(frame_no), now_ms, parent)
+            .map_err(|e| Error::Restore(format!("{namespace} is a branch of {parent} at frame {frame_no}, which no longer restores: {e}")))?;
+        origin = parent_plan.snapshot.clone();
+        stages.push(parent_plan);
+    }
+    stages.reverse();
+    // The origins themselves are no objects to apply.
+    for stage in stages.iter_mut().chain(std::iter::once(&mut plan)) {
+        if stage.snapshot.as_ref().is_some_and(|s| matches!(s.kind, ObjectKind::Origin { .. })) {
+            stage.snapshot = None;
+        }
+    }
+    stages.push(plan);
+    Ok(stages)
 }
 
 /// Segments past `frame_no` that no base reaches (after a gap): what a restore of the
@@ -155,7 +200,7 @@ pub fn restore_with(
 fn stranded_after(objects: &[StoredObject], frame_no: u64) -> Vec<StoredObject> {
     let mut stranded: Vec<StoredObject> = objects
         .iter()
-        .filter(|o| matches!(o.kind, ObjectKind::Segment { .. }) && o.end_frame_no() > frame_no)
+        .filter(|o| o.frames().is_some() && o.end_frame_no() > frame_no)
         .cloned()
         .collect();
     stranded.sort_by_key(first_frame_no);
@@ -167,17 +212,14 @@ fn overlaps(a: &StoredObject, b: &StoredObject) -> bool {
 }
 
 fn first_frame_no(object: &StoredObject) -> u64 {
-    match object.kind {
-        ObjectKind::Segment { start_frame_no, .. } => start_frame_no,
-        ObjectKind::Snapshot { frame_no, .. } => frame_no,
-    }
+    object.first_frame_no()
 }
 
 /// The file in a scratch directory that its restore holds locked (`flock`) while it runs.
 const SCRATCH_LOCK: &str = "lock";
 
 /// The files a restore makes in its scratch directory: nothing else there is ever removed.
-const SCRATCH_FILES: [&str; 3] = [SCRATCH_LOCK, "database", "object"];
+const SCRATCH_FILES: [&str; 4] = [SCRATCH_LOCK, "database", "object", "part"];
 
 fn scratch_prefix(out: &Path) -> String {
     scratch_name(out, "restoring")
@@ -316,7 +358,7 @@ struct Rebuilt {
 
 fn rebuild(
     storage: &Storage,
-    plan: &RestorePlan,
+    stages: &[RestorePlan],
     io: &dyn Io,
     scratch: &Path,
     out: &Path,
@@ -324,18 +366,27 @@ fn rebuild(
 ) -> Result<Rebuilt> {
     let db_path = scratch.join("database");
     let db = io.open(&db_path, true).map_err(Error::io(IoAction::Create, &db_path))?;
-    let total = plan.bytes();
+    let total = stages.iter().map(RestorePlan::bytes).sum();
     let mut done = 0u64;
     let mut rebuilt = Rebuilt::empty();
-    for object in plan.objects() {
+    let steps = stages.iter().flat_map(|plan| plan.objects().map(move |object| (plan, object)));
+    for (plan, object) in steps {
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |n| progress(done + n, total))?;
         done += object.size;
         progress(done, total);
-        apply_object(io, object, &object_path, db.as_ref(), &db_path, plan, &mut rebuilt)?;
+        match object.kind {
+            ObjectKind::Pack { .. } => {
+                for inner in unpack(io, object, &object_path, plan, &scratch.join("part"))? {
+                    let (part, path) = inner?;
+                    apply_object(io, &part, &path, db.as_ref(), &db_path, plan, &mut rebuilt)?;
+                }
+            }
+            _ => apply_object(io, object, &object_path, db.as_ref(), &db_path, plan, &mut rebuilt)?,
+        }
         io.remove_file(&object_path).map_err(Error::io(IoAction::Remove, &object_path))?;
     }
-    refuse_before_first_commit(&rebuilt, plan)?;
+    refuse_before_first_commit(&rebuilt, stages.last().expect("a stage"))?;
     let db_pages = rebuilt.db_pages;
     check_size(&rebuilt)?;
     db.set_len(db_pages as u64 * PAGE_SIZE as u64).map_err(Error::io(IoAction::Truncate, &db_path))?;
@@ -362,43 +413,99 @@ fn rebuild(
     Ok(rebuilt)
 }
 
+/// The segments of a downloaded pack that a plan needs (up to the first one reaching past
+/// its frame_no), each extracted in turn to `part` as the iterator goes: (a description of
+/// the segment as an object, for the checks and messages of [`apply_object`], and `part`).
+fn unpack<'a>(
+    io: &dyn Io,
+    object: &'a StoredObject,
+    path: &Path,
+    plan: &'a RestorePlan,
+    part: &'a Path,
+) -> Result<impl Iterator<Item = Result<(StoredObject, PathBuf)>> + 'a> {
+    let pack = PackFile::open(io, path, &object.key)?;
+    let (start, end) = object.frames().expect("a pack holds frames");
+    if (pack.header.start_frame_no.get(), pack.header.end_frame_no.get()) != (start, end) {
+        let reason = format!(
+            "holds frames {}..={}, its name says {start}..={end}",
+            pack.header.start_frame_no.get(),
+            pack.header.end_frame_no.get()
+        );
+        return Err(Error::corrupt(&object.key, reason));
+    }
+    let needed = pack.entries.iter().take_while(|e| e.start_frame_no.get() <= plan.frame_no).count();
+    Ok((0..needed).map(move |i| {
+        pack.extract(i, part)?;
+        let entry = &pack.entries[i];
+        let inner = StoredObject {
+            key: format!("{} (segment {} of the pack)", object.key, i + 1),
+            size: entry.len.get(),
+            kind: ObjectKind::Segment {
+                start_frame_no: entry.start_frame_no.get(),
+                end_frame_no: entry.end_frame_no.get(),
+                commit_times: None,
+            },
+        };
+        Ok((inner, part.to_path_buf()))
+    }))
+}
+
 /// A dry run: where the plan lands, building nothing. Only the last segment is downloaded
 /// (into the scratch directory, and checked), and only when the point may lie inside it;
 /// the other objects are taken at their keys' word, which the real restore then checks.
-fn land(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path) -> Result<Rebuilt> {
+fn land(storage: &Storage, stages: &[RestorePlan], io: &dyn Io, scratch: &Path) -> Result<Rebuilt> {
     let mut rebuilt = Rebuilt::empty();
+    for plan in stages {
+        land_stage(storage, plan, io, scratch, &mut rebuilt)?;
+    }
+    refuse_before_first_commit(&rebuilt, stages.last().expect("a stage"))?;
+    Ok(rebuilt)
+}
+
+/// [`land`] for one stage.
+fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path, rebuilt: &mut Rebuilt) -> Result<()> {
     let objects: Vec<&StoredObject> = plan.objects().collect();
+    let ends_inside = |object: &StoredObject| object.end_frame_no() > plan.frame_no || plan.time.is_some();
+    let mut ended_whole: Option<StoredObject> = None;
     for (i, object) in objects.iter().enumerate() {
-        let is_segment = matches!(object.kind, ObjectKind::Segment { .. });
-        let inside =
-            i + 1 == objects.len() && is_segment && (object.end_frame_no() > plan.frame_no || plan.time.is_some());
+        let holds_frames = object.frames().is_some();
+        let inside = i + 1 == objects.len() && holds_frames && ends_inside(object);
         if !inside {
             rebuilt.end = object.end_frame_no();
-            rebuilt.commit_unix_ms = key_commit_time(object);
+            rebuilt.commit_unix_ms = object.commit_times().map(|t| t.last);
             rebuilt.last_key = Some(object.key.clone());
+            ended_whole = Some((*object).clone());
             continue;
         }
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |_| {})?;
-        let segment =
-            Segment::recover(io, &object_path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
-        if let Some(landing) = landing_in(&segment, plan, &rebuilt)? {
-            rebuilt.end = landing.frame_no;
-            rebuilt.db_pages = landing.size_after;
-            rebuilt.commit_unix_ms = Some(landing.unix_ms).filter(|&t| t != 0);
-            rebuilt.last_key = Some(object.key.clone());
+        let parts: Vec<Result<(StoredObject, PathBuf)>> = match object.kind {
+            ObjectKind::Pack { .. } => unpack(io, object, &object_path, plan, &scratch.join("part"))?.collect(),
+            _ => vec![Ok(((*object).clone(), object_path.clone()))],
+        };
+        for part in parts {
+            let (part, path) = part?;
+            let segment = Segment::recover(io, &path, true).map_err(|e| Error::corrupt(&part.key, e.to_string()))?;
+            if let Some(landing) = landing_in(&segment, plan, rebuilt)? {
+                rebuilt.end = landing.frame_no;
+                rebuilt.lineage = segment.lineage;
+                rebuilt.chain = segment.chain_at(landing.frame_no)?;
+                rebuilt.db_pages = landing.size_after;
+                rebuilt.commit_unix_ms = Some(landing.unix_ms).filter(|&t| t != 0);
+                rebuilt.last_key = Some(part.key.clone());
+                ended_whole = None;
+            }
         }
     }
-    refuse_before_first_commit(&rebuilt, plan)?;
-    Ok(rebuilt)
-}
-
-/// The commit time an object's key gives for its last commit.
-fn key_commit_time(object: &StoredObject) -> Option<u64> {
-    match object.kind {
-        ObjectKind::Segment { commit_times, .. } => commit_times.map(|t| t.last),
-        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms,
+    if let Some(object) = ended_whole {
+        // The stage ends where a whole object ends: its lineage and chain value, read from
+        // its headers (small range requests).
+        let inner = storage.clone();
+        let (lineage, chain) =
+            storage.block_on(async move { crate::storage::durability::stored_end(&inner, &object).await })??;
+        (rebuilt.lineage, rebuilt.chain) = (lineage, chain);
     }
+    Ok(())
 }
 
 /// A point before the first commit of a history that starts from the empty database (among
@@ -451,6 +558,9 @@ fn apply_object(
                 last_key: Some(object.key.clone()),
             };
             Ok(())
+        }
+        ObjectKind::Pack { .. } | ObjectKind::Origin { .. } => {
+            Err(Error::corrupt(&object.key, "applied through its parts (a pack) or its parent (an origin)"))
         }
         ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
             let segment = Segment::recover(io, path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
@@ -546,6 +656,11 @@ fn download(storage: &Storage, object: &StoredObject, path: &Path, progress: &mu
         async move { download_async(&storage, &key, &path, &received).await }
     };
     storage.block_on_with_progress(task, &mut || progress(received.load(Ordering::Relaxed)))?
+}
+
+/// Streams the object at `key` into a new file at `path`.
+pub(crate) async fn download_to(storage: &Storage, key: &str, path: &Path) -> Result<()> {
+    download_async(storage, key, path, &AtomicU64::new(0)).await
 }
 
 async fn download_async(storage: &Storage, key: &str, path: &Path, received: &AtomicU64) -> Result<()> {

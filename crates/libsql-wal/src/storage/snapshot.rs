@@ -28,18 +28,56 @@ fn page_chunks(db_pages: u32) -> impl Iterator<Item = (u64, usize)> {
     })
 }
 
-/// Streams the database file of `log` (which must hold exactly the state at `frame_no`,
-/// where the chain value is `chain`, and not change meanwhile) to `key`. Its commit time is
-/// unknown (0): the log no longer holds the commit at `frame_no`. Returns the object's size.
-pub(crate) async fn upload(
-    storage: &Storage,
-    key: &str,
-    log: &dyn LogView,
-    (frame_no, chain): (u64, u32),
-    taken_unix_ms: u64,
-) -> Result<u64> {
-    let db_pages = (log.db_file_len() / PAGE_SIZE as u64) as u32;
-    let header = SnapshotHeader::new(frame_no, db_pages, taken_unix_ms, log.lineage(), chain, 0);
+/// The pages a snapshot is taken from: a log's database file, or a restored file.
+pub(crate) trait PageSource: Send + Sync {
+    fn len(&self) -> u64;
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// A log's database file, read through its [`LogView`].
+pub(crate) struct LogPages<'a>(pub &'a dyn LogView);
+
+impl PageSource for LogPages<'_> {
+    fn len(&self) -> u64 {
+        self.0.db_file_len()
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.0.read_db_file(buf, offset)
+    }
+}
+
+/// A database file of our own (a restore's output), read as it is.
+pub(crate) struct FilePages<'a> {
+    pub file: &'a dyn IoFile,
+    pub path: &'a Path,
+}
+
+impl PageSource for FilePages<'_> {
+    fn len(&self) -> u64 {
+        self.file.size().unwrap_or(0)
+    }
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(Error::io(IoAction::Read, self.path))
+    }
+}
+
+/// What a snapshot's header says besides its pages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotOf {
+    pub frame_no: u64,
+    /// The chain value at `frame_no`.
+    pub chain: u32,
+    pub lineage: u32,
+    /// When the commit at `frame_no` was made; 0 if unknown.
+    pub commit_unix_ms: u64,
+    pub taken_unix_ms: u64,
+}
+
+/// Streams the pages of `source` (which must hold exactly the state at `of.frame_no` and
+/// not change meanwhile) to `key`. Returns the object's size.
+pub(crate) async fn upload(storage: &Storage, key: &str, source: &dyn PageSource, of: SnapshotOf) -> Result<u64> {
+    let db_pages = (source.len() / PAGE_SIZE as u64) as u32;
+    let header = SnapshotHeader::new(of.frame_no, db_pages, of.taken_unix_ms, of.lineage, of.chain, of.commit_unix_ms);
     let mut writer = storage.writer(key)?;
     let put_error = |e: std::io::Error| storage.error(&format!("uploading {key}"), e);
     writer.write_all(header.as_bytes()).await.map_err(put_error)?;
@@ -47,7 +85,7 @@ pub(crate) async fn upload(
     let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
     for (offset, len) in page_chunks(db_pages) {
         let buf = &mut chunk[..len];
-        log.read_db_file(buf, offset)?;
+        source.read(buf, offset)?;
         checksum = crc32c::crc32c_append(checksum, buf);
         writer.write_all(buf).await.map_err(put_error)?;
     }
