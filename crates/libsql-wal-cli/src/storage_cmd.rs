@@ -131,7 +131,8 @@ pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
             let storage = Storage::open(&url).map_err(|e| e.to_string())?;
             let report = libsql_wal::storage::branch::create(&storage, &namespace, point, &new_namespace)
                 .map_err(|e| e.to_string())?;
-            let when = report.commit_unix_ms.map_or("time not recorded".into(), libsql_wal::storage::layout::format_unix_ms);
+            let when =
+                report.commit_unix_ms.map_or("time not recorded".into(), libsql_wal::storage::layout::format_unix_ms);
             outln!("{new_namespace} is a branch of {namespace} at frame_no {} (committed {when})", report.frame_no);
             Ok(ExitCode::SUCCESS)
         }
@@ -144,7 +145,11 @@ pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn compact(url: &str, namespace: &str, config: &libsql_wal::storage::compaction::CompactionConfig) -> Result<ExitCode, String> {
+fn compact(
+    url: &str,
+    namespace: &str,
+    config: &libsql_wal::storage::compaction::CompactionConfig,
+) -> Result<ExitCode, String> {
     let storage = Storage::open(url).map_err(|e| e.to_string())?;
     let report = libsql_wal::storage::compaction::compact(&storage, namespace, config).map_err(|e| e.to_string())?;
     for key in &report.snapshots {

@@ -48,6 +48,10 @@ pub enum Error {
     Storage { url: String, reason: String },
     #[error("restore: {0}")]
     Restore(String),
+    /// An object a restore had listed was gone when it came to read it: compaction or
+    /// garbage collection replaced it meanwhile (restore lists again and retries).
+    #[error("storage {url}: {key} was deleted while it was being read (compaction replaced it); restore again")]
+    ObjectGone { url: String, key: String },
     /// A benchmark found its data wrong (never raised on the `Wal` path).
     #[error("benchmark: {0}")]
     Bench(String),
@@ -148,7 +152,7 @@ impl Error {
             | Error::ForeignWal { .. }
             | Error::CannotOpen { .. }
             | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
-            Error::Storage { .. } | Error::SyncFailed { .. } => ffi::SQLITE_IOERR,
+            Error::Storage { .. } | Error::SyncFailed { .. } | Error::ObjectGone { .. } => ffi::SQLITE_IOERR,
             Error::Restore(_) | Error::Bench(_) => ffi::SQLITE_ERROR,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),

@@ -104,6 +104,7 @@ pub use api::{
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, IoAction, Result};
+pub use object_store;
 pub use registry::{
     DEFAULT_IDLE_OPEN_FILES_MAX, RegistryStats, close_idle_logs, registry_stats, set_idle_open_files_max,
 };

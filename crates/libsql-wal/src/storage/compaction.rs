@@ -259,9 +259,9 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
 /// Is this level-0 segment held by a pack (which replaces it)?
 fn covered_by_pack(objects: &[StoredObject], object: &StoredObject) -> bool {
     let (ObjectKind::Segment { .. }, Some((start, end))) = (&object.kind, object.frames()) else { return false };
-    objects.iter().any(|o| {
-        matches!(o.kind, ObjectKind::Pack { .. }) && o.frames().is_some_and(|(s, e)| s <= start && end <= e)
-    })
+    objects
+        .iter()
+        .any(|o| matches!(o.kind, ObjectKind::Pack { .. }) && o.frames().is_some_and(|(s, e)| s <= start && end <= e))
 }
 
 /// Can a restore from the base at `base` reach frame `start` through contiguous objects?
@@ -317,7 +317,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("libsql-wal-compact-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        let dir =
+            std::env::temp_dir().join(format!("libsql-wal-compact-{}-{:08x}", std::process::id(), fastrand::u32(..)));
         std::fs::create_dir_all(&dir).map_err(Error::io(IoAction::Create, &dir))?;
         Ok(Scratch(dir))
     }
@@ -343,20 +344,22 @@ async fn write_pack(storage: &Storage, namespace: &str, group: &[StoredObject]) 
         let check = {
             let (io, path, key) = (io.clone(), path.clone(), object.key.clone());
             tokio::task::spawn_blocking(move || -> Result<(u32, u32, u64, Option<u32>)> {
-                let segment = Segment::recover(io.as_ref(), &path, true).map_err(|e| Error::corrupt(&key, e.to_string()))?;
+                let segment =
+                    Segment::recover(io.as_ref(), &path, true).map_err(|e| Error::corrupt(&key, e.to_string()))?;
                 let at_previous = |frame_no: u64| segment.chain_at(frame_no).ok();
-                Ok((segment.lineage, segment.end_chain(), segment.start_frame_no, at_previous(segment.start_frame_no - 1)))
+                Ok((
+                    segment.lineage,
+                    segment.end_chain(),
+                    segment.start_frame_no,
+                    at_previous(segment.start_frame_no - 1),
+                ))
             })
         };
-        let (seg_lineage, end_chain, start, prev_chain) =
-            check.await.map_err(|e| storage.error(&object.key, e))??;
+        let (seg_lineage, end_chain, start, prev_chain) = check.await.map_err(|e| storage.error(&object.key, e))??;
         if let Some((l, end, chain)) = previous
             && (l != seg_lineage || start != end + 1 || prev_chain != Some(chain))
         {
-            return Err(Error::Restore(format!(
-                "{} does not continue the segment before it: not packed",
-                object.key
-            )));
+            return Err(Error::Restore(format!("{} does not continue the segment before it: not packed", object.key)));
         }
         lineage = seg_lineage;
         previous = Some((seg_lineage, object.end_frame_no(), end_chain));
@@ -398,14 +401,19 @@ async fn snapshot_if_due(
     let out = scratch.0.join("latest.db");
     let built = {
         let (storage, namespace, out) = (storage.clone(), namespace.to_string(), out.clone());
-        tokio::task::spawn_blocking(move || crate::storage::restore::restore(&storage, &namespace, &out, &mut |_, _| {}))
+        tokio::task::spawn_blocking(move || {
+            crate::storage::restore::restore(&storage, &namespace, &out, &mut |_, _| {})
+        })
     };
     let report = built.await.map_err(|e| storage.error("building a snapshot", e))??;
     let io = StdIo::shared();
     let file = io.open_read_only(&out).map_err(Error::io(IoAction::Open, &out))?;
     let mark = read_mark(file.as_ref(), &out)?;
     if mark.frame_no != report.frame_no {
-        return Err(Error::Restore(format!("the rebuilt state is at frame {}, not {}", mark.frame_no, report.frame_no)));
+        return Err(Error::Restore(format!(
+            "the rebuilt state is at frame {}, not {}",
+            mark.frame_no, report.frame_no
+        )));
     }
     let taken_unix_ms = crate::log::unix_ms(std::time::SystemTime::now());
     let commit_unix_ms = report.commit_unix_ms.unwrap_or(0);
@@ -426,7 +434,8 @@ async fn snapshot_if_due(
 fn read_mark(file: &dyn crate::io::IoFile, path: &Path) -> Result<CheckpointMark> {
     let mut bytes = [0u8; DB_HEADER_MARK_SIZE];
     file.read_exact_at(&mut bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Read, path))?;
-    CheckpointMark::decode(&bytes).ok_or_else(|| Error::corrupt(path, "the restored file's checkpoint mark is unreadable"))
+    CheckpointMark::decode(&bytes)
+        .ok_or_else(|| Error::corrupt(path, "the restored file's checkpoint mark is unreadable"))
 }
 
 #[cfg(test)]
@@ -481,8 +490,15 @@ mod tests {
 
     #[test]
     fn segments_a_pack_holds_are_garbage_and_middle_snapshots_too() {
-        let objects =
-            [segment(1, 10), segment(11, 20), pack(1, 20), snapshot(20), segment(21, 30), snapshot(30), segment(31, 40)];
+        let objects = [
+            segment(1, 10),
+            segment(11, 20),
+            pack(1, 20),
+            snapshot(20),
+            segment(21, 30),
+            snapshot(30),
+            segment(31, 40),
+        ];
         let keep = needed(&objects, &[], 0);
         assert_eq!(keys(&keep, &objects), vec![false, false, true, false, true, true, true]);
     }

@@ -862,15 +862,19 @@ async fn upload_base_snapshot(
     let taken_unix_ms = durability.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let key = layout::snapshot_key(&binding.namespace, checkpointed, 0, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    let bytes =
-        snapshot::upload(&binding.storage, &key, &snapshot::LogPages(durability.log.as_ref()), snapshot::SnapshotOf {
+    let bytes = snapshot::upload(
+        &binding.storage,
+        &key,
+        &snapshot::LogPages(durability.log.as_ref()),
+        snapshot::SnapshotOf {
             frame_no: checkpointed,
             chain,
             lineage: durability.log.lineage(),
             commit_unix_ms: 0,
             taken_unix_ms,
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     // Another copy claiming the empty namespace at the same moment: only one base may stand.
     let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);

@@ -19,8 +19,8 @@ pub mod compaction;
 pub mod durability;
 pub mod history;
 pub mod layout;
-pub mod restore;
 pub(crate) mod pack;
+pub mod restore;
 pub(crate) mod snapshot;
 
 use std::collections::HashMap;
@@ -210,6 +210,21 @@ impl Storage {
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.upload_concurrency_max.max(1)));
         let display_url = redact(url);
         Ok(Storage { inner: Arc::new(StorageInner { display_url, secrets, backend, config, uploads }) })
+    }
+
+    /// A store built by the caller (any `object_store` implementation: a wrapper that counts
+    /// or fails requests, a store configured in ways a URL cannot say), named `name` in
+    /// messages and in the identity a log's durable record keeps.
+    pub fn with_object_store(name: &str, store: Arc<dyn ObjectStore>, config: StorageConfig) -> Storage {
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.upload_concurrency_max.max(1)));
+        let inner = StorageInner {
+            display_url: name.to_string(),
+            secrets: Secrets::of(name, &[]),
+            backend: Backend::Store(store),
+            config,
+            uploads,
+        };
+        Storage { inner: Arc::new(inner) }
     }
 
     /// The URL, without credentials.

@@ -95,6 +95,31 @@ pub fn restore_with(
             }
         }
     }
+    // An object that vanished between the listing and its download was replaced by
+    // compaction (what replaces it is durable before it goes): list again and retry.
+    let mut attempts = 0;
+    loop {
+        match restore_once(storage, namespace, out, options, progress) {
+            Err(Error::ObjectGone { key, .. }) if attempts < RESTORE_ATTEMPTS_MAX => {
+                attempts += 1;
+                tracing::info!(namespace, key, "an object was replaced while restoring: listing again");
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Restores retry at most this many times after an object vanished under them.
+const RESTORE_ATTEMPTS_MAX: u32 = 5;
+
+fn restore_once(
+    storage: &Storage,
+    namespace: &str,
+    out: &Path,
+    options: &RestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    let io = StdIo::shared();
     let objects = storage.list(namespace)?;
     let chain = layout::chain(&objects);
     if chain.snapshot.is_none() && chain.segments.is_empty() {
@@ -175,12 +200,19 @@ fn plan_stages(
     let mut seen = vec![namespace.to_string()];
     while let Some(StoredObject { kind: ObjectKind::Origin { frame_no, ref parent, .. }, .. }) = origin {
         if seen.len() > BRANCH_DEPTH_MAX || seen.contains(parent) {
-            return Err(Error::Restore(format!("the branches of {namespace} loop or go too deep ({})", seen.join(" <- "))));
+            return Err(Error::Restore(format!(
+                "the branches of {namespace} loop or go too deep ({})",
+                seen.join(" <- ")
+            )));
         }
         seen.push(parent.clone());
         let parent_objects = storage.list(parent)?;
-        let parent_plan = history::plan(&parent_objects, RestorePoint::FrameNo(frame_no), now_ms, parent)
-            .map_err(|e| Error::Restore(format!("{namespace} is a branch of {parent} at frame {frame_no}, which no longer restores: {e}")))?;
+        let parent_plan =
+            history::plan(&parent_objects, RestorePoint::FrameNo(frame_no), now_ms, parent).map_err(|e| {
+                Error::Restore(format!(
+                    "{namespace} is a branch of {parent} at frame {frame_no}, which no longer restores: {e}"
+                ))
+            })?;
         origin = parent_plan.snapshot.clone();
         stages.push(parent_plan);
     }
@@ -198,11 +230,8 @@ fn plan_stages(
 /// Segments past `frame_no` that no base reaches (after a gap): what a restore of the
 /// latest state leaves out.
 fn stranded_after(objects: &[StoredObject], frame_no: u64) -> Vec<StoredObject> {
-    let mut stranded: Vec<StoredObject> = objects
-        .iter()
-        .filter(|o| o.frames().is_some() && o.end_frame_no() > frame_no)
-        .cloned()
-        .collect();
+    let mut stranded: Vec<StoredObject> =
+        objects.iter().filter(|o| o.frames().is_some() && o.end_frame_no() > frame_no).cloned().collect();
     stranded.sort_by_key(first_frame_no);
     stranded
 }
@@ -666,7 +695,12 @@ pub(crate) async fn download_to(storage: &Storage, key: &str, path: &Path) -> Re
 async fn download_async(storage: &Storage, key: &str, path: &Path, received: &AtomicU64) -> Result<()> {
     use std::io::Write;
     let location = ObjectPath::parse(key).map_err(|e| storage.error(key, e))?;
-    let result = storage.store().get(&location).await.map_err(|e| storage.error(&format!("downloading {key}"), e))?;
+    let result = storage.store().get(&location).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => {
+            Error::ObjectGone { url: storage.url().to_string(), key: key.to_string() }
+        }
+        e => storage.error(&format!("downloading {key}"), e),
+    })?;
     let mut file = std::fs::File::create(path).map_err(Error::io(IoAction::Create, path))?;
     let mut stream = result.into_stream();
     while let Some(chunk) = stream.next().await {
