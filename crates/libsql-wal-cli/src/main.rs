@@ -159,6 +159,15 @@ enum BenchWorkload {
         /// Size of the backlog uploaded for the MB/s figure, in MiB.
         #[arg(long, default_value_t = 128)]
         upload_mib: u64,
+        /// Size of the database restored for the restore MB/s figure, in MiB.
+        #[arg(long, default_value_t = 64)]
+        restore_mib: u64,
+        /// Size of the database whose history grows 100× for the history rows, in MiB.
+        #[arg(long, default_value_t = 2)]
+        history_mib: u64,
+        /// Seconds an idle namespace is watched for requests.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -467,8 +476,19 @@ fn stress(
 
 fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
     match workload {
-        BenchWorkload::Storage { seconds, rate, segment_frames, upload_mib, dir, json } => {
-            storage_cmd::bench(seconds, rate, segment_frames, upload_mib, dir, json)
+        BenchWorkload::Storage {
+            seconds,
+            rate,
+            segment_frames,
+            upload_mib,
+            restore_mib,
+            history_mib,
+            idle_seconds,
+            dir,
+            json,
+        } => {
+            let sizes = storage_cmd::BenchSizes { upload_mib, restore_mib, history_mib, idle_seconds };
+            storage_cmd::bench(seconds, rate, segment_frames, sizes, dir, json)
         }
         BenchWorkload::Commits { commits, rounds, dir, json } => bench_commits(commits, rounds, dir, json),
         BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {

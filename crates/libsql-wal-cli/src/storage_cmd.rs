@@ -392,15 +392,24 @@ pub fn restore(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The sizes `bench storage` works with.
+pub struct BenchSizes {
+    pub upload_mib: u64,
+    pub restore_mib: u64,
+    pub history_mib: u64,
+    pub idle_seconds: u64,
+}
+
 /// `bench storage`: rows (store, metric, value).
 pub fn bench(
     seconds: u64,
     rate: u32,
     segment_frames: u32,
-    upload_mib: u64,
+    sizes: BenchSizes,
     dir: Option<std::path::PathBuf>,
     json: bool,
 ) -> Result<ExitCode, String> {
+    let BenchSizes { upload_mib, restore_mib, history_mib, idle_seconds } = sizes;
     use libsql_wal_testkit::bench::loopback_s3::s3s_fs_binary;
     use libsql_wal_testkit::bench::storage::{durable_lag, upload_throughput};
     let tmp = std::env::temp_dir().join(format!("libsql-wal-bench-storage-{}", std::process::id()));
@@ -415,8 +424,11 @@ pub fn bench(
     }
     for store in stores {
         let name = store.name();
-        for (what, run) in [("lag", base.join(format!("{name}-lag"))), ("upload", base.join(format!("{name}-upload")))]
-        {
+        let runs = ["lag", "upload", "restore", "history"].map(|what| (what, base.join(format!("{name}-{what}"))));
+        for (what, run) in runs {
+            if what == "history" && matches!(store, BenchStore::S3Loopback) {
+                continue; // the history rows measure compaction, the same on every store
+            }
             std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
             let (storage, _server) = store.open(&run)?;
             if what == "lag" {
@@ -428,13 +440,32 @@ pub fn bench(
                 rows.push((name.to_string(), "durable lag p50 (ms)".into(), ms(lag.p50)));
                 rows.push((name.to_string(), "durable lag p99 (ms)".into(), ms(lag.p99)));
                 rows.push((name.to_string(), "durable lag max (ms)".into(), ms(lag.max)));
-            } else {
+            } else if what == "upload" {
                 errln!("{name}: uploading a {upload_mib} MiB backlog...");
                 let mb_s = upload_throughput(&run, &storage, upload_mib << 20).map_err(|e| e.to_string())?;
                 rows.push((name.to_string(), "upload MB/s".into(), mb_s));
+            } else if what == "restore" {
+                errln!("{name}: restoring a {restore_mib} MiB database beside a plain copy...");
+                let measured = libsql_wal_testkit::bench::history::restore_speed(&run, &storage, restore_mib << 20)
+                    .map_err(|e| e.to_string())?;
+                rows.extend(measured.into_iter().map(|(metric, value)| (name.to_string(), metric, value)));
+            } else {
+                errln!("{name}: a {history_mib} MiB database with 1x and 100x its size of history...");
+                let measured = libsql_wal_testkit::bench::history::history_cost(&run, &storage, history_mib << 20)
+                    .map_err(|e| e.to_string())?;
+                rows.extend(measured.into_iter().map(|(metric, value)| (name.to_string(), metric, value)));
             }
             let _ = std::fs::remove_dir_all(&run);
         }
+    }
+    {
+        errln!("idle namespace: counting requests for {idle_seconds} s...");
+        let run = base.join("idle");
+        std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+        let measured = libsql_wal_testkit::bench::history::idle_requests(&run, Duration::from_secs(idle_seconds))
+            .map_err(|e| e.to_string())?;
+        rows.extend(measured.into_iter().map(|(metric, value)| ("counting".to_string(), metric, value)));
+        let _ = std::fs::remove_dir_all(&run);
     }
     let _ = std::fs::remove_dir_all(&tmp);
     if json {
@@ -456,9 +487,9 @@ pub fn bench(
         outln!(
             "storage: {rate} commits/s for {seconds} s, {segment_frames}-frame segments; {upload_mib} MiB backlog upload"
         );
-        outln!("{:<12} {:<22} {:>12}", "store", "metric", "value");
+        outln!("{:<12} {:<36} {:>12}", "store", "metric", "value");
         for (store, metric, value) in &rows {
-            outln!("{store:<12} {metric:<22} {value:>12.1}");
+            outln!("{store:<12} {metric:<36} {value:>12.2}");
         }
     }
     Ok(ExitCode::SUCCESS)

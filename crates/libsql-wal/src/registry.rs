@@ -223,6 +223,11 @@ pub(crate) fn acquire(
             if let Some(binding) = storage {
                 let log_dir = crate::ownership::log_dir_of(&path);
                 crate::storage::durability::refuse_if_shipped_elsewhere(io.as_ref(), &log_dir, binding)?;
+                // A file with no log yet (just restored) at an earlier point of the namespace.
+                if io.kind(&log_dir).map_err(crate::error::Error::io(crate::error::IoAction::Read, &log_dir))?.is_none()
+                {
+                    crate::storage::durability::refuse_a_fork(io.as_ref(), &path, binding)?;
+                }
             }
             let shared = Arc::new(SharedWal::open(io.clone(), &path, config.clone(), storage.cloned())?);
             if let Some(checkpointer) = checkpointer {

@@ -10,6 +10,7 @@ use libsql_sys::rusqlite::{self, Connection};
 use libsql_wal::{Checkpointer, CheckpointerConfig, LibsqlWalManager, Result, WalConfig, inspect, io::StdIo};
 use libsql_wal::{open_connection, open_sqlite_connection};
 
+pub mod history;
 pub mod loopback_s3;
 pub mod scale;
 pub mod storage;

@@ -178,13 +178,8 @@ impl LogView for LogParts {
 /// going forward across restarts even if the clock went back meanwhile.
 fn commit_clock_floor(io: &dyn Io, db_path: &Path, segments: &[SegmentRef]) -> u64 {
     let in_log = segments.iter().map(|s| s.committed_unix_ms()).max().unwrap_or(0);
-    let file = io.modified(db_path).ok().map_or(0, unix_ms);
+    let file = io.modified(db_path).ok().map_or(0, crate::io::unix_ms);
     in_log.max(file)
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The chain value at `frame_no`, if a log can still tell: `checkpointed` (the checkpointed
@@ -381,7 +376,7 @@ impl SharedWal {
     /// The commit time to record on a commit frame written now (see
     /// [`Transactions::commit_time`]).
     pub fn commit_time(&self) -> u64 {
-        self.parts.transactions.commit_time(unix_ms(self.io.now()))
+        self.parts.transactions.commit_time(crate::io::unix_ms(self.io.now()))
     }
 
     pub fn publish_commit(&self, segment: &Segment) -> Snapshot {

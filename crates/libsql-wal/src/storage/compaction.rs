@@ -155,7 +155,7 @@ pub(crate) fn spawn_online(storage: Storage, namespace: String, config: Compacti
 
 /// The start of the retention window, in ms since the epoch.
 fn window_start(config: &CompactionConfig) -> u64 {
-    let now = crate::log::unix_ms(std::time::SystemTime::now());
+    let now = crate::io::unix_ms(std::time::SystemTime::now());
     now.saturating_sub(config.retention.as_millis() as u64)
 }
 
@@ -253,6 +253,9 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
     for &point in branch_points {
         plan_keys(RestorePoint::FrameNo(point), &mut keep);
     }
+    // A branch's origin stays as long as the branch does: `storage rm` removes it, and with
+    // it the parent's marker (which only the origin names).
+    keep.extend(objects.iter().filter(|o| matches!(o.kind, ObjectKind::Origin { .. })).map(|o| o.key.clone()));
     keep
 }
 
@@ -415,7 +418,7 @@ async fn snapshot_if_due(
             mark.frame_no, report.frame_no
         )));
     }
-    let taken_unix_ms = crate::log::unix_ms(std::time::SystemTime::now());
+    let taken_unix_ms = crate::io::unix_ms(std::time::SystemTime::now());
     let commit_unix_ms = report.commit_unix_ms.unwrap_or(0);
     let key = layout::snapshot_key(namespace, report.frame_no, commit_unix_ms, taken_unix_ms);
     let of = snapshot::SnapshotOf {

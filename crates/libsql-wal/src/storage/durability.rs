@@ -25,14 +25,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, IoAction, Result};
-use crate::format::{
-    DURABLE_RECORD_SIZE, DurableRecord, FrameLayout, PACK_ENTRY_SIZE, PACK_HEADER_SIZE, PackEntry, PackHeader,
-    SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE, SegmentHeader, SnapshotHeader, storage_identity,
-};
+use crate::format::{DURABLE_RECORD_SIZE, DurableRecord, storage_identity};
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::storage::layout::StoredObject;
-use crate::storage::{Storage, compaction, layout, snapshot};
+use crate::storage::{Storage, compaction, layout, remote, snapshot};
 
 /// What the uploader reads of its log, given when its [`Durability`] is opened: storage
 /// never sees the log itself (this module does not depend on `log`; the log depends on it).
@@ -166,11 +163,6 @@ impl Durability {
             }
             other => other.flatten(),
         };
-        if let Some(binding) = &binding
-            && recorded.is_none()
-        {
-            refuse_a_fork(binding, log.as_ref(), log_dir)?;
-        }
         let frame_no = record.map(|r| r.frame_no).filter(|&f| f != UNKNOWN);
         let state = State { frame_no, record_exists: recorded.is_some(), ..State::default() };
         let durability = Durability {
@@ -403,14 +395,21 @@ pub(crate) fn shipped_elsewhere(record: &DurableRecord, binding: &StorageBinding
     ))
 }
 
-/// At the first open of a database with a store and namespace (no durable record yet):
-/// refuses a database of the namespace's history whose last commit the namespace has gone
-/// past, say one restored at an earlier point. Writing there would fork the history (its
-/// commits could never be uploaded); a branch is the way to write from an earlier point.
-/// One listing, bounded by the request timeout; when storage cannot be reached the open
-/// goes on, and the upload task's own check catches the fork (keeping the commits local).
-fn refuse_a_fork(binding: &StorageBinding, log: &dyn LogView, log_dir: &Path) -> Result<()> {
-    let (lineage, last) = (log.lineage(), log.last_commit_frame_no());
+/// Before the first open of a database file that has no log yet (say one just restored)
+/// with a store and namespace: refuses it when its checkpoint mark places it in the
+/// namespace's history (same lineage) at a commit the namespace has gone past, say one
+/// restored at an earlier point. Writing there would fork the history (its commits could
+/// never be uploaded); a branch is the way to write from an earlier point. One listing and
+/// a few range reads, bounded by the request timeout; when storage cannot be reached the
+/// open goes on, and the upload task's own check catches the fork (keeping the commits
+/// local). Nothing is created either way.
+pub(crate) fn refuse_a_fork(io: &dyn Io, db_path: &Path, binding: &StorageBinding) -> Result<()> {
+    let Ok(file) = io.open_read_only(db_path) else { return Ok(()) };
+    let Ok(Some(mark)) = crate::ownership::read_db_header(file.as_ref(), db_path) else { return Ok(()) };
+    if mark.lineage == 0 || mark.frame_no == 0 {
+        return Ok(());
+    }
+    let (lineage, last) = (mark.lineage, mark.frame_no);
     let (storage, namespace) = (binding.storage.clone(), binding.namespace.clone());
     let timeout = binding.storage.config().request_timeout;
     // The chain's end and the lineage of its last object: another database's history is
@@ -419,7 +418,7 @@ fn refuse_a_fork(binding: &StorageBinding, log: &dyn LogView, log_dir: &Path) ->
         tokio::time::timeout(timeout, async {
             let chain = layout::chain(&storage.list_async(&namespace).await?);
             match chain.objects().last() {
-                Some(last) => stored_end(&storage, last).await.map(|(l, _)| Some((chain.end_frame_no, l))),
+                Some(last) => remote::end(&storage, last).await.map(|(l, _)| Some((chain.end_frame_no, l))),
                 None => Ok(None),
             }
         })
@@ -433,7 +432,7 @@ fn refuse_a_fork(binding: &StorageBinding, log: &dyn LogView, log_dir: &Path) ->
     let url = binding.storage.url();
     let ns = &binding.namespace;
     Err(Error::CannotOpen {
-        path: db_path_of(log_dir),
+        path: db_path.to_path_buf(),
         reason: format!(
             "this database is at frame_no {last} of namespace {ns}, which goes on to frame_no {}: writing here \
              would fork its history. To write from this point, make a branch and open the database with it: \
@@ -663,9 +662,9 @@ struct StoredEnds {
 /// Reads [`StoredEnds`] of a non-empty chain (small range requests).
 async fn stored_ends(storage: &Storage, chain: &layout::Chain) -> Result<StoredEnds> {
     let last_object = chain.segments.last().or(chain.snapshot.as_ref()).expect("a non-empty chain");
-    let (lineage, stored_chain) = stored_end(storage, last_object).await?;
+    let (lineage, stored_chain) = remote::end(storage, last_object).await?;
     let base_object = chain.snapshot.as_ref().or(chain.segments.first()).expect("a non-empty chain");
-    let (base_lineage, _) = stored_end(storage, base_object).await?;
+    let (base_lineage, _) = remote::end(storage, base_object).await?;
     Ok(StoredEnds {
         lineage,
         chain: stored_chain,
@@ -762,80 +761,6 @@ pub(crate) fn look_up_read_only(binding: &StorageBinding, local: &LocalHistory, 
     }
 }
 
-/// The lineage of a stored object and the chain value at its end, read from its header
-/// (and, for a segment, its last frame's header): one or two small range requests.
-pub(crate) async fn stored_end(storage: &Storage, last: &StoredObject) -> Result<(u32, u32)> {
-    use zerocopy::FromBytes;
-    let location = object_store::path::Path::parse(&last.key).map_err(|e| storage.error(&last.key, e))?;
-    let get = |range: std::ops::Range<u64>| {
-        let (store, location) = (storage.store().clone(), location.clone());
-        async move { store.get_range(&location, range).await }
-    };
-    let short = |what: &str| Error::corrupt(&last.key, format!("its {what} is cut short"));
-    let read_error = |e| storage.error(&format!("reading {}", last.key), e);
-    match last.kind {
-        layout::ObjectKind::Snapshot { .. } => {
-            let bytes = get(0..SNAPSHOT_HEADER_SIZE as u64).await.map_err(read_error)?;
-            let header = SnapshotHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
-            if let Some(problem) = header.problem() {
-                return Err(Error::corrupt(&last.key, problem));
-            }
-            Ok((header.lineage.get(), header.chain.get()))
-        }
-        layout::ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
-            segment_end(storage, &get, &last.key, 0, end_frame_no - start_frame_no).await
-        }
-        // A branch's origin says it all in its key.
-        layout::ObjectKind::Origin { lineage, chain, .. } => Ok((lineage, chain)),
-        layout::ObjectKind::Pack { .. } => {
-            // The pack's last segment, found through its header and its last directory entry.
-            let bytes = get(0..PACK_HEADER_SIZE as u64).await.map_err(read_error)?;
-            let header = PackHeader::read_from_bytes(&bytes).map_err(|_| short("header"))?;
-            if let Some(problem) = header.problem() {
-                return Err(Error::corrupt(&last.key, problem));
-            }
-            let count = header.count.get().checked_sub(1).ok_or_else(|| short("directory"))? as u64;
-            let at = PACK_HEADER_SIZE as u64 + count * PACK_ENTRY_SIZE as u64;
-            let bytes = get(at..at + PACK_ENTRY_SIZE as u64).await.map_err(read_error)?;
-            let entry = PackEntry::read_from_bytes(&bytes).map_err(|_| short("directory"))?;
-            let frames = entry.end_frame_no.get().saturating_sub(entry.start_frame_no.get());
-            segment_end(storage, &get, &last.key, entry.offset.get(), frames).await
-        }
-    }
-}
-
-/// The lineage and end chain value of the segment object at byte `at` of `key` whose last
-/// frame is its frame `last_position` (0-based): its header, then that frame's header.
-async fn segment_end<F, Fut, B>(
-    storage: &Storage,
-    get: &F,
-    key: &str,
-    at: u64,
-    last_position: u64,
-) -> Result<(u32, u32)>
-where
-    F: Fn(std::ops::Range<u64>) -> Fut,
-    Fut: std::future::Future<Output = object_store::Result<B>>,
-    B: AsRef<[u8]>,
-{
-    use zerocopy::FromBytes;
-    let short = |what: &str| Error::corrupt(key, format!("its {what} is cut short"));
-    let read_error = |e: object_store::Error| storage.error(&format!("reading {key}"), e);
-    let bytes = get(at..at + SEGMENT_HEADER_SIZE as u64).await.map_err(read_error)?;
-    let header = SegmentHeader::read_from_bytes(bytes.as_ref()).map_err(|_| short("header"))?;
-    if let Some(problem) = header.problem() {
-        return Err(Error::corrupt(key, problem));
-    }
-    let position = u32::try_from(last_position).map_err(|_| short("frame count"))?;
-    let layout = FrameLayout::of_version(header.version.get()).expect("checked by problem()");
-    let frame_at = at + layout.frame_offset(position);
-    let bytes = get(frame_at..frame_at + layout.header_size() as u64).await.map_err(read_error)?;
-    if bytes.as_ref().len() != layout.header_size() {
-        return Err(short("last frame"));
-    }
-    Ok((header.lineage.get(), layout.decode(bytes.as_ref()).checksum.get()))
-}
-
 /// Is the object already at `key` this very segment (an upload repeated after a crash
 /// before the durable record was written): the same lineage and end chain value?
 async fn already_ours(
@@ -846,7 +771,7 @@ async fn already_ours(
 ) -> Result<bool> {
     let Some(kind) = layout::parse_key(&binding.namespace, key) else { return Ok(false) };
     let object = StoredObject { key: key.to_string(), size: 0, kind };
-    let (lineage, chain) = stored_end(&binding.storage, &object).await?;
+    let (lineage, chain) = remote::end(&binding.storage, &object).await?;
     Ok(lineage == durability.log.lineage() && chain == segment.end_chain())
 }
 

@@ -219,23 +219,33 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
     let window = window(objects);
     let runs = runs(objects);
     let Some(last) = window.last() else {
-        return Err(Error::Restore(format!("namespace {namespace} holds nothing restorable")));
+        let first = objects.iter().map(StoredObject::first_frame_no).min().unwrap_or(1);
+        return Err(Error::Restore(format!(
+            "namespace {namespace} has a gap: frames 1..={} are in no stored object, so nothing before the gap \
+             can be restored",
+            first.saturating_sub(1)
+        )));
     };
     let refuse = |what: String| Error::Restore(format!("{what}: {} of namespace {namespace}", window.describe()));
-    let (frame_no, time) = match point {
-        RestorePoint::Latest => (last.last_frame_no, None),
+    // `base_max`: the base must come at or before it (for a time inside an object, before
+    // that object: the landing commit is somewhere in it).
+    let (frame_no, time, base_max) = match point {
+        RestorePoint::Latest => (last.last_frame_no, None, last.last_frame_no),
         RestorePoint::FrameNo(n) if n > last.last_frame_no => {
             return Err(refuse(format!("frame_no {n} is after the end of what storage holds")));
         }
-        RestorePoint::FrameNo(n) => (n, None),
+        RestorePoint::FrameNo(n) => (n, None, n),
         RestorePoint::Time(t) if t > now_ms => {
             return Err(refuse(format!("{} is in the future", layout::format_unix_ms(t))));
         }
-        RestorePoint::Time(t) => (frame_bound_for_time(objects, &window, t).map_err(refuse)?, Some(t)),
+        RestorePoint::Time(t) => {
+            let (bound, inside_from) = frame_bound_for_time(objects, &window, t).map_err(refuse)?;
+            (bound, Some(t), inside_from.map_or(bound, |start| start - 1))
+        }
     };
     let run = runs
         .iter()
-        .filter(|r| r.base_frame_no <= frame_no && frame_no <= r.end_frame_no)
+        .filter(|r| r.base_frame_no <= base_max && frame_no <= r.end_frame_no)
         .filter(|r| r.base.is_some() || frame_no >= r.segments.first().and_then(segment_range).map_or(1, |s| s.0))
         .max_by_key(|r| r.base_frame_no)
         .ok_or_else(|| {
@@ -267,28 +277,37 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
 /// segment committed by then (its end), or the end of a segment whose commits straddle `t`
 /// (the restore then looks for the last commit at or before `t` inside it). Refused when
 /// the commits right after that frame lie in a gap or have no recorded time: the last
-/// commit before `t` could be among them.
-fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> std::result::Result<u64, String> {
+/// commit before `t` could be among them. With the bound, the first frame of the object
+/// the landing lies inside, if it does.
+fn frame_bound_for_time(
+    objects: &[StoredObject],
+    window: &Window,
+    t: u64,
+) -> std::result::Result<(u64, Option<u64>), String> {
     let when = layout::format_unix_ms(t);
-    // (frame_no, whether the object's own commits go past `t`: then the landing is inside it).
-    let mut bound: Option<(u64, bool)> = None;
+    // (frame_no, the first frame of the object when its own commits go past `t`: then the
+    // landing is inside it). At equal frame_nos an object ending there wholly before `t` wins.
+    let mut bound: Option<(u64, Option<u64>)> = None;
     for object in objects {
         let reaches = match object.kind {
             ObjectKind::Snapshot { commit_unix_ms: Some(c), frame_no, .. }
             | ObjectKind::Origin { commit_unix_ms: Some(c), frame_no, .. }
                 if c <= t =>
             {
-                Some((frame_no, false))
+                Some((frame_no, None))
             }
             ObjectKind::Segment { end_frame_no, commit_times: Some(times), .. }
             | ObjectKind::Pack { end_frame_no, commit_times: times, .. }
                 if times.first <= t =>
             {
-                Some((end_frame_no, times.last > t))
+                Some((end_frame_no, (times.last > t).then(|| object.first_frame_no())))
             }
             _ => None,
         };
-        bound = bound.max(reaches);
+        bound = match (bound, reaches) {
+            (Some(b), Some(r)) if r.0 == b.0 => Some((b.0, b.1.and(r.1))),
+            (b, r) => b.max(r),
+        };
     }
     let untimed = objects.iter().any(|o| matches!(o.kind, ObjectKind::Segment { commit_times: None, .. }));
     let Some(bound) = bound else {
@@ -300,10 +319,10 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
             format!("{when} is before the window")
         });
     };
-    let (bound, straddles) = bound;
+    let (bound, inside_from) = bound;
     let last = window.last().map_or(0, |s| s.last_frame_no);
-    if straddles || bound >= last {
-        return Ok(bound);
+    if inside_from.is_some() || bound >= last {
+        return Ok((bound, inside_from));
     }
     // What comes right after `bound` must be a stored commit known to be after `t`.
     let next = objects
@@ -311,7 +330,7 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
         .filter_map(|o| segment_range(o).map(|r| (o, r)))
         .find(|(_, (s, e))| *s <= bound + 1 && bound < *e);
     match next {
-        Some((object, _)) if first_commit_time(object).is_some_and(|f| f > t) => Ok(bound),
+        Some((object, _)) if first_commit_time(object).is_some_and(|f| f > t) => Ok((bound, None)),
         Some(_) => Err(format!(
             "{when} falls among commits after frame_no {bound} whose times were not recorded (objects of format \
              version 2); use --frame-no"
@@ -414,6 +433,18 @@ mod tests {
         assert_eq!(plan(&objects, RestorePoint::Time(150), 10_000, "ns").unwrap().frame_no, 10);
         let frame_gap = plan(&objects, RestorePoint::FrameNo(20), 10_000, "ns").unwrap_err().to_string();
         assert!(frame_gap.contains("gap"), "{frame_gap}");
+    }
+
+    #[test]
+    fn a_time_inside_an_object_never_takes_a_base_after_its_start() {
+        // The snapshot at 20 is the state after the object's last commit: a time inside the
+        // object must be rebuilt from before it, whatever base is newest.
+        let objects = [segment(1, 10, 100, 200), segment(11, 20, 300, 400), snapshot(20, Some(400))];
+        let inside = plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap();
+        assert_eq!((keys(&inside), inside.frame_no), (vec![10, 20], 20));
+        assert!(inside.snapshot.is_none());
+        let after = plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap();
+        assert_eq!(keys(&after), vec![20], "past the object: the snapshot alone");
     }
 
     #[test]

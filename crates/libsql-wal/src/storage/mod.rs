@@ -20,6 +20,7 @@ pub mod durability;
 pub mod history;
 pub mod layout;
 pub(crate) mod pack;
+pub(crate) mod remote;
 pub mod restore;
 pub(crate) mod snapshot;
 
@@ -439,6 +440,13 @@ impl Storage {
     {
         runtime().spawn(future);
     }
+}
+
+/// Copies the object at `key` into a new file at `out`, as it is (a plain copy: no check):
+/// what `bench storage` measures restores against.
+pub fn copy_object_to_file(storage: &Storage, key: &str, out: &std::path::Path) -> Result<()> {
+    let (inner, key, out) = (storage.clone(), key.to_string(), out.to_path_buf());
+    storage.block_on(async move { restore::download_to(&inner, &key, &out).await })?
 }
 
 /// Builds a cloud store: our client options first, then the environment's variables for

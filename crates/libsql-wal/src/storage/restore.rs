@@ -27,7 +27,7 @@ use crate::segment::{CommitInfo, Segment};
 use crate::storage::history::{self, RestorePlan, RestorePoint};
 use crate::storage::layout::{self, ObjectKind, StoredObject};
 use crate::storage::pack::PackFile;
-use crate::storage::{Storage, snapshot};
+use crate::storage::{Storage, remote, snapshot};
 
 /// What a restore did (or, with [`RestoreOptions::dry_run`], would do).
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ fn restore_once(
             other.key
         )));
     }
-    let now_ms = crate::log::unix_ms(io.now());
+    let now_ms = crate::io::unix_ms(io.now());
     let stages = plan_stages(storage, namespace, &objects, options.point, now_ms)?;
     let plan = stages.last().expect("at least the namespace's own stage");
     let stranded = stranded_after(&objects, plan.frame_no);
@@ -148,6 +148,9 @@ fn restore_once(
             stranded.len(),
             first.key
         );
+        if plan.frame_no == 0 {
+            return Err(Error::Restore(format!("{missing}; nothing before the gap can be restored")));
+        }
         if !options.allow_prefix {
             return Err(Error::Restore(format!(
                 "{missing}; restore the prefix up to frame {} explicitly if you want it",
@@ -156,6 +159,7 @@ fn restore_once(
         }
         tracing::warn!(namespace, "{missing}: restoring up to frame {}", plan.frame_no);
     }
+    prove_continuous(storage, &stages)?;
     remove_stale_scratch_dirs(io.as_ref(), out);
     let (scratch, scratch_lock) = create_scratch_dir(io.as_ref(), out)?;
     let result = if options.dry_run {
@@ -179,6 +183,50 @@ fn restore_once(
         keys,
         dry_run: options.dry_run,
     })
+}
+
+/// Proves, before anything is downloaded or written, that the plan's objects make one
+/// history: each one's lineage is the one before's, and its chain value where it takes over
+/// (its `prev_chain`, or its frame at the previous end when it overlaps) is the one the
+/// previous object ends with. Read with small range requests (`remote`): headers and single
+/// frame headers. Every frame's own checksum is then checked as the objects are applied.
+fn prove_continuous(storage: &Storage, stages: &[RestorePlan]) -> Result<()> {
+    // (object, the frame_no it is applied up to when a later stage continues from inside it)
+    let mut steps: Vec<(StoredObject, u64)> = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let continued = i + 1 < stages.len();
+        let objects: Vec<&StoredObject> = stage.objects().collect();
+        for (j, object) in objects.iter().enumerate() {
+            let last_of_continued = continued && j + 1 == objects.len();
+            let up_to = if last_of_continued { stage.frame_no } else { object.end_frame_no() };
+            steps.push(((*object).clone(), up_to));
+        }
+    }
+    if steps.len() < 2 {
+        return Ok(());
+    }
+    let inner = storage.clone();
+    storage.block_on(async move {
+        let mut previous: Option<(String, u32, u64, u32)> = None; // key, lineage, end, chain
+        for (k, (object, up_to)) in steps.iter().enumerate() {
+            if let Some((key, lineage, end, chain)) = &previous {
+                let (their_lineage, their_chain) = remote::chain_at(&inner, object, *end).await?;
+                if (their_lineage, their_chain) != (*lineage, *chain) {
+                    return Err(Error::Restore(format!(
+                        "the namespace mixes histories: {} (lineage {their_lineage:08x}) does not continue {key} \
+                         (lineage {lineage:08x}) at frame {end}; restore refuses to build a database from two \
+                         histories (nothing was written)",
+                        object.key
+                    )));
+                }
+            }
+            if k + 1 < steps.len() {
+                let (lineage, chain) = remote::chain_at(&inner, object, *up_to).await?;
+                previous = Some((object.key.clone(), lineage, *up_to, chain));
+            }
+        }
+        Ok(())
+    })?
 }
 
 /// How deep branches of branches may go (a loop of origins would never end).
@@ -408,6 +456,9 @@ fn rebuild(
             ObjectKind::Pack { .. } => {
                 for inner in unpack(io, object, &object_path, plan, &scratch.join("part"))? {
                     let (part, path) = inner?;
+                    if landed_before(&rebuilt, &part) {
+                        break; // the point was inside an earlier segment of the pack
+                    }
                     apply_object(io, &part, &path, db.as_ref(), &db_path, plan, &mut rebuilt)?;
                 }
             }
@@ -479,6 +530,12 @@ fn unpack<'a>(
     }))
 }
 
+/// Did the restore land before `part` starts (inside an earlier segment of the same pack,
+/// for a point in time)? Then nothing of it or after it belongs to the state asked for.
+fn landed_before(rebuilt: &Rebuilt, part: &StoredObject) -> bool {
+    rebuilt.last_key.is_some() && part.first_frame_no() > rebuilt.end + 1
+}
+
 /// A dry run: where the plan lands, building nothing. Only the last segment is downloaded
 /// (into the scratch directory, and checked), and only when the point may lie inside it;
 /// the other objects are taken at their keys' word, which the real restore then checks.
@@ -514,6 +571,9 @@ fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path
         };
         for part in parts {
             let (part, path) = part?;
+            if landed_before(rebuilt, &part) {
+                break;
+            }
             let segment = Segment::recover(io, &path, true).map_err(|e| Error::corrupt(&part.key, e.to_string()))?;
             if let Some(landing) = landing_in(&segment, plan, rebuilt)? {
                 rebuilt.end = landing.frame_no;
@@ -531,7 +591,7 @@ fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path
         // its headers (small range requests).
         let inner = storage.clone();
         let (lineage, chain) =
-            storage.block_on(async move { crate::storage::durability::stored_end(&inner, &object).await })??;
+            storage.block_on(async move { crate::storage::remote::end(&inner, &object).await })??;
         (rebuilt.lineage, rebuilt.chain) = (lineage, chain);
     }
     Ok(())
