@@ -46,8 +46,8 @@ pub fn create(storage: &Storage, parent: &str, point: RestorePoint, child: &str)
     // Where the point lands, its lineage and chain value: a dry run reads no more than the
     // object the point lies in (or the headers of the one it ends), whatever the size of
     // the database.
-    let scratch = tempdir()?;
-    let out = scratch.0.join("branch-point.db");
+    let scratch = crate::storage::TempScratch::new("branch")?;
+    let out = scratch.dir.join("branch-point.db");
     let options = RestoreOptions { point, dry_run: true, ..RestoreOptions::default() };
     let report = restore_with(storage, parent, &out, &options, &mut |_, _| {})?;
     let commit_unix_ms = report.commit_unix_ms;
@@ -108,19 +108,4 @@ fn put_empty(storage: &Storage, key: &str) -> Result<()> {
 fn delete(storage: &Storage, key: &str) -> Result<()> {
     let (inner, key) = (storage.clone(), key.to_string());
     storage.block_on(async move { inner.delete(&key).await })?
-}
-
-/// A scratch directory (removed on drop).
-struct TempDir(std::path::PathBuf);
-
-fn tempdir() -> Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("libsql-wal-branch-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-    std::fs::create_dir_all(&dir).map_err(Error::io(crate::error::IoAction::Create, &dir))?;
-    Ok(TempDir(dir))
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -24,7 +24,7 @@
 //! offline as `libsql-wal storage compact URL NS`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, IoAction, Result};
@@ -209,10 +209,12 @@ pub(crate) async fn branch_points(storage: &Storage, namespace: &str) -> Result<
 /// The keys of the objects some restorable point needs: the latest state's plan; the plan
 /// of the last commit at or before `window_start` (the oldest point the window promises)
 /// and every object of the run from its base to the end; the plan of each branch point.
-/// Snapshots other than those bases are not needed (points between them restore from the
-/// older base and the segments, which are kept anyway): that bounds the stored snapshots
-/// to a few whatever the history's length. Everything else (segments older than the
-/// window's base, segments a pack holds, older snapshots) is garbage.
+/// Of the snapshots inside the window, points restore from the older base and the segments
+/// (kept anyway), so only some are kept, as the bases later windows will start from: one
+/// whenever at least its own size of history lies since the last one kept (so the stored
+/// snapshots weigh at most about the history they stand for, and a window's base is at most
+/// about a database's worth of history before its start). Everything else (segments older
+/// than the window's base, segments a pack holds, the snapshots in between) is garbage.
 pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_start: u64) -> BTreeSet<String> {
     let window = history::window(objects);
     let mut keep = BTreeSet::new();
@@ -250,6 +252,7 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
             keep.insert(object.key.clone());
         }
     }
+    keep_future_bases(objects, base, &mut keep);
     for &point in branch_points {
         plan_keys(RestorePoint::FrameNo(point), &mut keep);
     }
@@ -257,6 +260,28 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
     // it the parent's marker (which only the origin names).
     keep.extend(objects.iter().filter(|o| matches!(o.kind, ObjectKind::Origin { .. })).map(|o| o.key.clone()));
     keep
+}
+
+/// Keeps the snapshots after `base` that later windows will start from: each one with at
+/// least its own size of kept history (segments and packs) since the last base kept.
+fn keep_future_bases(objects: &[StoredObject], base: u64, keep: &mut BTreeSet<String>) {
+    let mut snapshots: Vec<&StoredObject> =
+        objects.iter().filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }) && o.end_frame_no() > base).collect();
+    snapshots.sort_by_key(|o| o.end_frame_no());
+    let mut last_kept = base;
+    for snapshot in snapshots {
+        let frame_no = snapshot.end_frame_no();
+        let history: u64 = objects
+            .iter()
+            .filter(|o| keep.contains(&o.key))
+            .filter(|o| o.frames().is_some_and(|(start, end)| start > last_kept && end <= frame_no))
+            .map(|o| o.size)
+            .sum();
+        if history >= snapshot.size {
+            keep.insert(snapshot.key.clone());
+            last_kept = frame_no;
+        }
+    }
 }
 
 /// Is this level-0 segment held by a pack (which replaces it)?
@@ -315,34 +340,16 @@ fn pack_groups(objects: &[StoredObject], keep: &BTreeSet<String>, config: &Compa
     groups
 }
 
-/// A scratch directory of this process's own (removed on drop).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let dir =
-            std::env::temp_dir().join(format!("libsql-wal-compact-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-        std::fs::create_dir_all(&dir).map_err(Error::io(IoAction::Create, &dir))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Downloads, checks and packs `group`: the segments must be sealed, whole and one
 /// history (each continuing the chain value where the one before ends).
 async fn write_pack(storage: &Storage, namespace: &str, group: &[StoredObject]) -> Result<String> {
-    let scratch = Scratch::new()?;
+    let scratch = crate::storage::TempScratch::new("compact")?;
     let io = StdIo::shared();
     let mut paths = Vec::with_capacity(group.len());
     let mut previous: Option<(u32, u64, u32)> = None; // lineage, end frame_no, end chain
     let mut lineage = 0;
     for (i, object) in group.iter().enumerate() {
-        let path = scratch.0.join(format!("part-{i}"));
+        let path = scratch.dir.join(format!("part-{i}"));
         crate::storage::restore::download_to(storage, &object.key, &path).await?;
         let check = {
             let (io, path, key) = (io.clone(), path.clone(), object.key.clone());
@@ -400,8 +407,8 @@ async fn snapshot_if_due(
     if !due || latest.segments.is_empty() {
         return Ok(None);
     }
-    let scratch = Scratch::new()?;
-    let out = scratch.0.join("latest.db");
+    let scratch = crate::storage::TempScratch::new("compact")?;
+    let out = scratch.dir.join("latest.db");
     let built = {
         let (storage, namespace, out) = (storage.clone(), namespace.to_string(), out.clone());
         tokio::task::spawn_blocking(move || {
@@ -504,6 +511,19 @@ mod tests {
         ];
         let keep = needed(&objects, &[], 0);
         assert_eq!(keys(&keep, &objects), vec![false, false, true, false, true, true, true]);
+    }
+
+    #[test]
+    fn snapshots_with_their_size_of_history_behind_them_stay_as_future_bases() {
+        // 2,000 bytes of history between 0 and 20 (more than the snapshot's 1,000): kept;
+        // 100 between 20 and 25: not; then 2,000 more before 45: kept.
+        let mut objects = vec![pack(1, 20), snapshot(20), segment(21, 25), snapshot(25)];
+        objects[0].size = 2000;
+        let mut long = segment(26, 45);
+        long.size = 2000;
+        objects.extend([long, snapshot(45), segment(46, 50)]);
+        let keep = needed(&objects, &[], 0);
+        assert_eq!(keys(&keep, &objects), vec![true, true, true, false, true, true, true]);
     }
 
     #[test]

@@ -442,6 +442,44 @@ impl Storage {
     }
 }
 
+/// A scratch directory of this process's own under the system's temporary directory
+/// (`libsql-wal-<purpose>-<pid>-<random>/`), locked (`flock` on its `lock` file) while it
+/// lives and removed on drop. Making one first removes those of its purpose that nobody
+/// holds locked any more (left by a process that was killed).
+pub(crate) struct TempScratch {
+    pub dir: PathBuf,
+    _lock: Box<dyn crate::io::IoFile>,
+}
+
+impl TempScratch {
+    pub fn new(purpose: &str) -> Result<TempScratch> {
+        use crate::error::IoAction;
+        use crate::io::Io;
+        let io = crate::io::StdIo;
+        let prefix = format!("libsql-wal-{purpose}-");
+        let temp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
+            let stale = entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix))
+                && io.open_read_only(&entry.path().join("lock")).is_ok_and(|l| l.try_lock_exclusive().unwrap_or(false));
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = temp.join(format!("{prefix}{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).map_err(Error::io(IoAction::Create, &dir))?;
+        let lock_path = dir.join("lock");
+        let lock = io.open(&lock_path, true).map_err(Error::io(IoAction::Create, &lock_path))?;
+        lock.try_lock_exclusive().map_err(Error::io(IoAction::Lock, &lock_path))?;
+        Ok(TempScratch { dir, _lock: lock })
+    }
+}
+
+impl Drop for TempScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Copies the object at `key` into a new file at `out`, as it is (a plain copy: no check):
 /// what `bench storage` measures restores against.
 pub fn copy_object_to_file(storage: &Storage, key: &str, out: &std::path::Path) -> Result<()> {

@@ -2,7 +2,8 @@
 //! every commit of the window restorable exactly; garbage collection drops only what no
 //! point needs; the latest restore reads about the database, not its history; branches share
 //! nothing after their point; a database restored at an earlier point cannot fork its
-//! namespace, and one restored at the latest point continues it.
+//! namespace, and one restored at the latest point continues it. Each test runs against a
+//! local directory and against the loopback S3 server (`s3s-fs`, which `.ci/test` installs).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,16 +18,29 @@ use libsql_wal::{
     LibsqlWalManager, RestoreOptions, RestoreReport, Storage, StorageConfig, WalConfig, flush_to_storage, inspect,
     open_connection, restore_with,
 };
+use libsql_wal_testkit::bench::loopback_s3::S3Server;
 
 /// A store whose compaction runs only when a test asks (`compact`).
-fn local_store(dir: &Path) -> Storage {
-    let config = StorageConfig {
+fn config() -> StorageConfig {
+    StorageConfig {
         retry_delay_min: Duration::from_millis(10),
         retry_delay_max: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(10),
         compaction: CompactionConfig { online: false, ..CompactionConfig::default() },
         ..StorageConfig::default()
-    };
-    Storage::open_with(&format!("file://{}", dir.display()), &[], config).unwrap()
+    }
+}
+
+/// Runs `test` with a local-directory store, then with the loopback S3 server.
+fn on_every_store(test: impl Fn(&Storage, &Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Storage::open_with(&format!("file://{}", dir.path().join("store").display()), &[], config()).unwrap();
+    eprintln!("local directory:");
+    test(&local, &dir.path().join("local"));
+    let server = S3Server::start(&dir.path().join("s3"))
+        .expect("s3s-fs starts (`cargo install s3s-fs@0.14.1 --features binary --locked`, .ci/test does it)");
+    eprintln!("loopback S3:");
+    test(&server.storage("history", config()).unwrap(), &dir.path().join("s3-work"));
 }
 
 fn manager(storage: &Storage, namespace: &str) -> LibsqlWalManager {
@@ -147,9 +161,13 @@ fn kinds(storage: &Storage, namespace: &str) -> (usize, usize, usize) {
 
 #[test]
 fn every_commit_restores_exactly_across_compactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_store(&dir.path().join("store"));
-    let (db, out) = (dir.path().join("h.db"), dir.path().join("out.db"));
+    on_every_store(every_commit_restores_exactly_across_compactions_on);
+}
+
+fn every_commit_restores_exactly_across_compactions_on(storage: &Storage, work: &Path) {
+    std::fs::create_dir_all(work).unwrap();
+    let storage = storage.clone();
+    let (db, out) = (work.join("h.db"), work.join("out.db"));
     let manager = manager(&storage, "h");
     let mut steps = write_steps(&db, &manager, "a", 30);
     flush(&db, &manager);
@@ -180,21 +198,29 @@ fn every_commit_restores_exactly_across_compactions() {
 
 #[test]
 fn retention_keeps_the_window_and_deletes_only_older_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_store(&dir.path().join("store"));
-    let (db, out) = (dir.path().join("r.db"), dir.path().join("out.db"));
+    on_every_store(retention_keeps_the_window_and_deletes_only_older_history_on);
+}
+
+fn retention_keeps_the_window_and_deletes_only_older_history_on(storage: &Storage, work: &Path) {
+    std::fs::create_dir_all(work).unwrap();
+    let storage = storage.clone();
+    let (db, out) = (work.join("r.db"), work.join("out.db"));
     let manager = manager(&storage, "r");
     let old = write_steps(&db, &manager, "old", 20);
     flush(&db, &manager);
     // A snapshot at the end of the old history: the base the window will start from.
     compact(&storage, "r", &eager(Duration::from_secs(86_400))).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let window_start = now_ms();
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let new = write_steps(&db, &manager, "new", 20);
     flush(&db, &manager);
+    // Snapshot and packs first, keeping everything: the step that collects is then quick,
+    // and its window (which starts `retention` before its own clock reading) still starts
+    // between the old history and the new one.
+    compact(&storage, "r", &eager(Duration::from_secs(86_400))).unwrap();
     let before: Vec<String> = storage.list("r").unwrap().into_iter().map(|o| o.key).collect();
-    let retention = Duration::from_millis(now_ms() - window_start);
+    let retention = Duration::from_millis(now_ms() - window_start + 150);
     let report = compact(&storage, "r", &eager(retention)).unwrap();
     assert!(!report.deleted.is_empty(), "older history is deleted: {report:?}");
     assert!(report.delete_failures.is_empty(), "{report:?}");
@@ -212,7 +238,7 @@ fn retention_keeps_the_window_and_deletes_only_older_history() {
     assert!(!out.exists(), "a refused restore leaves nothing");
     // A second step with the same window deletes nothing more, and it still restores.
     // (The window still starts at `window_start`: the retention grows with the clock.)
-    let again = compact(&storage, "r", &eager(Duration::from_millis(now_ms() - window_start + 10))).unwrap();
+    let again = compact(&storage, "r", &eager(Duration::from_millis(now_ms() - window_start + 150))).unwrap();
     assert!(again.deleted.is_empty(), "{again:?}");
     assert_steps_restore(&storage, "r", &new[new.len() - 3..], &out);
     assert!(again.delete_failures.is_empty());
@@ -220,12 +246,16 @@ fn retention_keeps_the_window_and_deletes_only_older_history() {
 
 #[test]
 fn the_latest_restore_reads_about_the_database_not_its_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_store(&dir.path().join("store"));
-    let out = dir.path().join("out.db");
+    on_every_store(the_latest_restore_reads_about_the_database_not_its_history_on);
+}
+
+fn the_latest_restore_reads_about_the_database_not_its_history_on(storage: &Storage, work: &Path) {
+    std::fs::create_dir_all(work).unwrap();
+    let storage = storage.clone();
+    let out = work.join("out.db");
     let mut bytes = Vec::new();
     for (namespace, rewrites) in [("once", 1), ("hundred", 100)] {
-        let db = dir.path().join(format!("{namespace}.db"));
+        let db = work.join(format!("{namespace}.db"));
         let manager = manager(&storage, namespace);
         let conn = open_connection(&db, &manager).unwrap();
         conn.execute_batch(
@@ -254,9 +284,13 @@ fn the_latest_restore_reads_about_the_database_not_its_history() {
 
 #[test]
 fn branches_share_nothing_after_their_point_and_keep_it_restorable() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_store(&dir.path().join("store"));
-    let (db, out) = (dir.path().join("p.db"), dir.path().join("out.db"));
+    on_every_store(branches_share_nothing_after_their_point_and_keep_it_restorable_on);
+}
+
+fn branches_share_nothing_after_their_point_and_keep_it_restorable_on(storage: &Storage, work: &Path) {
+    std::fs::create_dir_all(work).unwrap();
+    let storage = storage.clone();
+    let (db, out) = (work.join("p.db"), work.join("out.db"));
     let parent = manager(&storage, "p");
     let steps = write_steps(&db, &parent, "p", 16);
     flush(&db, &parent);
@@ -267,7 +301,7 @@ fn branches_share_nothing_after_their_point_and_keep_it_restorable() {
     assert_eq!(by_time.frame_no, steps[3].frame_no);
     assert!(branch::create(&storage, "p", RestorePoint::Latest, "b").is_err(), "b is not empty");
     // The branch restores to its point; written through a copy opened with its namespace.
-    let copy = dir.path().join("b.db");
+    let copy = work.join("b.db");
     restore_to(&storage, "b", RestorePoint::Latest, &copy).unwrap();
     assert_eq!(content_of(&copy), point.content);
     let child = manager(&storage, "b");
@@ -312,14 +346,21 @@ fn branches_share_nothing_after_their_point_and_keep_it_restorable() {
 
 #[test]
 fn a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_continues_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = local_store(&dir.path().join("store"));
-    let db = dir.path().join("f.db");
+    on_every_store(a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_continues_it_on);
+}
+
+fn a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_continues_it_on(
+    storage: &Storage,
+    work: &Path,
+) {
+    std::fs::create_dir_all(work).unwrap();
+    let storage = storage.clone();
+    let db = work.join("f.db");
     let original = manager(&storage, "f");
     let steps = write_steps(&db, &original, "f", 12);
     flush(&db, &original);
     // An earlier point, opened with the same namespace: refused, the way out named.
-    let early = dir.path().join("early.db");
+    let early = work.join("early.db");
     restore_to(&storage, "f", RestorePoint::FrameNo(steps[4].frame_no), &early).unwrap();
     let refused = open_connection(&early, &manager(&storage, "f")).map(|_| ()).unwrap_err().to_string();
     assert!(refused.contains("fork") && refused.contains("storage branch"), "{refused}");
@@ -328,14 +369,14 @@ fn a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_
     branch::create(&storage, "f", RestorePoint::FrameNo(steps[4].frame_no), "f2").unwrap();
     let forked = write_steps(&early, &manager(&storage, "f2"), "g", 2);
     flush(&early, &manager(&storage, "f2"));
-    restore_to(&storage, "f2", RestorePoint::Latest, &dir.path().join("f2.db")).unwrap();
-    assert_eq!(content_of(&dir.path().join("f2.db")), forked.last().unwrap().content);
+    restore_to(&storage, "f2", RestorePoint::Latest, &work.join("f2.db")).unwrap();
+    assert_eq!(content_of(&work.join("f2.db")), forked.last().unwrap().content);
     // The latest point continues the namespace: frame numbers go on, nothing is uploaded
     // again, restores see the new commits.
-    let latest = dir.path().join("latest.db");
+    let latest = work.join("latest.db");
     let report = restore_to(&storage, "f", RestorePoint::Latest, &latest).unwrap();
     std::fs::remove_file(&db).ok();
-    let _ = std::fs::remove_dir_all(dir.path().join("f.db-wal"));
+    let _ = std::fs::remove_dir_all(work.join("f.db-wal"));
     let before: Vec<String> = storage.list("f").unwrap().into_iter().map(|o| o.key).collect();
     let copy = manager(&storage, "f");
     let more = write_steps(&latest, &copy, "h", 3);
@@ -347,7 +388,82 @@ fn a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_
     }
     let new: Vec<_> = after.iter().filter(|o| !before.contains(&o.key)).collect();
     assert!(!new.is_empty() && new.iter().all(|o| o.first_frame_no() > report.frame_no), "only new frames: {new:?}");
-    let out = dir.path().join("out.db");
+    let out = work.join("out.db");
     restore_to(&storage, "f", RestorePoint::Latest, &out).unwrap();
     assert_eq!(content_of(&out), more.last().unwrap().content);
+}
+
+/// An in-memory store whose deletes fail, as a store without delete permission answers.
+#[derive(Debug)]
+struct DeletesFail(libsql_wal::object_store::memory::InMemory);
+
+impl std::fmt::Display for DeletesFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeletesFail")
+    }
+}
+
+mod deletes_fail {
+    use super::DeletesFail;
+    use futures::stream::BoxStream;
+    use libsql_wal::object_store::path::Path;
+    use libsql_wal::object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
+        PutPayload, PutResult, Result,
+    };
+
+    #[async_trait::async_trait]
+    impl ObjectStore for DeletesFail {
+        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &Path) -> Result<()> {
+            Err(libsql_wal::object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "deletes are not allowed here".into(),
+            })
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+            self.0.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+            self.0.copy_if_not_exists(from, to).await
+        }
+    }
+}
+
+#[test]
+fn a_failed_delete_is_reported_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(DeletesFail(libsql_wal::object_store::memory::InMemory::new()));
+    let storage = Storage::with_object_store("deletes-fail://", store, config());
+    let db = dir.path().join("d.db");
+    let manager = manager(&storage, "d");
+    let steps = write_steps(&db, &manager, "d", 12);
+    flush(&db, &manager);
+    std::thread::sleep(Duration::from_millis(20));
+    let before = storage.list("d").unwrap().len();
+    let report = compact(&storage, "d", &eager(Duration::from_millis(1))).unwrap();
+    assert!(!report.delete_failures.is_empty(), "{report:?}");
+    assert!(report.delete_failures.iter().all(|f| f.contains("not allowed")), "{report:?}");
+    assert!(report.deleted.is_empty(), "nothing counted as deleted: {report:?}");
+    assert!(storage.list("d").unwrap().len() > before, "every object is still there, and the new ones");
+    let out = dir.path().join("out.db");
+    assert_steps_restore(&storage, "d", &steps, &out);
 }
