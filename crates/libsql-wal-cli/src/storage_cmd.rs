@@ -139,7 +139,11 @@ pub fn run(command: StorageCommand) -> Result<ExitCode, String> {
         StorageCommand::Rm { url, namespace } => {
             let storage = Storage::open(&url).map_err(|e| e.to_string())?;
             let deleted = libsql_wal::storage::branch::remove(&storage, &namespace).map_err(|e| e.to_string())?;
-            outln!("removed namespace {namespace}: {deleted} objects deleted");
+            if deleted == 0 {
+                outln!("namespace {namespace} holds nothing in {}: nothing removed", storage.url());
+            } else {
+                outln!("removed namespace {namespace}: {deleted} objects deleted");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

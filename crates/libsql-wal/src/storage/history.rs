@@ -116,6 +116,8 @@ pub struct RestorePlan {
     /// ...and, for a point in time, made at or before this time: found in the last segment
     /// when its commits straddle the time.
     pub time: Option<u64>,
+    /// The namespace's restorable window, described for messages.
+    pub window: String,
 }
 
 impl RestorePlan {
@@ -270,7 +272,8 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
             break;
         }
     }
-    Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time })
+    let window = format!("{} of namespace {namespace}", window.describe());
+    Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time, window })
 }
 
 /// The highest frame_no whose commit is known to be at or before `t`: a snapshot or a whole

@@ -116,7 +116,7 @@ impl PackFile {
         let mut next_frame_no = header.start_frame_no.get();
         for entry in &entries {
             let (start, end) = (entry.start_frame_no.get(), entry.end_frame_no.get());
-            if entry.offset.get() != offset || start > next_frame_no || end < start {
+            if entry.offset.get() != offset || start == 0 || start > next_frame_no || end < start {
                 return Err(bad(format!("pack entry for frames {start}..={end} does not follow the one before")));
             }
             offset = offset.checked_add(entry.len.get()).ok_or_else(|| bad("pack entry length".into()))?;
@@ -144,5 +144,68 @@ impl PackFile {
             done += n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdIo;
+
+    /// A pack of two fake segment objects (PackFile checks the layout; the segments
+    /// themselves are checked as segments once extracted).
+    fn pack_bytes(entries: &[(u64, u64, &[u8])]) -> Vec<u8> {
+        let mut offset = (PACK_HEADER_SIZE + entries.len() * PACK_ENTRY_SIZE) as u64;
+        let directory: Vec<PackEntry> = entries
+            .iter()
+            .map(|&(start, end, bytes)| {
+                let entry = PackEntry {
+                    offset: offset.into(),
+                    len: (bytes.len() as u64).into(),
+                    start_frame_no: start.into(),
+                    end_frame_no: end.into(),
+                };
+                offset += bytes.len() as u64;
+                entry
+            })
+            .collect();
+        let header = PackHeader::new(
+            entries.len() as u32,
+            entries[0].0,
+            entries[entries.len() - 1].1,
+            7,
+            crc32c::crc32c(directory.as_bytes()),
+        );
+        let mut out = header.as_bytes().to_vec();
+        out.extend_from_slice(directory.as_bytes());
+        for (_, _, bytes) in entries {
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn a_pack_opens_and_extracts_only_when_its_directory_tiles_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let io = StdIo;
+        std::fs::write(&path, pack_bytes(&[(1, 10, b"first"), (11, 20, b"second!")])).unwrap();
+        let pack = PackFile::open(&io, &path, "k").unwrap();
+        pack.extract(1, &dir.path().join("s")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("s")).unwrap(), b"second!");
+
+        let refused = |bytes: Vec<u8>| {
+            std::fs::write(&path, bytes).unwrap();
+            PackFile::open(&io, &path, "k").err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let mut cut = pack_bytes(&[(1, 10, b"first"), (11, 20, b"second!")]);
+        cut.pop();
+        assert!(refused(cut).contains("not as it says"));
+        let mut flipped = pack_bytes(&[(1, 10, b"first"), (11, 20, b"second!")]);
+        flipped[PACK_HEADER_SIZE + 3] ^= 1;
+        assert!(refused(flipped).contains("directory checksum"));
+        assert!(refused(pack_bytes(&[(1, 10, b"a"), (12, 20, b"b")])).contains("does not follow"), "a gap");
+        assert!(refused(pack_bytes(&[(0, 10, b"a")])).contains("does not follow"), "frame 0");
+        assert!(refused(b"short".to_vec()).contains("cut short"));
     }
 }

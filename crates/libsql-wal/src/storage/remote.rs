@@ -63,7 +63,7 @@ pub(crate) async fn chain_at(storage: &Storage, object: &StoredObject, frame_no:
             let entries = <[PackEntry]>::ref_from_bytes(&directory).map_err(|_| reader.short("directory"))?;
             let entry = entries
                 .iter()
-                .find(|e| e.start_frame_no.get() - 1 <= frame_no && frame_no <= e.end_frame_no.get())
+                .find(|e| e.start_frame_no.get().saturating_sub(1) <= frame_no && frame_no <= e.end_frame_no.get())
                 .ok_or_else(outside)?;
             reader.segment_chain_at(entry.offset.get(), entry.start_frame_no.get(), frame_no).await
         }

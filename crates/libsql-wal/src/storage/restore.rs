@@ -607,7 +607,7 @@ fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<(
         Some(t) => layout::format_unix_ms(t),
         None => format!("frame_no {}", plan.frame_no),
     };
-    Err(Error::Restore(format!("{point} is before the first commit of the namespace: nothing to restore")))
+    Err(Error::Restore(format!("{point} is before the first commit of the namespace: {}", plan.window)))
 }
 
 impl Rebuilt {
