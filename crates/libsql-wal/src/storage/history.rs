@@ -116,6 +116,9 @@ pub struct RestorePlan {
     /// ...and, for a point in time, made at or before this time: found in the last segment
     /// when its commits straddle the time.
     pub time: Option<u64>,
+    /// The namespace's restorable window, for the refusal of a point the objects show to be
+    /// before the first commit (among the first transaction's frames).
+    pub window: Window,
 }
 
 impl RestorePlan {
@@ -290,7 +293,7 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
             break;
         }
     }
-    Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time })
+    Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time, window })
 }
 
 /// The highest frame_no whose commit is known to be at or before `t`: a snapshot or a whole

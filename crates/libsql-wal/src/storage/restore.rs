@@ -402,7 +402,8 @@ fn key_commit_time(object: &StoredObject) -> Option<u64> {
 }
 
 /// A point before the first commit of a history that starts from the empty database (among
-/// its first transaction's frames, before their commit frame) has nothing to restore.
+/// its first transaction's frames, before their commit frame) has nothing to restore: refused,
+/// naming the window as every refused point does.
 fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<()> {
     if rebuilt.end > 0 {
         return Ok(());
@@ -411,7 +412,10 @@ fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<(
         Some(t) => layout::format_unix_ms(t),
         None => format!("frame_no {}", plan.frame_no),
     };
-    Err(Error::Restore(format!("{point} is before the first commit of the namespace: nothing to restore")))
+    Err(Error::Restore(format!(
+        "{point} is before the first commit of the namespace: nothing to restore; {}",
+        plan.window.describe()
+    )))
 }
 
 impl Rebuilt {
