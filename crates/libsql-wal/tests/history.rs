@@ -11,7 +11,7 @@
 //!   followed by version 3 objects continuing their chain, still restore by frame_no; a time
 //!   among them is refused, pointing at `--frame-no`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libsql_sys::rusqlite::{Connection, params};
@@ -304,5 +304,256 @@ fn every_commit_restores_exactly_by_frame_no_and_by_time() {
         "{} commits in {segments} segments (built in {built:?}); {restores} restores, {pages} pages compared, in {:?}",
         commits.len(),
         started.elapsed() - built
+    );
+}
+
+/// Nothing a restore to `out` makes is there: no file, no `-wal` directory, no scratch
+/// directory (`.<name>.restoring-*` or `.<name>.preparing-*`) beside it.
+fn assert_nothing_at(out: &Path, what: &str) {
+    assert!(!out.exists(), "{what}: {} exists", out.display());
+    let wal = PathBuf::from(format!("{}-wal", out.display()));
+    assert!(!wal.exists(), "{what}: {} exists", wal.display());
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let scratch: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.")))
+        .collect();
+    assert!(scratch.is_empty(), "{what}: scratch left beside OUT: {scratch:?}");
+}
+
+/// Restores `point` to `out`, for real and as a dry run: both must be refused with a message
+/// naming the restorable window and each of `expected`, and leave nothing at `out`.
+fn assert_refused(storage: &Storage, namespace: &str, out: &Path, point: RestorePoint, expected: &[&str]) {
+    for dry_run in [false, true] {
+        let options = RestoreOptions { point, dry_run, ..RestoreOptions::default() };
+        let what = format!("{point:?} (dry run: {dry_run})");
+        let error = match restore_with(storage, namespace, out, &options, &mut |_, _| {}) {
+            Ok(report) => panic!("{what}: restored, landing at frame_no {}", report.frame_no),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("restorable window"), "{what}: the error does not name the window: {error}");
+        for part in expected {
+            assert!(error.contains(part), "{what}: the error does not say {part:?}: {error}");
+        }
+        assert_nothing_at(out, &what);
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// A stored segment object, read by the offsets of docs/FORMAT.md.
+struct SegmentObject {
+    key: String,
+    start_frame_no: u64,
+    end_frame_no: u64,
+    bytes: Vec<u8>,
+}
+
+impl SegmentObject {
+    /// The namespace's segment objects, in frame order.
+    fn all(storage: &Storage, store_dir: &Path, namespace: &str) -> Vec<SegmentObject> {
+        let mut segments: Vec<SegmentObject> = storage
+            .list(namespace)
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| match o.kind {
+                ObjectKind::Segment { start_frame_no, end_frame_no, .. } => Some(SegmentObject {
+                    bytes: std::fs::read(store_dir.join(&o.key)).unwrap(),
+                    key: o.key,
+                    start_frame_no,
+                    end_frame_no,
+                }),
+                ObjectKind::Snapshot { .. } => None,
+            })
+            .collect();
+        segments.sort_by_key(|s| s.start_frame_no);
+        segments
+    }
+
+    fn version(&self) -> u32 {
+        u32_at(&self.bytes, 8)
+    }
+
+    fn frame_size(&self) -> usize {
+        if self.version() == 2 { 24 + PAGE } else { 32 + PAGE }
+    }
+
+    fn frames(&self) -> usize {
+        (self.end_frame_no - self.start_frame_no + 1) as usize
+    }
+
+    /// Frame `i`'s header (the bytes before its page).
+    fn frame_header(&self, i: usize) -> &[u8] {
+        let at = 64 + i * self.frame_size();
+        &self.bytes[at..at + self.frame_size() - PAGE]
+    }
+
+    fn lineage(&self) -> u32 {
+        u32_at(&self.bytes, 28)
+    }
+
+    /// The chain value at its last frame: that frame's checksum.
+    fn end_chain(&self) -> u32 {
+        let header = self.frame_header(self.frames() - 1);
+        u32_at(header, header.len() - 4)
+    }
+
+    /// The commit times of its commit frames (version 3), in frame order.
+    fn commit_times(&self) -> Vec<u64> {
+        (0..self.frames()).map(|i| self.frame_header(i)).filter(|h| u32_at(h, 4) != 0).map(|h| u64_at(h, 16)).collect()
+    }
+}
+
+/// Puts a version 3 snapshot object of the database `pages` (the state at `frame_no`, whose
+/// commit was made at `commit_unix_ms`, chain value `chain`) in the namespace.
+fn put_snapshot(
+    store_dir: &Path,
+    namespace: &str,
+    pages: &[u8],
+    frame_no: u64,
+    commit_unix_ms: u64,
+    lineage: u32,
+    chain: u32,
+) {
+    let taken = now_ms();
+    let mut header = Vec::with_capacity(64);
+    header.extend_from_slice(b"LSQLSNAP");
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(PAGE as u32).to_le_bytes());
+    header.extend_from_slice(&frame_no.to_le_bytes());
+    header.extend_from_slice(&((pages.len() / PAGE) as u32).to_le_bytes());
+    header.extend_from_slice(&lineage.to_le_bytes());
+    header.extend_from_slice(&taken.to_le_bytes());
+    header.extend_from_slice(&chain.to_le_bytes());
+    header.extend_from_slice(&commit_unix_ms.to_le_bytes());
+    header.extend_from_slice(&[0; 8]);
+    let checksum = crc32c::crc32c(&header);
+    header.extend_from_slice(&checksum.to_le_bytes());
+    let mut object = header;
+    object.extend_from_slice(pages);
+    object.extend_from_slice(&crc32c::crc32c(pages).to_le_bytes());
+    object.extend_from_slice(&0u32.to_le_bytes());
+    object.extend_from_slice(b"LSQLSEND");
+    let key = format!("{namespace}/snapshots/{frame_no:020}-{commit_unix_ms:013}-{taken:013}.snap");
+    let path = store_dir.join(&key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, object).unwrap();
+}
+
+#[test]
+fn refused_points_name_the_window_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let storage = local_store(&store_dir);
+    let (commits, started_ms) = build_history(dir.path(), &storage, "r", 8, 60);
+    let end = commits.last().unwrap().frame_no;
+    let outs = dir.path().join("outs");
+    std::fs::create_dir_all(&outs).unwrap();
+    let out = outs.join("out.db");
+
+    // Outside the window: before it, after its end, in the future.
+    assert_refused(&storage, "r", &out, RestorePoint::Time(started_ms), &["before the window"]);
+    assert_refused(&storage, "r", &out, RestorePoint::FrameNo(0), &["before the first commit"]);
+    // Among the frames of the first transaction (it writes two pages), before its commit frame.
+    assert!(commits[0].frame_no > 1, "setup: the first commit is not the first frame");
+    assert_refused(&storage, "r", &out, RestorePoint::FrameNo(commits[0].frame_no - 1), &["before the first commit"]);
+    assert_refused(&storage, "r", &out, RestorePoint::FrameNo(end + 1), &["after the end"]);
+    assert_refused(&storage, "r", &out, RestorePoint::Time(now_ms() + 3_600_000), &["in the future"]);
+
+    // A dry run says where a restore would land, and writes nothing.
+    for (point, at) in [
+        (RestorePoint::FrameNo(commits[20].frame_no), 20),
+        (RestorePoint::FrameNo(commits[21].frame_no - 1), 20),
+        (RestorePoint::Time(commits[33].wall_ms), 33),
+        (RestorePoint::Latest, commits.len() - 1),
+    ] {
+        let options = RestoreOptions { point, dry_run: true, ..RestoreOptions::default() };
+        let report = restore_with(&storage, "r", &out, &options, &mut |_, _| {}).unwrap();
+        assert!(report.dry_run);
+        assert_eq!(report.frame_no, commits[at].frame_no, "dry run of {point:?}");
+        let time = report.commit_unix_ms.unwrap_or_else(|| panic!("dry run of {point:?}: no commit time"));
+        assert!(time <= commits[at].wall_ms && time > commits[at - 1].wall_ms, "dry run of {point:?}: time {time}");
+        assert_nothing_at(&out, &format!("dry run of {point:?}"));
+    }
+
+    // A gap: a middle segment object (one holding two commits or more) deleted, and a
+    // snapshot at its end as the base of the objects after it (what a namespace wiped and
+    // reconciled by a log starts from).
+    let segments = SegmentObject::all(&storage, &store_dir, "r");
+    let commit_at = |frame_no: u64| commits.iter().position(|c| c.frame_no == frame_no).unwrap();
+    let gone = segments[segments.len() / 2..segments.len() - 2]
+        .iter()
+        .find(|s| s.commit_times().len() >= 2)
+        .expect("setup: a middle segment holding two commits");
+    let (after, base) = (gone.start_frame_no - 1, gone.end_frame_no);
+    let (after_at, base_at) = (commit_at(after), commit_at(base));
+    let inside_at = after_at + 1;
+    assert!(inside_at < base_at, "setup: a commit inside the deleted segment");
+    put_snapshot(
+        &store_dir,
+        "r",
+        &commits[base_at].copy,
+        base,
+        *gone.commit_times().last().unwrap(),
+        gone.lineage(),
+        gone.end_chain(),
+    );
+    std::fs::remove_file(store_dir.join(&gone.key)).unwrap();
+    let window = libsql_wal::storage::history::window(&storage.list("r").unwrap());
+    assert_eq!(window.gaps(), vec![(after, base)], "{window:?}");
+
+    // In the gap. A time after the last commit before it is in the gap too: the missing
+    // commits right after that one may have been made by then.
+    for point in [
+        RestorePoint::FrameNo(after + 1),
+        RestorePoint::FrameNo(commits[inside_at + 1].frame_no - 1),
+        RestorePoint::FrameNo(base - 1),
+        RestorePoint::Time(commits[after_at].wall_ms),
+        RestorePoint::Time(commits[inside_at].wall_ms),
+        RestorePoint::Time(commits[base_at - 1].wall_ms),
+    ] {
+        assert_refused(&storage, "r", &out, point, &["gap"]);
+    }
+    // Around the gap, every point still restores exactly.
+    for (point, at) in [
+        (RestorePoint::FrameNo(after), after_at),
+        (RestorePoint::Time(commits[after_at - 1].wall_ms), after_at - 1),
+        (RestorePoint::FrameNo(base), base_at),
+        (RestorePoint::Time(commits[base_at].wall_ms), base_at),
+        (RestorePoint::FrameNo(commits[base_at + 1].frame_no), base_at + 1),
+        (RestorePoint::Latest, commits.len() - 1),
+    ] {
+        let after_ms = commits[at - 1].wall_ms;
+        restore_and_compare(&storage, "r", &outs, point, &commits[at], after_ms, true);
+    }
+
+    // Without the base, what follows the gap is stranded: a point there is refused, and the
+    // refusal says why (a gap), not that storage ends before it.
+    for snapshot in std::fs::read_dir(store_dir.join("r/snapshots")).unwrap() {
+        std::fs::remove_file(snapshot.unwrap().path()).unwrap();
+    }
+    for point in [
+        RestorePoint::FrameNo(base + 1),
+        RestorePoint::FrameNo(end),
+        RestorePoint::Time(commits[base_at + 1].wall_ms),
+        RestorePoint::Time(commits.last().unwrap().wall_ms),
+    ] {
+        assert_refused(&storage, "r", &out, point, &["gap"]);
+    }
+    restore_and_compare(
+        &storage,
+        "r",
+        &outs,
+        RestorePoint::FrameNo(after),
+        &commits[after_at],
+        commits[after_at - 1].wall_ms,
+        false,
     );
 }
