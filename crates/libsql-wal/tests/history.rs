@@ -557,3 +557,207 @@ fn refused_points_name_the_window_and_leave_nothing() {
         false,
     );
 }
+
+/// Rewrites the namespace's segment objects, in frame order, as a build before commit times
+/// would have written them: the first `v2` as format version 2 objects (version field 2, 24-byte
+/// frame headers without the commit time, frame checksums over header bytes 0..20, the seal
+/// trailer's `index_offset` for 4120-byte frames, a version 2 key), the rest left version 3.
+/// Every object's `prev_chain` and frame checksums are recomputed from the chain value the
+/// rewritten object before it ends at (the first keeps its own), so the chain holds across
+/// objects, unless `rechain` is false: then the version 3 objects keep theirs, and no longer
+/// continue the rewritten ones. Each rewritten object is checked against docs/FORMAT.md's
+/// layout as it goes. Returns the objects rewritten as version 2.
+fn rewrite_as_version_2(storage: &Storage, store_dir: &Path, namespace: &str, v2: usize, rechain: bool) -> usize {
+    let segments = SegmentObject::all(storage, store_dir, namespace);
+    assert!(v2 <= segments.len());
+    let mut chain: Option<u32> = None;
+    for (i, segment) in segments.iter().enumerate() {
+        let bytes = &segment.bytes;
+        assert_eq!(segment.version(), 3, "setup: the current build writes version 3");
+        let n = segment.frames();
+        let trailer = &bytes[bytes.len() - 48..];
+        let (index_offset, entries) = (u64_at(trailer, 24) as usize, u32_at(trailer, 32) as usize);
+        assert_eq!(index_offset, 64 + n * 4128, "{}: the index follows the last frame", segment.key);
+        assert_eq!(bytes.len(), index_offset + 8 * entries + 48, "{}: index and trailer end the object", segment.key);
+        let salt = u32_at(bytes, 24);
+        let as_v2 = i < v2;
+        let prev_chain = match chain {
+            Some(c) if as_v2 || rechain => c,
+            _ => u32_at(bytes, 40),
+        };
+
+        let mut out = bytes[..64].to_vec();
+        out[8..12].copy_from_slice(&(if as_v2 { 2u32 } else { 3 }).to_le_bytes());
+        out[40..44].copy_from_slice(&prev_chain.to_le_bytes());
+        let header_checksum = crc32c::crc32c(&out[..60]);
+        out[60..64].copy_from_slice(&header_checksum.to_le_bytes());
+        let mut c = libsql_wal::format::chain_seed(salt, prev_chain);
+        for f in 0..n {
+            let frame = &bytes[64 + f * 4128..64 + (f + 1) * 4128];
+            let (head, page) = frame.split_at(32);
+            let mut new_head = if as_v2 {
+                // page_no, size_after, frame_no, then flags: no commit time.
+                [&head[..16], &head[24..28]].concat()
+            } else {
+                head[..28].to_vec()
+            };
+            c = crc32c::crc32c_append(crc32c::crc32c_append(c, &new_head), page);
+            new_head.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&new_head);
+            out.extend_from_slice(page);
+        }
+        out.extend_from_slice(&bytes[index_offset..index_offset + 8 * entries]);
+        let mut new_trailer = trailer.to_vec();
+        let frame_size = if as_v2 { 4120 } else { 4128 };
+        new_trailer[24..32].copy_from_slice(&((64 + n * frame_size) as u64).to_le_bytes());
+        let trailer_checksum = crc32c::crc32c_append(salt, &new_trailer[..44]);
+        new_trailer[44..48].copy_from_slice(&trailer_checksum.to_le_bytes());
+        out.extend_from_slice(&new_trailer);
+        assert_eq!(out.len(), 64 + n * frame_size + 8 * entries + 48);
+
+        let key = if as_v2 {
+            let created = u64_at(bytes, 32);
+            format!(
+                "{namespace}/segments/{:020}-{:020}-{created:013}.seg",
+                segment.start_frame_no, segment.end_frame_no
+            )
+        } else {
+            segment.key.clone()
+        };
+        if key != segment.key {
+            std::fs::remove_file(store_dir.join(&segment.key)).unwrap();
+        }
+        std::fs::write(store_dir.join(&key), &out).unwrap();
+        chain = Some(if as_v2 || rechain { c } else { segment.end_chain() });
+    }
+    v2
+}
+
+/// Rewrites the namespace's snapshot objects as format version 2: version field 2, bytes
+/// 44..52 reserved (zeros: no commit time), a version 2 key `<frame_no>-<taken>.snap`.
+fn rewrite_snapshots_as_version_2(store_dir: &Path, namespace: &str) -> usize {
+    let dir = store_dir.join(namespace).join("snapshots");
+    let mut rewritten = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[44..52].fill(0);
+        let checksum = crc32c::crc32c(&bytes[..60]);
+        bytes[60..64].copy_from_slice(&checksum.to_le_bytes());
+        let (frame_no, taken) = (u64_at(&bytes, 16), u64_at(&bytes, 32));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.join(format!("{frame_no:020}-{taken:013}.snap")), bytes).unwrap();
+        rewritten += 1;
+    }
+    rewritten
+}
+
+/// Copies every object of namespace `from` into namespace `to` of the same `file://` store.
+fn copy_namespace(store_dir: &Path, from: &str, to: &str) {
+    for kind in ["segments", "snapshots"] {
+        let (src, dst) = (store_dir.join(from).join(kind), store_dir.join(to).join(kind));
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Restores `point` into a fresh file under `dir` and returns its bytes and the report.
+fn restored(storage: &Storage, namespace: &str, dir: &Path, point: RestorePoint) -> (Vec<u8>, RestoreReport) {
+    let out = dir.join("out.db");
+    let report = restore_to(storage, namespace, &out, point).unwrap_or_else(|e| panic!("{namespace} {point:?}: {e}"));
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(integrity(&out), "ok", "{namespace} {point:?}");
+    std::fs::remove_file(&out).unwrap();
+    (bytes, report)
+}
+
+#[test]
+fn objects_of_format_version_2_still_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let storage = local_store(&store_dir);
+    let (commits, _) = build_history(dir.path(), &storage, "v", 8, 60);
+    let outs = dir.path().join("outs");
+    std::fs::create_dir_all(&outs).unwrap();
+    let out = outs.join("out.db");
+    let last = commits.last().unwrap();
+    let (before, report) = restored(&storage, "v", &outs, RestorePoint::Latest);
+    assert_eq!(report.frame_no, last.frame_no);
+    assert_same_pages("latest, before the rewrite", &before, &last.copy);
+    copy_namespace(&store_dir, "v", "m");
+    let segments = SegmentObject::all(&storage, &store_dir, "v").len();
+    assert!(segments >= 8, "setup: several segment objects ({segments})");
+
+    // The whole namespace as a build of format version 2 left it.
+    assert_eq!(rewrite_as_version_2(&storage, &store_dir, "v", segments, true), segments);
+    assert_eq!(rewrite_snapshots_as_version_2(&store_dir, "v"), 1, "setup: the base snapshot at frame 0");
+    let objects = storage.list("v").unwrap();
+    assert!(objects.iter().all(|o| match &o.kind {
+        ObjectKind::Segment { commit_times, .. } => commit_times.is_none(),
+        ObjectKind::Snapshot { commit_unix_ms, .. } => commit_unix_ms.is_none(),
+    }));
+    assert_eq!(objects.len(), segments + 1, "the version 3 keys are gone");
+    let (latest, report) = restored(&storage, "v", &outs, RestorePoint::Latest);
+    assert_eq!(report.frame_no, last.frame_no);
+    assert_eq!(report.commit_unix_ms, None, "version 2 records no commit time");
+    assert_same_pages("latest of version 2, against the restore before the rewrite", &latest, &before);
+    for at in [0, 17, 31, commits.len() - 2] {
+        let (bytes, report) = restored(&storage, "v", &outs, RestorePoint::FrameNo(commits[at].frame_no));
+        assert_eq!(report.frame_no, commits[at].frame_no);
+        assert_same_pages(&format!("version 2, commit {at} by frame_no"), &bytes, &commits[at].copy);
+        let between = RestorePoint::FrameNo(commits[at + 1].frame_no - 1);
+        assert_eq!(restored(&storage, "v", &outs, between).1.frame_no, commits[at].frame_no, "{between:?}");
+    }
+    for at in [0, 30, commits.len() - 1] {
+        let point = RestorePoint::Time(commits[at].wall_ms);
+        assert_refused(&storage, "v", &out, point, &["were not recorded", "--frame-no"]);
+    }
+
+    // Mixed: the first objects of version 2, the rest version 3 continuing their chain.
+    let k = segments / 2;
+    let first_v3 = &SegmentObject::all(&storage, &store_dir, "m")[k];
+    let first_v3_at = commits.iter().position(|c| c.frame_no >= first_v3.start_frame_no).unwrap();
+    // Left with their own chain values, the version 3 objects no longer continue the
+    // rewritten ones: restore refuses to mix the two histories.
+    copy_namespace(&store_dir, "m", "unchained");
+    rewrite_as_version_2(&storage, &store_dir, "unchained", k, false);
+    let error = restore_to(&storage, "unchained", &out, RestorePoint::Latest).unwrap_err().to_string();
+    assert!(error.contains("mixes histories"), "{error}");
+    assert_nothing_at(&out, "a chain broken between versions");
+
+    rewrite_as_version_2(&storage, &store_dir, "m", k, true);
+    let objects = storage.list("m").unwrap();
+    let untimed = objects.iter().filter(|o| matches!(o.kind, ObjectKind::Segment { commit_times: None, .. })).count();
+    assert_eq!(untimed, k);
+    let (latest, report) = restored(&storage, "m", &outs, RestorePoint::Latest);
+    assert_eq!(report.frame_no, last.frame_no);
+    assert!(report.commit_unix_ms.is_some_and(|t| t <= last.wall_ms), "{report:?}");
+    assert_same_pages("latest of the mixed namespace", &latest, &before);
+    for at in [3, first_v3_at - 1, first_v3_at, first_v3_at + 2, commits.len() - 3] {
+        let (bytes, report) = restored(&storage, "m", &outs, RestorePoint::FrameNo(commits[at].frame_no));
+        assert_eq!(report.frame_no, commits[at].frame_no);
+        assert_same_pages(&format!("mixed, commit {at} by frame_no"), &bytes, &commits[at].copy);
+    }
+    // By time: from the first commit a version 3 object records on, exact (every commit
+    // before it was made no later); before it, among the version 2 objects, refused.
+    for at in [first_v3_at, first_v3_at + 1, first_v3_at + 4, commits.len() - 2] {
+        let after_ms = commits[at - 1].wall_ms;
+        restore_and_compare(
+            &storage,
+            "m",
+            &outs,
+            RestorePoint::Time(commits[at].wall_ms),
+            &commits[at],
+            after_ms,
+            true,
+        );
+    }
+    for at in [2, k, first_v3_at - 1] {
+        let point = RestorePoint::Time(commits[at].wall_ms);
+        assert_refused(&storage, "m", &out, point, &["were not recorded", "--frame-no"]);
+    }
+}
