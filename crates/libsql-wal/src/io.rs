@@ -81,6 +81,11 @@ pub trait Io: Send + Sync + 'static {
     fn random_u32(&self) -> u32;
 }
 
+/// Milliseconds since the Unix epoch (0 before it), as commit times and keys count time.
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     File { len: u64 },

@@ -176,7 +176,7 @@ impl SharedWal {
 /// Best effort: on failure the floor is only lower, and the checkpoint itself succeeded.
 fn keep_file_time_past_commits(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
     let committed = newest.committed_unix_ms();
-    let stamped = io.modified(&db.path).map_or(0, crate::log::unix_ms);
+    let stamped = io.modified(&db.path).map_or(0, crate::io::unix_ms);
     if stamped >= committed {
         return;
     }

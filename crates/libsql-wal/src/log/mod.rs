@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::checkpointer::{CheckpointTarget, Checkpointer, LogId};
 use crate::error::{Error, IoAction, Result};
-use crate::io::Io;
+use crate::io::{Io, unix_ms};
 use crate::ownership;
 use crate::segment::{Segment, SegmentRef};
 use crate::storage::durability::{Durability, LogView, StorageBinding};
@@ -181,11 +181,6 @@ fn commit_clock_floor(io: &dyn Io, db_path: &Path, segments: &[SegmentRef]) -> u
     let in_log = segments.iter().map(|s| s.committed_unix_ms()).max().unwrap_or(0);
     let file = io.modified(db_path).ok().map_or(0, unix_ms);
     in_log.max(file)
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The chain value at `frame_no`, if a log can still tell: `checkpointed` (the checkpointed

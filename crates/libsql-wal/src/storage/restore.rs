@@ -105,7 +105,7 @@ pub fn restore_with(
             other.key
         )));
     }
-    let now_ms = crate::log::unix_ms(io.now());
+    let now_ms = crate::io::unix_ms(io.now());
     let plan = history::plan(&objects, options.point, now_ms, namespace)?;
     let stranded = stranded_after(&objects, plan.frame_no);
     if options.point == RestorePoint::Latest
