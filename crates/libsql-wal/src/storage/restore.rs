@@ -119,6 +119,9 @@ pub fn restore_with(
             stranded.len(),
             first.key
         );
+        if plan.frame_no == 0 {
+            return Err(Error::Restore(format!("{missing}; nothing before the gap can be restored")));
+        }
         if !options.allow_prefix {
             return Err(Error::Restore(format!(
                 "{missing}; restore the prefix up to frame {} explicitly if you want it",
