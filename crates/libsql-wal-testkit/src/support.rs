@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +26,27 @@ pub struct Switches {
     /// inside one file at once.
     in_db_write: Mutex<HashMap<PathBuf, usize>>,
     pub db_writers_max_per_file: AtomicUsize,
+    /// The clock, stepped: `Io::now` is this many ms off the real time, and so are the
+    /// modification times the writes to database files stamp while it is set (as the system
+    /// clock stamps them; a file written before keeps its time).
+    pub clock_offset_ms: AtomicI64,
+}
+
+impl Switches {
+    /// A real time as the stepped clock reads it.
+    fn shifted(&self, time: SystemTime) -> SystemTime {
+        let offset = self.clock_offset_ms.load(Ordering::SeqCst);
+        let by = Duration::from_millis(offset.unsigned_abs());
+        if offset < 0 { time - by } else { time + by }
+    }
+
+    /// After a write to the database file at `path`: its time as the stepped clock stamps it.
+    fn stamp(&self, path: &Path) -> io::Result<()> {
+        if self.clock_offset_ms.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        StdIo.set_modified(path, self.shifted(SystemTime::now()))
+    }
 }
 
 pub struct TestIo {
@@ -75,7 +96,7 @@ impl IoFile for TestFile {
             s.failed_db_writes.fetch_add(1, Ordering::SeqCst);
             Err(io::Error::from_raw_os_error(5))
         } else {
-            self.inner.write_all_at(buf, offset)
+            self.inner.write_all_at(buf, offset).and_then(|()| s.stamp(&self.path))
         };
         *s.in_db_write.lock().unwrap().get_mut(&self.path).unwrap() -= 1;
         result
@@ -90,7 +111,8 @@ impl IoFile for TestFile {
         self.inner.size()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
+        self.inner.set_len(len)?;
+        if self.is_db { self.switches.stamp(&self.path) } else { Ok(()) }
     }
     fn try_lock_exclusive(&self) -> io::Result<bool> {
         self.inner.try_lock_exclusive()
@@ -141,7 +163,7 @@ impl Io for TestIo {
         self.inner.kind(path)
     }
     fn now(&self) -> SystemTime {
-        self.inner.now()
+        self.switches.shifted(self.inner.now())
     }
     fn random_u32(&self) -> u32 {
         self.inner.random_u32()

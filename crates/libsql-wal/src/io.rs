@@ -61,6 +61,23 @@ pub trait Io: Send + Sync + 'static {
     fn modified(&self, path: &Path) -> io::Result<SystemTime> {
         std::fs::metadata(path)?.modified()
     }
+    /// Sets the modification time of the file at `path`, by name (`utimensat`): opening and
+    /// closing a descriptor of a database file would drop the POSIX locks SQLite holds on
+    /// it. Used only to keep that floor for commit times at or past the last commit a
+    /// checkpoint copied, so wrappers that inject faults need not override it either.
+    fn set_modified(&self, path: &Path, time: SystemTime) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| invalid(&e))?;
+        let since = time.duration_since(std::time::UNIX_EPOCH).map_err(|e| invalid(&e))?;
+        let times = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: since.as_secs() as _, tv_nsec: since.subsec_nanos() as _ },
+        ];
+        // SAFETY: a NUL-terminated path and two timespecs, as utimensat(2) takes them.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, name.as_ptr(), times.as_ptr(), 0) };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
     fn random_u32(&self) -> u32;
 }
 

@@ -130,6 +130,7 @@ impl SharedWal {
                 self.check_writable()?;
                 let (frame_no, chain) =
                     self.watch(copy_segments(&self.parts.db, &ready, self.parts.lineage, on_page))?;
+                keep_file_time_past_commits(self.io.as_ref(), &self.parts.db, ready.last().expect("non-empty"));
                 self.parts.transactions.set_checkpointed(frame_no, chain);
                 self.watch(drop_segments(self.io.as_ref(), &self.log_dir, &self.parts.segments, &ready))?;
             }
@@ -165,6 +166,23 @@ impl SharedWal {
         };
         self.parts.transactions.end_write(crate::log::transactions::CHECKPOINT_WRITER_ID);
         result
+    }
+}
+
+/// Once the log is emptied, the database file's modification time is where the next open
+/// starts commit times from (`commit_clock_floor`). The write that just copied `newest` set it
+/// to the clock's time, which is before `newest`'s last commit if the clock stepped back since:
+/// then it is set to that commit's time, so commit times never go back across a restart.
+/// Best effort: on failure the floor is only lower, and the checkpoint itself succeeded.
+fn keep_file_time_past_commits(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
+    let committed = newest.committed_unix_ms();
+    let stamped = io.modified(&db.path).map_or(0, crate::io::unix_ms);
+    if stamped >= committed {
+        return;
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(committed);
+    if let Err(e) = io.set_modified(&db.path, time) {
+        tracing::warn!(db = %db.path.display(), "could not move the file's time up to its last commit's: {e}");
     }
 }
 

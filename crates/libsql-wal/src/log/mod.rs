@@ -174,8 +174,9 @@ impl LogView for LogParts {
 
 /// The earliest time the next commit may record: the newest commit time in the log, or,
 /// when the log holds none (emptied by a checkpoint), the database file's modification time,
-/// which the checkpoint that emptied it set after the last commit. So commit times keep
-/// going forward across restarts even if the clock went back meanwhile.
+/// which the checkpoint that emptied it set to the last commit's time at the least
+/// (`keep_file_time_past_commits`: the clock may have stepped back before that checkpoint).
+/// So commit times keep going forward across restarts even if the clock went back.
 fn commit_clock_floor(io: &dyn Io, db_path: &Path, segments: &[SegmentRef]) -> u64 {
     let in_log = segments.iter().map(|s| s.committed_unix_ms()).max().unwrap_or(0);
     let file = io.modified(db_path).ok().map_or(0, crate::io::unix_ms);

@@ -116,8 +116,9 @@ pub struct RestorePlan {
     /// ...and, for a point in time, made at or before this time: found in the last segment
     /// when its commits straddle the time.
     pub time: Option<u64>,
-    /// The namespace's restorable window, described for messages.
-    pub window: String,
+    /// The namespace's restorable window, for the refusal of a point the objects show to be
+    /// before the first commit (among the first transaction's frames).
+    pub window: Window,
 }
 
 impl RestorePlan {
@@ -233,7 +234,7 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
     // that object: the landing commit is somewhere in it).
     let (frame_no, time, base_max) = match point {
         RestorePoint::Latest => (last.last_frame_no, None, last.last_frame_no),
-        RestorePoint::FrameNo(n) if n > last.last_frame_no => {
+        RestorePoint::FrameNo(n) if n > last.last_frame_no && !objects.iter().any(|o| o.end_frame_no() >= n) => {
             return Err(refuse(format!("frame_no {n} is after the end of what storage holds")));
         }
         RestorePoint::FrameNo(n) => (n, None, n),
@@ -251,11 +252,33 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
         .filter(|r| r.base.is_some() || frame_no >= r.segments.first().and_then(segment_range).map_or(1, |s| s.0))
         .max_by_key(|r| r.base_frame_no)
         .ok_or_else(|| {
+            let what = match point {
+                RestorePoint::Time(t) => layout::format_unix_ms(t),
+                _ => format!("frame_no {frame_no}"),
+            };
             let first = window.first().map_or(0, |s| s.first_frame_no);
-            if frame_no < first {
-                refuse(format!("frame_no {frame_no} is before the window"))
-            } else {
-                refuse(format!("frame_no {frame_no} is in a gap (frames no stored object holds)"))
+            // Past the window's end, yet held by stored segments: those follow a gap and no
+            // base after it (stranded), which is what to say, not that storage ends before.
+            let stranded_after = objects
+                .iter()
+                .filter_map(segment_range)
+                .map(|(start, _)| start)
+                .filter(|&start| start > last.last_frame_no + 1)
+                .min();
+            match stranded_after {
+                _ if frame_no < first => refuse(format!("{what} is before the window")),
+                Some(next) if frame_no > last.last_frame_no => {
+                    let missing = format!("frames {}..={} are in no stored object", last.last_frame_no + 1, next - 1);
+                    if frame_no < next {
+                        refuse(format!("{what} is in a gap: {missing}"))
+                    } else {
+                        refuse(format!(
+                            "{what} is after a gap: {missing}, and no snapshot after them is a base for the objects \
+                             that follow"
+                        ))
+                    }
+                }
+                _ => refuse(format!("{what} is in a gap (frames no stored object holds)")),
             }
         })?;
     let mut segments = Vec::new();
@@ -272,7 +295,6 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
             break;
         }
     }
-    let window = format!("{} of namespace {namespace}", window.describe());
     Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time, window })
 }
 
@@ -448,6 +470,23 @@ mod tests {
         assert!(inside.snapshot.is_none());
         let after = plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap();
         assert_eq!(keys(&after), vec![20], "past the object: the snapshot alone");
+    }
+
+    #[test]
+    fn a_point_past_a_gap_without_a_base_is_refused_as_after_the_gap() {
+        // 21..=30 is missing; 31..=40 is stranded: no snapshot after the gap.
+        let objects = [segment(1, 10, 100, 200), segment(11, 20, 300, 400), segment(31, 40, 700, 800)];
+        for point in [RestorePoint::FrameNo(35), RestorePoint::FrameNo(40), RestorePoint::Time(750)] {
+            let error = plan(&objects, point, 10_000, "ns").unwrap_err().to_string();
+            assert!(error.contains("after a gap: frames 21..=30 are in no stored object"), "{point:?}: {error}");
+            assert!(error.contains("the restorable window is frames 1..=20"), "{point:?}: {error}");
+        }
+        let time = plan(&objects, RestorePoint::Time(750), 10_000, "ns").unwrap_err().to_string();
+        assert!(time.starts_with("restore: 1970-01-01T00:00:00.750Z is after a gap"), "the point asked for: {time}");
+        let inside = plan(&objects, RestorePoint::FrameNo(25), 10_000, "ns").unwrap_err().to_string();
+        assert!(inside.contains("frame_no 25 is in a gap: frames 21..=30"), "{inside}");
+        let past = plan(&objects, RestorePoint::FrameNo(41), 10_000, "ns").unwrap_err().to_string();
+        assert!(past.contains("frame_no 41 is after the end of what storage holds"), "{past}");
     }
 
     #[test]

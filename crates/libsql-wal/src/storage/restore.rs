@@ -598,7 +598,8 @@ fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path
 }
 
 /// A point before the first commit of a history that starts from the empty database (among
-/// its first transaction's frames, before their commit frame) has nothing to restore.
+/// its first transaction's frames, before their commit frame) has nothing to restore: refused,
+/// naming the window as every refused point does.
 fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<()> {
     if rebuilt.end > 0 {
         return Ok(());
@@ -607,7 +608,10 @@ fn refuse_before_first_commit(rebuilt: &Rebuilt, plan: &RestorePlan) -> Result<(
         Some(t) => layout::format_unix_ms(t),
         None => format!("frame_no {}", plan.frame_no),
     };
-    Err(Error::Restore(format!("{point} is before the first commit of the namespace: {}", plan.window)))
+    Err(Error::Restore(format!(
+        "{point} is before the first commit of the namespace: nothing to restore; {}",
+        plan.window.describe()
+    )))
 }
 
 impl Rebuilt {
