@@ -488,6 +488,16 @@ mod tests {
         assert_eq!(keys(&branched, &objects), vec![true, true, true, true, true]);
     }
 
+    /// The window starts inside a segment whose end a snapshot holds: the commits of that
+    /// segment after the start are promised, so it stays, and so does the base before it
+    /// (they were deleted: the oldest point's plan started from the snapshot at its end).
+    #[test]
+    fn a_window_starting_inside_a_segment_keeps_that_segment() {
+        let objects = [segment(1, 10), segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
+        let keep = needed(&objects, &[], 150);
+        assert_eq!(keys(&keep, &objects), vec![true, true, false, true, true]);
+    }
+
     #[test]
     fn segments_a_pack_holds_are_garbage_and_middle_snapshots_too() {
         let objects = [

@@ -222,6 +222,8 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
         return Err(Error::Restore(format!("namespace {namespace} holds nothing restorable")));
     };
     let refuse = |what: String| Error::Restore(format!("{what}: {} of namespace {namespace}", window.describe()));
+    // The highest base a restore may start from: the landing commit's frame_no or below.
+    let mut base_max = u64::MAX;
     let (frame_no, time) = match point {
         RestorePoint::Latest => (last.last_frame_no, None),
         RestorePoint::FrameNo(n) if n > last.last_frame_no => {
@@ -231,16 +233,26 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
         RestorePoint::Time(t) if t > now_ms => {
             return Err(refuse(format!("{} is in the future", layout::format_unix_ms(t))));
         }
-        RestorePoint::Time(t) => (frame_bound_for_time(objects, &window, t).map_err(refuse)?, Some(t)),
+        RestorePoint::Time(t) => {
+            let bound = frame_bound_for_time(objects, &window, t).map_err(refuse)?;
+            if let Some(landing_min) = bound.landing_min {
+                base_max = landing_min;
+            }
+            (bound.frame_no, Some(t))
+        }
     };
     let run = runs
         .iter()
-        .filter(|r| r.base_frame_no <= frame_no && frame_no <= r.end_frame_no)
+        .filter(|r| r.base_frame_no <= frame_no && frame_no <= r.end_frame_no && r.base_frame_no <= base_max)
         .filter(|r| r.base.is_some() || frame_no >= r.segments.first().and_then(segment_range).map_or(1, |s| s.0))
         .max_by_key(|r| r.base_frame_no)
         .ok_or_else(|| {
             let first = window.first().map_or(0, |s| s.first_frame_no);
-            if frame_no < first {
+            if let (Some(t), true) = (time, base_max < frame_no) {
+                // The commits before `t` inside the object that straddles it have no base
+                // left at or before them.
+                refuse(format!("{} is before the window", layout::format_unix_ms(t)))
+            } else if frame_no < first {
                 refuse(format!("frame_no {frame_no} is before the window"))
             } else {
                 refuse(format!("frame_no {frame_no} is in a gap (frames no stored object holds)"))
@@ -263,12 +275,24 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
     Ok(RestorePlan { snapshot: run.base.clone(), segments, frame_no, time })
 }
 
+/// Where a restore to a time may land.
+struct TimeBound {
+    /// The restore lands on the last commit at or before this frame_no (and the time).
+    frame_no: u64,
+    /// When the commits of an object ending at `frame_no` straddle the time, the landing
+    /// commit lies inside it, before `frame_no`, and at or after this frame: the first frame
+    /// of every object whose first commit is at or before the time, the frame_no of every
+    /// base committed by then. A base past it may come after the landing commit (a snapshot
+    /// at the straddling object's end), so the restore must start from one at or before it.
+    landing_min: Option<u64>,
+}
+
 /// The highest frame_no whose commit is known to be at or before `t`: a snapshot or a whole
 /// segment committed by then (its end), or the end of a segment whose commits straddle `t`
 /// (the restore then looks for the last commit at or before `t` inside it). Refused when
 /// the commits right after that frame lie in a gap or have no recorded time: the last
 /// commit before `t` could be among them.
-fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> std::result::Result<u64, String> {
+fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> std::result::Result<TimeBound, String> {
     let when = layout::format_unix_ms(t);
     // (frame_no, whether the object's own commits go past `t`: then the landing is inside it).
     let mut bound: Option<(u64, bool)> = None;
@@ -301,9 +325,29 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
         });
     };
     let (bound, straddles) = bound;
+    if straddles {
+        let landing_min = objects
+            .iter()
+            .filter_map(|o| match o.kind {
+                ObjectKind::Snapshot { commit_unix_ms: Some(c), frame_no, .. }
+                | ObjectKind::Origin { commit_unix_ms: Some(c), frame_no, .. }
+                    if c <= t =>
+                {
+                    Some(frame_no)
+                }
+                ObjectKind::Segment { commit_times: Some(times), .. } | ObjectKind::Pack { commit_times: times, .. }
+                    if times.first <= t =>
+                {
+                    Some(o.first_frame_no())
+                }
+                _ => None,
+            })
+            .max();
+        return Ok(TimeBound { frame_no: bound, landing_min });
+    }
     let last = window.last().map_or(0, |s| s.last_frame_no);
-    if straddles || bound >= last {
-        return Ok(bound);
+    if bound >= last {
+        return Ok(TimeBound { frame_no: bound, landing_min: None });
     }
     // What comes right after `bound` must be a stored commit known to be after `t`.
     let next = objects
@@ -311,7 +355,9 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
         .filter_map(|o| segment_range(o).map(|r| (o, r)))
         .find(|(_, (s, e))| *s <= bound + 1 && bound < *e);
     match next {
-        Some((object, _)) if first_commit_time(object).is_some_and(|f| f > t) => Ok(bound),
+        Some((object, _)) if first_commit_time(object).is_some_and(|f| f > t) => {
+            Ok(TimeBound { frame_no: bound, landing_min: None })
+        }
         Some(_) => Err(format!(
             "{when} falls among commits after frame_no {bound} whose times were not recorded (objects of format \
              version 2); use --frame-no"
@@ -403,6 +449,38 @@ mod tests {
         let before = at(99).unwrap_err().to_string();
         assert!(before.contains("before the window") && before.contains("frames 1..=30"), "{before}");
         assert!(at(20_000).unwrap_err().to_string().contains("future"));
+    }
+
+    /// A snapshot at the end of the segment whose commits straddle the time comes after the
+    /// landing commit: the restore starts from a base before it (it used to start from the
+    /// snapshot, and gave a state committed after the time asked for).
+    #[test]
+    fn a_time_inside_a_segment_never_starts_from_a_snapshot_at_its_end() {
+        let objects =
+            [segment(1, 10, 100, 200), segment(11, 20, 300, 400), snapshot(20, Some(400)), segment(21, 30, 500, 600)];
+        let inside = plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap();
+        assert_eq!((keys(&inside), inside.frame_no, inside.snapshot.is_none()), (vec![10, 20], 20, true));
+        // At or after the snapshot's commit, the snapshot is the base.
+        let at = plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap();
+        assert_eq!(keys(&at), vec![20]);
+        // A snapshot committed before the time, inside a pack that straddles it, is a base.
+        let pack_key = crate::storage::layout::pack_key("ns", 1, 30, CommitTimes { first: 100, last: 600 });
+        let pack = StoredObject {
+            key: pack_key,
+            size: 10,
+            kind: ObjectKind::Pack {
+                start_frame_no: 1,
+                end_frame_no: 30,
+                commit_times: CommitTimes { first: 100, last: 600 },
+            },
+        };
+        let objects = [pack.clone(), snapshot(20, Some(400)), snapshot(30, Some(600))];
+        assert_eq!(keys(&plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap()), vec![20, 30]);
+        assert_eq!(keys(&plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap()), vec![30]);
+        // With no base left before the landing, the time is before the window.
+        let objects = [segment(21, 30, 500, 600), snapshot(30, Some(600))];
+        let refused = plan(&objects, RestorePoint::Time(550), 10_000, "ns").unwrap_err().to_string();
+        assert!(refused.contains("before the window"), "{refused}");
     }
 
     #[test]
