@@ -406,7 +406,8 @@ fn rebuild(
         progress(done, total);
         match object.kind {
             ObjectKind::Pack { .. } => {
-                for inner in unpack(io, object, &object_path, plan, &scratch.join("part"))? {
+                let reached = rebuilt.last_key.is_some().then_some(rebuilt.end);
+                for inner in unpack(io, object, &object_path, plan, &scratch.join("part"), reached)? {
                     let (part, path) = inner?;
                     apply_object(io, &part, &path, db.as_ref(), &db_path, plan, &mut rebuilt)?;
                 }
@@ -443,14 +444,17 @@ fn rebuild(
 }
 
 /// The segments of a downloaded pack that a plan needs (up to the first one reaching past
-/// its frame_no), each extracted in turn to `part` as the iterator goes: (a description of
-/// the segment as an object, for the checks and messages of [`apply_object`], and `part`).
+/// its frame_no; none that ends at or before `reached`, the frame_no the restore is at
+/// already: a pack taken after a base inside it holds segments from before the base), each
+/// extracted in turn to `part` as the iterator goes: (a description of the segment as an
+/// object, for the checks and messages of [`apply_object`], and `part`).
 fn unpack<'a>(
     io: &dyn Io,
     object: &'a StoredObject,
     path: &Path,
     plan: &'a RestorePlan,
     part: &'a Path,
+    reached: Option<u64>,
 ) -> Result<impl Iterator<Item = Result<(StoredObject, PathBuf)>> + 'a> {
     let pack = PackFile::open(io, path, &object.key)?;
     let (start, end) = object.frames().expect("a pack holds frames");
@@ -463,7 +467,8 @@ fn unpack<'a>(
         return Err(Error::corrupt(&object.key, reason));
     }
     let needed = pack.entries.iter().take_while(|e| e.start_frame_no.get() <= plan.frame_no).count();
-    Ok((0..needed).map(move |i| {
+    let first = pack.entries[..needed].iter().take_while(|e| reached.is_some_and(|r| e.end_frame_no.get() <= r)).count();
+    Ok((first..needed).map(move |i| {
         pack.extract(i, part)?;
         let entry = &pack.entries[i];
         let inner = StoredObject {
@@ -509,7 +514,10 @@ fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |_| {})?;
         let parts: Vec<Result<(StoredObject, PathBuf)>> = match object.kind {
-            ObjectKind::Pack { .. } => unpack(io, object, &object_path, plan, &scratch.join("part"))?.collect(),
+            ObjectKind::Pack { .. } => {
+                let reached = rebuilt.last_key.is_some().then_some(rebuilt.end);
+                unpack(io, object, &object_path, plan, &scratch.join("part"), reached)?.collect()
+            }
             _ => vec![Ok(((*object).clone(), object_path.clone()))],
         };
         for part in parts {
