@@ -208,10 +208,11 @@ pub(crate) async fn branch_points(storage: &Storage, namespace: &str) -> Result<
 
 /// The keys of the objects some restorable point needs: the latest state's plan; the plan
 /// of the last commit at or before `window_start` (the oldest point the window promises)
-/// and every object of the run from its base to the end; the plan of each branch point.
-/// Snapshots other than those bases are not needed (points between them restore from the
-/// older base and the segments, which are kept anyway): that bounds the stored snapshots
-/// to a few whatever the history's length. Everything else (segments older than the
+/// and every object of the run from its base to the end; the first snapshot after that
+/// base (the next base of the oldest point); the plan of each branch point.
+/// Other snapshots are not needed (points between them restore from the older base and the
+/// segments, which are kept anyway): that bounds the stored snapshots to a few whatever the
+/// history's length. Everything else (segments older than the
 /// window's base, segments a pack holds, older snapshots) is garbage.
 pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_start: u64) -> BTreeSet<String> {
     let window = history::window(objects);
@@ -240,6 +241,16 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
         Err(_) => window.first().map_or(0, |s| s.first_frame_no),
     };
     let base = plan_keys(RestorePoint::FrameNo(oldest.max(1)), &mut keep).unwrap_or(0);
+    // The base the oldest point moves on to once the window passes it: the first snapshot
+    // after the current one. Without it every snapshot but the latest state's is deleted
+    // long before the window reaches it, the oldest point's base never moves, and no
+    // history is ever collected. With it the base moves about once per retention, so the
+    // history kept spans at most about twice the retention.
+    let next_base = objects
+        .iter()
+        .filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }) && o.end_frame_no() > base)
+        .min_by_key(|o| (o.end_frame_no(), o.key.clone()));
+    keep.extend(next_base.map(|o| o.key.clone()));
     // Every segment and pack from that base on, as the runs take them.
     for object in objects {
         if let Some((start, end)) = object.frames()
@@ -495,7 +506,9 @@ mod tests {
     fn a_window_starting_inside_a_segment_keeps_that_segment() {
         let objects = [segment(1, 10), segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
         let keep = needed(&objects, &[], 150);
-        assert_eq!(keys(&keep, &objects), vec![true, true, false, true, true]);
+        assert_eq!(keys(&keep, &objects), vec![true, true, true, true, true], "snapshot 20 is the next base");
+        let keep = needed(&objects[..4], &[], 150);
+        assert_eq!(keys(&keep, &objects[..4]), vec![true, true, true, true]);
     }
 
     #[test]
@@ -509,8 +522,35 @@ mod tests {
             snapshot(30),
             segment(31, 40),
         ];
+        // The first snapshot after the oldest point's base (frame 0) is its next base: kept.
         let keep = needed(&objects, &[], 0);
-        assert_eq!(keys(&keep, &objects), vec![false, false, true, false, true, true, true]);
+        assert_eq!(keys(&keep, &objects), vec![false, false, true, true, true, true, true]);
+        let more = [&objects[..], &[segment(41, 50), snapshot(50), segment(51, 60)]].concat();
+        let keep = needed(&more, &[], 0);
+        assert_eq!(keys(&keep, &more), vec![false, false, true, true, true, false, true, true, true, true]);
+    }
+
+    /// A namespace compacted after every few segments, as online compaction does: each step
+    /// writes a snapshot of the latest state. As the window moves on, the oldest point's base
+    /// moves on too, and the history before it goes (it was never collected: every snapshot
+    /// between the first and the latest was deleted before the window reached it).
+    #[test]
+    fn the_oldest_base_moves_on_as_the_window_does() {
+        let mut objects: Vec<StoredObject> = Vec::new();
+        let mut collected_to = 0;
+        for step in 0..40u64 {
+            let (start, end) = (step * 10 + 1, step * 10 + 10);
+            objects.push(segment(start, end));
+            objects.push(snapshot(end));
+            // The window starts 50 frames (500 ms) before the end.
+            let keep = needed(&objects, &[], (end * 10).saturating_sub(500));
+            objects.retain(|o| keep.contains(&o.key));
+            let first = history::window(&objects).first().unwrap().first_frame_no;
+            assert!(first <= end.saturating_sub(50).max(1), "step {step}: the window's promise is kept (from {first})");
+            collected_to = first;
+        }
+        assert!(collected_to >= 400 - 2 * 50 - 10, "history older than twice the window went (from {collected_to})");
+        assert!(objects.len() < 20, "{} objects kept", objects.len());
     }
 
     #[test]
