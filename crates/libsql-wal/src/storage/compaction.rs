@@ -264,6 +264,10 @@ pub(crate) fn needed(objects: &[StoredObject], branch_points: &[u64], window_sta
     for &point in branch_points {
         plan_keys(RestorePoint::FrameNo(point), &mut keep);
     }
+    // A branch's origin is empty and says whose branch this is: `storage rm` of the branch
+    // finds the parent's marker through it (without it the marker, and the history it keeps
+    // in the parent, would stay for good).
+    keep.extend(objects.iter().filter(|o| matches!(o.kind, ObjectKind::Origin { .. })).map(|o| o.key.clone()));
     keep
 }
 
@@ -509,6 +513,20 @@ mod tests {
         assert_eq!(keys(&keep, &objects), vec![true, true, true, true, true], "snapshot 20 is the next base");
         let keep = needed(&objects[..4], &[], 150);
         assert_eq!(keys(&keep, &objects[..4]), vec![true, true, true, true]);
+    }
+
+    /// A branch whose own history no longer needs its origin (its snapshots cover the
+    /// window) keeps it anyway.
+    #[test]
+    fn a_branch_keeps_its_origin() {
+        let origin = StoredObject {
+            key: layout::origin_key("ns", "parent", 10, 100, 1, 2),
+            size: 0,
+            kind: ObjectKind::Origin { frame_no: 10, commit_unix_ms: Some(100), lineage: 1, chain: 2, parent: "parent".into() },
+        };
+        let objects = [origin, segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
+        let keep = needed(&objects, &[], 1000);
+        assert_eq!(keys(&keep, &objects), vec![true, false, false, false, true]);
     }
 
     #[test]
