@@ -522,7 +522,13 @@ mod tests {
         let origin = StoredObject {
             key: layout::origin_key("ns", "parent", 10, 100, 1, 2),
             size: 0,
-            kind: ObjectKind::Origin { frame_no: 10, commit_unix_ms: Some(100), lineage: 1, chain: 2, parent: "parent".into() },
+            kind: ObjectKind::Origin {
+                frame_no: 10,
+                commit_unix_ms: Some(100),
+                lineage: 1,
+                chain: 2,
+                parent: "parent".into(),
+            },
         };
         let objects = [origin, segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
         let keep = needed(&objects, &[], 1000);

@@ -335,7 +335,8 @@ fn frame_bound_for_time(objects: &[StoredObject], window: &Window, t: u64) -> st
                 {
                     Some(frame_no)
                 }
-                ObjectKind::Segment { commit_times: Some(times), .. } | ObjectKind::Pack { commit_times: times, .. }
+                ObjectKind::Segment { commit_times: Some(times), .. }
+                | ObjectKind::Pack { commit_times: times, .. }
                     if times.first <= t =>
                 {
                     Some(o.first_frame_no())

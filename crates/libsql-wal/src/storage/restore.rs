@@ -467,7 +467,8 @@ fn unpack<'a>(
         return Err(Error::corrupt(&object.key, reason));
     }
     let needed = pack.entries.iter().take_while(|e| e.start_frame_no.get() <= plan.frame_no).count();
-    let first = pack.entries[..needed].iter().take_while(|e| reached.is_some_and(|r| e.end_frame_no.get() <= r)).count();
+    let first =
+        pack.entries[..needed].iter().take_while(|e| reached.is_some_and(|r| e.end_frame_no.get() <= r)).count();
     Ok((first..needed).map(move |i| {
         pack.extract(i, part)?;
         let entry = &pack.entries[i];
