@@ -62,15 +62,21 @@ pub fn create(storage: &Storage, parent: &str, point: RestorePoint, child: &str)
 
 /// Removes `namespace` from the store: its objects, then its origin (if it is a branch),
 /// then the marker in its parent. Refused while branches of it exist (they need its
-/// history): remove them first. Returns the number of objects deleted.
+/// history): remove them first. A marker whose branch holds no origin (a `create` that was
+/// killed between its two writes) is removed with the rest. Returns the number of objects
+/// deleted.
 pub fn remove(storage: &Storage, namespace: &str) -> Result<usize> {
     layout::validate_namespace(namespace)?;
     let keys = keys_of(storage, namespace)?;
-    let children: Vec<String> = keys
-        .iter()
-        .filter_map(|k| layout::parse_branch_marker(namespace, k))
-        .map(|(frame_no, child)| format!("{child} (at frame {frame_no})"))
-        .collect();
+    let mut children = Vec::new();
+    for key in &keys {
+        let Some((frame_no, child)) = layout::parse_branch_marker(namespace, key) else { continue };
+        // A marker no branch answers (`create` killed between its two writes: the marker goes
+        // first) is deleted with the rest: left alone, it would refuse this removal forever.
+        if has_origin(storage, &child, namespace, frame_no)? {
+            children.push(format!("{child} (at frame {frame_no})"));
+        }
+    }
     if !children.is_empty() {
         return Err(Error::Restore(format!(
             "namespace {namespace} has branches that need its history: {}; remove them first",
@@ -92,6 +98,15 @@ pub fn remove(storage: &Storage, namespace: &str) -> Result<usize> {
         deleted += 1;
     }
     Ok(deleted)
+}
+
+/// Does `child` hold the origin of a branch of `parent` at `frame_no`?
+fn has_origin(storage: &Storage, child: &str, parent: &str, frame_no: u64) -> Result<bool> {
+    let keys = keys_of(storage, &format!("{child}/branch"))?;
+    Ok(keys.iter().any(|k| {
+        matches!(layout::parse_key(child, k),
+            Some(ObjectKind::Origin { frame_no: f, parent: ref p, .. }) if f == frame_no && p == parent)
+    }))
 }
 
 /// Every key under `<namespace>/`, ours or not.

@@ -499,6 +499,55 @@ mod tests {
     }
 
     #[test]
+    fn a_window_starting_inside_a_segment_keeps_that_segment() {
+        let objects = [segment(1, 10), segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
+        let keep = needed(&objects, &[], 150);
+        assert_eq!(keys(&keep, &objects), vec![true, true, false, true, true]);
+        let keep = needed(&objects[..4], &[], 150);
+        assert_eq!(keys(&keep, &objects[..4]), vec![true, true, true, true]);
+    }
+
+    #[test]
+    fn a_branch_keeps_its_origin() {
+        let origin = StoredObject {
+            key: layout::origin_key("ns", "parent", 10, 100, 7, 9),
+            size: 0,
+            kind: ObjectKind::Origin {
+                frame_no: 10,
+                commit_unix_ms: Some(100),
+                lineage: 7,
+                chain: 9,
+                parent: "parent".into(),
+            },
+        };
+        let objects = [origin, segment(11, 20), snapshot(20), segment(21, 30), snapshot(30)];
+        let keep = needed(&objects, &[], 1000);
+        assert_eq!(keys(&keep, &objects), vec![true, false, false, false, true]);
+    }
+
+    /// A namespace compacted after every few segments, as online compaction does: each step
+    /// writes a snapshot of the latest state. As the window moves on, the oldest point's base
+    /// moves on too, and the history before it goes.
+    #[test]
+    fn the_oldest_base_moves_on_as_the_window_does() {
+        let mut objects: Vec<StoredObject> = Vec::new();
+        let mut collected_to = 0;
+        for step in 0..40u64 {
+            let (start, end) = (step * 10 + 1, step * 10 + 10);
+            objects.push(segment(start, end));
+            objects.push(snapshot(end));
+            // The window starts 50 frames (500 ms) before the end.
+            let keep = needed(&objects, &[], (end * 10).saturating_sub(500));
+            objects.retain(|o| keep.contains(&o.key));
+            let first = history::window(&objects).first().unwrap().first_frame_no;
+            assert!(first <= end.saturating_sub(50).max(1), "step {step}: the window's promise is kept (from {first})");
+            collected_to = first;
+        }
+        assert!(collected_to >= 400 - 2 * 100 - 10, "history older than the window went (from {collected_to})");
+        assert!(objects.len() < 30, "{} objects kept", objects.len());
+    }
+
+    #[test]
     fn segments_a_pack_holds_are_garbage_and_middle_snapshots_too() {
         let objects = [
             segment(1, 10),

@@ -243,7 +243,16 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
         }
         RestorePoint::Time(t) => {
             let (bound, inside_from) = frame_bound_for_time(objects, &window, t).map_err(refuse)?;
-            (bound, Some(t), inside_from.map_or(bound, |start| start - 1))
+            // A base committed by `t` is at or before the landing commit too (commit times
+            // never go back), even inside the object.
+            let known = objects
+                .iter()
+                .filter(|o| o.is_base() && o.commit_times().is_some_and(|c| c.last <= t))
+                .map(StoredObject::end_frame_no)
+                .filter(|&f| f <= bound)
+                .max();
+            let before_object = inside_from.map_or(bound, |start| start - 1);
+            (bound, Some(t), before_object.max(known.unwrap_or(0)))
         }
     };
     let run = runs
@@ -266,7 +275,7 @@ pub fn plan(objects: &[StoredObject], point: RestorePoint, now_ms: u64, namespac
                 .filter(|&start| start > last.last_frame_no + 1)
                 .min();
             match stranded_after {
-                _ if frame_no < first => refuse(format!("{what} is before the window")),
+                _ if frame_no < first || base_max < first => refuse(format!("{what} is before the window")),
                 Some(next) if frame_no > last.last_frame_no => {
                     let missing = format!("frames {}..={} are in no stored object", last.last_frame_no + 1, next - 1);
                     if frame_no < next {
@@ -470,6 +479,33 @@ mod tests {
         assert!(inside.snapshot.is_none());
         let after = plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap();
         assert_eq!(keys(&after), vec![20], "past the object: the snapshot alone");
+    }
+
+    /// A snapshot at the end of the segment whose commits straddle the time comes after the
+    /// landing commit: the restore starts from a base before it.
+    #[test]
+    fn a_time_inside_a_segment_never_starts_from_a_snapshot_at_its_end() {
+        let objects =
+            [segment(1, 10, 100, 200), segment(11, 20, 300, 400), snapshot(20, Some(400)), segment(21, 30, 500, 600)];
+        let inside = plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap();
+        assert_eq!((keys(&inside), inside.frame_no, inside.snapshot.is_none()), (vec![10, 20], 20, true));
+        // At or after the snapshot's commit, the snapshot is the base.
+        let at = plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap();
+        assert_eq!(keys(&at), vec![20]);
+        // A snapshot committed before the time, inside a pack that straddles it, is a base.
+        let times = CommitTimes { first: 100, last: 600 };
+        let pack = StoredObject {
+            key: crate::storage::layout::pack_key("ns", 1, 30, times),
+            size: 10,
+            kind: ObjectKind::Pack { start_frame_no: 1, end_frame_no: 30, commit_times: times },
+        };
+        let objects = [pack.clone(), snapshot(20, Some(400)), snapshot(30, Some(600))];
+        assert_eq!(keys(&plan(&objects, RestorePoint::Time(450), 10_000, "ns").unwrap()), vec![20, 30]);
+        assert_eq!(keys(&plan(&objects, RestorePoint::Time(350), 10_000, "ns").unwrap()), vec![30]);
+        // With no base left before the landing, the time is before the window.
+        let objects = [segment(21, 30, 500, 600), snapshot(30, Some(600))];
+        let refused = plan(&objects, RestorePoint::Time(550), 10_000, "ns").unwrap_err().to_string();
+        assert!(refused.contains("before the window"), "{refused}");
     }
 
     #[test]

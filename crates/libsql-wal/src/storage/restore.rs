@@ -167,7 +167,7 @@ fn restore_once(
     } else {
         rebuild(storage, &stages, io.as_ref(), &scratch, out, progress)
     };
-    let _ = std::fs::remove_dir_all(&scratch);
+    remove_scratch_dir(&scratch, out);
     drop(scratch_lock);
     let rebuilt = result?;
     let keys: Vec<String> = stages.iter().flat_map(|p| p.objects()).map(|o| o.key.clone()).collect();
@@ -302,6 +302,22 @@ fn scratch_prefix(out: &Path) -> String {
     scratch_name(out, "restoring")
 }
 
+/// What a finished restore renames its scratch directory to before removing it.
+fn removing_prefix(out: &Path) -> String {
+    scratch_name(out, "removing")
+}
+
+/// Removes this restore's scratch directory, renamed first to its `removing-` name: a
+/// restore killed while removing it (its lock file may be gone already, and a lock-less
+/// `restoring-` directory is only taken for stale after a minute) leaves a directory the
+/// next restore removes at once.
+fn remove_scratch_dir(scratch: &Path, out: &Path) {
+    let name = scratch.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let removing = scratch.with_file_name(name.replacen(&scratch_prefix(out), &removing_prefix(out), 1));
+    let target = if std::fs::rename(scratch, &removing).is_ok() { removing } else { scratch.to_path_buf() };
+    let _ = std::fs::remove_dir_all(&target);
+}
+
 /// Where a scratch directory is made before its lock is held; see [`create_scratch_dir`].
 fn preparing_prefix(out: &Path) -> String {
     scratch_name(out, "preparing")
@@ -362,11 +378,12 @@ fn lock_and_rename(io: &dyn Io, preparing: &Path, scratch: &Path) -> Result<Opti
 /// Removes scratch directories of earlier restores to `out` that were killed (`kill -9`, a
 /// power cut): each can be as large as the database. One is stale when nobody holds its
 /// lock; one without a lock file yet is left alone unless it is older than a minute (its
-/// restore may be between `mkdir` and creating the lock). Only the files a restore makes are
-/// removed; a directory holding anything else is kept, with a warning. Best effort: what
-/// cannot be removed stays, and the restore goes on.
+/// restore may be between `mkdir` and creating the lock); a `removing-` one always is (its
+/// restore was done with it). Only the files a restore makes are removed; a directory
+/// holding anything else is kept, with a warning. Best effort: what cannot be removed stays,
+/// and the restore goes on.
 fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
-    let (restoring, preparing) = (scratch_prefix(out), preparing_prefix(out));
+    let (restoring, preparing, removing) = (scratch_prefix(out), preparing_prefix(out), removing_prefix(out));
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -376,7 +393,10 @@ fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let is_preparing = name.starts_with(&preparing);
-        if !(is_preparing || name.starts_with(&restoring)) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let is_removing = name.starts_with(&removing);
+        if !(is_preparing || is_removing || name.starts_with(&restoring))
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             continue;
         }
         let dir = entry.path();
@@ -388,6 +408,7 @@ fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
         }
         // Held (when there is a lock file) until the directory is gone, so no restore takes it meanwhile.
         let _held: Option<Box<dyn IoFile>> = match io.open_read_only(&lock_path) {
+            _ if is_removing => None,
             Ok(lock) => match lock.try_lock_exclusive() {
                 Ok(true) => Some(lock),
                 _ => continue, // a live restore
@@ -454,7 +475,8 @@ fn rebuild(
         progress(done, total);
         match object.kind {
             ObjectKind::Pack { .. } => {
-                for inner in unpack(io, object, &object_path, plan, &scratch.join("part"))? {
+                let reached = rebuilt.last_key.is_some().then_some(rebuilt.end);
+                for inner in unpack(io, object, &object_path, plan, &scratch.join("part"), reached)? {
                     let (part, path) = inner?;
                     if landed_before(&rebuilt, &part) {
                         break; // the point was inside an earlier segment of the pack
@@ -494,14 +516,17 @@ fn rebuild(
 }
 
 /// The segments of a downloaded pack that a plan needs (up to the first one reaching past
-/// its frame_no), each extracted in turn to `part` as the iterator goes: (a description of
-/// the segment as an object, for the checks and messages of [`apply_object`], and `part`).
+/// its frame_no; none that ends at or before `reached`, the frame_no the restore is at
+/// already: a pack taken after a base inside it holds segments from before the base), each
+/// extracted in turn to `part` as the iterator goes: (a description of the segment as an
+/// object, for the checks and messages of [`apply_object`], and `part`).
 fn unpack<'a>(
     io: &dyn Io,
     object: &'a StoredObject,
     path: &Path,
     plan: &'a RestorePlan,
     part: &'a Path,
+    reached: Option<u64>,
 ) -> Result<impl Iterator<Item = Result<(StoredObject, PathBuf)>> + 'a> {
     let pack = PackFile::open(io, path, &object.key)?;
     let (start, end) = object.frames().expect("a pack holds frames");
@@ -514,7 +539,9 @@ fn unpack<'a>(
         return Err(Error::corrupt(&object.key, reason));
     }
     let needed = pack.entries.iter().take_while(|e| e.start_frame_no.get() <= plan.frame_no).count();
-    Ok((0..needed).map(move |i| {
+    let first =
+        pack.entries[..needed].iter().take_while(|e| reached.is_some_and(|r| e.end_frame_no.get() <= r)).count();
+    Ok((first..needed).map(move |i| {
         pack.extract(i, part)?;
         let entry = &pack.entries[i];
         let inner = StoredObject {
@@ -566,7 +593,10 @@ fn land_stage(storage: &Storage, plan: &RestorePlan, io: &dyn Io, scratch: &Path
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |_| {})?;
         let parts: Vec<Result<(StoredObject, PathBuf)>> = match object.kind {
-            ObjectKind::Pack { .. } => unpack(io, object, &object_path, plan, &scratch.join("part"))?.collect(),
+            ObjectKind::Pack { .. } => {
+                let reached = rebuilt.last_key.is_some().then_some(rebuilt.end);
+                unpack(io, object, &object_path, plan, &scratch.join("part"), reached)?.collect()
+            }
             _ => vec![Ok(((*object).clone(), object_path.clone()))],
         };
         for part in parts {
@@ -778,6 +808,30 @@ async fn download_async(storage: &Storage, key: &str, path: &Path, received: &At
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore killed while removing its scratch directory: the directory, renamed to its
+    /// `removing-` name first, is removed by the next restore at once (removed in place, its
+    /// lock file could go first, and a lock-less `restoring-` directory waits a minute).
+    #[test]
+    fn a_scratch_directory_killed_while_being_removed_goes_at_the_next_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.db");
+        let io = StdIo::shared();
+        let (scratch, lock) = create_scratch_dir(io.as_ref(), &out).unwrap();
+        std::fs::write(scratch.join("database"), b"pages").unwrap();
+        let removing = dir.path().join(".out.db.removing-1-00000000");
+        std::fs::rename(&scratch, &removing).unwrap();
+        std::fs::remove_file(removing.join(SCRATCH_LOCK)).unwrap(); // as far as it got
+        drop(lock);
+        remove_stale_scratch_dirs(io.as_ref(), &out);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is left behind");
+        // And a whole restore's own removal leaves nothing either.
+        let (scratch, lock) = create_scratch_dir(io.as_ref(), &out).unwrap();
+        std::fs::write(scratch.join("database"), b"pages").unwrap();
+        remove_scratch_dir(&scratch, &out);
+        drop(lock);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     /// The race behind a flaky `concurrent_restores_to_one_path_never_share_scratch_space`:
     /// a cleanup that found a new scratch directory's lock file before its restore had locked
