@@ -499,6 +499,14 @@ pub fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The lag and upload rows measure the upload path alone: no online compaction step runs
+/// beside them (the history rows run compaction themselves, and measure it).
+fn bench_config() -> libsql_wal::StorageConfig {
+    let mut config = libsql_wal::StorageConfig::default();
+    config.compaction.online = false;
+    config
+}
+
 /// Where `bench storage` uploads to.
 #[derive(Clone, Copy)]
 enum BenchStore {
@@ -519,12 +527,12 @@ impl BenchStore {
         match self {
             BenchStore::LocalDir => {
                 let url = format!("file://{}", run.join("store").display());
-                Ok((Storage::open(&url).map_err(|e| e.to_string())?, None))
+                Ok((Storage::open_with(&url, &[], bench_config()).map_err(|e| e.to_string())?, None))
             }
             BenchStore::S3Loopback => {
                 let server = libsql_wal_testkit::bench::loopback_s3::S3Server::start(&run.join("s3"))
                     .map_err(|e| e.to_string())?;
-                let storage = server.storage("bench", Default::default()).map_err(|e| e.to_string())?;
+                let storage = server.storage("bench", bench_config()).map_err(|e| e.to_string())?;
                 Ok((storage, Some(server)))
             }
         }

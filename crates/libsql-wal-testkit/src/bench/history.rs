@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use libsql_wal::io::StdIo;
 use libsql_wal::storage::compaction::{CompactionConfig, compact};
 use libsql_wal::storage::history::RestorePoint;
-use libsql_wal::storage::layout::ObjectKind;
 use libsql_wal::storage::{Storage, StorageConfig};
 use libsql_wal::{Error, LibsqlWalManager, RestoreOptions, Result, WalConfig, flush_to_storage, open_connection};
 
@@ -63,15 +62,19 @@ fn stored_bytes(storage: &Storage, namespace: &str) -> Result<u64> {
 }
 
 /// The "plain copy" beside a restore: the same bytes read from the store and written to a
-/// file on the same disk, with no checking or applying (a `cp` for a local directory, a GET
-/// into a file for S3), over `keys`.
+/// file on the same disk, then made durable as a restore's output is (`fsync`), with no
+/// checking or applying (a `cp` and `sync` for a local directory, a GET into a file for
+/// S3), over `keys`.
 fn plain_copy(storage: &Storage, keys: &[String], out: &Path) -> Result<Duration> {
     let started = Instant::now();
     for key in keys {
         libsql_wal::storage::copy_object_to_file(storage, key, out)?;
-        let _ = std::fs::remove_file(out);
+        let synced = std::fs::File::open(out).and_then(|f| f.sync_all());
+        synced.map_err(|e| Error::Bench(format!("syncing {}: {e}", out.display())))?;
     }
-    Ok(started.elapsed())
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_file(out);
+    Ok(elapsed)
 }
 
 /// Restore throughput of the latest state of a `db_bytes` database beside a plain copy of
@@ -111,11 +114,12 @@ pub fn history_cost(dir: &Path, storage: &Storage, db_bytes: u64) -> Result<Vec<
     let mut rows = Vec::new();
     let mut latest = Vec::new();
     for (namespace, rewrites) in [("once", 1u32), ("hundred", 100)] {
-        let db_size = build(dir, storage, namespace, db_bytes, rewrites)?;
+        build(dir, storage, namespace, db_bytes, rewrites)?;
         let history = stored_bytes(storage, namespace)?;
         compact(storage, namespace, &eager(Duration::from_secs(86_400)))?;
         let kept = stored_bytes(storage, namespace)?;
         let (elapsed, read) = restore_timed(storage, namespace, RestorePoint::Latest, &out)?;
+        let db_size = restored_size(storage, namespace, &out)?;
         rows.push((format!("{rewrites}x: latest restore ms"), elapsed.as_secs_f64() * 1000.0));
         rows.push((format!("{rewrites}x: latest restore MB read"), read as f64 / 1e6));
         rows.push((format!("{rewrites}x: stored / db (7d window)"), kept as f64 / db_size as f64));
@@ -136,17 +140,22 @@ pub fn history_cost(dir: &Path, storage: &Storage, db_bytes: u64) -> Result<Vec<
     Ok(rows)
 }
 
-/// A frame_no halfway through a namespace's stored history.
+/// The size of the database the namespace's latest state is (restored to find out).
+fn restored_size(storage: &Storage, namespace: &str, out: &Path) -> Result<u64> {
+    let _ = std::fs::remove_file(out);
+    let report = libsql_wal::restore(storage, namespace, out, &mut |_, _| {})?;
+    let _ = std::fs::remove_file(out);
+    Ok(report.db_pages as u64 * 4096)
+}
+
+/// A frame_no halfway through a namespace's stored history (the restore lands on the last
+/// commit at or before it, inside whatever object holds it).
 fn middle_frame(storage: &Storage, namespace: &str) -> Result<u64> {
-    let objects = storage.list(namespace)?;
-    let end = objects.iter().map(|o| o.end_frame_no()).max().unwrap_or(0);
-    objects
-        .iter()
-        .filter(|o| matches!(o.kind, ObjectKind::Segment { .. } | ObjectKind::Pack { .. }))
-        .map(|o| o.end_frame_no())
-        .filter(|&e| e <= end / 2 + 1)
-        .max()
-        .ok_or_else(|| Error::Bench(format!("{namespace} has no segment in its first half")))
+    let end = storage.list(namespace)?.iter().map(|o| o.end_frame_no()).max().unwrap_or(0);
+    if end < 2 {
+        return Err(Error::Bench(format!("{namespace} holds no history")));
+    }
+    Ok(end / 2)
 }
 
 /// Requests an idle namespace makes, counted through a wrapper of the store for `idle`

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 
 use crate::error::{Error, IoAction, Result};
-use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, PAGE_SIZE};
+use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, PAGE_SIZE, SnapshotHeader};
 use crate::io::{Io, IoFile, StdIo};
 use crate::segment::{CommitInfo, Segment};
 use crate::storage::history::{self, RestorePlan, RestorePoint};
@@ -463,12 +463,20 @@ fn rebuild(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Rebuilt> {
     let db_path = scratch.join("database");
-    let db = io.open(&db_path, true).map_err(Error::io(IoAction::Create, &db_path))?;
+    let db: Arc<dyn IoFile> = Arc::from(io.open(&db_path, true).map_err(Error::io(IoAction::Create, &db_path))?);
     let total = stages.iter().map(RestorePlan::bytes).sum();
     let mut done = 0u64;
     let mut rebuilt = Rebuilt::empty();
     let steps = stages.iter().flat_map(|plan| plan.objects().map(move |object| (plan, object)));
     for (plan, object) in steps {
+        if let ObjectKind::Snapshot { .. } = object.kind {
+            // Streamed straight into the database file, checked as it comes.
+            let header = download_snapshot(storage, object, &db, &db_path, &mut |n| progress(done + n, total))?;
+            done += object.size;
+            progress(done, total);
+            apply_snapshot(object, &header, &mut rebuilt)?;
+            continue;
+        }
         let object_path = scratch.join("object");
         download(storage, object, &object_path, &mut |n| progress(done + n, total))?;
         done += object.size;
@@ -663,24 +671,10 @@ fn apply_object(
     rebuilt: &mut Rebuilt,
 ) -> Result<()> {
     match object.kind {
-        ObjectKind::Snapshot { frame_no, .. } => {
+        ObjectKind::Snapshot { .. } => {
             let file = io.open(path, false).map_err(Error::io(IoAction::Open, path))?;
             let header = snapshot::apply(file.as_ref(), Path::new(&object.key), db, db_path)?;
-            if header.frame_no.get() != frame_no {
-                let reason = format!("holds frame_no {}, its name says {frame_no}", header.frame_no.get());
-                return Err(Error::corrupt(&object.key, reason));
-            }
-            // The chain's first object: it sets the history the rest must continue.
-            *rebuilt = Rebuilt {
-                db_pages: header.db_pages.get(),
-                pages_present: header.db_pages.get(),
-                lineage: header.lineage.get(),
-                end: frame_no,
-                chain: header.chain.get(),
-                commit_unix_ms: Some(header.commit_unix_ms.get()).filter(|&t| t != 0),
-                last_key: Some(object.key.clone()),
-            };
-            Ok(())
+            apply_snapshot(object, &header, rebuilt)
         }
         ObjectKind::Pack { .. } | ObjectKind::Origin { .. } => {
             Err(Error::corrupt(&object.key, "applied through its parts (a pack) or its parent (an origin)"))
@@ -738,6 +732,65 @@ fn landing_in(segment: &Segment, plan: &RestorePlan, rebuilt: &Rebuilt) -> Resul
     Ok(found.filter(|c| rebuilt.last_key.is_none() || c.frame_no > rebuilt.end))
 }
 
+/// Moves `rebuilt` to the state a checked snapshot gives, once its frame_no is the one its
+/// key names: the chain's first object, it sets the history the rest must continue.
+fn apply_snapshot(object: &StoredObject, header: &SnapshotHeader, rebuilt: &mut Rebuilt) -> Result<()> {
+    let frame_no = object.end_frame_no();
+    if header.frame_no.get() != frame_no {
+        let reason = format!("holds frame_no {}, its name says {frame_no}", header.frame_no.get());
+        return Err(Error::corrupt(&object.key, reason));
+    }
+    *rebuilt = Rebuilt {
+        db_pages: header.db_pages.get(),
+        pages_present: header.db_pages.get(),
+        lineage: header.lineage.get(),
+        end: frame_no,
+        chain: header.chain.get(),
+        commit_unix_ms: Some(header.commit_unix_ms.get()).filter(|&t| t != 0),
+        last_key: Some(object.key.clone()),
+    };
+    Ok(())
+}
+
+/// Streams a snapshot object into `db` from page 1, checking it as [`snapshot::apply`]
+/// does, reporting bytes received.
+fn download_snapshot(
+    storage: &Storage,
+    object: &StoredObject,
+    db: &Arc<dyn IoFile>,
+    db_path: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SnapshotHeader> {
+    let received = Arc::new(AtomicU64::new(0));
+    let task = {
+        let (storage, key, db, db_path, received) =
+            (storage.clone(), object.key.clone(), db.clone(), db_path.to_path_buf(), received.clone());
+        async move {
+            let location = ObjectPath::parse(&key).map_err(|e| storage.error(&key, e))?;
+            let result = storage.store().get(&location).await.map_err(|e| gone_or(&storage, &key, e))?;
+            let mut sink = snapshot::SnapshotSink::new(db.as_ref(), &db_path, &key);
+            let mut stream = result.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| storage.error(&format!("downloading {key}"), e))?;
+                sink.feed(&chunk)?;
+                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            sink.finish()
+        }
+    };
+    storage.block_on_with_progress(task, &mut || progress(received.load(Ordering::Relaxed)))?
+}
+
+/// A vanished object is `ObjectGone` (restore lists again); anything else a storage error.
+fn gone_or(storage: &Storage, key: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            Error::ObjectGone { url: storage.url().to_string(), key: key.to_string() }
+        }
+        e => storage.error(&format!("downloading {key}"), e),
+    }
+}
+
 /// Refuses a database size that the pages applied cannot account for: a size field (a
 /// segment's last commit frame, checksummed like the rest, so only a forger or a bug can set
 /// it) claiming pages that no object holds would otherwise make a huge sparse file.
@@ -789,12 +842,7 @@ pub(crate) async fn download_to(storage: &Storage, key: &str, path: &Path) -> Re
 async fn download_async(storage: &Storage, key: &str, path: &Path, received: &AtomicU64) -> Result<()> {
     use std::io::Write;
     let location = ObjectPath::parse(key).map_err(|e| storage.error(key, e))?;
-    let result = storage.store().get(&location).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => {
-            Error::ObjectGone { url: storage.url().to_string(), key: key.to_string() }
-        }
-        e => storage.error(&format!("downloading {key}"), e),
-    })?;
+    let result = storage.store().get(&location).await.map_err(|e| gone_or(storage, key, e))?;
     let mut file = std::fs::File::create(path).map_err(Error::io(IoAction::Create, path))?;
     let mut stream = result.into_stream();
     while let Some(chunk) = stream.next().await {

@@ -97,6 +97,103 @@ pub(crate) async fn upload(storage: &Storage, key: &str, source: &dyn PageSource
     Ok((SNAPSHOT_HEADER_SIZE + db_pages as usize * PAGE_SIZE + SNAPSHOT_TRAILER_SIZE) as u64)
 }
 
+/// A snapshot object checked and copied into a database file as its bytes arrive (restore
+/// streams the download straight into the file: one copy, as a plain copy of the object
+/// would make). The checks are those of [`apply`]; until [`SnapshotSink::finish`] returns,
+/// what was written is not to be trusted (restore writes only into its scratch directory).
+pub(crate) struct SnapshotSink<'a> {
+    out: &'a dyn IoFile,
+    out_path: &'a Path,
+    key: &'a str,
+    head: Vec<u8>,
+    header: Option<SnapshotHeader>,
+    /// Bytes of the object seen so far.
+    seen: u64,
+    pages_checksum: u32,
+    trailer: Vec<u8>,
+}
+
+impl<'a> SnapshotSink<'a> {
+    pub fn new(out: &'a dyn IoFile, out_path: &'a Path, key: &'a str) -> Self {
+        SnapshotSink {
+            out,
+            out_path,
+            key,
+            head: Vec::with_capacity(SNAPSHOT_HEADER_SIZE),
+            header: None,
+            seen: 0,
+            pages_checksum: 0,
+            trailer: Vec::with_capacity(SNAPSHOT_TRAILER_SIZE),
+        }
+    }
+
+    /// The object's length its header gives (known once 64 bytes arrived).
+    fn expected_len(header: &SnapshotHeader) -> u64 {
+        (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 + header.db_pages.get() as u64 * PAGE_SIZE as u64
+    }
+
+    /// Takes the next bytes of the object.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<()> {
+        if self.header.is_none() {
+            let take = (SNAPSHOT_HEADER_SIZE - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+            (self.seen, chunk) = (self.seen + take as u64, &chunk[take..]);
+            if self.head.len() < SNAPSHOT_HEADER_SIZE {
+                return Ok(());
+            }
+            let header = SnapshotHeader::read_from_bytes(&self.head).expect("exact size");
+            if let Some(problem) = header.problem() {
+                return Err(Error::corrupt(self.key, problem));
+            }
+            self.header = Some(header);
+        }
+        let header = self.header.expect("set above");
+        let pages_end = SNAPSHOT_HEADER_SIZE as u64 + header.db_pages.get() as u64 * PAGE_SIZE as u64;
+        if self.seen < pages_end && !chunk.is_empty() {
+            let take = ((pages_end - self.seen) as usize).min(chunk.len());
+            let pages = &chunk[..take];
+            self.out
+                .write_all_at(pages, self.seen - SNAPSHOT_HEADER_SIZE as u64)
+                .map_err(Error::io(IoAction::Write, self.out_path))?;
+            self.pages_checksum = crc32c::crc32c_append(self.pages_checksum, pages);
+            (self.seen, chunk) = (self.seen + take as u64, &chunk[take..]);
+        }
+        if self.trailer.len() + chunk.len() > SNAPSHOT_TRAILER_SIZE {
+            let (db_pages, len) = (header.db_pages.get(), Self::expected_len(&header));
+            return Err(Error::corrupt(
+                self.key,
+                format!("snapshot of {db_pages} pages should be {len} bytes, but it holds more"),
+            ));
+        }
+        self.trailer.extend_from_slice(chunk);
+        self.seen += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the end of the object: its length, trailer and pages checksum.
+    pub fn finish(self) -> Result<SnapshotHeader> {
+        let Some(header) = self.header else {
+            return Err(Error::corrupt(self.key, format!("snapshot of {} bytes is cut short", self.seen)));
+        };
+        let expected = Self::expected_len(&header);
+        if self.seen != expected {
+            let (db_pages, seen) = (header.db_pages.get(), self.seen);
+            return Err(Error::corrupt(
+                self.key,
+                format!("snapshot of {db_pages} pages should be {expected} bytes, not {seen}"),
+            ));
+        }
+        let trailer = SnapshotTrailer::read_from_bytes(&self.trailer).expect("exact size");
+        if trailer.magic.get() != SNAPSHOT_END_MAGIC {
+            return Err(Error::corrupt(self.key, "snapshot trailer missing"));
+        }
+        if self.pages_checksum != trailer.pages_checksum.get() {
+            return Err(Error::corrupt(self.key, "snapshot pages checksum mismatch"));
+        }
+        Ok(header)
+    }
+}
+
 /// Checks a downloaded snapshot file and copies its pages into `out` from page 1. Returns
 /// its header (frame_no, db_pages, lineage, chain).
 pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<SnapshotHeader> {
@@ -138,4 +235,48 @@ pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_pa
         return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{Io, StdIo};
+
+    fn snapshot_bytes(pages: u32) -> Vec<u8> {
+        let data: Vec<u8> = (0..pages as usize * PAGE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        let header = SnapshotHeader::new(9, pages, 1, 2, 3, 4);
+        let trailer = SnapshotTrailer {
+            pages_checksum: crc32c::crc32c(&data).into(),
+            reserved: 0.into(),
+            magic: SNAPSHOT_END_MAGIC.into(),
+        };
+        [header.as_bytes(), &data, trailer.as_bytes()].concat()
+    }
+
+    /// The streaming sink checks what `apply` checks, whatever the chunks' sizes.
+    #[test]
+    fn a_streamed_snapshot_is_checked_as_a_downloaded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("db");
+        let out = StdIo.open(&out_path, true).unwrap();
+        let bytes = snapshot_bytes(3);
+        for chunk in [1, 13, 64, 4096, 5000, bytes.len()] {
+            let mut sink = SnapshotSink::new(out.as_ref(), &out_path, "k");
+            for piece in bytes.chunks(chunk) {
+                sink.feed(piece).unwrap();
+            }
+            assert_eq!(sink.finish().unwrap().db_pages.get(), 3);
+            assert_eq!(std::fs::read(&out_path).unwrap(), bytes[SNAPSHOT_HEADER_SIZE..bytes.len() - 16], "{chunk}");
+        }
+        let feed_all = |bytes: &[u8]| {
+            let mut sink = SnapshotSink::new(out.as_ref(), &out_path, "k");
+            sink.feed(bytes).and_then(|()| sink.finish()).unwrap_err().to_string()
+        };
+        assert!(feed_all(&bytes[..bytes.len() - 1]).contains("should be"), "cut short");
+        assert!(feed_all(&[&bytes[..], b"x"].concat()).contains("holds more"), "too long");
+        let mut flipped = bytes.clone();
+        flipped[SNAPSHOT_HEADER_SIZE + 5] ^= 1;
+        assert!(feed_all(&flipped).contains("checksum"));
+        assert!(feed_all(&bytes[..10]).contains("cut short"));
+    }
 }
