@@ -6,6 +6,8 @@
 //!   system with a hook before every call).
 //! - [`support`]: `TestIo` (slow or failing writes to database files, counters) and helpers
 //!   shared by the integration tests of the testkit and the CLI.
+//! - [`object_stores`]: an in-memory object store that counts requests and can refuse
+//!   deletes (the idle, benchmark and garbage-collection tests).
 //! - [`stress`]: the bank workload (`libsql-wal stress`, tests/concurrency.rs).
 //! - [`bench`]: the workloads of `libsql-wal bench`, side by side with SQLite's own WAL, and
 //!   [`bench::loopback_s3`], an S3-compatible server (`s3s-fs`) on loopback that the tests
@@ -16,5 +18,6 @@
 
 pub mod bench;
 pub mod faulty;
+pub mod object_stores;
 pub mod stress;
 pub mod support;

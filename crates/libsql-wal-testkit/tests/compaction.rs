@@ -393,65 +393,11 @@ fn a_copy_restored_at_an_earlier_point_cannot_fork_its_namespace_but_the_latest_
     assert_eq!(content_of(&out), more.last().unwrap().content);
 }
 
-/// An in-memory store whose deletes fail, as a store without delete permission answers.
-#[derive(Debug)]
-struct DeletesFail(libsql_wal::object_store::memory::InMemory);
-
-impl std::fmt::Display for DeletesFail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeletesFail")
-    }
-}
-
-mod deletes_fail {
-    use super::DeletesFail;
-    use futures::stream::BoxStream;
-    use libsql_wal::object_store::path::Path;
-    use libsql_wal::object_store::{
-        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-        PutPayload, PutResult, Result,
-    };
-
-    #[async_trait::async_trait]
-    impl ObjectStore for DeletesFail {
-        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-            self.0.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.0.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-            self.0.get_opts(location, options).await
-        }
-        async fn delete(&self, location: &Path) -> Result<()> {
-            Err(libsql_wal::object_store::Error::PermissionDenied {
-                path: location.to_string(),
-                source: "deletes are not allowed here".into(),
-            })
-        }
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.0.list(prefix)
-        }
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.0.list_with_delimiter(prefix).await
-        }
-        async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
-            self.0.copy(from, to).await
-        }
-        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
-            self.0.copy_if_not_exists(from, to).await
-        }
-    }
-}
-
 #[test]
 fn a_failed_delete_is_reported_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(DeletesFail(libsql_wal::object_store::memory::InMemory::new()));
+    let store = libsql_wal_testkit::object_stores::InstrumentedStore::new();
+    store.fail_deletes(true);
     let storage = Storage::with_object_store("deletes-fail://", store, config());
     let db = dir.path().join("d.db");
     let manager = manager(&storage, "d");

@@ -3,8 +3,6 @@
 //! leaves stored, a point-in-time restore, and the requests an idle namespace makes.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libsql_wal::io::StdIo;
@@ -161,9 +159,7 @@ fn middle_frame(storage: &Storage, namespace: &str) -> Result<u64> {
 /// Requests an idle namespace makes, counted through a wrapper of the store for `idle`
 /// after its writes became durable (and online compaction ran), scaled to an hour.
 pub fn idle_requests(dir: &Path, idle: Duration) -> Result<Vec<Row>> {
-    let counter = Arc::new(AtomicU64::new(0));
-    let store =
-        Arc::new(Counting { inner: libsql_wal::object_store::memory::InMemory::new(), requests: counter.clone() });
+    let store = crate::object_stores::InstrumentedStore::new();
     let config = StorageConfig {
         compaction: CompactionConfig {
             online_after_bytes: 1,
@@ -173,7 +169,7 @@ pub fn idle_requests(dir: &Path, idle: Duration) -> Result<Vec<Row>> {
         },
         ..StorageConfig::default()
     };
-    let storage = Storage::with_object_store("counting://bench", store, config);
+    let storage = Storage::with_object_store("counting://bench", store.clone(), config);
     let db = dir.join("idle.db");
     let manager = LibsqlWalManager::new(StdIo::shared(), WalConfig { segment_frames_max: 64, ..Default::default() })
         .with_checkpointer(libsql_wal::Checkpointer::global())
@@ -187,77 +183,13 @@ pub fn idle_requests(dir: &Path, idle: Duration) -> Result<Vec<Row>> {
     flush_to_storage(&db, None, &manager)?;
     // Let online compaction (and anything else the writes started) finish.
     let mut last = u64::MAX;
-    while counter.load(Ordering::SeqCst) != last {
-        last = counter.load(Ordering::SeqCst);
+    while store.requests() != last {
+        last = store.requests();
         std::thread::sleep(Duration::from_millis(500));
     }
-    let before = counter.load(Ordering::SeqCst);
+    let before = store.requests();
     std::thread::sleep(idle);
-    let during = counter.load(Ordering::SeqCst) - before;
+    let during = store.requests() - before;
     drop(conn);
     Ok(vec![("idle requests per hour".into(), during as f64 * 3600.0 / idle.as_secs_f64())])
-}
-
-/// An object store that counts the requests made to it.
-#[derive(Debug)]
-struct Counting {
-    inner: libsql_wal::object_store::memory::InMemory,
-    requests: Arc<AtomicU64>,
-}
-
-impl std::fmt::Display for Counting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Counting({})", self.inner)
-    }
-}
-
-mod counting {
-    use super::Counting;
-    use futures::stream::BoxStream;
-    use libsql_wal::object_store::path::Path;
-    use libsql_wal::object_store::{
-        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-        PutPayload, PutResult, Result,
-    };
-    use std::sync::atomic::Ordering;
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Counting {
-        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.get_opts(location, options).await
-        }
-        async fn delete(&self, location: &Path) -> Result<()> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.delete(location).await
-        }
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.list(prefix)
-        }
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.list_with_delimiter(prefix).await
-        }
-        async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.copy(from, to).await
-        }
-        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
-            self.requests.fetch_add(1, Ordering::SeqCst);
-            self.inner.copy_if_not_exists(from, to).await
-        }
-    }
 }

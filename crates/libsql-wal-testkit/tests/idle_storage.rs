@@ -1,140 +1,18 @@
 //! An idle namespace costs nothing: once its commits are durable and online compaction has
 //! run, a database kept open with its background checkpointer (whose timers seal segments
 //! by age) makes no storage request at all. Every call to the object store is counted by a
-//! wrapper around `object_store`'s in-memory store.
+//! wrapper around `object_store`'s in-memory store (`InstrumentedStore`).
 
-use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
 use libsql_sys::rusqlite::{Connection, OpenFlags};
 use libsql_wal::io::StdIo;
-use libsql_wal::object_store::memory::InMemory;
-use libsql_wal::object_store::path::Path as ObjectPath;
-use libsql_wal::object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, PutResult, Result, UploadPart,
-};
 use libsql_wal::storage::compaction::CompactionConfig;
 use libsql_wal::{
     Checkpointer, CheckpointerConfig, LibsqlWalManager, Storage, StorageConfig, WalConfig, flush_to_storage,
     open_connection, restore,
 };
-
-/// An object store that counts every request it is asked to make (a multipart upload's
-/// parts, completion and abort included).
-#[derive(Debug)]
-struct Counting {
-    inner: InMemory,
-    requests: Arc<AtomicU64>,
-}
-
-impl Counting {
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl fmt::Display for Counting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Counting({})", self.inner)
-    }
-}
-
-#[derive(Debug)]
-struct CountingUpload {
-    inner: Box<dyn MultipartUpload>,
-    requests: Arc<AtomicU64>,
-}
-
-#[async_trait::async_trait]
-impl MultipartUpload for CountingUpload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_part(data)
-    }
-
-    async fn complete(&mut self) -> Result<PutResult> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.complete().await
-    }
-
-    async fn abort(&mut self) -> Result<()> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        self.inner.abort().await
-    }
-}
-
-/// Every method that makes a request is counted once; the trait's other methods are built on
-/// these (a `head` or a range read is a `get_opts`, a `rename` a copy and a delete).
-#[async_trait::async_trait]
-impl ObjectStore for Counting {
-    async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        self.count();
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjectPath,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.count();
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(CountingUpload { inner, requests: self.requests.clone() }))
-    }
-
-    async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> Result<GetResult> {
-        self.count();
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn delete(&self, location: &ObjectPath) -> Result<()> {
-        self.count();
-        self.inner.delete(location).await
-    }
-
-    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.count();
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&ObjectPath>,
-        offset: &ObjectPath,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.count();
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> Result<ListResult> {
-        self.count();
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> Result<()> {
-        self.count();
-        self.inner.copy(from, to).await
-    }
-
-    async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> Result<()> {
-        self.count();
-        self.inner.copy_if_not_exists(from, to).await
-    }
-}
-
-/// Every key in the store, read without counting.
-fn keys(store: &Counting) -> Vec<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    runtime.block_on(async {
-        let listed: Vec<Result<ObjectMeta>> = store.inner.list(None).collect().await;
-        listed.into_iter().map(|m| m.unwrap().location.to_string()).collect()
-    })
-}
+use libsql_wal_testkit::object_stores::InstrumentedStore;
 
 fn digest(conn: &libsql_sys::rusqlite::Connection) -> Vec<(i64, Vec<u8>)> {
     let mut stmt = conn.prepare("SELECT i, v FROM t ORDER BY i").unwrap();
@@ -142,13 +20,13 @@ fn digest(conn: &libsql_sys::rusqlite::Connection) -> Vec<(i64, Vec<u8>)> {
 }
 
 /// Waits until the count has not moved for `quiet` (at most `limit`); returns it.
-fn settled(requests: &AtomicU64, quiet: Duration, limit: Duration) -> u64 {
+fn settled(store: &InstrumentedStore, quiet: Duration, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
-    let mut last = requests.load(Ordering::SeqCst);
+    let mut last = store.requests();
     let mut since = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let now = requests.load(Ordering::SeqCst);
+        let now = store.requests();
         if now != last {
             (last, since) = (now, Instant::now());
         } else if since.elapsed() >= quiet {
@@ -160,8 +38,7 @@ fn settled(requests: &AtomicU64, quiet: Duration, limit: Duration) -> u64 {
 
 #[test]
 fn an_idle_namespace_costs_no_requests() {
-    let requests = Arc::new(AtomicU64::new(0));
-    let store = Arc::new(Counting { inner: InMemory::new(), requests: requests.clone() });
+    let store = InstrumentedStore::new();
     let config = StorageConfig {
         retry_delay_min: Duration::from_millis(10),
         retry_delay_max: Duration::from_millis(100),
@@ -197,8 +74,8 @@ fn an_idle_namespace_costs_no_requests() {
     }
     flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().expect("everything durable");
     // Online compaction steps, checkpoints and their seals finish.
-    let busy = settled(&requests, Duration::from_millis(2500), Duration::from_secs(60));
-    let objects = keys(&store);
+    let busy = settled(&store, Duration::from_millis(2500), Duration::from_secs(60));
+    let objects = store.keys();
     let compacted: Vec<&String> = objects
         .iter()
         .filter(|k| {
@@ -211,12 +88,12 @@ fn an_idle_namespace_costs_no_requests() {
     // Idle, the connection open: not one request.
     let idle_started = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let after = requests.load(Ordering::SeqCst);
+    let after = store.requests();
     assert_eq!(after, busy, "{} requests while idle for {:?}", after - busy, idle_started.elapsed());
     let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(count, 300);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(requests.load(Ordering::SeqCst), busy, "a read is no reason for a request either");
+    assert_eq!(store.requests(), busy, "a read is no reason for a request either");
 
     // The latest restore is the database.
     let out = dir.path().join("restored.db");
@@ -234,9 +111,9 @@ fn an_idle_namespace_costs_no_requests() {
     assert!(digest(&restored) == digest(&conn), "the restored database differs from the live one");
 
     // A write is what makes requests again (the counter sees them).
-    let before = requests.load(Ordering::SeqCst);
+    let before = store.requests();
     conn.execute("INSERT INTO t VALUES (1000, x'00')", []).unwrap();
     flush_to_storage(&db, Some(Duration::from_secs(60)), &manager).unwrap().expect("durable");
-    assert!(requests.load(Ordering::SeqCst) > before, "the new commit was uploaded");
+    assert!(store.requests() > before, "the new commit was uploaded");
     println!("{busy} requests to write, compact and checkpoint; none in {:?} idle", idle_started.elapsed());
 }
