@@ -144,7 +144,7 @@ fn restore_once(
             "namespace {namespace} has a gap: frames {}..={} are in no stored object, so {} object(s) from {} on \
              cannot be applied",
             plan.frame_no + 1,
-            first_frame_no(first) - 1,
+            first.first_frame_no() - 1,
             stranded.len(),
             first.key
         );
@@ -280,16 +280,12 @@ fn plan_stages(
 fn stranded_after(objects: &[StoredObject], frame_no: u64) -> Vec<StoredObject> {
     let mut stranded: Vec<StoredObject> =
         objects.iter().filter(|o| o.frames().is_some() && o.end_frame_no() > frame_no).cloned().collect();
-    stranded.sort_by_key(first_frame_no);
+    stranded.sort_by_key(StoredObject::first_frame_no);
     stranded
 }
 
 fn overlaps(a: &StoredObject, b: &StoredObject) -> bool {
-    first_frame_no(a) <= b.end_frame_no() && first_frame_no(b) <= a.end_frame_no()
-}
-
-fn first_frame_no(object: &StoredObject) -> u64 {
-    object.first_frame_no()
+    a.first_frame_no() <= b.end_frame_no() && b.first_frame_no() <= a.end_frame_no()
 }
 
 /// The file in a scratch directory that its restore holds locked (`flock`) while it runs.
@@ -671,14 +667,10 @@ fn apply_object(
     rebuilt: &mut Rebuilt,
 ) -> Result<()> {
     match object.kind {
-        ObjectKind::Snapshot { .. } => {
-            let file = io.open(path, false).map_err(Error::io(IoAction::Open, path))?;
-            let header = snapshot::apply(file.as_ref(), Path::new(&object.key), db, db_path)?;
-            apply_snapshot(object, &header, rebuilt)
-        }
-        ObjectKind::Pack { .. } | ObjectKind::Origin { .. } => {
-            Err(Error::corrupt(&object.key, "applied through its parts (a pack) or its parent (an origin)"))
-        }
+        ObjectKind::Snapshot { .. } | ObjectKind::Pack { .. } | ObjectKind::Origin { .. } => Err(Error::corrupt(
+            &object.key,
+            "applied as it streams (a snapshot), through its parts (a pack) or its parent (an origin)",
+        )),
         ObjectKind::Segment { start_frame_no, end_frame_no, .. } => {
             let segment = Segment::recover(io, path, true).map_err(|e| Error::corrupt(&object.key, e.to_string()))?;
             if !segment.is_sealed()
@@ -752,8 +744,8 @@ fn apply_snapshot(object: &StoredObject, header: &SnapshotHeader, rebuilt: &mut 
     Ok(())
 }
 
-/// Streams a snapshot object into `db` from page 1, checking it as [`snapshot::apply`]
-/// does, reporting bytes received.
+/// Streams a snapshot object into `db` from page 1, checking it as it comes
+/// ([`snapshot::SnapshotSink`]), reporting bytes received.
 fn download_snapshot(
     storage: &Storage,
     object: &StoredObject,

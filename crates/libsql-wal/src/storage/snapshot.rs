@@ -99,8 +99,10 @@ pub(crate) async fn upload(storage: &Storage, key: &str, source: &dyn PageSource
 
 /// A snapshot object checked and copied into a database file as its bytes arrive (restore
 /// streams the download straight into the file: one copy, as a plain copy of the object
-/// would make). The checks are those of [`apply`]; until [`SnapshotSink::finish`] returns,
-/// what was written is not to be trusted (restore writes only into its scratch directory).
+/// would make). It checks the header, the length the header gives, the trailer's magic and
+/// the pages checksum (FORMAT.md, *Snapshot objects*); until [`SnapshotSink::finish`]
+/// returns, what was written is not to be trusted (restore writes only into its scratch
+/// directory).
 pub(crate) struct SnapshotSink<'a> {
     out: &'a dyn IoFile,
     out_path: &'a Path,
@@ -194,49 +196,6 @@ impl<'a> SnapshotSink<'a> {
     }
 }
 
-/// Checks a downloaded snapshot file and copies its pages into `out` from page 1. Returns
-/// its header (frame_no, db_pages, lineage, chain).
-pub(crate) fn apply(snapshot: &dyn IoFile, path: &Path, out: &dyn IoFile, out_path: &Path) -> Result<SnapshotHeader> {
-    let len = snapshot.size().map_err(Error::io(IoAction::Read, path))?;
-    let mut header_bytes = [0u8; SNAPSHOT_HEADER_SIZE];
-    if len < (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 {
-        return Err(Error::corrupt(path, format!("snapshot of {len} bytes is cut short")));
-    }
-    snapshot.read_exact_at(&mut header_bytes, 0).map_err(Error::io(IoAction::Read, path))?;
-    let header = SnapshotHeader::read_from_bytes(&header_bytes).expect("exact size");
-    if let Some(problem) = header.problem() {
-        return Err(Error::corrupt(path, problem));
-    }
-    let db_pages = header.db_pages.get();
-    let expected = (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 + db_pages as u64 * PAGE_SIZE as u64;
-    if len != expected {
-        return Err(Error::corrupt(
-            path,
-            format!("snapshot of {db_pages} pages should be {expected} bytes, not {len}"),
-        ));
-    }
-    let mut trailer_bytes = [0u8; SNAPSHOT_TRAILER_SIZE];
-    snapshot
-        .read_exact_at(&mut trailer_bytes, len - SNAPSHOT_TRAILER_SIZE as u64)
-        .map_err(Error::io(IoAction::Read, path))?;
-    let trailer = SnapshotTrailer::read_from_bytes(&trailer_bytes).expect("exact size");
-    if trailer.magic.get() != SNAPSHOT_END_MAGIC {
-        return Err(Error::corrupt(path, "snapshot trailer missing"));
-    }
-    let mut checksum = 0u32;
-    let mut chunk = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
-    for (offset, len) in page_chunks(db_pages) {
-        let buf = &mut chunk[..len];
-        snapshot.read_exact_at(buf, SNAPSHOT_HEADER_SIZE as u64 + offset).map_err(Error::io(IoAction::Read, path))?;
-        checksum = crc32c::crc32c_append(checksum, buf);
-        out.write_all_at(buf, offset).map_err(Error::io(IoAction::Write, out_path))?;
-    }
-    if checksum != trailer.pages_checksum.get() {
-        return Err(Error::corrupt(path, "snapshot pages checksum mismatch"));
-    }
-    Ok(header)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,7 +212,7 @@ mod tests {
         [header.as_bytes(), &data, trailer.as_bytes()].concat()
     }
 
-    /// The streaming sink checks what `apply` checks, whatever the chunks' sizes.
+    /// The streaming sink checks a snapshot whole, whatever the chunks' sizes.
     #[test]
     fn a_streamed_snapshot_is_checked_as_a_downloaded_one() {
         let dir = tempfile::tempdir().unwrap();
