@@ -21,6 +21,7 @@ macro_rules! errln {
 mod bench_cmd;
 mod output;
 mod script;
+mod serve_cmd;
 mod split;
 mod storage_cmd;
 
@@ -108,6 +109,10 @@ enum Command {
         /// The database file to create (must not exist).
         out: PathBuf,
     },
+    /// Serve every database of a directory over HTTP, in Hrana as libSQL's server speaks it
+    /// (`/v2/pipeline`, `/v3/pipeline`, `/v3/cursor`), for libSQL's clients. Stops cleanly
+    /// on SIGTERM or Ctrl-C.
+    Serve(serve_cmd::ServeArgs),
     /// Look into a store.
     Storage {
         #[command(subcommand)]
@@ -256,6 +261,7 @@ fn main() -> ExitCode {
             let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap, point, dry_run };
             storage_cmd::restore(&storage, &namespace, &out, &options)
         }
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Storage { command } => storage_cmd::run(command),
         Command::Bench { workload: Some(workload), .. } => bench(workload),
         Command::Bench { workload: None, suite } => bench_cmd::run(&suite),

@@ -1,0 +1,208 @@
+//! Batches: steps run in order, each under an optional condition on earlier steps' outcomes.
+//! One runner serves both shapes of result: a whole `BatchResult` (`batch` request) and a
+//! cursor's entries (`/v3/cursor`), so the two can never disagree on which steps ran.
+
+use rusqlite::Connection;
+
+use super::proto::{Batch, BatchCond, BatchResult, Col, CursorEntry, StmtResult, Value};
+use super::stmt::{self, RowSink, StmtError, StoredSql};
+use crate::limits::Limits;
+
+/// What became of each step so far: `None` not run (yet, or skipped).
+#[derive(Clone, Copy, PartialEq)]
+enum Outcome {
+    Ok,
+    Error,
+}
+
+fn holds(cond: &BatchCond, outcomes: &[Option<Outcome>], conn: &Connection) -> bool {
+    let outcome = |step: u32| outcomes.get(step as usize).copied().flatten();
+    match cond {
+        BatchCond::Ok { step } => outcome(*step) == Some(Outcome::Ok),
+        BatchCond::Error { step } => outcome(*step) == Some(Outcome::Error),
+        BatchCond::Not { cond } => !holds(cond, outcomes, conn),
+        BatchCond::And { conds } => conds.iter().all(|c| holds(c, outcomes, conn)),
+        BatchCond::Or { conds } => conds.iter().any(|c| holds(c, outcomes, conn)),
+        BatchCond::IsAutocommit => conn.is_autocommit(),
+    }
+}
+
+/// Receives a batch's steps as they run.
+trait StepSink {
+    fn begin(&mut self, step: u32) -> &mut dyn RowSink;
+    fn end(&mut self, step: u32, outcome: stmt::StmtOutcome);
+    fn error(&mut self, step: u32, error: StmtError);
+    /// Whether to stop: the sink can take no more (a cursor whose client went away).
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+fn run_steps(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limits, sink: &mut dyn StepSink) {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.steps.len()];
+    for (i, step) in batch.steps.iter().enumerate() {
+        if sink.stopped() {
+            return;
+        }
+        if let Some(cond) = &step.condition
+            && !holds(cond, &outcomes[..i], conn)
+        {
+            continue;
+        }
+        let index = i as u32;
+        let result = stmt::run(conn, &step.stmt, stored, limits, sink.begin(index));
+        match result {
+            Ok(outcome) => {
+                outcomes[i] = Some(Outcome::Ok);
+                sink.end(index, outcome);
+            }
+            Err(error) => {
+                outcomes[i] = Some(Outcome::Error);
+                sink.error(index, error);
+            }
+        }
+    }
+}
+
+/// A `batch` request's whole result.
+pub fn execute(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limits) -> BatchResult {
+    let steps = batch.steps.len();
+    let mut sink = WholeBatch {
+        result: BatchResult { step_results: (0..steps).map(|_| None).collect(), step_errors: vec![None; steps] },
+        current: Rows::default(),
+        bytes_max: limits.response_bytes_max,
+        bytes: 0,
+    };
+    run_steps(conn, batch, stored, limits, &mut sink);
+    sink.result
+}
+
+#[derive(Default)]
+struct Rows {
+    cols: Vec<Col>,
+    rows: Vec<Vec<Value>>,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl RowSink for Rows {
+    fn columns(&mut self, cols: Vec<Col>) -> Result<(), StmtError> {
+        self.cols = cols;
+        Ok(())
+    }
+
+    fn row(&mut self, row: Vec<Value>) -> Result<(), StmtError> {
+        self.bytes += row.iter().map(stmt::encoded_size).sum::<usize>();
+        if self.bytes > self.bytes_max {
+            return Err(StmtError::ResponseTooLarge(self.bytes_max));
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+}
+
+struct WholeBatch {
+    result: BatchResult,
+    current: Rows,
+    /// The response limit is for the whole batch: `bytes` counts the steps done.
+    bytes_max: usize,
+    bytes: usize,
+}
+
+impl StepSink for WholeBatch {
+    fn begin(&mut self, _step: u32) -> &mut dyn RowSink {
+        self.current = Rows { bytes: self.bytes, bytes_max: self.bytes_max, ..Rows::default() };
+        &mut self.current
+    }
+
+    fn end(&mut self, step: u32, outcome: stmt::StmtOutcome) {
+        let rows = std::mem::take(&mut self.current);
+        self.bytes = rows.bytes;
+        let rows_read = rows.rows.len() as u64;
+        self.result.step_results[step as usize] = Some(StmtResult {
+            cols: rows.cols,
+            rows: rows.rows,
+            affected_row_count: outcome.affected_row_count,
+            last_insert_rowid: outcome.last_insert_rowid,
+            rows_read,
+            rows_written: outcome.affected_row_count,
+            query_duration_ms: 0.0,
+        });
+    }
+
+    fn error(&mut self, step: u32, error: StmtError) {
+        self.current = Rows::default();
+        self.result.step_errors[step as usize] = Some(error.to_proto());
+    }
+}
+
+/// Runs `batch` as a cursor: each entry goes to `emit` as it is produced. `emit` returns
+/// false once nobody reads any more (the client went away): the batch stops there.
+pub fn run_cursor(
+    conn: &Connection,
+    batch: &Batch,
+    stored: &StoredSql,
+    limits: &Limits,
+    emit: &mut dyn FnMut(CursorEntry) -> bool,
+) {
+    let mut sink = CursorSink { emit, step: 0, open: true, bytes_max: limits.response_bytes_max };
+    run_steps(conn, batch, stored, limits, &mut sink);
+}
+
+struct CursorSink<'a> {
+    emit: &'a mut dyn FnMut(CursorEntry) -> bool,
+    step: u32,
+    open: bool,
+    bytes_max: usize,
+}
+
+impl CursorSink<'_> {
+    fn send(&mut self, entry: CursorEntry) {
+        if self.open {
+            self.open = (self.emit)(entry);
+        }
+    }
+}
+
+impl RowSink for CursorSink<'_> {
+    fn columns(&mut self, cols: Vec<Col>) -> Result<(), StmtError> {
+        self.send(CursorEntry::StepBegin { step: self.step, cols });
+        Ok(())
+    }
+
+    fn row(&mut self, row: Vec<Value>) -> Result<(), StmtError> {
+        // A cursor streams, so the response limit bounds one row, not the sum.
+        let bytes = row.iter().map(stmt::encoded_size).sum::<usize>();
+        if bytes > self.bytes_max {
+            return Err(StmtError::ResponseTooLarge(self.bytes_max));
+        }
+        self.send(CursorEntry::Row { row });
+        if self.open {
+            Ok(())
+        } else {
+            Err(StmtError::Sqlite { code: "SQLITE_INTERRUPT", message: "client went away".into() })
+        }
+    }
+}
+
+impl StepSink for CursorSink<'_> {
+    fn begin(&mut self, step: u32) -> &mut dyn RowSink {
+        self.step = step;
+        self
+    }
+
+    fn end(&mut self, _step: u32, outcome: stmt::StmtOutcome) {
+        self.send(CursorEntry::StepEnd {
+            affected_row_count: outcome.affected_row_count,
+            last_insert_rowid: outcome.last_insert_rowid,
+        });
+    }
+
+    fn error(&mut self, step: u32, error: StmtError) {
+        self.send(CursorEntry::StepError { step, error: error.to_proto() });
+    }
+
+    fn stopped(&self) -> bool {
+        !self.open
+    }
+}

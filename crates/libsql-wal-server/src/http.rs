@@ -1,0 +1,276 @@
+//! The HTTP face: routes, the namespace of a request, and the Hrana endpoints. A handler
+//! parses, picks the stream (new, or the one behind the baton), runs the requests on a
+//! blocking thread, and answers; SQLite is never called on an async thread.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::batons::{self, Slot};
+use crate::databases::{DEFAULT_NAMESPACE, check_namespace};
+use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
+use crate::hrana::stream::Stream;
+use crate::server::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let body_max = shared.limits.body_bytes_max;
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/version", get(|| async { concat!("libsql-wal-server ", env!("CARGO_PKG_VERSION")) }))
+        // Version checks: JSON only. A client that asks for `v3-protobuf` gets 404 and
+        // falls back (libSQL's clients do), so no protobuf route is offered half-done.
+        .route("/v2", get(|| async { "" }))
+        .route("/v3", get(|| async { "" }))
+        .route("/v2/pipeline", post(pipeline))
+        .route("/v3/pipeline", post(pipeline))
+        .route("/v3/cursor", post(cursor))
+        .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline))
+        .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline))
+        .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(shared)
+}
+
+/// An error that ends the request (not a statement's error, which is a result).
+pub struct HttpError {
+    status: StatusCode,
+    error: proto::Error,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        HttpError { status, error: proto::Error { message: message.into(), code: code.into() } }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.status, json_body(&self.error)).into_response()
+    }
+}
+
+fn json_body<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")).into_response(),
+    }
+}
+
+/// The namespace a request is for, as libSQL's server chooses it: the `x-namespace` header,
+/// else the `/dev/<namespace>/…` path, else the host's first label (`db.example.com` → `db`;
+/// not for an IP address or a one-label host, and not with `--no-host-namespaces`), else
+/// `default`.
+fn namespace(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> Result<String, HttpError> {
+    let chosen = if let Some(value) = headers.get("x-namespace") {
+        Some(value.to_str().map_err(|_| invalid_namespace("the x-namespace header is not text"))?.to_string())
+    } else if let Some(name) = from_path {
+        Some(name.to_string())
+    } else if shared.host_namespaces {
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(first_label).map(str::to_string)
+    } else {
+        None
+    };
+    let namespace = chosen.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    check_namespace(&namespace).map_err(invalid_namespace)?;
+    Ok(namespace)
+}
+
+fn first_label(host: &str) -> Option<&str> {
+    // `[::1]:8080`, `127.0.0.1:8080`: addresses, not names.
+    if host.starts_with('[') {
+        return None;
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    name.split_once('.').map(|(label, _)| label).filter(|label| !label.is_empty())
+}
+
+fn invalid_namespace(why: impl std::fmt::Display) -> HttpError {
+    HttpError::new(StatusCode::BAD_REQUEST, "NAMESPACE_INVALID", format!("invalid namespace: {why}"))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "PROTOCOL_ERROR",
+            format!("the request body is not a valid Hrana request: {e}"),
+        )
+    })
+}
+
+fn stream_expired() -> HttpError {
+    HttpError::new(
+        StatusCode::BAD_REQUEST,
+        "STREAM_EXPIRED",
+        "The stream has expired due to inactivity, or its baton was already used or never given",
+    )
+}
+
+fn too_many_streams(max: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "STREAMS_EXHAUSTED",
+        format!("The server holds its limit of {max} open streams (--max-batons); retry later"),
+    )
+}
+
+/// The stream a request runs on: the one behind its baton (same namespace only), or a new one.
+fn stream_for(shared: &Shared, baton: Option<&str>, namespace: &str, needs_room: bool) -> Result<Slot, HttpError> {
+    match baton {
+        Some(baton) => {
+            let slot = shared.batons.take(baton).ok_or_else(stream_expired)?;
+            Ok(slot)
+        }
+        None if needs_room && !shared.batons.has_room() => Err(too_many_streams(shared.limits.batons_max)),
+        None => Ok(batons::new_slot(Stream::new(namespace.to_string()))),
+    }
+}
+
+async fn dev_pipeline(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    run_pipeline(shared, headers, Some(ns), body).await
+}
+
+async fn pipeline(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
+    run_pipeline(shared, headers, None, body).await
+}
+
+async fn run_pipeline(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    path_ns: Option<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
+    let request: PipelineRequest = parse(&body)?;
+    // A pipeline that ends by closing its stream never needs a baton.
+    let closes = matches!(request.requests.last(), Some(StreamRequest::Close));
+    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, !closes)?;
+    let mut held = slot.clone().lock_owned().await;
+    check_stream_namespace(&held, &namespace)?;
+    let worker = shared.clone();
+    let (held, results, open) = tokio::task::spawn_blocking(move || {
+        let Some(stream) = held.stream.as_mut() else { return (held, Vec::new(), false) };
+        let results: Vec<_> =
+            request.requests.into_iter().map(|r| stream.handle(r, &worker.dbs, &worker.limits)).collect();
+        let open = !stream.is_closed();
+        held.idle_since = std::time::Instant::now();
+        if !open && let Some(stream) = held.stream.take() {
+            stream.end(&worker.dbs);
+        }
+        (held, results, open)
+    })
+    .await
+    .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request failed: {e}")))?;
+    if held.stream.is_none() && open {
+        return Err(stream_expired());
+    }
+    drop(held);
+    let baton = if open { Some(keep(&shared, slot).await?) } else { None };
+    Ok(json_body(&PipelineResponse { baton, base_url: None, results }))
+}
+
+fn check_stream_namespace(held: &batons::Held, namespace: &str) -> Result<(), HttpError> {
+    match &held.stream {
+        Some(stream) if stream.namespace() != namespace => Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "NAMESPACE_MISMATCH",
+            format!("the baton belongs to a stream of namespace {}, not {namespace}", stream.namespace()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps the stream for its next request, or ends it if no baton can be made.
+async fn keep(shared: &Arc<Shared>, slot: Slot) -> Result<String, HttpError> {
+    match shared.batons.keep(slot) {
+        Ok(baton) => Ok(baton),
+        Err(slot) => {
+            let stream = slot.lock().await.stream.take();
+            end_stream(shared, stream).await;
+            Err(no_baton())
+        }
+    }
+}
+
+async fn end_stream(shared: &Arc<Shared>, stream: Option<Stream>) {
+    if let Some(stream) = stream {
+        let dbs = shared.dbs.clone();
+        let _ = tokio::task::spawn_blocking(move || stream.end(&dbs)).await;
+    }
+}
+
+fn no_baton() -> HttpError {
+    HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "cannot draw a random baton; the stream was closed")
+}
+
+async fn dev_cursor(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    run_cursor(shared, headers, Some(ns), body).await
+}
+
+async fn cursor(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
+    run_cursor(shared, headers, None, body).await
+}
+
+/// `/v3/cursor`: the batch's entries stream out as lines while it runs. The baton goes out
+/// first, so the stream is kept before the batch ends; a request on it waits for the batch.
+async fn run_cursor(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    path_ns: Option<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
+    let request: CursorRequest = parse(&body)?;
+    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, true)?;
+    let mut held = slot.clone().lock_owned().await;
+    check_stream_namespace(&held, &namespace)?;
+    if held.stream.is_none() {
+        return Err(stream_expired());
+    }
+    // Kept while still locked: the next request on the new baton waits for this batch.
+    let baton = match shared.batons.keep(slot) {
+        Ok(baton) => baton,
+        Err(_) => {
+            end_stream(&shared, held.stream.take()).await;
+            return Err(no_baton());
+        }
+    };
+    let mut first = serde_json::to_vec(&CursorResponse { baton: Some(baton), base_url: None }).unwrap_or_default();
+    first.push(b'\n');
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let worker = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let Some(stream) = held.stream.as_mut() else { return };
+        let mut emit = |entry: proto::CursorEntry| {
+            let mut line = serde_json::to_vec(&entry).unwrap_or_default();
+            line.push(b'\n');
+            tx.blocking_send(Bytes::from(line)).is_ok()
+        };
+        stream.run_cursor(&request.batch, &worker.dbs, &worker.limits, &mut emit);
+        held.idle_since = std::time::Instant::now();
+    });
+    let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) })
+        .chain(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (Ok(line), rx)) }));
+    Ok(([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(lines)).into_response())
+}

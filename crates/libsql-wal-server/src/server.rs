@@ -1,0 +1,121 @@
+//! The server's life: bind, serve until told to stop, then shut down in order — stop
+//! accepting, finish the requests in flight, roll back open streams, flush to storage, close
+//! (checkpoint) every database, so the files under `--db-dir` are plain SQLite files.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libsql_wal::{Checkpointer, LibsqlWalManager, Storage, WalConfig};
+
+use crate::batons::Batons;
+use crate::databases::Databases;
+use crate::limits::Limits;
+
+/// What `libsql-wal serve` is told.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub db_dir: PathBuf,
+    pub storage: Option<Storage>,
+    pub limits: Limits,
+    /// Take a namespace from the host's first label (libSQL's server does).
+    pub host_namespaces: bool,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, db_dir: PathBuf) -> Self {
+        ServerConfig { listen, db_dir, storage: None, limits: Limits::default(), host_namespaces: true }
+    }
+}
+
+/// What every request handler shares.
+pub struct Shared {
+    pub dbs: Arc<Databases>,
+    pub batons: Batons,
+    pub limits: Limits,
+    pub host_namespaces: bool,
+}
+
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// How long shutdown waits for storage to take the last commits of each database.
+const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Server {
+    /// Binds the listening socket and prepares the databases directory.
+    pub async fn bind(config: ServerConfig) -> Result<Server, String> {
+        std::fs::create_dir_all(&config.db_dir)
+            .map_err(|e| format!("cannot create the databases directory {}: {e}", config.db_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        // A server holds many databases: logs stay open between requests (within the
+        // registry's descriptor bound) instead of being recovered at every first use.
+        let wal = WalConfig { keep_open_when_idle: true, ..WalConfig::default() };
+        let mut manager =
+            LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), wal).with_checkpointer(Checkpointer::global());
+        if let Some(storage) = &config.storage {
+            manager = manager.with_storage(storage.clone());
+        }
+        let dbs = Arc::new(Databases::new(config.db_dir.clone(), manager, config.limits.clone()));
+        let shared = Arc::new(Shared {
+            dbs,
+            batons: Batons::new(config.limits.batons_max, config.limits.baton_timeout),
+            limits: config.limits.clone(),
+            host_namespaces: config.host_namespaces,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` completes, then shuts down (see the module's comment).
+    pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+        let Server { listener, shared } = self;
+        let sweeper = tokio::spawn(sweep_batons(shared.clone()));
+        let app = crate::http::router(shared.clone());
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+        sweeper.abort();
+        shared.batons.close_all(&shared.dbs).await;
+        let dbs = shared.dbs.clone();
+        tokio::task::spawn_blocking(move || close_databases(&dbs))
+            .await
+            .map_err(|e| format!("closing the databases failed: {e}"))?;
+        served.map_err(|e| format!("serving failed: {e}"))
+    }
+}
+
+async fn sweep_batons(shared: Arc<Shared>) {
+    let period = (shared.limits.baton_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        shared.batons.expire(&shared.dbs).await;
+    }
+}
+
+/// Flushes each database used to storage (when there is storage), then closes every idle
+/// connection and log: each last close checkpoints its database into its file.
+fn close_databases(dbs: &Databases) {
+    if dbs.manager().storage().is_some() {
+        for namespace in dbs.used_namespaces() {
+            let path = dbs.path_of(&namespace);
+            match libsql_wal::flush_to_storage(&path, Some(SHUTDOWN_FLUSH_TIMEOUT), dbs.manager()) {
+                Ok(Some(frame_no)) => tracing::info!(namespace, frame_no, "durable in storage"),
+                Ok(None) => tracing::warn!(namespace, "not all commits reached storage before shutdown"),
+                Err(e) => tracing::warn!(namespace, error = %e, "flushing to storage failed"),
+            }
+        }
+    }
+    dbs.close_idle();
+    let closed = libsql_wal::close_idle_logs();
+    tracing::info!(closed, "databases closed");
+}
