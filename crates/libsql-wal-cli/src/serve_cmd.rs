@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use libsql_wal::Storage;
-use libsql_wal_server::{Limits, Server, ServerConfig};
+use std::sync::Arc;
+
+use libsql_wal_server::auth::Auth;
+use libsql_wal_server::{Ack, Limits, Server, ServerConfig, TlsFiles};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without auth keep it on loopback (the default).
+    /// Address to listen on. Without auth keep it on loopback (the default): elsewhere it
+    /// is served, with a warning.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Directory of the databases: `<dir>/<namespace>.db`, created on first use.
@@ -23,8 +27,35 @@ pub struct ServeArgs {
     /// the x-namespace header and the /dev/<namespace>/ path choose one.
     #[arg(long)]
     no_host_namespaces: bool,
+    /// Require `Authorization: Bearer <token>` with the token in this file (kept off the
+    /// command line, where `ps` would show it).
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_jwt_key_file")]
+    auth_token_file: Option<PathBuf>,
+    /// Require JWTs signed with Ed25519, checked with the public key in this file (PEM, or
+    /// the key's 32 bytes in URL-safe base64), as libSQL's server does.
+    #[arg(long, value_name = "FILE")]
+    auth_jwt_key_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// When a commit is acknowledged: once in the local log (`local`), or once durable in
+    /// storage too (`durable`, needs --storage).
+    #[arg(long, value_enum, default_value_t = AckArg::Local)]
+    ack: AckArg,
+    /// With --ack durable: how long a response waits for storage before failing (503).
+    #[arg(long, value_parser = humantime_duration, default_value = "30s")]
+    ack_timeout: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AckArg {
+    Local,
+    Durable,
 }
 
 /// The bounds of `Limits`, one flag each (docs/SERVE.md lists them).
@@ -83,7 +114,25 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     if let Some(url) = &args.storage {
         config.storage = Some(Storage::open(url).map_err(|e| e.to_string())?);
     }
-    if !args.listen.ip().is_loopback() {
+    config.ack = match args.ack {
+        AckArg::Local => Ack::Local,
+        AckArg::Durable if config.storage.is_none() => {
+            return Err("--ack durable needs --storage URL: durable means in storage".into());
+        }
+        AckArg::Durable => Ack::Durable { timeout: args.ack_timeout },
+    };
+    let auth = match (&args.auth_token_file, &args.auth_jwt_key_file) {
+        (Some(file), _) => Auth::shared_token_file(file)?,
+        (None, Some(file)) => Auth::jwt_key_file(file)?,
+        (None, None) => Auth::Open,
+    };
+    let open = auth.is_open();
+    config.auth = Arc::new(auth);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(TlsFiles { cert: cert.clone(), key: key.clone() });
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    if open && !args.listen.ip().is_loopback() {
         errln!(
             "warning: serving on {} without authentication: anyone who can reach it can read and write every database",
             args.listen
@@ -96,7 +145,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         let addr = server.local_addr().map_err(|e| e.to_string())?;
-        errln!("serving {} on http://{addr}", args.db_dir.display());
+        errln!("serving {} on {scheme}://{addr}", args.db_dir.display());
         server.run(stop_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use futures::StreamExt as _;
 use serde::Serialize;
 
+use crate::auth::{Access, Refusal};
 use crate::batons::{self, Slot};
 use crate::databases::{DEFAULT_NAMESPACE, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
@@ -22,6 +23,15 @@ use crate::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let body_max = shared.limits.body_bytes_max;
+    let hrana = Router::new()
+        .route("/v2/pipeline", post(pipeline))
+        .route("/v3/pipeline", post(pipeline))
+        .route("/v3/cursor", post(cursor))
+        .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline))
+        .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline))
+        .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), admit))
+        .layer(DefaultBodyLimit::max(body_max));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/version", get(|| async { concat!("libsql-wal-server ", env!("CARGO_PKG_VERSION")) }))
@@ -29,14 +39,30 @@ pub fn router(shared: Arc<Shared>) -> Router {
         // falls back (libSQL's clients do), so no protobuf route is offered half-done.
         .route("/v2", get(|| async { "" }))
         .route("/v3", get(|| async { "" }))
-        .route("/v2/pipeline", post(pipeline))
-        .route("/v3/pipeline", post(pipeline))
-        .route("/v3/cursor", post(cursor))
-        .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline))
-        .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline))
-        .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
-        .layer(DefaultBodyLimit::max(body_max))
+        .merge(hrana)
         .with_state(shared)
+}
+
+/// At most `concurrent_requests_max` Hrana requests run at once; the next wait in line up
+/// to `request_queue_timeout`, then get 503. Bounds threads and open connections under load.
+async fn admit(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let permit = tokio::time::timeout(shared.limits.request_queue_timeout, shared.requests.acquire()).await;
+    match permit {
+        Ok(Ok(_permit)) => next.run(request).await,
+        _ => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVER_BUSY",
+            format!(
+                "{} requests are running and this one waited {:?} (--max-concurrent-requests); retry later",
+                shared.limits.concurrent_requests_max, shared.limits.request_queue_timeout
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// An error that ends the request (not a statement's error, which is a result).
@@ -95,6 +121,16 @@ fn first_label(host: &str) -> Option<&str> {
     name.split_once('.').map(|(label, _)| label).filter(|label| !label.is_empty())
 }
 
+/// What the request's credentials grant on `namespace` (401 or 403 if nothing).
+fn authorize(shared: &Shared, headers: &HeaderMap, namespace: &str) -> Result<Access, HttpError> {
+    shared.auth.check(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), namespace).map_err(|refusal| {
+        match refusal {
+            Refusal::Unauthorized(why) => HttpError::new(StatusCode::UNAUTHORIZED, "AUTH_UNAUTHORIZED", why),
+            Refusal::Forbidden(why) => HttpError::new(StatusCode::FORBIDDEN, "AUTH_FORBIDDEN", why),
+        }
+    })
+}
+
 fn invalid_namespace(why: impl std::fmt::Display) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, "NAMESPACE_INVALID", format!("invalid namespace: {why}"))
 }
@@ -126,14 +162,20 @@ fn too_many_streams(max: usize) -> HttpError {
 }
 
 /// The stream a request runs on: the one behind its baton (same namespace only), or a new one.
-fn stream_for(shared: &Shared, baton: Option<&str>, namespace: &str, needs_room: bool) -> Result<Slot, HttpError> {
+fn stream_for(
+    shared: &Shared,
+    baton: Option<&str>,
+    namespace: &str,
+    access: Access,
+    needs_room: bool,
+) -> Result<Slot, HttpError> {
     match baton {
         Some(baton) => {
             let slot = shared.batons.take(baton).ok_or_else(stream_expired)?;
             Ok(slot)
         }
         None if needs_room && !shared.batons.has_room() => Err(too_many_streams(shared.limits.batons_max)),
-        None => Ok(batons::new_slot(Stream::new(namespace.to_string()))),
+        None => Ok(batons::new_slot(Stream::new(namespace.to_string(), access == Access::ReadOnly))),
     }
 }
 
@@ -157,15 +199,18 @@ async fn run_pipeline(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
+    let access = authorize(&shared, &headers, &namespace)?;
     let request: PipelineRequest = parse(&body)?;
     // A pipeline that ends by closing its stream never needs a baton.
     let closes = matches!(request.requests.last(), Some(StreamRequest::Close));
-    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, !closes)?;
+    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, access, !closes)?;
     let mut held = slot.clone().lock_owned().await;
-    check_stream_namespace(&held, &namespace)?;
+    check_stream(&held, &namespace, access)?;
     let worker = shared.clone();
-    let (held, results, open) = tokio::task::spawn_blocking(move || {
-        let Some(stream) = held.stream.as_mut() else { return (held, Vec::new(), false) };
+    let namespace_ = namespace.clone();
+    let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
+        let namespace = namespace_;
+        let Some(stream) = held.stream.as_mut() else { return (held, Vec::new(), false, Ok(())) };
         let results: Vec<_> =
             request.requests.into_iter().map(|r| stream.handle(r, &worker.dbs, &worker.limits)).collect();
         let open = !stream.is_closed();
@@ -173,10 +218,19 @@ async fn run_pipeline(
         if !open && let Some(stream) = held.stream.take() {
             stream.end(&worker.dbs);
         }
-        (held, results, open)
+        let durable = worker.wait_durable(&namespace);
+        (held, results, open, durable)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request failed: {e}")))?;
+    if let Err(why) = durable {
+        drop(held);
+        if open {
+            // The client learns nothing of this stream's fate but the error: end it.
+            end_stream(&shared, slot.lock().await.stream.take()).await;
+        }
+        return Err(not_durable(why));
+    }
     if held.stream.is_none() && open {
         return Err(stream_expired());
     }
@@ -185,15 +239,30 @@ async fn run_pipeline(
     Ok(json_body(&PipelineResponse { baton, base_url: None, results }))
 }
 
-fn check_stream_namespace(held: &batons::Held, namespace: &str) -> Result<(), HttpError> {
+/// A baton's stream serves only its own namespace, and only credentials granting what the
+/// stream was opened with (a read-only token cannot take over a read-write stream).
+fn check_stream(held: &batons::Held, namespace: &str, access: Access) -> Result<(), HttpError> {
     match &held.stream {
         Some(stream) if stream.namespace() != namespace => Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "NAMESPACE_MISMATCH",
             format!("the baton belongs to a stream of namespace {}, not {namespace}", stream.namespace()),
         )),
+        Some(stream) if stream.read_only() != (access == Access::ReadOnly) => Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "AUTH_FORBIDDEN",
+            "the baton belongs to a stream opened with other credentials",
+        )),
         _ => Ok(()),
     }
+}
+
+fn not_durable(why: String) -> HttpError {
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NOT_DURABLE",
+        format!("the commit is in the local log but not known durable in storage (--ack durable): {why}"),
+    )
 }
 
 /// Keeps the stream for its next request, or ends it if no baton can be made.
@@ -241,10 +310,11 @@ async fn run_cursor(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
+    let access = authorize(&shared, &headers, &namespace)?;
     let request: CursorRequest = parse(&body)?;
-    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, true)?;
+    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, access, true)?;
     let mut held = slot.clone().lock_owned().await;
-    check_stream_namespace(&held, &namespace)?;
+    check_stream(&held, &namespace, access)?;
     if held.stream.is_none() {
         return Err(stream_expired());
     }
@@ -263,9 +333,18 @@ async fn run_cursor(
     tokio::task::spawn_blocking(move || {
         let Some(stream) = held.stream.as_mut() else { return };
         let mut emit = |entry: proto::CursorEntry| {
+            // `--ack durable`: a step's end (what tells the client it is done) waits until
+            // its commit is durable; a batch that cannot get there ends with an error entry.
+            let (entry, go_on) = match entry {
+                proto::CursorEntry::StepEnd { .. } => match worker.wait_durable(&namespace) {
+                    Ok(()) => (entry, true),
+                    Err(why) => (proto::CursorEntry::Error { error: not_durable(why).error }, false),
+                },
+                entry => (entry, true),
+            };
             let mut line = serde_json::to_vec(&entry).unwrap_or_default();
             line.push(b'\n');
-            tx.blocking_send(Bytes::from(line)).is_ok()
+            tx.blocking_send(Bytes::from(line)).is_ok() && go_on
         };
         stream.run_cursor(&request.batch, &worker.dbs, &worker.limits, &mut emit);
         held.idle_since = std::time::Instant::now();

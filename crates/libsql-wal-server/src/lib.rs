@@ -4,16 +4,22 @@
 //! - [`server`]: configuration, start, the ordered shutdown.
 //! - [`http`]: routes and the namespace of a request; the Hrana endpoints.
 //! - [`hrana`]: the protocol (structures, statements, batches, streams), without HTTP.
+//! - [`auth`]: shared token or Ed25519 JWTs.
 //! - [`batons`]: streams kept between requests.
+//! - [`durable`]: `--ack durable`, group durability.
 //! - [`databases`]: the namespaces' files and the pool of idle connections.
 //! - [`limits`]: every bound, named by its flag.
+//! - [`tls`]: HTTPS with rustls.
 
+pub mod auth;
 pub mod batons;
 pub mod databases;
+pub mod durable;
 pub mod hrana;
 pub mod http;
 pub mod limits;
 pub mod server;
+pub mod tls;
 
 pub use limits::Limits;
-pub use server::{Server, ServerConfig};
+pub use server::{Ack, Server, ServerConfig, TlsFiles};

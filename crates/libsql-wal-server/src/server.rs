@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use libsql_wal::{Checkpointer, LibsqlWalManager, Storage, WalConfig};
 
+use crate::auth::Auth;
 use crate::batons::Batons;
 use crate::databases::Databases;
+use crate::durable::DurableAcks;
 use crate::limits::Limits;
 
 /// What `libsql-wal serve` is told.
@@ -23,11 +25,39 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Take a namespace from the host's first label (libSQL's server does).
     pub host_namespaces: bool,
+    pub auth: Arc<Auth>,
+    pub ack: Ack,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// When a response that includes a commit is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Once the commit is in the local log (synced as `synchronous` says: FULL by default).
+    Local,
+    /// Once it is durable in storage too, waiting at most this long (then 503).
+    Durable { timeout: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
     pub fn new(listen: SocketAddr, db_dir: PathBuf) -> Self {
-        ServerConfig { listen, db_dir, storage: None, limits: Limits::default(), host_namespaces: true }
+        ServerConfig {
+            listen,
+            db_dir,
+            storage: None,
+            limits: Limits::default(),
+            host_namespaces: true,
+            auth: Arc::new(Auth::Open),
+            ack: Ack::Local,
+            tls: None,
+        }
     }
 }
 
@@ -37,12 +67,31 @@ pub struct Shared {
     pub batons: Batons,
     pub limits: Limits,
     pub host_namespaces: bool,
+    pub auth: Arc<Auth>,
+    pub ack: Ack,
+    pub durable: DurableAcks,
+    /// Permits of the requests running (`--max-concurrent-requests`).
+    pub requests: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    /// With `--ack durable`: waits until `namespace`'s last commit is durable (blocking).
+    pub fn wait_durable(&self, namespace: &str) -> Result<(), String> {
+        match self.ack {
+            Ack::Local => Ok(()),
+            Ack::Durable { timeout } => self.durable.wait_last_commit(&self.dbs, namespace, timeout),
+        }
+    }
 }
 
 pub struct Server {
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shared: Arc<Shared>,
 }
+
+/// How long shutdown lets requests in flight finish before closing their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for storage to take the last commits of each database.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,9 +101,13 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, String> {
         std::fs::create_dir_all(&config.db_dir)
             .map_err(|e| format!("cannot create the databases directory {}: {e}", config.db_dir.display()))?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::load(files)?),
+            None => None,
+        };
+        let listener = std::net::TcpListener::bind(config.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        listener.set_nonblocking(true).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         // A server holds many databases: logs stay open between requests (within the
         // registry's descriptor bound) instead of being recovered at every first use.
         let wal = WalConfig { keep_open_when_idle: true, ..WalConfig::default() };
@@ -69,20 +122,47 @@ impl Server {
             batons: Batons::new(config.limits.batons_max, config.limits.baton_timeout),
             limits: config.limits.clone(),
             host_namespaces: config.host_namespaces,
+            auth: config.auth.clone(),
+            ack: config.ack,
+            durable: DurableAcks::default(),
+            requests: tokio::sync::Semaphore::new(config.limits.concurrent_requests_max),
         });
-        Ok(Server { listener, shared })
+        Ok(Server { listener, tls, shared })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        // The std listener, bound in `bind`.
         self.listener.local_addr()
     }
 
     /// Serves until `stop` completes, then shuts down (see the module's comment).
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-        let Server { listener, shared } = self;
+        let Server { listener, tls, shared } = self;
         let sweeper = tokio::spawn(sweep_batons(shared.clone()));
-        let app = crate::http::router(shared.clone());
-        let served = axum::serve(listener, app).with_graceful_shutdown(stop).await;
+        let app = crate::http::router(shared.clone()).into_make_service();
+        let handle = axum_server::Handle::new();
+        let serving = async {
+            match tls {
+                Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle.clone()).serve(app).await,
+                None => axum_server::from_tcp(listener).handle(handle.clone()).serve(app).await,
+            }
+        };
+        tokio::pin!(serving);
+        tokio::pin!(stop);
+        let served = tokio::select! {
+            served = &mut serving => served,
+            () = &mut stop => {
+                // Stop accepting, let requests in flight finish. Asked again each second: a
+                // request to stop made before the server loop listens would otherwise be lost.
+                loop {
+                    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                    tokio::select! {
+                        served = &mut serving => break served,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         sweeper.abort();
         shared.batons.close_all(&shared.dbs).await;
         let dbs = shared.dbs.clone();

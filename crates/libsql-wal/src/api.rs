@@ -120,6 +120,15 @@ pub fn durable_frame_no(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -
     Ok(durable)
 }
 
+/// The frame_no of `db_path`'s last commit in this process's log (0 for an empty log).
+/// Cheap: the log is already open while any connection to it is.
+pub fn last_commit_frame_no(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<u64> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let last = shared.last_commit().frame_no;
+    registry::release(&shared, false);
+    Ok(last)
+}
+
 /// Waits until `frame_no` of `db_path` is durable or `timeout` passes (`None`: no limit).
 /// Returns whether it is durable. A frame in the current (unsealed) segment becomes durable
 /// only once the segment is sealed: see [`flush_to_storage`] to seal it now.

@@ -100,7 +100,7 @@ mod wal;
 pub use crate::log::{CheckpointMode, CheckpointResult, WalConfig};
 pub use api::{
     LogInfo, SegmentInfo, VerifyReport, checkpoint, durable_frame_no, flush_to_storage, inspect, inspect_read_only,
-    open_connection, open_sqlite_connection, verify, wait_durable,
+    last_commit_frame_no, open_connection, open_sqlite_connection, verify, wait_durable,
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, IoAction, Result};

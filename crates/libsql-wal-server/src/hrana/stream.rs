@@ -15,11 +15,17 @@ pub struct Stream {
     conn: Option<Conn>,
     stored: StoredSql,
     closed: bool,
+    /// Opened with read-only credentials: its connection refuses writes (`query_only`).
+    read_only: bool,
 }
 
 impl Stream {
-    pub fn new(namespace: String) -> Self {
-        Stream { namespace, conn: None, stored: StoredSql::new(), closed: false }
+    pub fn new(namespace: String, read_only: bool) -> Self {
+        Stream { namespace, conn: None, stored: StoredSql::new(), closed: false, read_only }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn namespace(&self) -> &str {
@@ -38,7 +44,13 @@ impl Stream {
     /// The connection, taken from the pool if the stream has none yet.
     pub fn conn(&mut self, dbs: &Databases) -> Result<&Connection, StmtError> {
         if self.conn.is_none() {
-            self.conn = Some(dbs.checkout(&self.namespace)?);
+            let conn = dbs.checkout(&self.namespace)?;
+            // SQLite itself then refuses every write (SQLITE_READONLY), whatever the path:
+            // statements, batches, sequences, even writes hidden in triggers.
+            if self.read_only {
+                conn.pragma_update(None, "query_only", true)?;
+            }
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_deref().expect("just set"))
     }
@@ -69,6 +81,11 @@ impl Stream {
     /// Ends the stream: its connection goes back to the pool, any open transaction rolled back.
     pub fn end(mut self, dbs: &Databases) {
         if let Some(conn) = self.conn.take() {
+            // A pooled connection is lent to anyone next: it must not stay read-only (and
+            // one that cannot be made writable again is closed, not pooled).
+            if self.read_only && conn.pragma_update(None, "query_only", false).is_err() {
+                return;
+            }
             dbs.checkin(&self.namespace, conn);
         }
     }
