@@ -79,9 +79,6 @@ struct LimitArgs {
     /// Idle time after which a stream is closed and its transaction rolled back, e.g. 10s.
     #[arg(long, value_parser = humantime_duration, default_value = "10s")]
     baton_timeout: Duration,
-    /// Connections kept open between requests, over all namespaces.
-    #[arg(long, default_value_t = Limits::default().idle_connections_max)]
-    max_idle_connections: usize,
     /// How long a statement waits for another writer of its database, e.g. 5s.
     #[arg(long, value_parser = humantime_duration, default_value = "5s")]
     busy_timeout: Duration,
@@ -100,7 +97,6 @@ impl LimitArgs {
             concurrent_requests_max: self.max_concurrent_requests.max(1),
             batons_max: self.max_batons,
             baton_timeout: self.baton_timeout,
-            idle_connections_max: self.max_idle_connections,
             busy_timeout: self.busy_timeout,
             ..Limits::default()
         }

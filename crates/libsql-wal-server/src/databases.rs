@@ -1,11 +1,14 @@
 //! The namespaces a server holds: `<db-dir>/<namespace>.db`, each on our WAL, created and
-//! opened on first use. Connections are lent to streams and come back to one bounded pool of
-//! idle connections shared by every namespace, so ten thousand namespaces touched once cost
-//! at most `idle_connections_max` open connections (and the WAL registry bounds the logs).
+//! opened on first use. Each stream gets a connection of its own, closed when the stream
+//! ends: a connection carries session state (TEMP tables, PRAGMAs, ATTACHed files,
+//! `last_insert_rowid`) that must never pass from one client to the next, as it would
+//! through a pool. Opening stays cheap because the log stays open between connections (the
+//! WAL registry keeps idle logs within its descriptor bound), so ten thousand namespaces
+//! touched once hold no connection afterwards.
 //!
 //! Everything here blocks (SQLite): call it from a blocking thread.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -24,15 +27,13 @@ pub struct Databases {
     dir: PathBuf,
     manager: LibsqlWalManager,
     limits: Limits,
-    /// Idle connections, least recently returned first.
-    idle: Mutex<VecDeque<(String, Conn)>>,
     /// Every namespace opened since start (flushed to storage at shutdown).
     used: Mutex<BTreeSet<String>>,
 }
 
 impl Databases {
     pub fn new(dir: PathBuf, manager: LibsqlWalManager, limits: Limits) -> Self {
-        Databases { dir, manager, limits, idle: Mutex::new(VecDeque::new()), used: Mutex::new(BTreeSet::new()) }
+        Databases { dir, manager, limits, used: Mutex::new(BTreeSet::new()) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -48,11 +49,8 @@ impl Databases {
         self.dir.join(format!("{namespace}.db"))
     }
 
-    /// A connection to `namespace`: an idle one if there is, else a new one.
+    /// A new connection to `namespace`, for one stream.
     pub fn checkout(&self, namespace: &str) -> Result<Conn, StmtError> {
-        if let Some(conn) = self.take_idle(namespace) {
-            return Ok(conn);
-        }
         let conn =
             libsql_wal::open_connection(self.path_of(namespace), &self.manager).map_err(|e| StmtError::Sqlite {
                 code: sqlite_code_name(e.sqlite_code()),
@@ -65,43 +63,19 @@ impl Databases {
         Ok(conn)
     }
 
-    fn take_idle(&self, namespace: &str) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let at = idle.iter().rposition(|(ns, _)| ns == namespace)?;
-        idle.remove(at).map(|(_, conn)| conn)
-    }
-
-    /// Takes `conn` back. A transaction left open is rolled back first: a connection in the
-    /// pool is always in autocommit mode. Beyond the bound the oldest idle one is closed.
+    /// Ends a stream's connection. A transaction left open is rolled back first, so that a
+    /// failure to roll back is logged rather than lost in the close (which rolls back too).
     pub fn checkin(&self, namespace: &str, conn: Conn) {
         if !conn.is_autocommit()
             && let Err(e) = conn.execute_batch("ROLLBACK")
         {
-            tracing::warn!(namespace, error = %e, "rolling back a transaction left open failed; closing the connection");
-            return;
+            tracing::warn!(namespace, error = %e, "rolling back a transaction left open failed");
         }
-        let evicted = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.push_back((namespace.to_string(), conn));
-            let excess = idle.len().saturating_sub(self.limits.idle_connections_max);
-            idle.drain(..excess).collect::<Vec<_>>()
-        };
-        // Closed outside the lock: the last close of a database checkpoints it.
-        drop(evicted);
+        drop(conn);
     }
 
     pub fn used_namespaces(&self) -> Vec<String> {
         self.used.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
-    }
-
-    pub fn idle_connections(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Closes every idle connection (at shutdown: each last close checkpoints its database).
-    pub fn close_idle(&self) {
-        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(all);
     }
 }
 

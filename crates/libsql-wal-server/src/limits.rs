@@ -22,9 +22,6 @@ pub struct Limits {
     pub baton_timeout: Duration,
     /// `--max-stored-sql`: SQL texts one stream may hold with `store_sql`.
     pub stored_sql_max: usize,
-    /// `--max-idle-connections`: database connections kept open between requests, over all
-    /// namespaces; the least recently used beyond it are closed.
-    pub idle_connections_max: usize,
     /// `--busy-timeout`: how long a statement waits for another writer of its database.
     pub busy_timeout: Duration,
 }
@@ -40,7 +37,6 @@ impl Default for Limits {
             batons_max: 1024,
             baton_timeout: Duration::from_secs(10),
             stored_sql_max: 1024,
-            idle_connections_max: 256,
             busy_timeout: Duration::from_secs(5),
         }
     }

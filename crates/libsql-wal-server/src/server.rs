@@ -182,8 +182,8 @@ async fn sweep_batons(shared: Arc<Shared>) {
     }
 }
 
-/// Flushes each database used to storage (when there is storage), then closes every idle
-/// connection and log: each last close checkpoints its database into its file.
+/// Flushes each database used to storage (when there is storage), then closes every log
+/// (streams and their connections are closed by now): each close checkpoints its database.
 fn close_databases(dbs: &Databases) {
     if dbs.manager().storage().is_some() {
         for namespace in dbs.used_namespaces() {
@@ -195,7 +195,6 @@ fn close_databases(dbs: &Databases) {
             }
         }
     }
-    dbs.close_idle();
     let closed = libsql_wal::close_idle_logs();
     tracing::info!(closed, "databases closed");
 }

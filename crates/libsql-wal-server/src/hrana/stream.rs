@@ -11,7 +11,7 @@ use crate::limits::Limits;
 
 pub struct Stream {
     namespace: String,
-    /// Taken from the pool at the first statement, given back when the stream ends.
+    /// Opened at the first statement, closed when the stream ends.
     conn: Option<Conn>,
     stored: StoredSql,
     closed: bool,
@@ -41,7 +41,7 @@ impl Stream {
         self.conn.as_ref().is_some_and(|c| !c.is_autocommit())
     }
 
-    /// The connection, taken from the pool if the stream has none yet.
+    /// The connection, opened if the stream has none yet.
     pub fn conn(&mut self, dbs: &Databases) -> Result<&Connection, StmtError> {
         if self.conn.is_none() {
             let conn = dbs.checkout(&self.namespace)?;
@@ -78,14 +78,9 @@ impl Stream {
         batch::run_cursor(conn, batch, &self.stored, limits, emit);
     }
 
-    /// Ends the stream: its connection goes back to the pool, any open transaction rolled back.
+    /// Ends the stream: any open transaction rolled back, its connection closed.
     pub fn end(mut self, dbs: &Databases) {
         if let Some(conn) = self.conn.take() {
-            // A pooled connection is lent to anyone next: it must not stay read-only (and
-            // one that cannot be made writable again is closed, not pooled).
-            if self.read_only && conn.pragma_update(None, "query_only", false).is_err() {
-                return;
-            }
             dbs.checkin(&self.namespace, conn);
         }
     }
