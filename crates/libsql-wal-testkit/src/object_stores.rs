@@ -1,6 +1,7 @@
 //! An object store for tests and benchmarks: `object_store`'s in-memory store, with every
-//! request counted (a multipart upload's parts, completion and abort included) and deletes
-//! that can be made to fail, as a store without delete permission answers.
+//! request counted (a multipart upload's parts, completion and abort included), deletes
+//! that can be made to fail, as a store without delete permission answers, and uploads that
+//! can be made slow, as a distant store's PUTs are.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct InstrumentedStore {
     inner: InMemory,
     requests: Arc<AtomicU64>,
     fail_deletes: AtomicBool,
+    /// Every upload (a PUT, a multipart completion) takes this long first.
+    put_delay_ms: Arc<AtomicU64>,
 }
 
 impl InstrumentedStore {
@@ -31,6 +34,11 @@ impl InstrumentedStore {
     /// Requests made so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// From now on every upload waits `delay` before it is done.
+    pub fn set_put_delay(&self, delay: std::time::Duration) {
+        self.put_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// From now on every delete fails with `PermissionDenied` (or works again).
@@ -59,6 +67,7 @@ impl fmt::Display for InstrumentedStore {
 struct CountedUpload {
     inner: Box<dyn MultipartUpload>,
     requests: Arc<AtomicU64>,
+    put_delay_ms: Arc<AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -70,6 +79,7 @@ impl MultipartUpload for CountedUpload {
 
     async fn complete(&mut self) -> Result<PutResult> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        put_delay(&self.put_delay_ms).await;
         self.inner.complete().await
     }
 
@@ -85,6 +95,7 @@ impl MultipartUpload for CountedUpload {
 impl ObjectStore for InstrumentedStore {
     async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.count();
+        put_delay(&self.put_delay_ms).await;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -95,7 +106,7 @@ impl ObjectStore for InstrumentedStore {
     ) -> Result<Box<dyn MultipartUpload>> {
         self.count();
         let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(CountedUpload { inner, requests: self.requests.clone() }))
+        Ok(Box::new(CountedUpload { inner, requests: self.requests.clone(), put_delay_ms: self.put_delay_ms.clone() }))
     }
 
     async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> Result<GetResult> {
@@ -141,5 +152,12 @@ impl ObjectStore for InstrumentedStore {
     async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> Result<()> {
         self.count();
         self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+async fn put_delay(delay_ms: &AtomicU64) {
+    let ms = delay_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
