@@ -1,0 +1,120 @@
+//! Bad input and limits: malformed bodies, oversize bodies and statements, invalid
+//! namespaces, too many requests at once — each an error response naming the problem, the
+//! server still healthy after. And the namespace a request lands in, as libSQL chooses it.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{close, error_code, execute, rows, start};
+
+#[test]
+fn malformed_requests_get_4xx_and_the_server_stays_up() {
+    let server = start(|c| {
+        c.limits.body_bytes_max = 4096;
+        c.limits.statement_bytes_max = 100;
+    });
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"[]",
+        br#"{"requests":[{"type":"drop_everything"}]}"#,
+        br#"{"requests":[{"type":"execute","stmt":{"sql":"select ?","args":[{"type":"integer","value":"1e3"}]}}]}"#,
+    ] {
+        let (status, reply) = server.request("POST", "/v2/pipeline", &[], body);
+        assert_eq!(status, 400, "{}: {}", String::from_utf8_lossy(body), String::from_utf8_lossy(&reply));
+    }
+    let big = vec![b' '; 5000];
+    assert_eq!(server.request("POST", "/v2/pipeline", &[], &big).0, 413);
+    let long_sql = format!("select '{}'", "x".repeat(200));
+    let (_, r) = server.pipeline(None, json!([execute(&long_sql), close()]));
+    assert_eq!(error_code(&r, 0), "SQL_TOO_LARGE");
+    assert_eq!(server.request("GET", "/health", &[], b"").0, 200);
+}
+
+#[test]
+fn namespaces_are_chosen_as_libsql_does() {
+    let server = start(|_| {});
+    let ns_of = |path: &str, headers: &[(&str, &str)]| {
+        let (status, r) =
+            server.pipeline_at(path, headers, None, json!([execute("create table if not exists seen(x)"), close()]));
+        assert_eq!(status, 200, "{path} {headers:?}: {r}");
+    };
+    ns_of("/v2/pipeline", &[("x-namespace", "by-header")]);
+    ns_of("/dev/by-path/v2/pipeline", &[]);
+    ns_of("/v3/pipeline", &[("host", "by-host.example.com:8080")]);
+    ns_of("/v2/pipeline", &[]);
+    for ns in ["by-header", "by-path", "by-host", "default"] {
+        assert!(server.db_path(ns).exists(), "no database for namespace {ns}");
+    }
+    for bad in ["../escape", ".hidden", "a/b", ""] {
+        let (status, _) = server.pipeline_at("/v2/pipeline", &[("x-namespace", bad)], None, json!([close()]));
+        assert_eq!(status, 400, "namespace {bad:?} accepted");
+    }
+    // An IP address is not a name: the default namespace, not "127".
+    assert!(!server.db_path("127").exists());
+}
+
+#[test]
+fn requests_beyond_the_bound_wait_then_get_503() {
+    let server = start(|c| {
+        c.limits.concurrent_requests_max = 1;
+        c.limits.request_queue_timeout = Duration::from_millis(200);
+    });
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            // A statement that runs for a few seconds holds the only permit.
+            server.pipeline(None, json!([execute("with recursive c(i) as (select 1 union all select i+1 from c where i < 30000000) select count(*) from c"), close()]))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, r) = server.pipeline(None, json!([execute("select 1"), close()]));
+        assert_eq!(status, 503, "{r}");
+        assert_eq!(r["code"], "SERVER_BUSY");
+        let (status, r) = slow.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(rows(&r, 0), vec![vec![json!("30000000")]]);
+    });
+    assert_eq!(server.pipeline(None, json!([execute("select 1"), close()])).0, 200);
+}
+
+#[test]
+fn a_cursor_streams_a_batch_and_keeps_its_stream() {
+    let server = start(|_| {});
+    let body = json!({ "baton": null, "batch": { "steps": [
+        { "stmt": { "sql": "create table t(x)" } },
+        { "stmt": { "sql": "insert into t values (1), (2)" } },
+        { "stmt": { "sql": "select x from t order by x" } },
+        { "stmt": { "sql": "select nope" } },
+        { "condition": { "type": "error", "step": 3 }, "stmt": { "sql": "select 'ran'" } },
+        { "condition": { "type": "ok", "step": 3 }, "stmt": { "sql": "select 'skipped'" } }
+    ] } });
+    let (status, reply) = server.request("POST", "/v3/cursor", &[], &serde_json::to_vec(&body).unwrap());
+    assert_eq!(status, 200);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(reply).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let baton = lines[0]["baton"].as_str().unwrap().to_string();
+    let kinds: Vec<String> = lines[1..].iter().map(|l| l["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "step_begin",
+            "step_end",
+            "step_begin",
+            "step_end",
+            "step_begin",
+            "row",
+            "row",
+            "step_end",
+            "step_error",
+            "step_begin",
+            "row",
+            "step_end"
+        ]
+    );
+    assert_eq!(lines[11]["row"][0]["value"], "ran");
+    let (status, r) =
+        server.pipeline_at("/v3/pipeline", &[], Some(&baton), json!([execute("select count(*) from t"), close()]));
+    assert_eq!(status, 200);
+    assert_eq!(rows(&r, 0), vec![vec![json!("2")]]);
+}
