@@ -6,8 +6,10 @@
 //!   system with a hook before every call).
 //! - [`support`]: `TestIo` (slow or failing writes to database files, counters) and helpers
 //!   shared by the integration tests of the testkit and the CLI.
-//! - [`object_stores`]: an in-memory object store that counts requests and can refuse
-//!   deletes (the idle, benchmark and garbage-collection tests).
+//! - [`object_stores`]: an in-memory object store that counts requests, can refuse
+//!   deletes and slow uploads down (the idle, benchmark, garbage-collection and
+//!   `--ack durable` tests).
+//! - [`http`]: a bare HTTP/1.1 client for the tests of `libsql-wal serve`.
 //! - [`stress`]: the bank workload (`libsql-wal stress`, tests/concurrency.rs).
 //! - [`bench`]: the workloads of `libsql-wal bench`, side by side with SQLite's own WAL, and
 //!   [`bench::loopback_s3`], an S3-compatible server (`s3s-fs`) on loopback that the tests
@@ -18,6 +20,7 @@
 
 pub mod bench;
 pub mod faulty;
+pub mod http;
 pub mod object_stores;
 pub mod stress;
 pub mod support;
