@@ -12,7 +12,7 @@ fn free_port() -> u16 {
 }
 
 fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_libsql-wal"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_libsql-wal"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-dir"])
         .arg(dir)
         .args(extra)
@@ -28,6 +28,8 @@ fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("serve did not answer /health within 20 s");
 }
 
