@@ -42,3 +42,71 @@ fn unchunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[line_end + 2 + size + 2..];
     }
 }
+
+/// A keep-alive HTTP/1.1 connection (for load: one TCP connection per client, as libSQL's
+/// clients keep theirs). Bodies must come with a `Content-Length`, as `serve`'s JSON does.
+pub struct Client {
+    addr: SocketAddr,
+    stream: Option<std::io::BufReader<TcpStream>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { addr, stream: None }
+    }
+
+    /// One POST; reconnects once if the server closed the kept connection.
+    pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        match self.try_post(path, headers, body) {
+            Ok(reply) => Ok(reply),
+            Err(_) => {
+                self.stream = None;
+                self.try_post(path, headers, body)
+            }
+        }
+    }
+
+    fn try_post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        use std::io::BufRead;
+        if self.stream.is_none() {
+            let tcp = TcpStream::connect(self.addr)?;
+            tcp.set_nodelay(true)?;
+            self.stream = Some(std::io::BufReader::new(tcp));
+        }
+        let reader = self.stream.as_mut().expect("connected above");
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        reader.get_mut().write_all(&request)?;
+        let mut status_line = String::new();
+        if reader.read_line(&mut status_line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status"))?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut reply = vec![0; length];
+        reader.read_exact(&mut reply)?;
+        Ok((status, reply))
+    }
+}

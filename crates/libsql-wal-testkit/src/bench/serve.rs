@@ -1,0 +1,292 @@
+//! `libsql-wal bench serve`: the server under load beside the same workload through the
+//! library in process (the server's overhead is the ratio), and many namespaces touched
+//! once (descriptors and memory must stay bounded).
+//!
+//! The server runs in this process on loopback; clients are threads with one keep-alive
+//! connection each (libSQL's clients keep theirs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libsql_wal::{Checkpointer, LibsqlWalManager, WalConfig, io::StdIo, open_connection};
+use libsql_wal_server::{Server, ServerConfig};
+
+use crate::http::Client;
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub clients: usize,
+    pub namespaces: usize,
+    pub seconds: u64,
+    /// Percent of operations that write (an upsert); the rest read a row by key.
+    pub write_percent: u32,
+    /// Rows in each namespace's table before the run.
+    pub rows: u64,
+}
+
+/// One side's figures.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub errors: u64,
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeLoadReport {
+    pub server: LoadReport,
+    pub in_process: LoadReport,
+}
+
+/// A server on `dir` in this process, stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Running {
+    fn start(dir: &Path) -> Result<Running, String> {
+        let config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"), dir.to_path_buf());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let server = Server::bind(config).await?;
+                let _ = addr_tx.send(server.local_addr().map_err(|e| e.to_string()));
+                server
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            })
+        });
+        let addr = addr_rx.recv().map_err(|_| "the server did not start".to_string())??;
+        Ok(Running { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        self.stop_now()
+    }
+
+    fn stop_now(&mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| "the server thread panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_now();
+    }
+}
+
+fn manager() -> LibsqlWalManager {
+    let config = WalConfig { keep_open_when_idle: true, ..WalConfig::default() };
+    LibsqlWalManager::new(StdIo::shared(), config).with_checkpointer(Checkpointer::global())
+}
+
+fn namespace(i: usize) -> String {
+    format!("ns{i:05}")
+}
+
+fn prepare(dir: &Path, config: &LoadConfig) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let manager = manager();
+    for i in 0..config.namespaces {
+        let conn = open_connection(dir.join(format!("{}.db", namespace(i))), &manager).map_err(|e| e.to_string())?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {})
+             INSERT INTO kv SELECT i, printf('%.100c', 'v') FROM c;",
+            config.rows
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    libsql_wal::close_idle_logs();
+    Ok(())
+}
+
+/// What one operation is: the namespace, a key, whether it writes.
+fn next_op(rng: &mut fastrand::Rng, config: &LoadConfig) -> (usize, u64, bool) {
+    (rng.usize(..config.namespaces), rng.u64(1..=config.rows), rng.u32(..100) < config.write_percent)
+}
+
+fn summarize(mut latencies_us: Vec<u32>, errors: u64, elapsed: Duration) -> LoadReport {
+    latencies_us.sort_unstable();
+    let at = |q: f64| {
+        latencies_us
+            .get(((latencies_us.len() as f64 * q) as usize).min(latencies_us.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    LoadReport {
+        requests: latencies_us.len() as u64,
+        errors,
+        per_sec: latencies_us.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// Runs `op` on `clients` threads until the time is up; `op` returns whether it succeeded.
+fn drive<S>(
+    config: &LoadConfig,
+    mut state: impl FnMut() -> S + Send + Sync,
+    op: impl Fn(&mut S, (usize, u64, bool)) -> bool + Send + Sync,
+) -> LoadReport
+where
+    S: Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(config.seconds);
+    let started = Instant::now();
+    let states: Vec<S> = (0..config.clients).map(|_| state()).collect();
+    let results: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut st)| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed(i as u64 + 1);
+                    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    while Instant::now() < deadline {
+                        let next = next_op(&mut rng, config);
+                        let t = Instant::now();
+                        if op(&mut st, next) {
+                            latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let elapsed = started.elapsed();
+    let errors = results.iter().map(|(_, e)| e).sum();
+    summarize(results.into_iter().flat_map(|(l, _)| l).collect(), errors, elapsed)
+}
+
+fn sql_of((_, key, write): (usize, u64, bool)) -> String {
+    if write {
+        format!("INSERT OR REPLACE INTO kv VALUES ({key}, printf('%.100c', 'w'))")
+    } else {
+        format!("SELECT v FROM kv WHERE k = {key}")
+    }
+}
+
+/// The mixed workload through `serve`, then through the library in process.
+pub fn serve_load(dir: &Path, config: &LoadConfig) -> Result<ServeLoadReport, String> {
+    let served = dir.join("served");
+    let local = dir.join("in-process");
+    prepare(&served, config)?;
+    prepare(&local, config)?;
+
+    let running = Running::start(&served)?;
+    let addr = running.addr;
+    let server = drive(
+        config,
+        || Client::new(addr),
+        |client, op| {
+            let body = format!(
+                r#"{{"baton":null,"requests":[{{"type":"execute","stmt":{{"sql":{}}}}},{{"type":"close"}}]}}"#,
+                serde_json::to_string(&sql_of(op)).unwrap_or_default()
+            );
+            let ns = namespace(op.0);
+            match client.post("/v2/pipeline", &[("x-namespace", &ns)], body.as_bytes()) {
+                Ok((200, reply)) => !reply.windows(15).any(|w| w == br#""type":"error""#),
+                _ => false,
+            }
+        },
+    );
+    running.stop()?;
+
+    let manager = manager();
+    let in_process = drive(
+        config,
+        || (),
+        |(), op| {
+            // As the server does: a connection per request, the log kept open between them.
+            let path: PathBuf = local.join(format!("{}.db", namespace(op.0)));
+            let Ok(conn) = open_connection(&path, &manager) else { return false };
+            if conn.busy_timeout(Duration::from_secs(5)).is_err() {
+                return false;
+            }
+            let sql = sql_of(op);
+            if op.2 { conn.execute(&sql, []).is_ok() } else { conn.query_row(&sql, [], |_| Ok(())).is_ok() }
+        },
+    );
+    libsql_wal::close_idle_logs();
+    Ok(ServeLoadReport { server, in_process })
+}
+
+#[derive(Debug, Clone)]
+pub struct NamespacesReport {
+    pub namespaces: usize,
+    pub per_sec: f64,
+    pub errors: u64,
+    pub peak_open_fds: usize,
+    pub final_open_fds: usize,
+    pub peak_rss_mib: f64,
+    pub final_rss_mib: f64,
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// `n` namespaces, each created and written once through `serve`.
+pub fn many_namespaces(dir: &Path, n: usize) -> Result<NamespacesReport, String> {
+    let running = Running::start(&dir.join("many"))?;
+    let mut client = Client::new(running.addr);
+    let body = br#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"CREATE TABLE t(x)"}},{"type":"execute","stmt":{"sql":"INSERT INTO t VALUES (randomblob(100))"}},{"type":"close"}]}"#;
+    let (mut peak_fds, mut peak_rss, mut errors) = (0, 0f64, 0u64);
+    let started = Instant::now();
+    for i in 0..n {
+        let ns = namespace(i);
+        match client.post("/v2/pipeline", &[("x-namespace", &ns)], body) {
+            Ok((200, reply)) if !reply.windows(15).any(|w| w == br#""type":"error""#) => {}
+            _ => errors += 1,
+        }
+        if i % 100 == 0 {
+            peak_fds = peak_fds.max(open_fds());
+            peak_rss = peak_rss.max(rss_mib());
+        }
+    }
+    let per_sec = n as f64 / started.elapsed().as_secs_f64();
+    let (final_open_fds, final_rss_mib) = (open_fds(), rss_mib());
+    running.stop()?;
+    Ok(NamespacesReport {
+        namespaces: n,
+        per_sec,
+        errors,
+        peak_open_fds: peak_fds.max(final_open_fds),
+        final_open_fds,
+        peak_rss_mib: peak_rss.max(final_rss_mib),
+        final_rss_mib,
+    })
+}
