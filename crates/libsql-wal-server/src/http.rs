@@ -35,7 +35,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline))
         .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline))
         .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
+        .route("/metrics", get(crate::metrics::render))
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(shared)
 }
 

@@ -7,12 +7,14 @@
 //! - [`batons`]: streams kept between requests.
 //! - [`databases`]: the namespaces' files and the pool of idle connections.
 //! - [`limits`]: every bound, named by its flag.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
 
 pub mod batons;
 pub mod databases;
 pub mod hrana;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 
 pub use limits::Limits;
