@@ -40,6 +40,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v2", get(|| async { "" }))
         .route("/v3", get(|| async { "" }))
         .merge(hrana)
+        .route("/metrics", get(crate::metrics::render))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(shared)
 }
 

@@ -7,9 +7,10 @@
 //! - [`auth`]: shared token or Ed25519 JWTs.
 //! - [`batons`]: streams kept between requests.
 //! - [`durable`]: `--ack durable`, group durability.
-//! - [`databases`]: the namespaces' files and the pool of idle connections.
+//! - [`databases`]: the namespaces' files, a connection per stream.
 //! - [`limits`]: every bound, named by its flag.
 //! - [`tls`]: HTTPS with rustls.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
 
 pub mod auth;
 pub mod batons;
@@ -18,6 +19,7 @@ pub mod durable;
 pub mod hrana;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 

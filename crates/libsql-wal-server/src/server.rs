@@ -99,6 +99,8 @@ const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 impl Server {
     /// Binds the listening socket and prepares the databases directory.
     pub async fn bind(config: ServerConfig) -> Result<Server, String> {
+        // Before any database opens: the library takes its metric handles at their first use.
+        crate::metrics::install();
         std::fs::create_dir_all(&config.db_dir)
             .map_err(|e| format!("cannot create the databases directory {}: {e}", config.db_dir.display()))?;
         let tls = match &config.tls {

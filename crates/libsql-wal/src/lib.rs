@@ -59,6 +59,8 @@
 //!   (`layout`: object keys and chains, for tools listing a store) and [`checkpointer`].
 //! - Open logs in the process: [`registry_stats`], [`close_idle_logs`],
 //!   [`set_idle_open_files_max`], [`namespace_of`].
+//! - [`metrics`]: the names of the counters, gauges and histograms the crate emits through the
+//!   `metrics` facade, and [`metrics::update_gauges`] to call before a scrape.
 //! - [`io`]: the [`io::Io`] and [`io::IoFile`] traits every disk access goes through, and
 //!   [`io::StdIo`]. Public so a program can wrap the real file system (count syncs, inject
 //!   faults: the testkit's fault injector is such an `Io`).
@@ -87,8 +89,10 @@ mod error;
 pub mod format;
 #[cfg(feature = "fuzz-internals")]
 pub mod fuzz_internals;
+mod instruments;
 pub mod io;
 mod log;
+pub mod metrics;
 mod ownership;
 mod registry;
 mod segment;

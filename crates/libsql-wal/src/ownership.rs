@@ -279,6 +279,7 @@ fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<d
 fn create_log_dir(io: &dyn Io, log_dir: &Path) -> Result<()> {
     io.create_dir_all(log_dir).map_err(Error::io(IoAction::Create, log_dir))?;
     if let Some(parent) = log_dir.parent() {
+        crate::instruments::synced(crate::instruments::Synced::Directory);
         io.sync_dir(parent).map_err(Error::io(IoAction::Sync, parent))?;
     }
     Ok(())

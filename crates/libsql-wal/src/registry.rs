@@ -140,6 +140,13 @@ pub fn registry_stats() -> RegistryStats {
     }
 }
 
+/// The logs open in the process, in use or idle (for the gauges of `metrics::update_gauges`).
+/// Taken under the registry's lock, looked at outside it: a log closing meanwhile is only
+/// kept in memory a moment longer (its shutdown does not wait for these references).
+pub(crate) fn live_logs() -> Vec<Arc<SharedWal>> {
+    registry().logs.values().filter_map(Weak::upgrade).collect()
+}
+
 impl Registry {
     /// Shuts a log without connections down and forgets it (the registry's lock held, so an
     /// open of the same database waits and then recovers a fresh log).

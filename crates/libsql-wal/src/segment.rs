@@ -20,6 +20,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{Error, IoAction, Result};
 use crate::format::*;
+use crate::instruments::{self, Synced};
 use crate::io::{Io, IoFile};
 
 /// Frames read at once while scanning a segment during recovery.
@@ -278,6 +279,7 @@ impl Segment {
             );
         }
         self.file.set_len(keep).map_err(Error::io(IoAction::Truncate, &self.path))?;
+        instruments::synced(Synced::Segment);
         self.file.sync_data().map_err(Error::io(IoAction::Sync, &self.path))?;
         state.file_len = keep;
         Ok(())
@@ -654,6 +656,7 @@ impl Segment {
 
     /// Makes the frames written so far durable.
     pub fn sync(&self) -> Result<()> {
+        instruments::synced(Synced::Segment);
         self.file.sync_data().map_err(Error::io(IoAction::Sync, &self.path))?;
         // Cleared after the sync, never before: a FULL commit that finds it clear skips
         // syncing this segment. No frame can be written between the sync and the clear:
@@ -684,6 +687,7 @@ impl Segment {
             return Ok(());
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        instruments::synced(Synced::Directory);
         io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
         self.mark_entry_durable();
         Ok(())

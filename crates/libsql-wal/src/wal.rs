@@ -493,6 +493,9 @@ impl Wal for LibsqlWal {
         self.previous_frame_no = Some(committed.frame_no);
         self.callback_frames.set(self.shared.log_frames());
         let frames = segment.committed_frames() - start;
+        let metrics = crate::instruments::get();
+        metrics.commits.increment(1);
+        metrics.frames_written.increment(frames as u64);
         if let Some(txn) = self.write.as_mut() {
             txn.segment = None;
         }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, IoAction, Result};
 use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, DB_HEADER_MARK_SIZE, PAGE_SIZE};
+use crate::instruments::{self, Synced};
 use crate::io::Io;
 use crate::log::db_file::DbFile;
 use crate::log::segments::{Blocker, SegmentList};
@@ -73,6 +74,16 @@ impl SharedWal {
         busy: &mut dyn FnMut() -> bool,
         on_page: &mut PageVisitor<'_>,
     ) -> Result<CheckpointResult> {
+        self.checkpoint_unmetered(mode, busy, on_page)
+            .inspect_err(|_| instruments::get().checkpoint_errors.increment(1))
+    }
+
+    fn checkpoint_unmetered(
+        &self,
+        mode: CheckpointMode,
+        busy: &mut dyn FnMut() -> bool,
+        on_page: &mut PageVisitor<'_>,
+    ) -> Result<CheckpointResult> {
         let _guard = lock(&self.checkpoint_lock);
         // Full segments left for a background seal need no write lock: sealed in any mode.
         self.seal_in_order(false)?;
@@ -100,6 +111,10 @@ impl SharedWal {
     /// The background checkpoint: copies what is already sealed, never waits, never takes
     /// the write lock.
     pub fn checkpoint_sealed(&self) -> Result<()> {
+        self.checkpoint_sealed_unmetered().inspect_err(|_| instruments::get().checkpoint_errors.increment(1))
+    }
+
+    fn checkpoint_sealed_unmetered(&self) -> Result<()> {
         let _guard = lock(&self.checkpoint_lock);
         if self.parts.lifecycle.is_closed() {
             return Ok(());
@@ -128,11 +143,16 @@ impl SharedWal {
             let (ready, blocker) = self.parts.segments.checkpointable(self.parts.transactions.oldest_reader(), durable);
             if !ready.is_empty() {
                 self.check_writable()?;
+                let started = std::time::Instant::now();
                 let (frame_no, chain) =
                     self.watch(copy_segments(&self.parts.db, &ready, self.parts.lineage, on_page))?;
                 keep_file_time_past_commits(self.io.as_ref(), &self.parts.db, ready.last().expect("non-empty"));
                 self.parts.transactions.set_checkpointed(frame_no, chain);
                 self.watch(drop_segments(self.io.as_ref(), &self.log_dir, &self.parts.segments, &ready))?;
+                let metrics = instruments::get();
+                metrics.checkpoints.increment(1);
+                metrics.checkpointed_frames.increment(ready.iter().map(|s| s.committed_frames() as u64).sum());
+                metrics.checkpoint_duration.record(started.elapsed().as_secs_f64());
             }
             let give_up = match blocker {
                 Blocker::None => return Ok(false),
@@ -187,6 +207,7 @@ fn keep_file_time_past_commits(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
 }
 
 fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
+    instruments::synced(Synced::Directory);
     io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))
 }
 

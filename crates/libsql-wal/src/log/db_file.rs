@@ -31,6 +31,7 @@ impl DbFile {
     }
 
     pub fn sync(&self) -> Result<()> {
+        crate::instruments::synced(crate::instruments::Synced::Database);
         self.file.sync_data().map_err(Error::io(IoAction::Sync, &self.path))
     }
 

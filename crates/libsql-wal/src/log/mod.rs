@@ -199,6 +199,17 @@ pub(crate) fn chain_at<'a>(
     holder.map(|s| s.chain_at(frame_no)).transpose()
 }
 
+/// How far storage is behind a log (`SharedWal::storage_lag`).
+pub(crate) struct StorageLag {
+    pub namespace: String,
+    /// `None` while unknown (storage not listed since the log opened).
+    pub durable_frame_no: Option<u64>,
+    /// Frames committed past the durable frame_no (counted from 0 while it is unknown).
+    pub frames: u64,
+    /// Age of the oldest commit storage lacks (0 when it lacks none).
+    pub seconds: f64,
+}
+
 impl SharedWal {
     /// Takes ownership of the database's log and recovers it.
     pub fn open(
@@ -280,6 +291,29 @@ impl SharedWal {
 
     pub fn durability(&self) -> Option<&Arc<Durability>> {
         self.durability.as_ref()
+    }
+
+    /// How far storage is behind this log, if it has storage (for the metrics' gauges).
+    pub fn storage_lag(&self) -> Option<StorageLag> {
+        let durability = self.durability.as_ref()?;
+        let namespace = durability.binding()?.namespace.clone();
+        let durable_frame_no = durability.frame_no();
+        let durable = durable_frame_no.unwrap_or(0);
+        let frames = self.last_commit().frame_no.saturating_sub(durable);
+        // Uploads take whole segments: the oldest commit storage lacks is in the oldest
+        // segment reaching past the durable frame_no (its first commit, as an upper bound).
+        let oldest = self.parts.segments.all().into_iter().rev().find(|s| s.last_committed_frame_no() > durable);
+        let seconds = match oldest {
+            Some(segment) if frames > 0 => {
+                let first = match segment.commit_times().0 {
+                    0 => segment.created_unix_ms,
+                    first => first,
+                };
+                crate::io::unix_ms(self.io.now()).saturating_sub(first) as f64 / 1000.0
+            }
+            _ => 0.0,
+        };
+        Some(StorageLag { namespace, durable_frame_no, frames, seconds })
     }
 
     /// The checkpointed frame_no and the chain value there (a snapshot's base).

@@ -529,6 +529,7 @@ pub(crate) fn carry_out(io: &dyn Io, log_dir: &Path, plan: RecoveryPlan) -> Resu
         }
     }
     if !plan.covered.is_empty() || !plan.cut.is_empty() {
+        crate::instruments::synced(crate::instruments::Synced::Directory);
         io.sync_dir(log_dir).map_err(Error::io(IoAction::Sync, log_dir))?;
     }
     let mut segments: Vec<SegmentRef> = plan.kept.into_iter().map(Arc::new).collect();

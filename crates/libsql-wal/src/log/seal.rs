@@ -121,6 +121,7 @@ impl SharedWal {
 
     /// Syncs the log directory: the names of `segments` (all created before) are durable.
     fn sync_log_dir(&self, segments: &[SegmentRef]) -> Result<()> {
+        crate::instruments::synced(crate::instruments::Synced::Directory);
         self.io.sync_dir(&self.log_dir).map_err(Error::io(IoAction::Sync, &self.log_dir))?;
         for segment in segments {
             segment.mark_entry_durable();

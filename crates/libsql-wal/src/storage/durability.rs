@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::{Error, IoAction, Result};
 use crate::format::{DURABLE_RECORD_SIZE, DurableRecord, storage_identity};
+use crate::instruments::{self, Synced, Uploaded};
 use crate::io::{FileKind, Io};
 use crate::segment::SegmentRef;
 use crate::storage::layout::StoredObject;
@@ -319,8 +320,10 @@ impl Durability {
         let file = self.io.open(path, true).map_err(Error::io(IoAction::Open, path))?;
         let record = DurableRecord { frame_no, identity: self.identity };
         file.write_all_at(&record.encode(), 0).map_err(Error::io(IoAction::Write, path))?;
+        instruments::synced(Synced::Record);
         file.sync_data().map_err(Error::io(IoAction::Sync, path))?;
         if create && let Some(dir) = path.parent() {
+            instruments::synced(Synced::Directory);
             self.io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
         }
         Ok(())
@@ -364,12 +367,14 @@ impl Durability {
     }
 
     fn record_failure(&self, error: &Error) {
+        instruments::get().upload_errors.increment(1);
         let mut state = lock(&self.state);
         state.failures += 1;
         state.last_error = Some(error.to_string());
     }
 
-    fn record_success(&self, bytes: u64) {
+    fn record_success(&self, kind: Uploaded, bytes: u64) {
+        instruments::get().uploaded(kind, bytes);
         let mut state = lock(&self.state);
         state.uploads += 1;
         state.uploaded_bytes += bytes;
@@ -569,7 +574,7 @@ async fn upload_segment(durability: &Durability, binding: &StorageBinding, segme
         return Ok(());
     }
     tracing::debug!(namespace = %binding.namespace, key, "uploaded");
-    durability.record_success(len);
+    durability.record_success(Uploaded::Segment, len);
     durability.compact_after(binding, len);
     durability.advance(last)?;
     durability.log.became_durable();
@@ -815,7 +820,7 @@ async fn upload_base_snapshot(
         durability.diverge(&binding.namespace, reason);
         return Ok(());
     }
-    durability.record_success(bytes);
+    durability.record_success(Uploaded::Snapshot, bytes);
     durability.advance(checkpointed)?;
     durability.log.became_durable();
     Ok(())
