@@ -178,6 +178,25 @@ enum BenchWorkload {
         #[arg(long)]
         json: bool,
     },
+    /// `serve` under load: clients over namespaces, mixed reads and writes, beside the same
+    /// workload through the library in process (the ratio is the server's overhead); then
+    /// namespaces touched once each, with descriptors and memory.
+    Serve {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Percent of operations that write.
+        #[arg(long, default_value_t = 20)]
+        write_percent: u32,
+        /// Namespaces touched once each, for the descriptor and memory figures.
+        #[arg(long, default_value_t = 10_000)]
+        touch_namespaces: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Commits per second, one small row per transaction, synchronous=FULL and NORMAL, with
     /// a bare pwrite+fdatasync loop as the disk's limit.
     Commits {
@@ -497,9 +516,55 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
             storage_cmd::bench(seconds, rate, segment_frames, sizes, dir, json)
         }
         BenchWorkload::Commits { commits, rounds, dir, json } => bench_commits(commits, rounds, dir, json),
+        BenchWorkload::Serve { clients, namespaces, seconds, write_percent, touch_namespaces, dir } => {
+            bench_serve(clients, namespaces, seconds, write_percent, touch_namespaces, dir)
+        }
         BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {
             bench_checkpoint_latency(log_mib, commits, rows_per_commit, rounds, dir, json)
         }
+    }
+}
+
+fn bench_serve(
+    clients: usize,
+    namespaces: usize,
+    seconds: u64,
+    write_percent: u32,
+    touch: usize,
+    dir: Option<PathBuf>,
+) -> Result<ExitCode, String> {
+    use libsql_wal_testkit::bench::serve::{LoadConfig, many_namespaces, serve_load};
+    let tmp = tempfile_dir(dir)?;
+    let config = LoadConfig { clients, namespaces: namespaces.max(1), seconds, write_percent, rows: 1000 };
+    outln!("{clients} clients over {namespaces} namespaces, {write_percent}% writes, {seconds} s per side");
+    let report = serve_load(tmp.path(), &config)?;
+    outln!("{:<12} {:>10} {:>8} {:>9} {:>9}", "side", "req/s", "errors", "p50 ms", "p99 ms");
+    for (side, r) in [("serve", &report.server), ("in-process", &report.in_process)] {
+        outln!("{side:<12} {:>10.0} {:>8} {:>9.2} {:>9.2}", r.per_sec, r.errors, r.p50_ms, r.p99_ms);
+    }
+    outln!(
+        "serve / in-process: {:.2}x the throughput, p50 {:.2}x, p99 {:.2}x",
+        report.server.per_sec / report.in_process.per_sec.max(f64::MIN_POSITIVE),
+        report.server.p50_ms / report.in_process.p50_ms.max(0.001),
+        report.server.p99_ms / report.in_process.p99_ms.max(0.001)
+    );
+    let many = many_namespaces(tmp.path(), touch)?;
+    outln!(
+        "{} namespaces touched once: {:.0}/s, {} errors, open descriptors peak {} (end {}), RSS peak {:.1} MiB (end {:.1} MiB)",
+        many.namespaces, many.per_sec, many.errors, many.peak_open_fds, many.final_open_fds, many.peak_rss_mib, many.final_rss_mib
+    );
+    let failed = report.server.errors + report.in_process.errors + many.errors > 0;
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// A scratch directory under `dir` (or the system's temporary directory), removed at the end.
+fn tempfile_dir(dir: Option<PathBuf>) -> Result<tempfile::TempDir, String> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            tempfile::tempdir_in(dir).map_err(|e| e.to_string())
+        }
+        None => tempfile::tempdir().map_err(|e| e.to_string()),
     }
 }
 
