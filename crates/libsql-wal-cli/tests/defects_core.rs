@@ -447,6 +447,168 @@ fn losing_the_log_directory_race_to_stock_sqlite_reports_in_use() {
     assert!(log_dir(&db).is_file(), "SQLite's -wal file was touched");
 }
 
+/// A model of stock `sqlite3` opening a WAL-mode database, paused where the race with our
+/// first open lost its commits: SQLite's unix VFS takes SHARED (a read lock on PENDING_BYTE,
+/// then on the SHARED range, then PENDING released) and only then opens `<db>-wal`,
+/// creating it if missing; it maps `-shm` and takes the lock we used to look at only later.
+/// Stock `sqlite3` cannot be stopped at that point, so this child does SQLite's steps with
+/// the same `fcntl` locks, says how far it got (`busy`: a lock refused, as SQLITE_BUSY;
+/// `cantopen`: `<db>-wal` is our directory, as SQLITE_CANTOPEN; `connected`), and on its
+/// next input line writes its "frames" through its descriptor and says `committed`.
+const SQLITE_OPENING: &str = r#"
+import fcntl, os, sys
+db, wal = sys.argv[1], sys.argv[2]
+PENDING = 0x40000000
+fd = os.open(db, os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, PENDING)
+    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 510, PENDING + 2)
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, PENDING)
+except OSError:
+    print("busy", flush=True)
+    sys.exit(0)
+try:
+    log = os.open(wal, os.O_RDWR | os.O_CREAT, 0o644)
+except OSError:
+    print("cantopen", flush=True)
+    sys.exit(0)
+print("connected", flush=True)
+sys.stdin.readline()
+os.write(log, b"frames committed by sqlite3")
+os.fsync(log)
+print("committed", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Starts the model of `sqlite3` (above) at one file operation of our open.
+struct SqliteOpeningAt {
+    db: PathBuf,
+    /// The `Io` call, counted over the database's own files, at which it starts.
+    at: usize,
+    seen: std::sync::atomic::AtomicUsize,
+    sqlite3: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl SqliteOpeningAt {
+    fn step(&self, path: &Path) {
+        let ours = path.to_string_lossy().starts_with(&*self.db.to_string_lossy());
+        if ours && self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == self.at {
+            let mut child = Command::new("python3")
+                .arg("-c")
+                .arg(SQLITE_OPENING)
+                .arg(&self.db)
+                .arg(log_dir(&self.db))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 (installed by .ci/test)");
+            let said = read_line(&mut child);
+            assert!(["busy", "cantopen", "connected"].contains(&said.as_str()), "the model said {said:?}");
+            if said == "connected" {
+                *self.sqlite3.lock().unwrap() = Some(child);
+            } else {
+                child.wait().unwrap();
+            }
+        }
+    }
+
+    /// Lets a connected model commit; whether it did.
+    fn commit(&self) -> bool {
+        use std::io::Write;
+        let Some(mut child) = self.sqlite3.lock().unwrap().take() else { return false };
+        child.stdin.as_mut().unwrap().write_all(b"commit\n").unwrap();
+        let said = read_line(&mut child);
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        said == "committed"
+    }
+}
+
+fn read_line(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    // Byte by byte: a buffered reader would keep what comes after the line.
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while child.stdout.as_mut().unwrap().read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// `sqlite3` opening a WAL-mode database at each moment of our first open of it: whatever
+/// it committed through its `-wal` is still in the file named `<db>-wal`, where SQLite
+/// finds it (our open then refuses: in use). Before: a `sqlite3` that had created its
+/// `-wal` (our `mkdir` lost the race and looked again) or opened an empty one, but not yet
+/// mapped `-shm`, committed into the file we then removed, and lost those commits (2 to 9
+/// of 300 racing `sqlite3` inserts in the structure issue's pass).
+#[test]
+fn sqlite_opening_during_our_first_open_never_commits_into_a_removed_file() {
+    let mut at = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("race.db");
+        let conn = open_connection(&db, &plain_manager()).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        drop(conn);
+        let race = std::sync::Arc::new(SqliteOpeningAt {
+            db: db.clone(),
+            at,
+            seen: Default::default(),
+            sqlite3: Default::default(),
+        });
+        let hook = race.clone();
+        let io = libsql_wal_testkit::faulty::HookIo::new(move |_, path| hook.step(path));
+        let manager = LibsqlWalManager::new(std::sync::Arc::new(io), WalConfig::default());
+        let ours = open_connection(&db, &manager);
+        let reached = race.seen.load(std::sync::atomic::Ordering::SeqCst);
+        let sqlite3_committed = race.commit();
+        if sqlite3_committed {
+            let wal = std::fs::read(log_dir(&db));
+            assert!(
+                wal.as_deref().is_ok_and(|bytes| bytes.ends_with(b"frames committed by sqlite3")),
+                "sqlite3 started at file operation {at} committed into a file that is gone (our open: {:?})",
+                ours.as_ref().err()
+            );
+            assert!(ours.is_err(), "we opened a database sqlite3 was using");
+        }
+        drop(ours);
+        if at >= reached {
+            break;
+        }
+        at += 1;
+    }
+    assert!(at > 10, "the open made only {at} file operations");
+}
+
+/// `PRAGMA locking_mode=EXCLUSIVE` on our log: the connection keeps SQLite's EXCLUSIVE lock
+/// (PENDING_BYTE included), which keeps stock `sqlite3` out until it closes, as on SQLite's
+/// own WAL; the gate we hold on PENDING_BYTE while taking a log does not get in its way.
+#[test]
+fn a_connection_in_exclusive_locking_mode_opens_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("exclusive.db");
+    let conn = open_connection(&db, &plain_manager()).unwrap();
+    conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+    drop(conn);
+    let conn = libsql_sys::Connection::open(
+        &db,
+        libsql_sys::rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        plain_manager(),
+        1000,
+        None,
+    )
+    .unwrap();
+    conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE; INSERT INTO t VALUES (2);").unwrap();
+    assert_eq!(count(&conn), 2);
+    assert!(log_dir(&db).is_dir(), "not on our log");
+    // Exclusive indeed: stock sqlite3 cannot read meanwhile.
+    let out = Command::new("sqlite3").arg(&db).arg("SELECT count(*) FROM t").output().unwrap();
+    assert!(!out.status.success(), "stock sqlite3 read a database held exclusively");
+    drop(conn);
+    let out = Command::new("sqlite3").arg(&db).arg("SELECT count(*) FROM t").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
+
 /// A file we did not create in `<db>-wal/` is never deleted, neither at open nor at close,
 /// and the directory it keeps is reported clearly (before: a misleading "could not remove
 /// the empty log directory").

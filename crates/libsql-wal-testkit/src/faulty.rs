@@ -354,8 +354,14 @@ impl IoFile for FaultyFile {
         self.inner.unlock()
     }
 
-    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
-        self.inner.try_lock_byte(offset)
+    fn try_hold_byte(&self, offset: u64) -> io::Result<bool> {
+        self.inner.try_hold_byte(offset)
+    }
+    fn release_byte(&self, offset: u64) -> io::Result<()> {
+        self.inner.release_byte(offset)
+    }
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> io::Result<bool> {
+        self.inner.locked_by_another_process(offset, len)
     }
 }
 

@@ -31,10 +31,27 @@ pub trait IoFile: Send + Sync {
     /// Releases the lock of [`IoFile::try_lock_exclusive`]. Explicitly: a child process
     /// forked meanwhile shares the open file and would keep the lock past our `close`.
     fn unlock(&self) -> io::Result<()>;
-    /// Tries a write lock on one byte at `offset`, as SQLite's unix VFS would see it
-    /// (an open-file-description `fcntl` lock, so it also conflicts with locks this process
-    /// holds through other handles). Released at once: this only asks "is anyone there?".
-    fn try_lock_byte(&self, offset: u64) -> io::Result<bool>;
+    /// Takes a write lock on one byte at `offset`, as SQLite's unix VFS would see it (an
+    /// open-file-description `fcntl` lock, so it also conflicts with locks this process
+    /// holds through other handles), and holds it until [`IoFile::release_byte`] or the
+    /// handle closes: `Ok(false)` if anyone holds a lock there. The handle must be open
+    /// for writing.
+    fn try_hold_byte(&self, offset: u64) -> io::Result<bool>;
+    /// Releases the lock of [`IoFile::try_hold_byte`].
+    fn release_byte(&self, offset: u64) -> io::Result<()>;
+    /// Does another *process* hold an `fcntl` lock on `offset..offset + len`? Asked with
+    /// `F_GETLK`, which changes nothing and ignores this process's own POSIX locks (the
+    /// ones SQLite's connections here hold on the same file).
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> io::Result<bool>;
+    /// Tries a write lock on one byte at `offset` (see [`IoFile::try_hold_byte`]),
+    /// released at once: this only asks "is anyone there?".
+    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
+        let free = self.try_hold_byte(offset)?;
+        if free {
+            self.release_byte(offset)?;
+        }
+        Ok(free)
+    }
 }
 
 /// Files, directories, time and randomness.
@@ -120,12 +137,22 @@ impl IoFile for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
-    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
-        let free = self.ofd_lock(offset, libc::F_WRLCK as libc::c_short)?;
-        if free {
-            self.ofd_lock(offset, libc::F_UNLCK as libc::c_short)?;
+    fn try_hold_byte(&self, offset: u64) -> io::Result<bool> {
+        self.ofd_lock(offset, libc::F_WRLCK as libc::c_short)
+    }
+    fn release_byte(&self, offset: u64) -> io::Result<()> {
+        self.ofd_lock(offset, libc::F_UNLCK as libc::c_short).map(|_| ())
+    }
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut lock = flock_of(libc::F_WRLCK as libc::c_short, offset, len);
+        // SAFETY: a valid flock the kernel fills in; the descriptor is ours and open.
+        // F_GETLK, not F_OFD_GETLK: this process's own POSIX locks must not count.
+        let rc = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_GETLK, &mut lock) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(free)
+        Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
     }
     fn unlock(&self) -> io::Result<()> {
         self.0.unlock()
@@ -142,12 +169,8 @@ impl IoFile for StdFile {
 impl StdFile {
     fn ofd_lock(&self, offset: u64, lock_type: libc::c_short) -> io::Result<bool> {
         use std::os::fd::AsRawFd;
-        // SAFETY: a zeroed flock is a valid argument; the descriptor is ours and open.
-        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-        lock.l_type = lock_type;
-        lock.l_whence = libc::SEEK_SET as libc::c_short;
-        lock.l_start = offset as libc::off_t;
-        lock.l_len = 1;
+        let lock = flock_of(lock_type, offset, 1);
+        // SAFETY: a valid flock; the descriptor is ours and open.
         let rc = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
         if rc == 0 {
             return Ok(true);
@@ -158,6 +181,17 @@ impl StdFile {
             _ => Err(err),
         }
     }
+}
+
+/// An `fcntl` lock description of `len` bytes from `offset` (pid 0, as OFD locks need).
+fn flock_of(lock_type: libc::c_short, offset: u64, len: u64) -> libc::flock {
+    // SAFETY: all-zero is a valid flock (and l_pid must be 0 for OFD locks).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = lock_type;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = offset as libc::off_t;
+    lock.l_len = len as libc::off_t;
+    lock
 }
 
 /// Only regular files hold our data: a FIFO, socket or device in their place is refused.

@@ -6,8 +6,8 @@
 //! owning process for as long as the log is open, and so does the database file itself (a
 //! `flock` that follows the file, not its name: a hard link is the same file): a second
 //! process of ours gets [`Error::InUse`]. Before taking a database over from SQLite's own
-//! WAL we make sure no process still uses that WAL (the lock SQLite's unix VFS holds on its
-//! `-shm` file).
+//! WAL we make sure no process still uses that WAL, and that none can start to while we
+//! take it: the [`SqliteGate`], SQLite's own lock protocol on the database file.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,13 @@ use crate::io::{FileKind, Io, IoFile};
 /// Byte of `<db>-shm` that every SQLite connection using the WAL keeps read-locked (the
 /// "dead man switch" of SQLite's unix VFS: `UNIX_SHM_DMS`, 120 + 8).
 const SQLITE_SHM_DMS_BYTE: u64 = 128;
+
+/// SQLite's lock bytes in the database file (os_unix.c): a connection takes SHARED as a
+/// read lock on the `SHARED_SIZE` bytes from `SHARED_FIRST`, and only while holding a read
+/// lock on `PENDING_BYTE`, which a writer's write lock there keeps new readers out of.
+const SQLITE_PENDING_BYTE: u64 = 0x4000_0000;
+const SQLITE_SHARED_FIRST: u64 = SQLITE_PENDING_BYTE + 2;
+const SQLITE_SHARED_SIZE: u64 = 510;
 
 pub(crate) fn log_dir_of(db_path: &Path) -> PathBuf {
     let mut name = db_path.as_os_str().to_owned();
@@ -112,8 +119,14 @@ impl IoFile for Ownership {
         let db = self.db_lock.unlock();
         log.and(db)
     }
-    fn try_lock_byte(&self, offset: u64) -> std::io::Result<bool> {
-        self.lock_file.try_lock_byte(offset)
+    fn try_hold_byte(&self, offset: u64) -> std::io::Result<bool> {
+        self.lock_file.try_hold_byte(offset)
+    }
+    fn release_byte(&self, offset: u64) -> std::io::Result<()> {
+        self.lock_file.release_byte(offset)
+    }
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> std::io::Result<bool> {
+        self.lock_file.locked_by_another_process(offset, len)
     }
 }
 
@@ -127,7 +140,11 @@ impl IoFile for Ownership {
 /// first is owned. `flock` locks are independent of the POSIX (`fcntl`) locks SQLite's unix
 /// VFS takes on the same file (on Linux), so SQLite's own locking is not disturbed. It is
 /// taken first, before anything is created: a process refused leaves no trace.
-pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
+///
+/// `db_file` is the log's own read-write handle of the database file (kept open as long as
+/// the log): the gate that keeps stock SQLite out while the log directory is taken is a lock
+/// on it (see [`SqliteGate`]).
+pub(crate) fn take(io: &dyn Io, db_path: &Path, db_file: &dyn IoFile) -> Result<Box<dyn IoFile>> {
     let log_dir = log_dir_of(db_path);
     // Read-only: the handle only carries the lock.
     let db_lock = io.open_read_only(db_path).map_err(Error::io(IoAction::Open, db_path))?;
@@ -138,7 +155,7 @@ pub(crate) fn take(io: &dyn Io, db_path: &Path) -> Result<Box<dyn IoFile>> {
         let _ = db_lock.unlock();
         return Err(other_name_error(db_path, &other));
     }
-    match take_log_dir(io, db_path, &log_dir) {
+    match take_log_dir(io, db_file, db_path, &log_dir) {
         Ok(lock_file) => Ok(Box::new(Ownership { db_lock, lock_file })),
         Err(e) => {
             // Explicitly: a child forked meanwhile would keep the lock past our close.
@@ -217,15 +234,19 @@ pub(crate) fn other_name_error(db_path: &Path, other: &Path) -> Error {
 /// Attempts at taking the log directory when a race keeps changing it under our feet.
 const TAKE_ATTEMPTS: usize = 5;
 
-/// Creates (or takes over) the log directory and locks its `lock` file. What is at
-/// `<db>-wal` may change between our look and our action: stock `sqlite3` creating its
-/// `-wal` file, or another process of ours removing the directory at its shutdown. A race
+/// Creates (or takes over) the log directory and locks its `lock` file, behind the
+/// [`SqliteGate`] (no other process's SQLite can open `<db>-wal` meanwhile). What is at
+/// `<db>-wal` may still change between our look and our action: another process of ours
+/// removing the directory at its shutdown, or a program that is not SQLite. A race
 /// lost that way is never reported as its raw error ("File exists"): we look again and
 /// decide again (SQLite's file in use: `InUse`), and after a few lost races in a row,
 /// report `InUse` (someone else is busy with the file right now).
-fn take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
+fn take_log_dir(io: &dyn Io, db_file: &dyn IoFile, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {
     for _ in 0..TAKE_ATTEMPTS {
-        match try_take_log_dir(io, db_path, log_dir) {
+        let gate = SqliteGate::close(db_file, db_path, log_dir)?;
+        let taken = try_take_log_dir(io, db_path, log_dir);
+        gate.open()?;
+        match taken {
             Err(Error::Io { source, .. }) if lost_race(&source) => {
                 tracing::debug!(
                     dir = %log_dir.display(),
@@ -244,6 +265,57 @@ fn lost_race(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::NotFound | ErrorKind::NotADirectory)
         || matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Keeps stock SQLite (another process's connection through SQLite's own WAL) out of the
+/// database while we look at `<db>-wal` and take it.
+///
+/// SQLite opens a database's `-wal` only while its connection holds SHARED, which it keeps
+/// for as long as that connection uses the WAL, and it takes SHARED only through a read
+/// lock on PENDING_BYTE. So with our write lock on PENDING_BYTE held, and nobody else
+/// holding SHARED, no other process has `-wal` open or can open it until we are done: an
+/// empty `-wal` file is safe to remove, and whoever comes after finds our directory
+/// (SQLITE_CANTOPEN) instead of a file. Without the gate, a `sqlite3` that had just opened
+/// its (empty) `-wal` but not yet mapped `-shm` (the lock [`sqlite_wal_in_use`] looks at)
+/// went on committing into the file we removed, and lost those commits.
+///
+/// A `sqlite3` arriving while the gate is closed gets SQLITE_BUSY (its busy handler waits
+/// the moment out); one holding SHARED already makes us refuse with [`Error::InUse`], as it
+/// is using the database.
+struct SqliteGate<'a> {
+    db_file: &'a dyn IoFile,
+    db_path: &'a Path,
+}
+
+impl<'a> SqliteGate<'a> {
+    fn close(db_file: &'a dyn IoFile, db_path: &'a Path, log_dir: &Path) -> Result<SqliteGate<'a>> {
+        let in_use = || Error::InUse { path: db_path.into(), log_dir: log_dir.into() };
+        // Refused: a connection is on its way in (or a writer on its way to EXCLUSIVE).
+        if !db_file.try_hold_byte(SQLITE_PENDING_BYTE).map_err(Error::io(IoAction::Lock, db_path))? {
+            return Err(in_use());
+        }
+        let gate = SqliteGate { db_file, db_path };
+        let connected = db_file
+            .locked_by_another_process(SQLITE_SHARED_FIRST, SQLITE_SHARED_SIZE)
+            .map_err(Error::io(IoAction::Lock, db_path));
+        match connected {
+            Ok(false) => Ok(gate),
+            Ok(true) => {
+                gate.open()?;
+                Err(in_use())
+            }
+            Err(e) => {
+                let _ = gate.open();
+                Err(e)
+            }
+        }
+    }
+
+    /// Lets SQLite in again. An error here would leave other processes' SQLite busy until
+    /// the log closes, so it is the open's error.
+    fn open(self) -> Result<()> {
+        self.db_file.release_byte(SQLITE_PENDING_BYTE).map_err(Error::io(IoAction::Lock, self.db_path))
+    }
 }
 
 fn try_take_log_dir(io: &dyn Io, db_path: &Path, log_dir: &Path) -> Result<Box<dyn IoFile>> {

@@ -62,9 +62,17 @@ impl IoFile for HookFile {
         (self.hook)("unlock", &self.path)?;
         self.file.unlock()
     }
-    fn try_lock_byte(&self, offset: u64) -> io::Result<bool> {
-        (self.hook)("try_lock_byte", &self.path)?;
-        self.file.try_lock_byte(offset)
+    fn try_hold_byte(&self, offset: u64) -> io::Result<bool> {
+        (self.hook)("try_hold_byte", &self.path)?;
+        self.file.try_hold_byte(offset)
+    }
+    fn release_byte(&self, offset: u64) -> io::Result<()> {
+        (self.hook)("release_byte", &self.path)?;
+        self.file.release_byte(offset)
+    }
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> io::Result<bool> {
+        (self.hook)("locked_by_another_process", &self.path)?;
+        self.file.locked_by_another_process(offset, len)
     }
 }
 

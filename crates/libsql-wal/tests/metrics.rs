@@ -182,8 +182,14 @@ impl IoFile for FailingFile {
     fn unlock(&self) -> std::io::Result<()> {
         self.0.unlock()
     }
-    fn try_lock_byte(&self, offset: u64) -> std::io::Result<bool> {
-        self.0.try_lock_byte(offset)
+    fn try_hold_byte(&self, offset: u64) -> std::io::Result<bool> {
+        self.0.try_hold_byte(offset)
+    }
+    fn release_byte(&self, offset: u64) -> std::io::Result<()> {
+        self.0.release_byte(offset)
+    }
+    fn locked_by_another_process(&self, offset: u64, len: u64) -> std::io::Result<bool> {
+        self.0.locked_by_another_process(offset, len)
     }
 }
 

@@ -222,7 +222,7 @@ impl SharedWal {
         let db_file = io.open(db_path, false).map_err(Error::io(IoAction::Open, db_path))?;
         // Refuse a file that is not SQLite (or has other pages) before touching anything.
         ownership::read_db_header(db_file.as_ref(), db_path)?;
-        let lock_file = ownership::take(io.as_ref(), db_path)?;
+        let lock_file = ownership::take(io.as_ref(), db_path, db_file.as_ref())?;
         // The mark only now: the previous owner may have checkpointed (and exited) until
         // the lock was ours, and a stale mark would let frame numbers restart below it.
         let recovered = ownership::read_db_header(db_file.as_ref(), db_path).and_then(|mark| {
