@@ -18,32 +18,38 @@ use crate::auth::{Access, Refusal};
 use crate::batons::{self, Slot};
 use crate::databases::{DEFAULT_NAMESPACE, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
+use crate::hrana::stmt::Version;
 use crate::hrana::stream::Stream;
 use crate::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let body_max = shared.limits.body_bytes_max;
     let hrana = Router::new()
-        .route("/v2/pipeline", post(pipeline))
-        .route("/v3/pipeline", post(pipeline))
+        .route("/v2/pipeline", post(pipeline_v2))
+        .route("/v3/pipeline", post(pipeline_v3))
         .route("/v3/cursor", post(cursor))
-        .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline))
-        .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline))
+        .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline_v2))
+        .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline_v3))
         .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), admit))
         .layer(DefaultBodyLimit::max(body_max));
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        // As sqld: an empty 200; its name and version as plain text; the same greeting for
+        // either version check.
+        .route("/health", get(|| async { "" }))
         .route("/version", get(|| async { concat!("libsql-wal-server ", env!("CARGO_PKG_VERSION")) }))
         // Version checks: JSON only. A client that asks for `v3-protobuf` gets 404 and
         // falls back (libSQL's clients do), so no protobuf route is offered half-done.
-        .route("/v2", get(|| async { "" }))
-        .route("/v3", get(|| async { "" }))
+        .route("/v2", get(|| async { HRANA_GREETING }))
+        .route("/v3", get(|| async { HRANA_GREETING }))
         .merge(hrana)
         .route("/metrics", get(crate::metrics::render))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(shared)
 }
+
+/// What sqld answers `GET /v2` and `GET /v3` with.
+const HRANA_GREETING: &str = "Hello, this is HTTP API v2 (Hrana over HTTP)";
 
 /// At most `concurrent_requests_max` Hrana requests run at once; the next wait in line up
 /// to `request_queue_timeout`, then get 503. Bounds threads and open connections under load.
@@ -67,20 +73,31 @@ async fn admit(
     }
 }
 
-/// An error that ends the request (not a statement's error, which is a result).
+/// An error that ends the request (not a statement's error, which is a result): a JSON
+/// `{"message", "code"}`, or for a protocol error the message alone as plain text.
 pub struct HttpError {
     status: StatusCode,
     error: proto::Error,
+    plain: bool,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        HttpError { status, error: proto::Error { message: message.into(), code: code.into() } }
+        HttpError { status, error: proto::Error { message: message.into(), code: code.into() }, plain: false }
+    }
+
+    /// A request the protocol does not allow: 400 with the reason as plain text, sqld's form
+    /// (its `ProtocolError`s), which libSQL's clients show as the error's message.
+    pub fn protocol(why: impl std::fmt::Display) -> Self {
+        HttpError { plain: true, ..HttpError::new(StatusCode::BAD_REQUEST, "PROTOCOL_ERROR", why.to_string()) }
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        if self.plain {
+            return (self.status, [(header::CONTENT_TYPE, "text/plain")], self.error.message).into_response();
+        }
         (self.status, json_body(&self.error)).into_response()
     }
 }
@@ -92,15 +109,15 @@ fn json_body<T: Serialize>(value: &T) -> Response {
     }
 }
 
-/// The namespace a request is for, as libSQL's server chooses it: the `x-namespace` header,
-/// else the `/dev/<namespace>/…` path, else the host's first label (`db.example.com` → `db`;
-/// not for an IP address or a one-label host, and not with `--no-host-namespaces`), else
-/// `default`.
+/// The namespace a request is for, as libSQL's server chooses it: on `/dev/<namespace>/…`
+/// the path alone; else the `x-namespace` header, else the host's first label
+/// (`db.example.com` → `db`; not for an IP address or a one-label host, and not with
+/// `--no-host-namespaces`), else `default`.
 fn namespace(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> Result<String, HttpError> {
-    let chosen = if let Some(value) = headers.get("x-namespace") {
-        Some(value.to_str().map_err(|_| invalid_namespace("the x-namespace header is not text"))?.to_string())
-    } else if let Some(name) = from_path {
+    let chosen = if let Some(name) = from_path {
         Some(name.to_string())
+    } else if let Some(value) = headers.get("x-namespace") {
+        Some(value.to_str().map_err(|_| invalid_namespace("the x-namespace header is not text"))?.to_string())
     } else if shared.host_namespaces {
         headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(first_label).map(str::to_string)
     } else {
@@ -138,13 +155,16 @@ fn invalid_namespace(why: impl std::fmt::Display) -> HttpError {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
-    serde_json::from_slice(body).map_err(|e| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "PROTOCOL_ERROR",
-            format!("the request body is not a valid Hrana request: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| HttpError::protocol(format!("Cannot deserialize client message from JSON: {e}")))
+}
+
+/// Whether `baton` has the form of the batons we give (32 hex digits): one that does not
+/// is sqld's "invalid baton"; one that does but names no open stream was used, expired or
+/// closed, which our table cannot tell apart: `STREAM_EXPIRED`, the one of those a correct
+/// client can meet.
+fn well_formed(baton: &str) -> bool {
+    baton.len() == 32 && baton.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn stream_expired() -> HttpError {
@@ -172,32 +192,52 @@ fn stream_for(
     needs_room: bool,
 ) -> Result<Slot, HttpError> {
     match baton {
-        Some(baton) => {
-            let slot = shared.batons.take(baton).ok_or_else(stream_expired)?;
-            Ok(slot)
-        }
+        Some(baton) if !well_formed(baton) => Err(HttpError::protocol("Received an invalid baton")),
+        Some(baton) => shared.batons.take(baton).ok_or_else(stream_expired),
         None if needs_room && !shared.batons.has_room() => Err(too_many_streams(shared.limits.batons_max)),
         None => Ok(batons::new_slot(Stream::new(namespace.to_string(), access == Access::ReadOnly))),
     }
 }
 
-async fn dev_pipeline(
+async fn dev_pipeline_v2(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, Some(ns), body).await
+    run_pipeline(shared, headers, Some(ns), Version::Hrana2, body).await
 }
 
-async fn pipeline(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, None, body).await
+async fn dev_pipeline_v3(
+    State(shared): State<Arc<Shared>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    run_pipeline(shared, headers, Some(ns), Version::Hrana3, body).await
+}
+
+async fn pipeline_v2(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    run_pipeline(shared, headers, None, Version::Hrana2, body).await
+}
+
+async fn pipeline_v3(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    run_pipeline(shared, headers, None, Version::Hrana3, body).await
 }
 
 async fn run_pipeline(
     shared: Arc<Shared>,
     headers: HeaderMap,
     path_ns: Option<String>,
+    version: Version,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
@@ -212,19 +252,21 @@ async fn run_pipeline(
     let namespace_ = namespace.clone();
     let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
         let namespace = namespace_;
-        let Some(stream) = held.stream.as_mut() else { return (held, Vec::new(), false, Ok(())) };
-        let results: Vec<_> =
-            request.requests.into_iter().map(|r| stream.handle(r, &worker.dbs, &worker.limits)).collect();
-        let open = !stream.is_closed();
+        let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(())) };
+        // The first request the protocol refuses ends the pipeline (and, below, the stream).
+        let results: Result<Vec<_>, _> =
+            request.requests.into_iter().map(|r| stream.handle(r, version, &worker.dbs, &worker.limits)).collect();
+        let open = !stream.is_closed() && results.is_ok();
         held.idle_since = std::time::Instant::now();
         if !open && let Some(stream) = held.stream.take() {
             stream.end(&worker.dbs);
         }
-        let durable = worker.wait_durable(&namespace);
+        let durable = if results.is_ok() { worker.wait_durable(&namespace) } else { Ok(()) };
         (held, results, open, durable)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request failed: {e}")))?;
+    let results = results.map_err(HttpError::protocol)?;
     if let Err(why) = durable {
         drop(held);
         if open {
@@ -317,8 +359,11 @@ async fn run_cursor(
     let slot = stream_for(&shared, request.baton.as_deref(), &namespace, access, true)?;
     let mut held = slot.clone().lock_owned().await;
     check_stream(&held, &namespace, access)?;
-    if held.stream.is_none() {
-        return Err(stream_expired());
+    let Some(stream) = held.stream.as_ref() else { return Err(stream_expired()) };
+    // sqld refuses a batch the protocol does not allow before it answers, and drops the stream.
+    if let Err(why) = stream.check_cursor(&request.batch, Version::Hrana3, &shared.limits) {
+        end_stream(&shared, held.stream.take()).await;
+        return Err(HttpError::protocol(why));
     }
     // Kept while still locked: the next request on the new baton waits for this batch.
     let baton = match shared.batons.keep(slot) {
@@ -348,7 +393,7 @@ async fn run_cursor(
             line.push(b'\n');
             tx.blocking_send(Bytes::from(line)).is_ok() && go_on
         };
-        stream.run_cursor(&request.batch, &worker.dbs, &worker.limits, &mut emit);
+        stream.run_cursor(&request.batch, Version::Hrana3, &worker.dbs, &worker.limits, &mut emit);
         held.idle_since = std::time::Instant::now();
     });
     let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) })

@@ -56,7 +56,11 @@ def sqlite_message(message):
     m = re.search(r'Error \{ message: "((?:[^"\\]|\\.)*)", code: "([^"]*)" \}', message)
     if m:
         message = json.loads('"' + m.group(1) + '"')
-    return re.sub(r"^SQLite error: ", "", message)
+    # libSQL's server's forms: "SQLite error: …", "SQL input error: … (at offset N)",
+    # "SQL string could not be parsed: …".
+    message = re.sub(r"^SQLite error: ", "", message)
+    message = re.sub(r"^SQL string could not be parsed: ", "", message)
+    return re.sub(r"^SQL input error: (.*) \(at offset \d+\)$", r"\1", message, flags=re.S)
 
 
 def failure(e):

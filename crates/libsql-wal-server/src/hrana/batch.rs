@@ -5,8 +5,51 @@
 use rusqlite::Connection;
 
 use super::proto::{Batch, BatchCond, BatchResult, Col, CursorEntry, StmtResult, Value};
-use super::stmt::{self, RowSink, StmtError, StoredSql};
+use super::stmt::{self, ProtocolError, RequestError, RowSink, StmtError, StoredSql, Version};
 use crate::limits::Limits;
+
+/// What sqld checks of a batch before running any step, step by step in order: the step's
+/// SQL text is given once (`sql` or a stored `sql_id`); with `conn`, what its text alone
+/// shows (parse errors, statement count, positional and named arguments together); then its
+/// condition refers only to earlier steps and, on `/v2`, holds no `is_autocommit`. Returns
+/// each step's SQL text. A cursor passes no `conn`: text errors are its steps' `step_error`.
+pub fn check<'a>(
+    batch: &'a Batch,
+    stored: &'a StoredSql,
+    version: Version,
+    conn: Option<&Connection>,
+    limits: &Limits,
+) -> Result<Vec<&'a str>, RequestError> {
+    let mut texts = Vec::with_capacity(batch.steps.len());
+    for (i, step) in batch.steps.iter().enumerate() {
+        let sql = stmt::sql_of(step.stmt.sql.as_deref(), step.stmt.sql_id, stored)?;
+        if let Some(conn) = conn {
+            stmt::check_text(conn, sql, &step.stmt, limits)?;
+        }
+        if let Some(cond) = &step.condition {
+            check_cond(cond, i, version)?;
+        }
+        texts.push(sql);
+    }
+    Ok(texts)
+}
+
+fn check_cond(cond: &BatchCond, step: usize, version: Version) -> Result<(), ProtocolError> {
+    match cond {
+        BatchCond::Ok { step: s } | BatchCond::Error { step: s } if *s as usize >= step => {
+            Err(ProtocolError::BatchCondBadStep)
+        }
+        BatchCond::Ok { .. } | BatchCond::Error { .. } => Ok(()),
+        BatchCond::Not { cond } => check_cond(cond, step, version),
+        BatchCond::And { conds } | BatchCond::Or { conds } => {
+            conds.iter().try_for_each(|c| check_cond(c, step, version))
+        }
+        BatchCond::IsAutocommit if version < Version::Hrana3 => {
+            Err(ProtocolError::NotSupported { what: "BatchCond of type `is_autocommit`", min_version: Version::Hrana3 })
+        }
+        BatchCond::IsAutocommit => Ok(()),
+    }
+}
 
 /// What became of each step so far: `None` not run (yet, or skipped).
 #[derive(Clone, Copy, PartialEq)]
@@ -38,7 +81,7 @@ trait StepSink {
     }
 }
 
-fn run_steps(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limits, sink: &mut dyn StepSink) {
+fn run_steps(conn: &Connection, batch: &Batch, texts: &[&str], limits: &Limits, sink: &mut dyn StepSink) {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.steps.len()];
     for (i, step) in batch.steps.iter().enumerate() {
         if sink.stopped() {
@@ -50,7 +93,7 @@ fn run_steps(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limi
             continue;
         }
         let index = i as u32;
-        let result = stmt::run(conn, &step.stmt, stored, limits, sink.begin(index));
+        let result = stmt::run(conn, texts[i], &step.stmt, limits, sink.begin(index));
         match result {
             Ok(outcome) => {
                 outcomes[i] = Some(Outcome::Ok);
@@ -64,8 +107,8 @@ fn run_steps(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limi
     }
 }
 
-/// A `batch` request's whole result.
-pub fn execute(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Limits) -> BatchResult {
+/// A `batch` request's whole result, its steps' texts from [`check`].
+pub fn execute(conn: &Connection, batch: &Batch, texts: &[&str], limits: &Limits) -> BatchResult {
     let steps = batch.steps.len();
     let mut sink = WholeBatch {
         result: BatchResult { step_results: (0..steps).map(|_| None).collect(), step_errors: vec![None; steps] },
@@ -73,7 +116,7 @@ pub fn execute(conn: &Connection, batch: &Batch, stored: &StoredSql, limits: &Li
         bytes_max: limits.response_bytes_max,
         bytes: 0,
     };
-    run_steps(conn, batch, stored, limits, &mut sink);
+    run_steps(conn, batch, texts, limits, &mut sink);
     sink.result
 }
 
@@ -118,16 +161,8 @@ impl StepSink for WholeBatch {
     fn end(&mut self, step: u32, outcome: stmt::StmtOutcome) {
         let rows = std::mem::take(&mut self.current);
         self.bytes = rows.bytes;
-        let rows_read = rows.rows.len() as u64;
-        self.result.step_results[step as usize] = Some(StmtResult {
-            cols: rows.cols,
-            rows: rows.rows,
-            affected_row_count: outcome.affected_row_count,
-            last_insert_rowid: outcome.last_insert_rowid,
-            rows_read,
-            rows_written: outcome.affected_row_count,
-            query_duration_ms: 0.0,
-        });
+        let result = StmtResult { cols: rows.cols, rows: rows.rows, ..StmtResult::default() };
+        self.result.step_results[step as usize] = Some(result.finish(outcome));
     }
 
     fn error(&mut self, step: u32, error: StmtError) {
@@ -136,17 +171,18 @@ impl StepSink for WholeBatch {
     }
 }
 
-/// Runs `batch` as a cursor: each entry goes to `emit` as it is produced. `emit` returns
-/// false once nobody reads any more (the client went away): the batch stops there.
+/// Runs `batch` as a cursor, its steps' texts from [`check`]: each entry goes to `emit` as
+/// it is produced. `emit` returns false once nobody reads any more (the client went away):
+/// the batch stops there.
 pub fn run_cursor(
     conn: &Connection,
     batch: &Batch,
-    stored: &StoredSql,
+    texts: &[&str],
     limits: &Limits,
     emit: &mut dyn FnMut(CursorEntry) -> bool,
 ) {
     let mut sink = CursorSink { emit, step: 0, open: true, bytes_max: limits.response_bytes_max };
-    run_steps(conn, batch, stored, limits, &mut sink);
+    run_steps(conn, batch, texts, limits, &mut sink);
 }
 
 struct CursorSink<'a> {

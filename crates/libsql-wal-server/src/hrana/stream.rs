@@ -4,7 +4,7 @@
 use rusqlite::Connection;
 
 use super::proto::{StreamRequest, StreamResponse, StreamResult};
-use super::stmt::{self, StmtError, StoredSql};
+use super::stmt::{self, ProtocolError, RequestError, StmtError, StoredSql, Version};
 use super::{batch, proto};
 use crate::databases::{Conn, Databases};
 use crate::limits::Limits;
@@ -55,27 +55,42 @@ impl Stream {
         Ok(self.conn.as_deref().expect("just set"))
     }
 
+    /// What sqld refuses of a cursor's batch before answering (400): see [`batch::check`].
+    pub fn check_cursor(&self, batch: &proto::Batch, version: Version, limits: &Limits) -> Result<(), ProtocolError> {
+        match batch::check(batch, &self.stored, version, None, limits) {
+            Err(RequestError::Protocol(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `batch` as a cursor (`/v3/cursor`), each entry to `emit` as it comes; a stream
     /// that cannot reach its database gives one `error` entry.
     pub fn run_cursor(
         &mut self,
         batch: &proto::Batch,
+        version: Version,
         dbs: &Databases,
         limits: &Limits,
         emit: &mut dyn FnMut(proto::CursorEntry) -> bool,
     ) {
-        if self.closed {
-            emit(proto::CursorEntry::Error {
-                error: proto::Error { message: "The stream is closed".into(), code: "STREAM_CLOSED".into() },
-            });
-            return;
-        }
         if let Err(e) = self.conn(dbs) {
             emit(proto::CursorEntry::Error { error: e.to_proto() });
             return;
         }
         let conn = self.conn.as_deref().expect("opened above");
-        batch::run_cursor(conn, batch, &self.stored, limits, emit);
+        // Checked by `check_cursor` before the response began; a text error is a step's.
+        let texts = match batch::check(batch, &self.stored, version, None, limits) {
+            Ok(texts) => texts,
+            Err(e) => {
+                let error = match e {
+                    RequestError::Stmt(e) => e.to_proto(),
+                    RequestError::Protocol(e) => proto::Error { message: e.to_string(), code: "PROTOCOL_ERROR".into() },
+                };
+                emit(proto::CursorEntry::Error { error });
+                return;
+            }
+        };
+        batch::run_cursor(conn, batch, &texts, limits, emit);
     }
 
     /// Ends the stream: any open transaction rolled back, its connection closed.
@@ -85,46 +100,67 @@ impl Stream {
         }
     }
 
-    /// Runs one request. A request on a closed stream is an error, as the spec says.
-    pub fn handle(&mut self, request: StreamRequest, dbs: &Databases, limits: &Limits) -> StreamResult {
+    /// Runs one request, which came in protocol `version`. A request the protocol does not
+    /// allow (see [`ProtocolError`]) fails the whole HTTP request, as in sqld.
+    pub fn handle(
+        &mut self,
+        request: StreamRequest,
+        version: Version,
+        dbs: &Databases,
+        limits: &Limits,
+    ) -> Result<StreamResult, ProtocolError> {
+        match self.respond(request, version, dbs, limits) {
+            Ok(response) => Ok(StreamResult::Ok { response }),
+            Err(RequestError::Stmt(e)) => Ok(StreamResult::Error { error: e.to_proto() }),
+            Err(RequestError::Protocol(e)) => Err(e),
+        }
+    }
+
+    /// The connection for a request that needs one: none once the stream is closed (in
+    /// sqld a protocol error, not a result).
+    fn open_conn(&mut self, dbs: &Databases) -> Result<&Connection, RequestError> {
         if self.closed {
-            return error(proto::Error { message: "The stream is closed".into(), code: "STREAM_CLOSED".into() });
+            return Err(ProtocolError::StreamClosed.into());
         }
-        match self.respond(request, dbs, limits) {
-            Ok(response) => StreamResult::Ok { response },
-            Err(e) => error(e.to_proto()),
-        }
+        Ok(self.conn(dbs)?)
     }
 
     fn respond(
         &mut self,
         request: StreamRequest,
+        version: Version,
         dbs: &Databases,
         limits: &Limits,
-    ) -> Result<StreamResponse, StmtError> {
+    ) -> Result<StreamResponse, RequestError> {
         Ok(match request {
             StreamRequest::Close => {
                 self.closed = true;
                 StreamResponse::Close
             }
             StreamRequest::Execute { stmt } => {
-                self.conn(dbs)?;
+                self.open_conn(dbs)?;
                 let conn = self.conn.as_deref().expect("opened above");
-                StreamResponse::Execute { result: stmt::execute(conn, &stmt, &self.stored, limits)? }
+                let sql = stmt::sql_of(stmt.sql.as_deref(), stmt.sql_id, &self.stored)?;
+                StreamResponse::Execute { result: stmt::execute(conn, sql, &stmt, limits)? }
             }
             StreamRequest::Batch { batch } => {
-                self.conn(dbs)?;
+                self.open_conn(dbs)?;
                 let conn = self.conn.as_deref().expect("opened above");
-                StreamResponse::Batch { result: batch::execute(conn, &batch, &self.stored, limits) }
+                let texts = batch::check(&batch, &self.stored, version, Some(conn), limits)?;
+                StreamResponse::Batch { result: batch::execute(conn, &batch, &texts, limits) }
             }
             StreamRequest::Sequence { sql, sql_id } => {
-                let sql = stmt::sql_of(sql.as_deref(), sql_id, &self.stored)?.to_string();
-                stmt::sequence(self.conn(dbs)?, &sql, limits)?;
+                self.open_conn(dbs)?;
+                let conn = self.conn.as_deref().expect("opened above");
+                let sql = stmt::sql_of(sql.as_deref(), sql_id, &self.stored)?;
+                stmt::sequence(conn, sql, limits)?;
                 StreamResponse::Sequence
             }
             StreamRequest::Describe { sql, sql_id } => {
-                let sql = stmt::sql_of(sql.as_deref(), sql_id, &self.stored)?.to_string();
-                StreamResponse::Describe { result: stmt::describe(self.conn(dbs)?, &sql, limits)? }
+                self.open_conn(dbs)?;
+                let conn = self.conn.as_deref().expect("opened above");
+                let sql = stmt::sql_of(sql.as_deref(), sql_id, &self.stored)?;
+                StreamResponse::Describe { result: stmt::describe(conn, sql, limits)? }
             }
             StreamRequest::StoreSql { sql_id, sql } => {
                 self.store_sql(sql_id, sql, limits)?;
@@ -135,26 +171,31 @@ impl Stream {
                 StreamResponse::CloseSql
             }
             StreamRequest::GetAutocommit => {
-                StreamResponse::GetAutocommit { is_autocommit: self.conn(dbs)?.is_autocommit() }
+                if version < Version::Hrana3 {
+                    return Err(ProtocolError::NotSupported {
+                        what: "The `get_autocommit` request",
+                        min_version: Version::Hrana3,
+                    }
+                    .into());
+                }
+                StreamResponse::GetAutocommit { is_autocommit: self.open_conn(dbs)?.is_autocommit() }
             }
         })
     }
 
-    fn store_sql(&mut self, sql_id: i32, sql: String, limits: &Limits) -> Result<(), StmtError> {
-        if sql.len() > limits.statement_bytes_max {
-            return Err(StmtError::StatementTooLarge(limits.statement_bytes_max));
-        }
+    /// sqld's order: an id in use (a protocol error), then too many texts, then too large
+    /// (our limits, sqld's codes).
+    fn store_sql(&mut self, sql_id: i32, sql: String, limits: &Limits) -> Result<(), RequestError> {
         if self.stored.contains_key(&sql_id) {
-            return Err(StmtError::SqlIdInUse(sql_id));
+            return Err(ProtocolError::SqlExists(sql_id).into());
         }
         if self.stored.len() >= limits.stored_sql_max {
-            return Err(StmtError::TooManyStoredSql(limits.stored_sql_max));
+            return Err(StmtError::SqlStoreTooMany(self.stored.len()).into());
+        }
+        if sql.len() > limits.statement_bytes_max {
+            return Err(StmtError::SqlStoreTooLarge { size: sql.len(), max: limits.statement_bytes_max }.into());
         }
         self.stored.insert(sql_id, sql);
         Ok(())
     }
-}
-
-fn error(error: proto::Error) -> StreamResult {
-    StreamResult::Error { error }
 }
