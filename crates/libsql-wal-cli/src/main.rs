@@ -551,7 +551,13 @@ fn bench_serve(
     let many = many_namespaces(tmp.path(), touch)?;
     outln!(
         "{} namespaces touched once: {:.0}/s, {} errors, open descriptors peak {} (end {}), RSS peak {:.1} MiB (end {:.1} MiB)",
-        many.namespaces, many.per_sec, many.errors, many.peak_open_fds, many.final_open_fds, many.peak_rss_mib, many.final_rss_mib
+        many.namespaces,
+        many.per_sec,
+        many.errors,
+        many.peak_open_fds,
+        many.final_open_fds,
+        many.peak_rss_mib,
+        many.final_rss_mib
     );
     let failed = report.server.errors + report.in_process.errors + many.errors > 0;
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -61,21 +61,29 @@ enum AckArg {
 /// The bounds of `Limits`, one flag each (docs/SERVE.md lists them).
 #[derive(clap::Args)]
 struct LimitArgs {
-    /// Largest request body, in bytes (more: 413).
+    /// Largest request body, in bytes (more: 413 BODY_TOO_LARGE).
     #[arg(long, default_value_t = Limits::default().body_bytes_max)]
     max_body_bytes: usize,
-    /// Largest SQL text, in bytes.
+    /// Largest SQL text, in bytes (more: an SQL_TOO_LARGE result).
     #[arg(long, default_value_t = Limits::default().statement_bytes_max)]
     max_statement_bytes: usize,
-    /// Largest result of one request (a pipeline's together; a cursor's per row), in bytes.
+    /// Largest result, in bytes: of one execute, of one batch's steps together, of one row of
+    /// a cursor (more: a RESPONSE_TOO_LARGE result).
     #[arg(long, default_value_t = Limits::default().response_bytes_max)]
     max_response_bytes: usize,
-    /// Requests run at once; more wait in line.
+    /// Requests run at once (at least 1); more wait in line up to --request-queue-timeout.
     #[arg(long, default_value_t = Limits::default().concurrent_requests_max)]
     max_concurrent_requests: usize,
-    /// Open streams (interactive transactions) at once.
+    /// How long a request waits in line for --max-concurrent-requests, e.g. 10s (then 503
+    /// SERVER_BUSY).
+    #[arg(long, value_parser = humantime_duration, default_value = "10s")]
+    request_queue_timeout: Duration,
+    /// Open streams (interactive transactions) at once (one more: 503 STREAMS_EXHAUSTED).
     #[arg(long, default_value_t = Limits::default().batons_max)]
     max_batons: usize,
+    /// SQL texts one stream may hold with store_sql (one more: an SQL_STORE_TOO_MANY result).
+    #[arg(long, default_value_t = Limits::default().stored_sql_max)]
+    max_stored_sql: usize,
     /// Idle time after which a stream is closed and its transaction rolled back, e.g. 10s.
     #[arg(long, value_parser = humantime_duration, default_value = "10s")]
     baton_timeout: Duration,
@@ -95,10 +103,11 @@ impl LimitArgs {
             statement_bytes_max: self.max_statement_bytes,
             response_bytes_max: self.max_response_bytes,
             concurrent_requests_max: self.max_concurrent_requests.max(1),
+            request_queue_timeout: self.request_queue_timeout,
             batons_max: self.max_batons,
             baton_timeout: self.baton_timeout,
+            stored_sql_max: self.max_stored_sql,
             busy_timeout: self.busy_timeout,
-            ..Limits::default()
         }
     }
 }

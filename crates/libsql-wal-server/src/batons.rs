@@ -29,39 +29,78 @@ pub fn new_slot(stream: Stream) -> Slot {
 }
 
 pub struct Batons {
-    table: Mutex<HashMap<String, Slot>>,
+    table: Mutex<Table>,
     max: usize,
     timeout: Duration,
 }
 
+/// The streams kept behind a baton, and how many more are spoken for: requests running on a
+/// stream that will be kept when they end (each holds a [`Room`]). Both are counted against
+/// `--max-batons` under one lock, so the check and the count can never be raced past.
+#[derive(Default)]
+struct Table {
+    kept: HashMap<String, Slot>,
+    reserved: usize,
+}
+
+/// One stream's place under `--max-batons`, held by the request running on it. Given back
+/// when dropped (the stream ended), or turned into a kept stream by [`Batons::keep`].
+pub struct Room<'a> {
+    batons: &'a Batons,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.batons.table().reserved -= 1;
+    }
+}
+
 impl Batons {
     pub fn new(max: usize, timeout: Duration) -> Self {
-        Batons { table: Mutex::new(HashMap::new()), max, timeout }
+        Batons { table: Mutex::new(Table::default()), max, timeout }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Open streams: kept behind a baton, or running a request that will keep them.
     pub fn open(&self) -> usize {
-        self.table().len()
+        let table = self.table();
+        table.kept.len() + table.reserved
     }
 
-    /// Whether one more stream may be kept open.
-    pub fn has_room(&self) -> bool {
-        self.open() < self.max
+    /// A place for one more open stream, if fewer than the limit are open. The check and
+    /// the count happen under one lock: concurrent requests never open more than the limit.
+    pub fn reserve(&self) -> Option<Room<'_>> {
+        let mut table = self.table();
+        if table.kept.len() + table.reserved >= self.max {
+            return None;
+        }
+        table.reserved += 1;
+        Some(Room { batons: self })
     }
 
-    /// The stream behind `baton`, which is used up by this.
-    pub fn take(&self, baton: &str) -> Option<Slot> {
-        self.table().remove(baton)
+    /// The stream behind `baton`, which is used up by this, with its place under the limit
+    /// (so no other request can take that place while this one runs).
+    pub fn take(&self, baton: &str) -> Option<(Slot, Room<'_>)> {
+        let mut table = self.table();
+        let slot = table.kept.remove(baton)?;
+        table.reserved += 1;
+        Some((slot, Room { batons: self }))
     }
 
-    /// Keeps `slot` for the next request; returns its baton, or the slot back if the OS's
-    /// random generator failed (a guessable baton would let anyone take the stream over).
-    pub fn keep(&self, slot: Slot) -> Result<String, Slot> {
+    /// Keeps `slot` for the next request in the place `room` held; returns its baton, or the
+    /// slot back if the OS's random generator failed (a guessable baton would let anyone take
+    /// the stream over), the place then given back.
+    pub fn keep(&self, slot: Slot, room: Room<'_>) -> Result<String, Slot> {
         let Some(baton) = new_baton() else { return Err(slot) };
-        self.table().insert(baton.clone(), slot);
+        let mut table = self.table();
+        table.kept.insert(baton.clone(), slot);
+        table.reserved -= 1;
+        drop(table);
+        // Its count moved to `kept` above.
+        std::mem::forget(room);
         Ok(baton)
     }
 
@@ -71,11 +110,12 @@ impl Batons {
         let expired: Vec<Slot> = {
             let mut table = self.table();
             let old: Vec<String> = table
+                .kept
                 .iter()
                 .filter(|(_, slot)| slot.try_lock().is_ok_and(|held| held.idle_since.elapsed() > self.timeout))
                 .map(|(baton, _)| baton.clone())
                 .collect();
-            old.iter().filter_map(|baton| table.remove(baton)).collect()
+            old.iter().filter_map(|baton| table.kept.remove(baton)).collect()
         };
         for slot in expired {
             end(slot, dbs).await;
@@ -84,7 +124,7 @@ impl Batons {
 
     /// Ends every stream (at shutdown), waiting for those busy with a request.
     pub async fn close_all(&self, dbs: &Arc<Databases>) {
-        let all: Vec<Slot> = self.table().drain().map(|(_, slot)| slot).collect();
+        let all: Vec<Slot> = self.table().kept.drain().map(|(_, slot)| slot).collect();
         for slot in all {
             end(slot, dbs).await;
         }

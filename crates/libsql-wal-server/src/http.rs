@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::auth::{Access, Refusal};
-use crate::batons::{self, Slot};
+use crate::batons::{self, Room, Slot};
 use crate::databases::{DEFAULT_NAMESPACE, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
 use crate::hrana::stmt::Version;
@@ -167,6 +167,31 @@ fn well_formed(baton: &str) -> bool {
     baton.len() == 32 && baton.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A Hrana request's body, at most `--max-body-bytes` long. Beyond that: 413 with the JSON
+/// error body of every other refusal, code `BODY_TOO_LARGE` (axum's own rejection is plain
+/// text; libSQL's server sets no bound at all, so there is no code of its to follow).
+pub struct HranaBody(Bytes);
+
+impl FromRequest<Arc<Shared>> for HranaBody {
+    type Rejection = HttpError;
+
+    async fn from_request(request: axum::extract::Request, shared: &Arc<Shared>) -> Result<Self, HttpError> {
+        match Bytes::from_request(request, shared).await {
+            Ok(body) => Ok(HranaBody(body)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!("the request body is over {} bytes (--max-body-bytes)", shared.limits.body_bytes_max),
+            )),
+            Err(rejection) => Err(HttpError::new(
+                rejection.status(),
+                "PROTOCOL_ERROR",
+                format!("cannot read the request body: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 fn stream_expired() -> HttpError {
     HttpError::new(
         StatusCode::BAD_REQUEST,
@@ -183,19 +208,30 @@ fn too_many_streams(max: usize) -> HttpError {
     )
 }
 
-/// The stream a request runs on: the one behind its baton (same namespace only), or a new one.
-fn stream_for(
-    shared: &Shared,
+/// The stream a request runs on: the one behind its baton, or a new one; with its place
+/// under `--max-batons` if it may be kept (taken atomically with the check: see
+/// [`batons::Batons::reserve`]).
+fn stream_for<'a>(
+    shared: &'a Shared,
     baton: Option<&str>,
     namespace: &str,
     access: Access,
     needs_room: bool,
-) -> Result<Slot, HttpError> {
+) -> Result<(Slot, Option<Room<'a>>), HttpError> {
     match baton {
         Some(baton) if !well_formed(baton) => Err(HttpError::protocol("Received an invalid baton")),
-        Some(baton) => shared.batons.take(baton).ok_or_else(stream_expired),
-        None if needs_room && !shared.batons.has_room() => Err(too_many_streams(shared.limits.batons_max)),
-        None => Ok(batons::new_slot(Stream::new(namespace.to_string(), access == Access::ReadOnly))),
+        Some(baton) => {
+            let (slot, room) = shared.batons.take(baton).ok_or_else(stream_expired)?;
+            Ok((slot, Some(room)))
+        }
+        None => {
+            let room = if needs_room {
+                Some(shared.batons.reserve().ok_or_else(|| too_many_streams(shared.limits.batons_max))?)
+            } else {
+                None
+            };
+            Ok((batons::new_slot(Stream::new(namespace.to_string(), access == Access::ReadOnly)), room))
+        }
     }
 }
 
@@ -203,7 +239,7 @@ async fn dev_pipeline_v2(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
     run_pipeline(shared, headers, Some(ns), Version::Hrana2, body).await
 }
@@ -212,7 +248,7 @@ async fn dev_pipeline_v3(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
     run_pipeline(shared, headers, Some(ns), Version::Hrana3, body).await
 }
@@ -220,7 +256,7 @@ async fn dev_pipeline_v3(
 async fn pipeline_v2(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
     run_pipeline(shared, headers, None, Version::Hrana2, body).await
 }
@@ -228,7 +264,7 @@ async fn pipeline_v2(
 async fn pipeline_v3(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
     run_pipeline(shared, headers, None, Version::Hrana3, body).await
 }
@@ -245,9 +281,13 @@ async fn run_pipeline(
     let request: PipelineRequest = parse(&body)?;
     // A pipeline that ends by closing its stream never needs a baton.
     let closes = matches!(request.requests.last(), Some(StreamRequest::Close));
-    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, access, !closes)?;
+    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, !closes)?;
     let mut held = slot.clone().lock_owned().await;
-    check_stream(&held, &namespace, access)?;
+    if let Err(e) = check_stream(&held, &namespace, access) {
+        // The baton is used up: end its stream (rolling back) off the async threads.
+        end_stream(&shared, held.stream.take()).await;
+        return Err(e);
+    }
     let worker = shared.clone();
     let namespace_ = namespace.clone();
     let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
@@ -279,7 +319,7 @@ async fn run_pipeline(
         return Err(stream_expired());
     }
     drop(held);
-    let baton = if open { Some(keep(&shared, slot).await?) } else { None };
+    let baton = if open { Some(keep(&shared, slot, room).await?) } else { None };
     Ok(json_body(&PipelineResponse { baton, base_url: None, results }))
 }
 
@@ -309,14 +349,20 @@ fn not_durable(why: String) -> HttpError {
     )
 }
 
-/// Keeps the stream for its next request, or ends it if no baton can be made.
-async fn keep(shared: &Arc<Shared>, slot: Slot) -> Result<String, HttpError> {
-    match shared.batons.keep(slot) {
+/// Keeps the stream for its next request in its place under `--max-batons` (one is taken
+/// now if the request had none: a pipeline ending in `close` whose stream stayed open), or
+/// ends it if there is no place or no baton can be made.
+async fn keep(shared: &Arc<Shared>, slot: Slot, room: Option<Room<'_>>) -> Result<String, HttpError> {
+    let kept = match room.or_else(|| shared.batons.reserve()) {
+        Some(room) => shared.batons.keep(slot, room).map_err(|slot| (slot, no_baton())),
+        None => Err((slot, too_many_streams(shared.limits.batons_max))),
+    };
+    match kept {
         Ok(baton) => Ok(baton),
-        Err(slot) => {
+        Err((slot, error)) => {
             let stream = slot.lock().await.stream.take();
             end_stream(shared, stream).await;
-            Err(no_baton())
+            Err(error)
         }
     }
 }
@@ -336,12 +382,16 @@ async fn dev_cursor(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
     run_cursor(shared, headers, Some(ns), body).await
 }
 
-async fn cursor(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, HttpError> {
+async fn cursor(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    HranaBody(body): HranaBody,
+) -> Result<Response, HttpError> {
     run_cursor(shared, headers, None, body).await
 }
 
@@ -356,9 +406,13 @@ async fn run_cursor(
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
     let access = authorize(&shared, &headers, &namespace)?;
     let request: CursorRequest = parse(&body)?;
-    let slot = stream_for(&shared, request.baton.as_deref(), &namespace, access, true)?;
+    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, true)?;
+    let Some(room) = room else { return Err(too_many_streams(shared.limits.batons_max)) };
     let mut held = slot.clone().lock_owned().await;
-    check_stream(&held, &namespace, access)?;
+    if let Err(e) = check_stream(&held, &namespace, access) {
+        end_stream(&shared, held.stream.take()).await;
+        return Err(e);
+    }
     let Some(stream) = held.stream.as_ref() else { return Err(stream_expired()) };
     // sqld refuses a batch the protocol does not allow before it answers, and drops the stream.
     if let Err(why) = stream.check_cursor(&request.batch, Version::Hrana3, &shared.limits) {
@@ -366,7 +420,7 @@ async fn run_cursor(
         return Err(HttpError::protocol(why));
     }
     // Kept while still locked: the next request on the new baton waits for this batch.
-    let baton = match shared.batons.keep(slot) {
+    let baton = match shared.batons.keep(slot, room) {
         Ok(baton) => baton,
         Err(_) => {
             end_stream(&shared, held.stream.take()).await;

@@ -5,24 +5,29 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// `--max-body-bytes`: a request body larger than this is refused with 413.
+    /// `--max-body-bytes`: a request body larger than this is refused: 413 `BODY_TOO_LARGE`.
     pub body_bytes_max: usize,
-    /// `--max-statement-bytes`: one SQL text (also a `store_sql` one) larger is an error result.
+    /// `--max-statement-bytes`: one SQL text (also a `store_sql` one) larger is an
+    /// `SQL_TOO_LARGE` result.
     pub statement_bytes_max: usize,
-    /// `--max-response-bytes`: rows beyond it end the statement with RESPONSE_TOO_LARGE
-    /// (a pipeline's or batch's results together; a cursor's one row at a time).
+    /// `--max-response-bytes`: rows beyond it end the statement with `RESPONSE_TOO_LARGE`:
+    /// an `execute`'s rows on their own, a `batch`'s steps together, a cursor's one row at a
+    /// time (sizes as [`crate::hrana::stmt::encoded_size`] counts them).
     pub response_bytes_max: usize,
-    /// `--max-concurrent-requests`: requests beyond it wait in line; past `request_queue_timeout`
-    /// of waiting they get 503.
+    /// `--max-concurrent-requests`: requests beyond it wait in line.
     pub concurrent_requests_max: usize,
+    /// `--request-queue-timeout`: past this long in line a request gets 503 `SERVER_BUSY`.
     pub request_queue_timeout: Duration,
-    /// `--max-batons`: open streams (interactive transactions) at once; one more gets 503.
+    /// `--max-batons`: open streams (interactive transactions) at once, counted from the
+    /// request that opens one to the end of the stream; one more gets 503 `STREAMS_EXHAUSTED`.
     pub batons_max: usize,
     /// `--baton-timeout`: a stream unused this long is closed, its transaction rolled back.
     pub baton_timeout: Duration,
-    /// `--max-stored-sql`: SQL texts one stream may hold with `store_sql`.
+    /// `--max-stored-sql`: SQL texts one stream may hold with `store_sql`; one more is an
+    /// `SQL_STORE_TOO_MANY` result.
     pub stored_sql_max: usize,
-    /// `--busy-timeout`: how long a statement waits for another writer of its database.
+    /// `--busy-timeout`: how long a statement waits for another writer of its database (then
+    /// `SQLITE_BUSY`).
     pub busy_timeout: Duration,
 }
 

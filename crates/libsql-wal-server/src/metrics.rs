@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `libsql_wal_http_requests_total` | counter | `route`, `status` | requests answered |
 //! | `libsql_wal_http_request_duration_seconds` | histogram | `route` | time to the response's head |
-//! | `libsql_wal_open_batons` | gauge | | streams kept open behind a baton |
+//! | `libsql_wal_open_batons` | gauge | | open streams, as `--max-batons` counts them |
 //!
 //! Bounded series: `route` is the matched route's template (`/dev/{namespace}/v2/pipeline`,
 //! never the request's path, so no namespace and no query), or `unmatched`; `status` is one
@@ -39,7 +39,8 @@ pub const HTTP_REQUESTS_TOTAL: &str = "libsql_wal_http_requests_total";
 /// Histogram (seconds), label `route`: from the request's arrival to its response's head (a
 /// cursor's streamed body is not included).
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "libsql_wal_http_request_duration_seconds";
-/// Gauge: streams kept open behind a baton.
+/// Gauge: open streams, as `--max-batons` counts them (kept behind a baton, or running a
+/// request that will keep them).
 pub const OPEN_BATONS: &str = "libsql_wal_open_batons";
 /// The `route` label of a request no route matched.
 const UNMATCHED: &str = "unmatched";
@@ -103,7 +104,7 @@ fn describe() {
         Unit::Seconds,
         "Time from a request's arrival to its response's head, by route template."
     );
-    describe_gauge!(OPEN_BATONS, "Streams kept open behind a baton.");
+    describe_gauge!(OPEN_BATONS, "Open streams, as --max-batons counts them.");
 }
 
 /// `GET /metrics`: refreshes the gauges, then renders everything.

@@ -44,6 +44,13 @@ impl Running {
         self.stop_inner()
     }
 
+    /// Stops the server as SIGTERM does; the databases' directory outlives it.
+    pub fn stop_keeping_files(mut self) -> (Result<(), String>, tempfile::TempDir) {
+        let stopped = self.stop_inner();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (stopped, dir)
+    }
+
     fn stop_inner(&mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -1,0 +1,216 @@
+//! Each limit of `Limits`, driven past its bound: the client gets the documented error (a
+//! result code, or an HTTP status with a JSON body), and the server stays usable after.
+
+mod support;
+
+use std::sync::Barrier;
+use std::time::Duration;
+
+use libsql_wal::Storage;
+use libsql_wal_server::Ack;
+use serde_json::{Value, json};
+use support::{close, error_code, execute, rows, start};
+
+/// A statement that runs for a while (tens of milliseconds) and returns one row.
+const SLOW: &str =
+    "with recursive c(i) as (select 1 union all select i+1 from c where i < 200000) select count(*) from c";
+
+#[test]
+fn an_oversize_body_gets_413_with_the_json_error_body() {
+    let server = start(|c| c.limits.body_bytes_max = 4096);
+    let padding = "x".repeat(5000);
+    let body =
+        serde_json::to_vec(&json!({ "baton": null, "requests": [execute(&format!("select '{padding}'"))] })).unwrap();
+    for path in ["/v2/pipeline", "/v3/pipeline", "/v3/cursor", "/dev/ns/v2/pipeline"] {
+        let (status, reply) = server.request("POST", path, &[], &body);
+        assert_eq!(status, 413, "{path}: {}", String::from_utf8_lossy(&reply));
+        let error: Value = serde_json::from_slice(&reply)
+            .unwrap_or_else(|e| panic!("{path}: the 413 body is not JSON ({e}): {}", String::from_utf8_lossy(&reply)));
+        assert_eq!(error["code"], "BODY_TOO_LARGE", "{path}: {error}");
+        assert!(error["message"].as_str().unwrap().contains("4096"), "{error}");
+    }
+    // Just under the bound passes.
+    let (status, r) = server.pipeline(None, json!([execute("select 1"), close()]));
+    assert_eq!(status, 200, "{r}");
+}
+
+#[test]
+fn results_over_the_response_limit_end_with_response_too_large() {
+    let server = start(|c| c.limits.response_bytes_max = 20_000);
+    let (status, r) = server.pipeline(
+        None,
+        json!([
+            execute("create table t(b)"),
+            execute("insert into t with recursive c(i) as (select 1 union all select i+1 from c where i < 100) select randomblob(1000) from c"),
+            close()
+        ]),
+    );
+    assert_eq!(status, 200, "{r}");
+    // An `execute` is bounded on its own: the whole table is too much, five rows (about
+    // 9 KB as counted) fit, however many such statements the pipeline holds.
+    let five = || execute("select b from t limit 5");
+    let (status, r) = server.pipeline(None, json!([execute("select b from t"), five(), five(), five(), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(error_code(&r, 0), "RESPONSE_TOO_LARGE");
+    for i in 1..=3 {
+        assert_eq!(rows(&r, i).len(), 5);
+    }
+    // A `batch` is bounded as a whole: the third step of five rows crosses the bound.
+    let step = json!({ "stmt": { "sql": "select b from t limit 5" } });
+    let (status, r) =
+        server.pipeline(None, json!([{ "type": "batch", "batch": { "steps": [step, step, step] } }, close()]));
+    assert_eq!(status, 200, "{r}");
+    let result = &r["results"][0]["response"]["result"];
+    assert!(result["step_results"][1].is_object(), "{result}");
+    assert_eq!(result["step_errors"][2]["code"], "RESPONSE_TOO_LARGE", "{result}");
+    // A cursor bounds each row: many rows stream out, one row over the bound is an error.
+    let body = json!({ "baton": null, "batch": { "steps": [
+        { "stmt": { "sql": "select b from t" } },
+        { "stmt": { "sql": "select randomblob(30000)" } }
+    ] } });
+    let (status, reply) = server.request("POST", "/v3/cursor", &[], &serde_json::to_vec(&body).unwrap());
+    assert_eq!(status, 200);
+    let lines: Vec<Value> =
+        String::from_utf8(reply).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "row").count(), 100);
+    let error = lines.iter().find(|l| l["type"] == "step_error").expect("no step_error for the oversize row");
+    assert_eq!(error["step"], 1);
+    assert_eq!(error["error"]["code"], "RESPONSE_TOO_LARGE");
+}
+
+#[test]
+fn stored_sql_beyond_the_limit_is_sql_store_too_many() {
+    let server = start(|c| c.limits.stored_sql_max = 2);
+    let store = |id: i32| json!({ "type": "store_sql", "sql_id": id, "sql": format!("select {id}") });
+    let (status, r) = server.pipeline(
+        None,
+        json!([store(1), store(2), store(3),
+            { "type": "close_sql", "sql_id": 2 }, store(4),
+            { "type": "execute", "stmt": { "sql_id": 1 } },
+            { "type": "execute", "stmt": { "sql_id": 4 } }, close()]),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    assert_eq!(error_code(&r, 2), "SQL_STORE_TOO_MANY");
+    // Closing one makes room again.
+    assert_eq!(r["results"][4]["type"], "ok", "{r}");
+    assert_eq!(rows(&r, 5), vec![vec![json!("1")]]);
+    assert_eq!(rows(&r, 6), vec![vec![json!("4")]]);
+}
+
+#[test]
+fn streams_beyond_max_batons_get_503_streams_exhausted() {
+    let server = start(|c| c.limits.batons_max = 2);
+    let open =
+        |ns: &str| server.pipeline_at("/v2/pipeline", &[("x-namespace", ns)], None, json!([execute("select 1")]));
+    let (_, a) = open("a");
+    let (_, b) = open("b");
+    let (status, refused) = open("c");
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["code"], "STREAMS_EXHAUSTED");
+    // A pipeline that closes its stream needs no baton, so it still runs.
+    let (status, r) = server.pipeline(None, json!([execute("select 1"), close()]));
+    assert_eq!(status, 200, "{r}");
+    // So does a request on a stream already open (its place is its own).
+    let a_baton = a["baton"].as_str().unwrap();
+    let (status, a2) =
+        server.pipeline_at("/v2/pipeline", &[("x-namespace", "a")], Some(a_baton), json!([execute("select 2")]));
+    assert_eq!(status, 200, "{a2}");
+    // A cursor opens a stream too.
+    let body = json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": "select 1" } }] } });
+    let (status, reply) = server.request("POST", "/v3/cursor", &[], &serde_json::to_vec(&body).unwrap());
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&reply));
+    // Closing a stream gives its place back.
+    let b_baton = b["baton"].as_str().unwrap();
+    server.pipeline_at("/v2/pipeline", &[("x-namespace", "b")], Some(b_baton), json!([close()]));
+    let (status, r) = open("c");
+    assert_eq!(status, 200, "{r}");
+}
+
+/// Many requests asking for a new stream at once, each running a while between the check
+/// of the bound and the keeping of its stream: exactly `max` get a baton.
+#[test]
+fn concurrent_new_streams_never_exceed_max_batons() {
+    const MAX: usize = 4;
+    const CLIENTS: usize = 32;
+    let server = start(|c| c.limits.batons_max = MAX);
+    let barrier = Barrier::new(CLIENTS);
+    let replies: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    server.pipeline(None, json!([execute(SLOW)]))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let batons: Vec<&str> = replies.iter().filter_map(|(_, r)| r["baton"].as_str()).collect();
+    for (status, r) in &replies {
+        assert!(
+            (*status == 200 && r["baton"].is_string()) || (*status == 503 && r["code"] == "STREAMS_EXHAUSTED"),
+            "{status} {r}"
+        );
+    }
+    assert_eq!(batons.len(), MAX, "{} streams open with --max-batons {MAX}", batons.len());
+    // Each still works, and closing them all makes room for new ones.
+    for baton in batons {
+        let (status, r) = server.pipeline(Some(baton), json!([close()]));
+        assert_eq!(status, 200, "{r}");
+    }
+    for _ in 0..MAX {
+        let (status, r) = server.pipeline(None, json!([execute("select 1")]));
+        assert_eq!(status, 200, "{r}");
+    }
+}
+
+#[test]
+fn a_baton_used_on_another_namespace_is_namespace_mismatch_and_its_stream_ends() {
+    let server = start(|_| {});
+    let on = |ns: &str, baton: Option<&str>, requests: Value| {
+        server.pipeline_at("/v2/pipeline", &[("x-namespace", ns)], baton, requests)
+    };
+    on("a", None, json!([execute("create table t(x)"), close()]));
+    let (_, r) = on("a", None, json!([execute("begin immediate"), execute("insert into t values (1)")]));
+    let baton = r["baton"].as_str().unwrap().to_string();
+    let (status, r) = on("b", Some(&baton), json!([execute("select 1")]));
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["code"], "NAMESPACE_MISMATCH");
+    assert!(!server.db_path("b").exists(), "the refused request opened namespace b");
+    // The baton is used up, its transaction rolled back and the writer lock free.
+    let (status, r) = on("a", Some(&baton), json!([execute("commit")]));
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["code"], "STREAM_EXPIRED");
+    let (status, r) = on("a", None, json!([execute("insert into t values (2)"), execute("select x from t"), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r, 1), vec![vec![json!("2")]]);
+}
+
+#[test]
+fn ack_durable_past_its_timeout_is_503_not_durable() {
+    // Every upload takes 3 s; a response may wait 300 ms.
+    let store = libsql_wal_testkit::object_stores::InstrumentedStore::new();
+    store.set_put_delay(Duration::from_secs(3));
+    let storage = Storage::with_object_store("memory://slow", store.clone(), Default::default());
+    let server = start(move |c| {
+        c.storage = Some(storage);
+        c.ack = Ack::Durable { timeout: Duration::from_millis(300) };
+    });
+    let started = std::time::Instant::now();
+    let (status, r) = server.pipeline(None, json!([execute("create table t(x)"), close()]));
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["code"], "NOT_DURABLE");
+    assert!(started.elapsed() < Duration::from_secs(3), "the response waited for the upload: {:?}", started.elapsed());
+    // A stream left open by the refused request is ended, not kept behind a baton no one got.
+    let (status, r) = server.pipeline(None, json!([execute("insert into t values (1)")]));
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["code"], "NOT_DURABLE");
+    assert!(r["baton"].is_null());
+    // Both commits are in the local log all the same (503 is "not known durable", not "lost").
+    let (stopped, dir) = server.stop_keeping_files();
+    stopped.unwrap();
+    let conn = libsql_wal::open_sqlite_connection(dir.path().join("dbs/default.db")).unwrap();
+    let count: i64 = conn.query_row("select count(*) from t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 1);
+}
