@@ -194,6 +194,13 @@ enum BenchWorkload {
         /// Namespaces touched once each, for the descriptor and memory figures.
         #[arg(long, default_value_t = 10_000)]
         touch_namespaces: usize,
+        /// Clients committing at once for the `--ack durable` figures (against an s3s-fs
+        /// server on loopback; 0 skips them).
+        #[arg(long, default_value_t = 16)]
+        ack_clients: usize,
+        /// Seconds per `--ack` mode.
+        #[arg(long, default_value_t = 10)]
+        ack_seconds: u64,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -516,8 +523,18 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
             storage_cmd::bench(seconds, rate, segment_frames, sizes, dir, json)
         }
         BenchWorkload::Commits { commits, rounds, dir, json } => bench_commits(commits, rounds, dir, json),
-        BenchWorkload::Serve { clients, namespaces, seconds, write_percent, touch_namespaces, dir } => {
-            bench_serve(clients, namespaces, seconds, write_percent, touch_namespaces, dir)
+        BenchWorkload::Serve {
+            clients,
+            namespaces,
+            seconds,
+            write_percent,
+            touch_namespaces,
+            ack_clients,
+            ack_seconds,
+            dir,
+        } => {
+            let load = ServeLoad { clients, namespaces, seconds, write_percent, touch: touch_namespaces };
+            bench_serve(&load, ack_clients, ack_seconds, dir)
         }
         BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {
             bench_checkpoint_latency(log_mib, commits, rows_per_commit, rounds, dir, json)
@@ -525,15 +542,22 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
     }
 }
 
-fn bench_serve(
+struct ServeLoad {
     clients: usize,
     namespaces: usize,
     seconds: u64,
     write_percent: u32,
     touch: usize,
+}
+
+fn bench_serve(
+    load: &ServeLoad,
+    ack_clients: usize,
+    ack_seconds: u64,
     dir: Option<PathBuf>,
 ) -> Result<ExitCode, String> {
-    use libsql_wal_testkit::bench::serve::{LoadConfig, many_namespaces, serve_load};
+    use libsql_wal_testkit::bench::serve::{LoadConfig, ack_latency, many_namespaces, serve_load};
+    let &ServeLoad { clients, namespaces, seconds, write_percent, touch } = load;
     let tmp = tempfile_dir(dir)?;
     let config = LoadConfig { clients, namespaces: namespaces.max(1), seconds, write_percent, rows: 1000 };
     outln!("{clients} clients over {namespaces} namespaces, {write_percent}% writes, {seconds} s per side");
@@ -559,8 +583,43 @@ fn bench_serve(
         many.peak_rss_mib,
         many.final_rss_mib
     );
-    let failed = report.server.errors + report.in_process.errors + many.errors > 0;
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let mut errors = report.server.errors + report.in_process.errors + many.errors;
+    let have_s3 = libsql_wal_testkit::bench::loopback_s3::s3s_fs_binary().is_some();
+    if ack_clients > 0 && !have_s3 {
+        errln!("s3s-fs not found: --ack rows skipped (cargo install s3s-fs@0.14.1 --features binary --locked)");
+    }
+    if ack_clients > 0 && have_s3 {
+        let ack = ack_latency(tmp.path(), ack_clients, ack_seconds)?;
+        outln!("{} clients committing, storage s3s-fs on loopback (one 4 KiB PUT: {:.2} ms)", ack.clients, ack.put_ms);
+        for (mode, r) in [("--ack local", &ack.local), ("--ack durable", &ack.durable)] {
+            outln!(
+                "{mode:<14} {:>8.0} commits/s {:>6} errors  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                r.per_sec,
+                r.errors,
+                r.p50_ms,
+                r.p99_ms
+            );
+        }
+        let alone = &ack.durable_alone;
+        outln!(
+            "--ack durable, 1 client alone: p50 {:.2} ms  p99 {:.2} ms (one flush per commit)",
+            alone.p50_ms,
+            alone.p99_ms
+        );
+        let added = ack.durable.p50_ms - ack.local.p50_ms;
+        outln!(
+            "with {} clients durable adds p50 {:.2} ms: {:.2}x one flush alone ({:.1} 4 KiB PUT round trips); {} commits in {} uploads ({:.1} commits per upload)",
+            ack.clients,
+            added,
+            added / alone.p50_ms.max(0.001),
+            added / ack.put_ms.max(0.001),
+            ack.durable_commits,
+            ack.durable_uploads,
+            ack.durable_commits as f64 / ack.durable_uploads.max(1) as f64
+        );
+        errors += ack.local.errors + ack.durable.errors + alone.errors;
+    }
+    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// A scratch directory under `dir` (or the system's temporary directory), removed at the end.

@@ -50,7 +50,10 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path) -> Result<Running, String> {
-        let config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"), dir.to_path_buf());
+        Running::start_with(ServerConfig::new("127.0.0.1:0".parse().expect("an address"), dir.to_path_buf()))
+    }
+
+    fn start_with(config: ServerConfig) -> Result<Running, String> {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -288,5 +291,86 @@ pub fn many_namespaces(dir: &Path, n: usize) -> Result<NamespacesReport, String>
         final_open_fds,
         peak_rss_mib: peak_rss.max(final_rss_mib),
         final_rss_mib,
+    })
+}
+
+/// `--ack durable` against `local`, on the same S3 server on loopback.
+#[derive(Debug, Clone)]
+pub struct AckReport {
+    pub clients: usize,
+    pub local: LoadReport,
+    pub durable: LoadReport,
+    /// Commits acknowledged durable, and segment objects they were uploaded in.
+    pub durable_commits: u64,
+    pub durable_uploads: usize,
+    /// Median of single 4 KiB PUTs to the same server: the round trip a flush costs at least.
+    pub put_ms: f64,
+    /// One client alone with `--ack durable`: every commit waits for a flush of its own
+    /// (seal, listing, PUT of the segment, listing), so its p50 is what one flush costs.
+    pub durable_alone: LoadReport,
+}
+
+/// `clients` threads, each committing one row per request, for `seconds`, first with
+/// `--ack local` then `--ack durable`, both shipping to an `s3s-fs` server on loopback.
+pub fn ack_latency(dir: &Path, clients: usize, seconds: u64) -> Result<AckReport, String> {
+    use crate::bench::loopback_s3::S3Server;
+    use libsql_wal_server::Ack;
+    let s3 = S3Server::start(&dir.join("s3")).map_err(|e| e.to_string())?;
+    let put_ms = put_round_trip_ms(&s3)?;
+    let run = |name: &str, clients: usize, ack: Ack| -> Result<(LoadReport, usize), String> {
+        let config = LoadConfig { clients, namespaces: 1, seconds, write_percent: 100, rows: 1 };
+        let storage = s3.storage(name, Default::default()).map_err(|e| e.to_string())?;
+        let mut server_config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"), dir.join(name));
+        server_config.storage = Some(storage.clone());
+        server_config.ack = ack;
+        let running = Running::start_with(server_config)?;
+        let addr = running.addr;
+        let mut setup = Client::new(addr);
+        let create =
+            br#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"CREATE TABLE t(x)"}},{"type":"close"}]}"#;
+        setup.post("/v2/pipeline", &[], create).map_err(|e| e.to_string())?;
+        let before = storage.list("default").map(|o| o.len()).unwrap_or(0);
+        let report = drive(
+            &config,
+            || Client::new(addr),
+            |client, _| {
+                let insert = br#"{"baton":null,"requests":[{"type":"execute","stmt":{"sql":"INSERT INTO t VALUES (randomblob(64))"}},{"type":"close"}]}"#;
+                matches!(client.post("/v2/pipeline", &[], insert), Ok((200, reply)) if !reply.windows(15).any(|w| w == br#""type":"error""#))
+            },
+        );
+        let uploads = storage.list("default").map(|o| o.len()).unwrap_or(0).saturating_sub(before);
+        running.stop()?;
+        Ok((report, uploads))
+    };
+    let durable_ack = Ack::Durable { timeout: Duration::from_secs(30) };
+    let (local, _) = run("ack-local", clients, Ack::Local)?;
+    let (durable, durable_uploads) = run("ack-durable", clients, durable_ack)?;
+    let (durable_alone, _) = run("ack-durable-alone", 1, durable_ack)?;
+    Ok(AckReport { clients, durable_commits: durable.requests, local, durable, durable_uploads, put_ms, durable_alone })
+}
+
+fn put_round_trip_ms(s3: &crate::bench::loopback_s3::S3Server) -> Result<f64, String> {
+    use crate::bench::loopback_s3::{ACCESS_KEY, BUCKET, SECRET_KEY};
+    use libsql_wal::object_store::{ObjectStore, PutPayload, aws::AmazonS3Builder, path::Path as ObjectPath};
+    let store = AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{}", s3.port()))
+        .with_allow_http(true)
+        .with_bucket_name(BUCKET)
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .with_region("us-east-1")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut times = Vec::new();
+        for i in 0..21 {
+            let key = ObjectPath::from(format!("probe/{i}"));
+            let t = Instant::now();
+            store.put(&key, PutPayload::from(vec![0u8; 4096])).await.map_err(|e| e.to_string())?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
     })
 }
