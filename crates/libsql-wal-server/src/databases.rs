@@ -59,6 +59,7 @@ impl Databases {
         // Our connections start with SQLite's default (no busy wait); a server has many
         // writers per database and lets each wait for the others a while.
         conn.busy_timeout(self.limits.busy_timeout)?;
+        conn.authorizer(Some(refuse_attaching_files));
         self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
         Ok(conn)
     }
@@ -83,4 +84,18 @@ impl Databases {
 /// `.` `_` `-`, not starting with a dot, at most 128), so no path can escape the directory.
 pub fn check_namespace(namespace: &str) -> Result<(), String> {
     libsql_wal::storage::layout::validate_namespace(namespace).map_err(|e| e.to_string())
+}
+
+/// A client reaches a database by its namespace, with the credentials of that namespace.
+/// `ATTACH 'path'` (and `VACUUM INTO 'path'`, which attaches its target) would reach any
+/// file the server may open: another namespace's database, past its credentials and around
+/// its log, or a new file anywhere. So an attachment of a file is refused (SQLITE_AUTH);
+/// SQLite's temporary and in-memory databases (an empty name, `:memory:`) stay allowed,
+/// which plain `VACUUM` needs.
+fn refuse_attaching_files(context: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+    use rusqlite::hooks::{AuthAction, Authorization};
+    match context.action {
+        AuthAction::Attach { filename } if !filename.is_empty() && filename != ":memory:" => Authorization::Deny,
+        _ => Authorization::Allow,
+    }
 }

@@ -118,3 +118,42 @@ fn a_cursor_streams_a_batch_and_keeps_its_stream() {
     assert_eq!(status, 200);
     assert_eq!(rows(&r, 0), vec![vec![json!("2")]]);
 }
+
+/// A client reaches other databases only by namespace: `ATTACH 'file'` and `VACUUM INTO
+/// 'file'` are refused with SQLITE_AUTH and create nothing (before: a request attached
+/// another namespace's file past its credentials, or created a file anywhere the server
+/// could write). Plain `VACUUM` and temporary or in-memory attachments still work.
+#[test]
+fn a_client_cannot_attach_or_write_files_by_path() {
+    let server = start(|_| {});
+    let (_, r) = server.pipeline_at(
+        "/v2/pipeline",
+        &[("x-namespace", "other")],
+        None,
+        json!([execute("CREATE TABLE secret(x)"), execute("INSERT INTO secret VALUES ('other namespace')"), close()]),
+    );
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.db");
+    let other = server.db_path("other");
+    let (_, r) = server.pipeline(
+        None,
+        json!([
+            execute(&format!("ATTACH '{}' AS o", other.display())),
+            execute(&format!("ATTACH '{}' AS x", outside.display())),
+            execute(&format!("VACUUM INTO '{}'", outside.display())),
+            execute("CREATE TABLE t(x)"),
+            execute("VACUUM"),
+            execute("ATTACH '' AS scratch"),
+            execute("ATTACH ':memory:' AS mem"),
+            close()
+        ]),
+    );
+    for i in 0..3 {
+        assert_eq!(error_code(&r, i), "SQLITE_AUTH", "request {i}: {r}");
+    }
+    for i in 3..7 {
+        assert_eq!(r["results"][i]["type"], "ok", "request {i}: {r}");
+    }
+    assert!(!outside.exists(), "a client created a file outside the server's databases");
+}
