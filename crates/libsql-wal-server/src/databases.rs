@@ -59,6 +59,7 @@ impl Databases {
         // Our connections start with SQLite's default (no busy wait); a server has many
         // writers per database and lets each wait for the others a while.
         conn.busy_timeout(self.limits.busy_timeout)?;
+        conn.authorizer(Some(guard));
         self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
         Ok(conn)
     }
@@ -83,4 +84,27 @@ impl Databases {
 /// `.` `_` `-`, not starting with a dot, at most 128), so no path can escape the directory.
 pub fn check_namespace(namespace: &str) -> Result<(), String> {
     libsql_wal::storage::layout::validate_namespace(namespace).map_err(|e| e.to_string())
+}
+
+/// What a client's SQL may not do to the server's databases (SQLITE_AUTH otherwise).
+///
+/// - Attach a file: a client reaches a database by its namespace, with that namespace's
+///   credentials; `ATTACH 'path'` (and `VACUUM INTO 'path'`, which attaches its target)
+///   would reach any file the server may open, another namespace's database past its
+///   credentials and around its log, or make a new file anywhere. SQLite's temporary and
+///   in-memory databases (an empty name, `:memory:`) stay allowed: plain `VACUUM` needs one.
+/// - Leave the WAL: `PRAGMA journal_mode` to anything but WAL would take the database off
+///   our log, so its commits would bypass storage and `--ack durable`.
+fn guard(context: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+    use rusqlite::hooks::{AuthAction, Authorization};
+    match context.action {
+        AuthAction::Attach { filename } if !filename.is_empty() && filename != ":memory:" => Authorization::Deny,
+        AuthAction::Pragma { pragma_name, pragma_value: Some(mode) }
+            if pragma_name.eq_ignore_ascii_case("journal_mode")
+                && !mode.trim_matches(['\'', '"']).eq_ignore_ascii_case("wal") =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
 }

@@ -118,3 +118,54 @@ fn a_cursor_streams_a_batch_and_keeps_its_stream() {
     assert_eq!(status, 200);
     assert_eq!(rows(&r, 0), vec![vec![json!("2")]]);
 }
+
+/// A client reaches other databases only by namespace: `ATTACH 'file'` and `VACUUM INTO
+/// 'file'` are refused with SQLITE_AUTH and create nothing (before: a request attached
+/// another namespace's file past its credentials, or created a file anywhere the server
+/// could write). Plain `VACUUM` and temporary or in-memory attachments still work. And a
+/// database stays on our log: `PRAGMA journal_mode=DELETE` is refused (before: it took the
+/// database off the WAL for that stream).
+#[test]
+fn a_client_cannot_attach_files_or_leave_the_wal() {
+    let server = start(|_| {});
+    let (_, r) = server.pipeline_at(
+        "/v2/pipeline",
+        &[("x-namespace", "other")],
+        None,
+        json!([execute("CREATE TABLE secret(x)"), execute("INSERT INTO secret VALUES ('other namespace')"), close()]),
+    );
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.db");
+    let other = server.db_path("other");
+    let (_, r) = server.pipeline(
+        None,
+        json!([
+            execute(&format!("ATTACH '{}' AS o", other.display())),
+            execute(&format!("ATTACH '{}' AS x", outside.display())),
+            execute(&format!("VACUUM INTO '{}'", outside.display())),
+            execute("CREATE TABLE t(x)"),
+            execute("VACUUM"),
+            execute("ATTACH '' AS scratch"),
+            execute("ATTACH ':memory:' AS mem"),
+            execute("PRAGMA journal_mode=WAL"),
+            execute("PRAGMA journal_mode"),
+            execute("PRAGMA journal_mode=DELETE"),
+            execute("PRAGMA main.journal_mode='memory'"),
+            close()
+        ]),
+    );
+    for i in 0..3 {
+        assert_eq!(error_code(&r, i), "SQLITE_AUTH", "request {i}: {r}");
+    }
+    for i in 3..9 {
+        assert_eq!(r["results"][i]["type"], "ok", "request {i}: {r}");
+    }
+    // Off our log, commits would bypass storage and --ack durable.
+    for i in 9..11 {
+        assert_eq!(error_code(&r, i), "SQLITE_AUTH", "request {i}: {r}");
+    }
+    let (_, r) = server.pipeline(None, json!([execute("PRAGMA journal_mode"), close()]));
+    assert_eq!(rows(&r, 0), vec![vec![json!("wal")]]);
+    assert!(!outside.exists(), "a client created a file outside the server's databases");
+}
