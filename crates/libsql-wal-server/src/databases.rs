@@ -49,8 +49,9 @@ impl Databases {
         self.dir.join(format!("{namespace}.db"))
     }
 
-    /// A new connection to `namespace`, for one stream.
-    pub fn checkout(&self, namespace: &str) -> Result<Conn, StmtError> {
+    /// A new connection to `namespace`, for one stream; `read_only` for a stream opened
+    /// with read-only credentials (see [`guard`]).
+    pub fn checkout(&self, namespace: &str, read_only: bool) -> Result<Conn, StmtError> {
         let conn =
             libsql_wal::open_connection(self.path_of(namespace), &self.manager).map_err(|e| StmtError::Sqlite {
                 code: sqlite_code_name(e.sqlite_code()),
@@ -59,7 +60,12 @@ impl Databases {
         // Our connections start with SQLite's default (no busy wait); a server has many
         // writers per database and lets each wait for the others a while.
         conn.busy_timeout(self.limits.busy_timeout)?;
-        conn.authorizer(Some(guard));
+        // SQLite itself then refuses every write of a read-only stream (SQLITE_READONLY),
+        // whatever the path: statements, batches, sequences, writes hidden in triggers.
+        if read_only {
+            conn.pragma_update(None, "query_only", true)?;
+        }
+        conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| guard(context, read_only)));
         self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
         Ok(conn)
     }
@@ -95,16 +101,26 @@ pub fn check_namespace(namespace: &str) -> Result<(), String> {
 ///   in-memory databases (an empty name, `:memory:`) stay allowed: plain `VACUUM` needs one.
 /// - Leave the WAL: `PRAGMA journal_mode` to anything but WAL would take the database off
 ///   our log, so its commits would bypass storage and `--ack durable`.
-fn guard(context: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+/// - Rewrite the schema behind SQLite's back: `PRAGMA writable_schema` and setting
+///   `PRAGMA schema_version` can leave a schema no later connection opens, which no
+///   request could then repair.
+/// - On a read-only stream, undo its `PRAGMA query_only` (which makes SQLite refuse its
+///   writes): read-only credentials would otherwise write.
+fn guard(context: rusqlite::hooks::AuthContext<'_>, read_only: bool) -> rusqlite::hooks::Authorization {
     use rusqlite::hooks::{AuthAction, Authorization};
-    match context.action {
-        AuthAction::Attach { filename } if !filename.is_empty() && filename != ":memory:" => Authorization::Deny,
-        AuthAction::Pragma { pragma_name, pragma_value: Some(mode) }
-            if pragma_name.eq_ignore_ascii_case("journal_mode")
-                && !mode.trim_matches(['\'', '"']).eq_ignore_ascii_case("wal") =>
-        {
-            Authorization::Deny
+    let refused = match context.action {
+        AuthAction::Attach { filename } => !filename.is_empty() && filename != ":memory:",
+        AuthAction::Pragma { pragma_name, pragma_value: Some(value) } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let value = value.trim_matches(['\'', '"']);
+            match name.as_str() {
+                "journal_mode" => !value.eq_ignore_ascii_case("wal"),
+                "writable_schema" | "schema_version" => true,
+                "query_only" => read_only,
+                _ => false,
+            }
         }
-        _ => Authorization::Allow,
-    }
+        _ => false,
+    };
+    if refused { Authorization::Deny } else { Authorization::Allow }
 }

@@ -77,6 +77,15 @@ fn jwts_are_checked_and_their_claims_honoured() {
     assert_eq!(status, 200);
     assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
     assert_eq!(error_code(&r, 1), "SQLITE_READONLY");
+    // ... and cannot be undone: before, `PRAGMA query_only=0` let read-only credentials write.
+    let undo = ["pragma query_only=0", "PRAGMA main.query_only = false", "pragma query_only(0)"];
+    for sql in undo {
+        let (_, r) = call(Some(&ro), "default", json!([execute(sql), execute("insert into t values (666)"), close()]));
+        assert_eq!(error_code(&r, 0), "SQLITE_AUTH", "{sql}: {r}");
+        assert_eq!(error_code(&r, 1), "SQLITE_READONLY", "{sql}: {r}");
+    }
+    let (_, r) = call(Some(&ro), "default", json!([execute("select count(*) from t where x = 666"), close()]));
+    assert_eq!(rows(&r, 0), vec![vec![json!("0")]]);
     let (_, r) = call(Some(&rw), "default", json!([execute("insert into t values (3)"), close()]));
     assert_eq!(r["results"][0]["type"], "ok", "{r}");
     // `id` limits a token to one namespace; `p` grants per namespace.

@@ -124,7 +124,7 @@ fn a_cursor_streams_a_batch_and_keeps_its_stream() {
 /// another namespace's file past its credentials, or created a file anywhere the server
 /// could write). Plain `VACUUM` and temporary or in-memory attachments still work. And a
 /// database stays on our log: `PRAGMA journal_mode=DELETE` is refused (before: it took the
-/// database off the WAL for that stream).
+/// database off the WAL for that stream); its schema is SQLite's to write.
 #[test]
 fn a_client_cannot_attach_files_or_leave_the_wal() {
     let server = start(|_| {});
@@ -167,5 +167,20 @@ fn a_client_cannot_attach_files_or_leave_the_wal() {
     }
     let (_, r) = server.pipeline(None, json!([execute("PRAGMA journal_mode"), close()]));
     assert_eq!(rows(&r, 0), vec![vec![json!("wal")]]);
+    // Nor rewrite the schema behind SQLite's back (before: a corrupt schema made every later
+    // request to the namespace fail, the repair included).
+    let (_, r) = server.pipeline(
+        None,
+        json!([
+            execute("PRAGMA writable_schema=ON"),
+            execute("PRAGMA schema_version=12345"),
+            execute("PRAGMA writable_schema"),
+            execute("SELECT count(*) FROM t"),
+            close()
+        ]),
+    );
+    assert_eq!(error_code(&r, 0), "SQLITE_AUTH", "{r}");
+    assert_eq!(error_code(&r, 1), "SQLITE_AUTH", "{r}");
+    assert_eq!(rows(&r, 3), vec![vec![json!("0")]]);
     assert!(!outside.exists(), "a client created a file outside the server's databases");
 }

@@ -15,7 +15,8 @@ pub struct Stream {
     conn: Option<Conn>,
     stored: StoredSql,
     closed: bool,
-    /// Opened with read-only credentials: its connection refuses writes (`query_only`).
+    /// Opened with read-only credentials: its connection refuses writes (`query_only`,
+    /// which the connection's authorizer keeps on: `Databases::checkout`).
     read_only: bool,
 }
 
@@ -44,13 +45,7 @@ impl Stream {
     /// The connection, opened if the stream has none yet.
     pub fn conn(&mut self, dbs: &Databases) -> Result<&Connection, StmtError> {
         if self.conn.is_none() {
-            let conn = dbs.checkout(&self.namespace)?;
-            // SQLite itself then refuses every write (SQLITE_READONLY), whatever the path:
-            // statements, batches, sequences, even writes hidden in triggers.
-            if self.read_only {
-                conn.pragma_update(None, "query_only", true)?;
-            }
-            self.conn = Some(conn);
+            self.conn = Some(dbs.checkout(&self.namespace, self.read_only)?);
         }
         Ok(self.conn.as_deref().expect("just set"))
     }
