@@ -133,8 +133,26 @@ impl Error {
     }
 
     /// Did a sync fail (an fsync whose failure leaves the disk's contents unknown)?
+    /// A sync that ran and failed: the kernel may have dropped what it was to make durable,
+    /// so the log stops taking writes (`Lifecycle::watch`). A directory sync whose `open`
+    /// failed (out of descriptors or memory, no permission, the directory gone) never ran:
+    /// nothing was dropped, the operation fails and a later sync can still succeed.
     pub(crate) fn is_failed_sync(&self) -> bool {
-        matches!(self, Error::Io { action: IoAction::Sync, .. })
+        match self {
+            Error::Io { action: IoAction::Sync, source, .. } => !matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOMEM
+                        | libc::EACCES
+                        | libc::EPERM
+                        | libc::ENOENT
+                        | libc::ENOTDIR
+                )
+            ),
+            _ => false,
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {

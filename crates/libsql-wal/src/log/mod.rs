@@ -589,6 +589,39 @@ mod tests {
         wal.shutdown(false);
     }
 
+    /// A directory sync whose `open` failed (out of descriptors: EMFILE) never ran, so the
+    /// kernel dropped nothing: the operation fails, the log does not turn read-only for
+    /// good. Before, a checkpoint that met EMFILE once (a server with thousands of idle
+    /// connections) left every later commit refused until a restart.
+    #[test]
+    fn a_directory_sync_that_never_ran_is_not_a_failed_sync() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let out_of_descriptors = Arc::new(AtomicBool::new(false));
+        let io = {
+            let out_of_descriptors = out_of_descriptors.clone();
+            crate::test_io::HookIo::new(move |operation, _| {
+                if operation == "sync_dir" && out_of_descriptors.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+                }
+                Ok(())
+            })
+        };
+        let config = WalConfig { checkpoint_on_close: false, segment_age_max: None, ..WalConfig::default() };
+        let manager = crate::LibsqlWalManager::new(Arc::new(io), config);
+        let conn = crate::open_connection(&db, &manager).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        out_of_descriptors.store(true, Ordering::SeqCst);
+        // Seals and drops segments: both sync the log directory.
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        assert!(!matches!(checkpoint, Ok(0)), "the checkpoint synced a directory it could not open");
+        out_of_descriptors.store(false, Ordering::SeqCst);
+        conn.execute("INSERT INTO t VALUES (2)", []).expect("refused after a sync that never ran");
+        let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2);
+    }
+
     #[test]
     fn a_seal_after_shutdown_leaves_the_files_alone() {
         let dir = tempfile::tempdir().unwrap();
