@@ -119,7 +119,8 @@ fn namespace(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> R
     } else if let Some(value) = headers.get("x-namespace") {
         Some(value.to_str().map_err(|_| invalid_namespace("the x-namespace header is not text"))?.to_string())
     } else if shared.host_namespaces {
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(first_label).map(str::to_string)
+        // Host names are case-insensitive: `Foo.example.com` is `foo.example.com`.
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(first_label).map(str::to_ascii_lowercase)
     } else {
         None
     };

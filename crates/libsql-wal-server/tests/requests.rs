@@ -44,9 +44,15 @@ fn namespaces_are_chosen_as_libsql_does() {
     ns_of("/v2/pipeline", &[("x-namespace", "by-header")]);
     ns_of("/dev/by-path/v2/pipeline", &[]);
     ns_of("/v3/pipeline", &[("host", "by-host.example.com:8080")]);
+    // Host names are case-insensitive (before: three spellings, three databases).
+    ns_of("/v3/pipeline", &[("host", "By-Host.Example.com")]);
+    ns_of("/v3/pipeline", &[("host", "BY-HOST.example.com")]);
     ns_of("/v2/pipeline", &[]);
     for ns in ["by-header", "by-path", "by-host", "default"] {
         assert!(server.db_path(ns).exists(), "no database for namespace {ns}");
+    }
+    for ns in ["By-Host", "BY-HOST"] {
+        assert!(!server.db_path(ns).exists(), "a host name's case made namespace {ns}");
     }
     for bad in ["../escape", ".hidden", "a/b", ""] {
         let (status, _) = server.pipeline_at("/v2/pipeline", &[("x-namespace", bad)], None, json!([close()]));
