@@ -90,6 +90,9 @@ struct LimitArgs {
     /// How long a statement waits for another writer of its database, e.g. 5s.
     #[arg(long, value_parser = humantime_duration, default_value = "5s")]
     busy_timeout: Duration,
+    /// SQL running longer for one request is interrupted (SQLITE_INTERRUPT), e.g. 30s.
+    #[arg(long, value_parser = humantime_duration, default_value = "30s")]
+    max_request_duration: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -108,6 +111,7 @@ impl LimitArgs {
             baton_timeout: self.baton_timeout,
             stored_sql_max: self.max_stored_sql,
             busy_timeout: self.busy_timeout,
+            request_duration_max: self.max_request_duration,
         }
     }
 }

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libsql_wal::{LibsqlWal, LibsqlWalManager};
 
@@ -50,8 +51,8 @@ impl Databases {
     }
 
     /// A new connection to `namespace`, for one stream; `read_only` for a stream opened
-    /// with read-only credentials (see [`guard`]).
-    pub fn checkout(&self, namespace: &str, read_only: bool) -> Result<Conn, StmtError> {
+    /// with read-only credentials (see [`guard`]); its SQL stops when `deadline` passes.
+    pub fn checkout(&self, namespace: &str, read_only: bool, deadline: Arc<Deadline>) -> Result<Conn, StmtError> {
         let conn =
             libsql_wal::open_connection(self.path_of(namespace), &self.manager).map_err(|e| StmtError::Sqlite {
                 code: sqlite_code_name(e.sqlite_code()),
@@ -66,6 +67,13 @@ impl Databases {
             conn.pragma_update(None, "query_only", true)?;
         }
         conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| guard(context, read_only)));
+        // No string or blob larger than a response could carry (zeroblob(1e9) would take a
+        // gigabyte before the response limit saw it).
+        let length = i32::try_from(self.limits.response_bytes_max).unwrap_or(i32::MAX).max(1);
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length);
+        // Checked every few thousand virtual-machine steps: a query that never ends is
+        // interrupted (SQLITE_INTERRUPT) once its request has run too long.
+        conn.progress_handler(PROGRESS_STEPS, Some(move || deadline.passed()));
         self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
         Ok(conn)
     }
@@ -123,4 +131,27 @@ fn guard(context: rusqlite::hooks::AuthContext<'_>, read_only: bool) -> rusqlite
         _ => false,
     };
     if refused { Authorization::Deny } else { Authorization::Allow }
+}
+
+/// Virtual-machine steps between two looks at a stream's [`Deadline`]: a look is a clock
+/// read, a few tens of nanoseconds against the microseconds these steps take.
+const PROGRESS_STEPS: i32 = 10_000;
+
+/// When the SQL of a stream's current request must stop (`--max-request-duration`), shared
+/// by the stream, which arms it for each request, and its connection's progress handler.
+#[derive(Debug, Default)]
+pub struct Deadline(Mutex<Option<Instant>>);
+
+impl Deadline {
+    pub fn arm(&self, after: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now().checked_add(after);
+    }
+
+    pub fn disarm(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn passed(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| Instant::now() >= at)
+    }
 }

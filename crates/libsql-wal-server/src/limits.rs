@@ -12,7 +12,9 @@ pub struct Limits {
     pub statement_bytes_max: usize,
     /// `--max-response-bytes`: rows beyond it end the statement with `RESPONSE_TOO_LARGE`:
     /// an `execute`'s rows on their own, a `batch`'s steps together, a cursor's one row at a
-    /// time (sizes as [`crate::hrana::stmt::encoded_size`] counts them).
+    /// time (sizes as [`crate::hrana::stmt::encoded_size`] counts them). It is also SQLite's
+    /// length limit for one string or blob (`SQLITE_LIMIT_LENGTH`: `SQLITE_TOOBIG`), so no
+    /// value larger than a response could carry is ever built in memory.
     pub response_bytes_max: usize,
     /// `--max-concurrent-requests`: requests beyond it wait in line.
     pub concurrent_requests_max: usize,
@@ -29,6 +31,10 @@ pub struct Limits {
     /// `--busy-timeout`: how long a statement waits for another writer of its database (then
     /// `SQLITE_BUSY`).
     pub busy_timeout: Duration,
+    /// `--max-request-duration`: SQL running longer for one request (a pipeline request, a
+    /// cursor's batch) is interrupted: `SQLITE_INTERRUPT`. It also bounds how long a
+    /// shutdown waits for such a request.
+    pub request_duration_max: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +49,7 @@ impl Default for Limits {
             baton_timeout: Duration::from_secs(10),
             stored_sql_max: 1024,
             busy_timeout: Duration::from_secs(5),
+            request_duration_max: Duration::from_secs(30),
         }
     }
 }

@@ -63,10 +63,12 @@ fn results_over_the_response_limit_end_with_response_too_large() {
     let result = &r["results"][0]["response"]["result"];
     assert!(result["step_results"][1].is_object(), "{result}");
     assert_eq!(result["step_errors"][2]["code"], "RESPONSE_TOO_LARGE", "{result}");
-    // A cursor bounds each row: many rows stream out, one row over the bound is an error.
+    // A cursor bounds each row: many rows stream out, one row over the bound is an error
+    // (a blob of 19,000 bytes: under SQLite's length limit, which is the same bound, but
+    // over it once encoded in base64).
     let body = json!({ "baton": null, "batch": { "steps": [
         { "stmt": { "sql": "select b from t" } },
-        { "stmt": { "sql": "select randomblob(30000)" } }
+        { "stmt": { "sql": "select randomblob(19000)" } }
     ] } });
     let (status, reply) = server.request("POST", "/v3/cursor", &[], &serde_json::to_vec(&body).unwrap());
     assert_eq!(status, 200);
@@ -213,4 +215,48 @@ fn ack_durable_past_its_timeout_is_503_not_durable() {
     let conn = libsql_wal::open_sqlite_connection(dir.path().join("dbs/default.db")).unwrap();
     let count: i64 = conn.query_row("select count(*) from t", [], |r| r.get(0)).unwrap();
     assert_eq!(count, 1);
+}
+
+/// SQL that never ends is interrupted once its request has run `--max-request-duration`
+/// (`SQLITE_INTERRUPT`), in a pipeline and in a cursor, and the stream goes on (before: it
+/// ran for ever, on a core, after its client left, and kept shutdown waiting).
+#[test]
+fn sql_past_the_request_duration_is_interrupted() {
+    let server = start(|c| c.limits.request_duration_max = Duration::from_millis(500));
+    let forever = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
+    let began = std::time::Instant::now();
+    let (status, r) = server.pipeline(None, json!([execute(forever), execute("select 7")]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(error_code(&r, 0), "SQLITE_INTERRUPT", "{r}");
+    assert_eq!(rows(&r, 1), vec![vec![json!("7")]], "the next request of the pipeline ran");
+    assert!(began.elapsed() < Duration::from_secs(10), "interrupted after {:?}", began.elapsed());
+    let baton = r["baton"].as_str().expect("the stream stays open").to_string();
+    let (_, r) = server.pipeline(Some(&baton), json!([execute(SLOW), close()]));
+    assert_eq!(rows(&r, 0), vec![vec![json!("200000")]], "a request within the bound runs whole");
+    let body =
+        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": forever } }] } })).unwrap();
+    let (status, reply) = server.request("POST", "/v3/cursor", &[], &body);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&reply).contains("SQLITE_INTERRUPT"), "{}", String::from_utf8_lossy(&reply));
+}
+
+/// No string or blob larger than a response may carry is built (`SQLITE_LIMIT_LENGTH` is
+/// `--max-response-bytes`): `zeroblob(1e9)` is `SQLITE_TOOBIG` at once (before: a gigabyte
+/// was allocated, then refused as too large to send; a few such requests at once and the
+/// server ran out of memory).
+#[test]
+fn no_value_larger_than_a_response_is_built() {
+    let server = start(|c| c.limits.response_bytes_max = 1 << 20);
+    let (_, r) = server.pipeline(
+        None,
+        json!([
+            execute("select zeroblob(1000000000)"),
+            execute("select length(randomblob(2000000))"),
+            execute("select length(zeroblob(500000))"),
+            close()
+        ]),
+    );
+    assert_eq!(error_code(&r, 0), "SQLITE_TOOBIG", "{r}");
+    assert_eq!(error_code(&r, 1), "SQLITE_TOOBIG", "{r}");
+    assert_eq!(rows(&r, 2), vec![vec![json!("500000")]]);
 }

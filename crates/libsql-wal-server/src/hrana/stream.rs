@@ -1,12 +1,14 @@
 //! A Hrana stream: one connection to one namespace, the SQL texts stored on it, and whether
 //! it was closed. Requests on a stream run in order, on a blocking thread (SQLite).
 
+use std::sync::Arc;
+
 use rusqlite::Connection;
 
 use super::proto::{StreamRequest, StreamResponse, StreamResult};
 use super::stmt::{self, ProtocolError, RequestError, StmtError, StoredSql, Version};
 use super::{batch, proto};
-use crate::databases::{Conn, Databases};
+use crate::databases::{Conn, Databases, Deadline};
 use crate::limits::Limits;
 
 pub struct Stream {
@@ -18,11 +20,14 @@ pub struct Stream {
     /// Opened with read-only credentials: its connection refuses writes (`query_only`,
     /// which the connection's authorizer keeps on: `Databases::checkout`).
     read_only: bool,
+    /// Armed for each request (`--max-request-duration`); the connection's SQL stops past it.
+    deadline: Arc<Deadline>,
 }
 
 impl Stream {
     pub fn new(namespace: String, read_only: bool) -> Self {
-        Stream { namespace, conn: None, stored: StoredSql::new(), closed: false, read_only }
+        let deadline = Arc::new(Deadline::default());
+        Stream { namespace, conn: None, stored: StoredSql::new(), closed: false, read_only, deadline }
     }
 
     pub fn read_only(&self) -> bool {
@@ -45,7 +50,7 @@ impl Stream {
     /// The connection, opened if the stream has none yet.
     pub fn conn(&mut self, dbs: &Databases) -> Result<&Connection, StmtError> {
         if self.conn.is_none() {
-            self.conn = Some(dbs.checkout(&self.namespace, self.read_only)?);
+            self.conn = Some(dbs.checkout(&self.namespace, self.read_only, self.deadline.clone())?);
         }
         Ok(self.conn.as_deref().expect("just set"))
     }
@@ -61,6 +66,19 @@ impl Stream {
     /// Runs `batch` as a cursor (`/v3/cursor`), each entry to `emit` as it comes; a stream
     /// that cannot reach its database gives one `error` entry.
     pub fn run_cursor(
+        &mut self,
+        batch: &proto::Batch,
+        version: Version,
+        dbs: &Databases,
+        limits: &Limits,
+        emit: &mut dyn FnMut(proto::CursorEntry) -> bool,
+    ) {
+        self.deadline.arm(limits.request_duration_max);
+        self.run_cursor_armed(batch, version, dbs, limits, emit);
+        self.deadline.disarm();
+    }
+
+    fn run_cursor_armed(
         &mut self,
         batch: &proto::Batch,
         version: Version,
@@ -104,7 +122,10 @@ impl Stream {
         dbs: &Databases,
         limits: &Limits,
     ) -> Result<StreamResult, ProtocolError> {
-        match self.respond(request, version, dbs, limits) {
+        self.deadline.arm(limits.request_duration_max);
+        let responded = self.respond(request, version, dbs, limits);
+        self.deadline.disarm();
+        match responded {
             Ok(response) => Ok(StreamResult::Ok { response }),
             Err(RequestError::Stmt(e)) => Ok(StreamResult::Error { error: e.to_proto() }),
             Err(RequestError::Protocol(e)) => Err(e),
