@@ -84,6 +84,9 @@ struct LimitArgs {
     /// SQL texts one stream may hold with store_sql (one more: an SQL_STORE_TOO_MANY result).
     #[arg(long, default_value_t = Limits::default().stored_sql_max)]
     max_stored_sql: usize,
+    /// Bytes of the SQL texts one stream may hold together (past it: SQL_STORE_TOO_LARGE).
+    #[arg(long, default_value_t = Limits::default().stored_sql_bytes_max)]
+    max_stored_sql_bytes: usize,
     /// Idle time after which a stream is closed and its transaction rolled back, e.g. 10s.
     #[arg(long, value_parser = humantime_duration, default_value = "10s")]
     baton_timeout: Duration,
@@ -110,6 +113,7 @@ impl LimitArgs {
             batons_max: self.max_batons,
             baton_timeout: self.baton_timeout,
             stored_sql_max: self.max_stored_sql,
+            stored_sql_bytes_max: self.max_stored_sql_bytes,
             busy_timeout: self.busy_timeout,
             request_duration_max: self.max_request_duration,
         }

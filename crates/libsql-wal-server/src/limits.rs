@@ -28,6 +28,10 @@ pub struct Limits {
     /// `--max-stored-sql`: SQL texts one stream may hold with `store_sql`; one more is an
     /// `SQL_STORE_TOO_MANY` result.
     pub stored_sql_max: usize,
+    /// `--max-stored-sql-bytes`: the bytes of the SQL texts one stream holds together; a
+    /// `store_sql` past it is an `SQL_STORE_TOO_LARGE` result. With `--max-batons`, it
+    /// bounds the memory stored SQL takes (1024 streams × 1 MiB by default).
+    pub stored_sql_bytes_max: usize,
     /// `--busy-timeout`: how long a statement waits for another writer of its database (then
     /// `SQLITE_BUSY`).
     pub busy_timeout: Duration,
@@ -48,6 +52,7 @@ impl Default for Limits {
             batons_max: 1024,
             baton_timeout: Duration::from_secs(10),
             stored_sql_max: 1024,
+            stored_sql_bytes_max: 1 << 20,
             busy_timeout: Duration::from_secs(5),
             request_duration_max: Duration::from_secs(30),
         }

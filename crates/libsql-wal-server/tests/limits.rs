@@ -100,6 +100,21 @@ fn stored_sql_beyond_the_limit_is_sql_store_too_many() {
     assert_eq!(rows(&r, 6), vec![vec![json!("4")]]);
 }
 
+/// The SQL texts of one stream are bounded in bytes together (before: 1024 texts of 1 MiB
+/// each per stream, over every stream: four streams held 2 GB).
+#[test]
+fn stored_sql_beyond_its_bytes_is_sql_store_too_large() {
+    let server = start(|c| c.limits.stored_sql_bytes_max = 1000);
+    let text = |id: i32| format!("select '{}' -- {id}", "x".repeat(390));
+    let store = |id: i32| json!({ "type": "store_sql", "sql_id": id, "sql": text(id) });
+    let (status, r) = server
+        .pipeline(None, json!([store(1), store(2), store(3), { "type": "close_sql", "sql_id": 1 }, store(4), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["results"][1]["type"], "ok", "{r}");
+    assert_eq!(error_code(&r, 2), "SQL_STORE_TOO_LARGE");
+    assert_eq!(r["results"][4]["type"], "ok", "closing one makes room again: {r}");
+}
+
 #[test]
 fn streams_beyond_max_batons_get_503_streams_exhausted() {
     let server = start(|c| c.limits.batons_max = 2);

@@ -211,6 +211,13 @@ impl Stream {
         if sql.len() > limits.statement_bytes_max {
             return Err(StmtError::SqlStoreTooLarge { size: sql.len(), max: limits.statement_bytes_max }.into());
         }
+        // Bounded per stream in bytes too: texts × streams would otherwise reach a terabyte.
+        let stored: usize = self.stored.values().map(String::len).sum();
+        if stored + sql.len() > limits.stored_sql_bytes_max {
+            return Err(
+                StmtError::SqlStoreTooLarge { size: stored + sql.len(), max: limits.stored_sql_bytes_max }.into()
+            );
+        }
         self.stored.insert(sql_id, sql);
         Ok(())
     }
