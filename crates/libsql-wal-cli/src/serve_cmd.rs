@@ -96,6 +96,9 @@ struct LimitArgs {
     /// SQL running longer for one request is interrupted (SQLITE_INTERRUPT), e.g. 30s.
     #[arg(long, value_parser = humantime_duration, default_value = "30s")]
     max_request_duration: Duration,
+    /// Bytes SQLite may take in the whole server (past it: SQLITE_NOMEM; caches shrink first).
+    #[arg(long, default_value_t = Limits::default().sqlite_memory_max)]
+    max_sqlite_memory: u64,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -116,6 +119,7 @@ impl LimitArgs {
             stored_sql_bytes_max: self.max_stored_sql_bytes,
             busy_timeout: self.busy_timeout,
             request_duration_max: self.max_request_duration,
+            sqlite_memory_max: self.max_sqlite_memory,
         }
     }
 }

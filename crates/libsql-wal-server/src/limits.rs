@@ -39,6 +39,10 @@ pub struct Limits {
     /// cursor's batch) is interrupted: `SQLITE_INTERRUPT`. It also bounds how long a
     /// shutdown waits for such a request.
     pub request_duration_max: Duration,
+    /// `--max-sqlite-memory`: the memory SQLite may take in the whole process (page caches,
+    /// values, in-memory and temporary databases): an allocation past it fails its
+    /// statement with `SQLITE_NOMEM`; past half of it SQLite first gives back cache.
+    pub sqlite_memory_max: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +59,20 @@ impl Default for Limits {
             stored_sql_bytes_max: 1 << 20,
             busy_timeout: Duration::from_secs(5),
             request_duration_max: Duration::from_secs(30),
+            sqlite_memory_max: 1 << 30,
         }
+    }
+}
+
+/// Sets SQLite's heap limits for the process (`sqlite3_hard_heap_limit64`, and the soft
+/// limit at half, which makes SQLite shrink its caches before anything fails). Process-wide,
+/// as SQLite keeps them: the last server bound in a process sets them.
+pub fn bound_sqlite_memory(max: u64) {
+    let hard = i64::try_from(max).unwrap_or(i64::MAX).max(1);
+    // SAFETY: both calls only set SQLite's global limits (thread-safe by SQLite's contract)
+    // and return the previous ones.
+    unsafe {
+        rusqlite::ffi::sqlite3_hard_heap_limit64(hard);
+        rusqlite::ffi::sqlite3_soft_heap_limit64(hard / 2);
     }
 }

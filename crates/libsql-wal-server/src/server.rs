@@ -101,6 +101,7 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, String> {
         // Before any database opens: the library takes its metric handles at their first use.
         crate::metrics::install();
+        crate::limits::bound_sqlite_memory(config.limits.sqlite_memory_max);
         std::fs::create_dir_all(&config.db_dir)
             .map_err(|e| format!("cannot create the databases directory {}: {e}", config.db_dir.display()))?;
         let tls = match &config.tls {
