@@ -99,6 +99,9 @@ struct LimitArgs {
     /// Bytes SQLite may take in the whole server (past it: SQLITE_NOMEM; caches shrink first).
     #[arg(long, default_value_t = Limits::default().sqlite_memory_max)]
     max_sqlite_memory: u64,
+    /// A connection quiet this long while waiting for its client is closed, e.g. 60s.
+    #[arg(long, value_parser = humantime_duration, default_value = "60s")]
+    idle_connection_timeout: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -120,6 +123,7 @@ impl LimitArgs {
             busy_timeout: self.busy_timeout,
             request_duration_max: self.max_request_duration,
             sqlite_memory_max: self.max_sqlite_memory,
+            idle_connection_timeout: self.idle_connection_timeout,
         }
     }
 }

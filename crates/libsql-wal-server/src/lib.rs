@@ -18,6 +18,7 @@ pub mod databases;
 pub mod durable;
 pub mod hrana;
 pub mod http;
+pub mod idle;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -43,6 +43,9 @@ pub struct Limits {
     /// values, in-memory and temporary databases): an allocation past it fails its
     /// statement with `SQLITE_NOMEM`; past half of it SQLite first gives back cache.
     pub sqlite_memory_max: u64,
+    /// `--idle-connection-timeout`: a connection over which nothing went either way for
+    /// this long while the server waited for its client is closed (see [`crate::idle`]).
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             busy_timeout: Duration::from_secs(5),
             request_duration_max: Duration::from_secs(30),
             sqlite_memory_max: 1 << 30,
+            idle_connection_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -144,10 +144,14 @@ impl Server {
         let sweeper = tokio::spawn(sweep_batons(shared.clone()));
         let app = crate::http::router(shared.clone()).into_make_service();
         let handle = axum_server::Handle::new();
+        let idle = crate::idle::IdleAcceptor::new(shared.limits.idle_connection_timeout);
         let serving = async {
             match tls {
-                Some(tls) => axum_server::from_tcp_rustls(listener, tls).handle(handle.clone()).serve(app).await,
-                None => axum_server::from_tcp(listener).handle(handle.clone()).serve(app).await,
+                Some(tls) => {
+                    let server = axum_server::from_tcp_rustls(listener, tls).map(|tls| tls.acceptor(idle));
+                    server.handle(handle.clone()).serve(app).await
+                }
+                None => axum_server::from_tcp(listener).acceptor(idle).handle(handle.clone()).serve(app).await,
             }
         };
         tokio::pin!(serving);

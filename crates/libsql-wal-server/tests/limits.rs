@@ -275,3 +275,39 @@ fn no_value_larger_than_a_response_is_built() {
     assert_eq!(error_code(&r, 1), "SQLITE_TOOBIG", "{r}");
     assert_eq!(rows(&r, 2), vec![vec![json!("500000")]]);
 }
+
+/// A connection over which nothing goes either way for `--idle-connection-timeout` while
+/// the server waits for its client is closed, whether it never sends a byte or trickles a
+/// request in (before: thousands of idle connections held their descriptors for ever, until
+/// the databases ran out of them). A request that takes longer than the timeout to answer
+/// is still answered: only waiting for the client counts.
+#[test]
+fn quiet_connections_are_closed_and_slow_answers_are_not() {
+    use std::io::{Read, Write};
+    let server = start(|c| c.limits.idle_connection_timeout = Duration::from_millis(300));
+    let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut trickling = std::net::TcpStream::connect(server.addr).unwrap();
+    trickling.write_all(b"POST /v2/pipeline HTTP/1.1\r\nHost: x\r\n").unwrap();
+    for (what, connection) in [("idle", &mut idle), ("trickling", &mut trickling)] {
+        connection.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let began = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            match connection.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("{what}: still open after {:?}: {e}", began.elapsed()),
+            }
+        }
+        assert!(began.elapsed() < Duration::from_secs(5), "{what}: closed only after {:?}", began.elapsed());
+    }
+    // A second or more of SQL, several times the timeout: answered.
+    let slow =
+        "with recursive c(i) as (select 1 union all select i+1 from c where i < 12000000) select count(*) from c";
+    let began = std::time::Instant::now();
+    let (status, r) = server.pipeline(None, json!([execute(slow), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r, 0), vec![vec![json!("12000000")]]);
+    assert!(began.elapsed() > Duration::from_millis(300), "the slow request was not slow: {:?}", began.elapsed());
+}
