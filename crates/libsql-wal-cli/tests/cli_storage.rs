@@ -52,6 +52,16 @@ fn exec_no_wait_during_an_outage_then_the_next_exec_uploads() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(segments_in(&log_dir) > 0, "segments kept for upload");
 
+    // The first exec's clean close could not give the file back: it says so (before:
+    // nothing, and stock sqlite3 then refused a database that had been "closed").
+    let said = stderr(&out);
+    assert!(said.contains("kept the log directory") && said.contains("not durable in storage yet"), "{said}");
+    // Nor can a process not given the storage; it says why.
+    let out = run(&["exec", db_arg, "SELECT count(*) FROM t"]);
+    assert_eq!(stdout(&out).trim(), "300", "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("kept the log directory") && said.contains("this process was not given"), "{said}");
+
     let out = run(&["info", "--storage", "s3://bucket/x", db_arg]);
     let info = stdout(&out);
     assert!(info.contains("storage: s3://bucket/x namespace shop"), "{info}");

@@ -480,6 +480,23 @@ impl SharedWal {
         if let Some(durability) = &self.durability {
             durability.close(log_empty);
         }
+        if !log_empty && checkpoint && self.config.checkpoint_on_close {
+            // A clean close that could not give the file back: say why, or a user finds
+            // stock SQLite refusing a database that was "closed" (the log directory stays).
+            let waiting = match &self.durability {
+                Some(d) if d.binding().is_none() => {
+                    "they wait for storage, which this process was not given (open it with its storage to ship them)"
+                }
+                Some(_) => "they are not durable in storage yet",
+                None => "the checkpoint did not take them",
+            };
+            tracing::warn!(
+                db = %self.db_path().display(),
+                "kept the log directory: {} segment(s) are not in the database file ({waiting}); \
+                 stock SQLite cannot open the database until they are",
+                segments.len()
+            );
+        }
         if log_empty {
             // No other process of ours can take the log meanwhile: our lock on the database
             // file refuses it until `release_lock` below. Files we did not create keep the
