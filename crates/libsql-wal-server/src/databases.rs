@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,21 +138,34 @@ fn guard(context: rusqlite::hooks::AuthContext<'_>, read_only: bool) -> rusqlite
 /// read, a few tens of nanoseconds against the microseconds these steps take.
 const PROGRESS_STEPS: i32 = 10_000;
 
-/// When the SQL of a stream's current request must stop (`--max-request-duration`), shared
-/// by the stream, which arms it for each request, and its connection's progress handler.
+/// When the SQL of a stream's current request must stop, shared by the stream (which arms
+/// it for each request: `--max-request-duration`), the HTTP request that runs it (which
+/// cancels it if its client goes away) and the connection's progress handler.
 #[derive(Debug, Default)]
-pub struct Deadline(Mutex<Option<Instant>>);
+pub struct Deadline {
+    at: Mutex<Option<Instant>>,
+    /// For good: the client that would have learnt the stream's next baton is gone.
+    cancelled: AtomicBool,
+}
 
 impl Deadline {
     pub fn arm(&self, after: Duration) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now().checked_add(after);
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now().checked_add(after);
     }
 
     pub fn disarm(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
     }
 
     fn passed(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| Instant::now() >= at)
+        self.is_cancelled() || self.at.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| Instant::now() >= at)
     }
 }

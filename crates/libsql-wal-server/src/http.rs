@@ -291,13 +291,18 @@ async fn run_pipeline(
     }
     let worker = shared.clone();
     let namespace_ = namespace.clone();
+    // Dropped with this request if its client goes away: the SQL stops, the stream ends.
+    let client_gone = CancelOnDrop(held.stream.as_ref().map(Stream::deadline));
     let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
         let namespace = namespace_;
         let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(())) };
         // The first request the protocol refuses ends the pipeline (and, below, the stream).
         let results: Result<Vec<_>, _> =
             request.requests.into_iter().map(|r| stream.handle(r, version, &worker.dbs, &worker.limits)).collect();
-        let open = !stream.is_closed() && results.is_ok();
+        // Nobody would learn the next baton of a stream whose client left: end it now
+        // (rolling back) rather than at its expiry.
+        let cancelled = stream.deadline().is_cancelled();
+        let open = !stream.is_closed() && results.is_ok() && !cancelled;
         held.idle_since = std::time::Instant::now();
         if !open && let Some(stream) = held.stream.take() {
             stream.end(&worker.dbs);
@@ -307,6 +312,7 @@ async fn run_pipeline(
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request failed: {e}")))?;
+    client_gone.disarm();
     let results = results.map_err(HttpError::protocol)?;
     if let Err(why) = durable {
         drop(held);
@@ -364,6 +370,25 @@ async fn keep(shared: &Arc<Shared>, slot: Slot, room: Option<Room<'_>>) -> Resul
             let stream = slot.lock().await.stream.take();
             end_stream(shared, stream).await;
             Err(error)
+        }
+    }
+}
+
+/// Cancels a stream's SQL when dropped before [`CancelOnDrop::disarm`]: the handler of an
+/// HTTP request is dropped when its client disconnects, while its SQL runs on a blocking
+/// thread that would otherwise go on until `--max-request-duration`.
+struct CancelOnDrop(Option<Arc<crate::databases::Deadline>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(deadline) = &self.0 {
+            deadline.cancel();
         }
     }
 }

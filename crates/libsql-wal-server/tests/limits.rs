@@ -311,3 +311,44 @@ fn quiet_connections_are_closed_and_slow_answers_are_not() {
     assert_eq!(rows(&r, 0), vec![vec![json!("12000000")]]);
     assert!(began.elapsed() > Duration::from_millis(300), "the slow request was not slow: {:?}", began.elapsed());
 }
+
+/// A client that leaves while its request's SQL runs: the SQL stops and the stream ends,
+/// rolling back, at once (before: the query ran on until `--max-request-duration`, and its
+/// stream then held its write lock until the baton timeout, though nobody could use it).
+#[test]
+fn a_client_that_leaves_stops_its_sql_and_its_stream() {
+    use std::io::Write;
+    let server = start(|c| {
+        c.limits.request_duration_max = Duration::from_secs(120);
+        c.limits.baton_timeout = Duration::from_secs(120);
+        c.limits.busy_timeout = Duration::from_millis(10);
+    });
+    let (_, r) = server.pipeline(None, json!([execute("create table t(x)"), close()]));
+    assert_eq!(r["results"][0]["type"], "ok", "{r}");
+    let forever = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
+    let body = serde_json::to_vec(&json!({ "baton": null, "requests": [
+        execute("begin immediate"), execute("insert into t values (1)"), execute(forever)
+    ] }))
+    .unwrap();
+    let mut leaving = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v2/pipeline HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    leaving.write_all(head.as_bytes()).unwrap();
+    leaving.write_all(&body).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(leaving);
+    // The write lock comes free within moments, and the abandoned insert is rolled back.
+    let began = std::time::Instant::now();
+    loop {
+        let (_, r) = server.pipeline(None, json!([execute("insert into t values (2)"), close()]));
+        if r["results"][0]["type"] == "ok" {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "the abandoned stream still holds the lock: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, r) = server.pipeline(None, json!([execute("select x from t"), close()]));
+    assert_eq!(rows(&r, 0), vec![vec![json!("2")]]);
+}

@@ -34,6 +34,11 @@ impl Stream {
         self.read_only
     }
 
+    /// What stops this stream's SQL; see [`Deadline`].
+    pub fn deadline(&self) -> Arc<Deadline> {
+        self.deadline.clone()
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
