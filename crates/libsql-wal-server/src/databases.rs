@@ -157,6 +157,11 @@ impl Deadline {
         *self.at.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// Ends the current request's time now (its SQL stops; the next request arms afresh).
+    pub fn expire(&self) {
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
     }

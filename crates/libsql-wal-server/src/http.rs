@@ -393,6 +393,24 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Ends the current request's time when dropped before [`ExpireOnDrop::disarm`] (see
+/// [`Deadline::expire`](crate::databases::Deadline::expire)).
+struct ExpireOnDrop(Option<Arc<crate::databases::Deadline>>);
+
+impl ExpireOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ExpireOnDrop {
+    fn drop(&mut self) {
+        if let Some(deadline) = &self.0 {
+            deadline.expire();
+        }
+    }
+}
+
 async fn end_stream(shared: &Arc<Shared>, stream: Option<Stream>) {
     if let Some(stream) = stream {
         let dbs = shared.dbs.clone();
@@ -440,6 +458,7 @@ async fn run_cursor(
         return Err(e);
     }
     let Some(stream) = held.stream.as_ref() else { return Err(stream_expired()) };
+    let deadline = stream.deadline();
     // sqld refuses a batch the protocol does not allow before it answers, and drops the stream.
     if let Err(why) = stream.check_cursor(&request.batch, Version::Hrana3, &shared.limits) {
         end_stream(&shared, held.stream.take()).await;
@@ -476,7 +495,19 @@ async fn run_cursor(
         stream.run_cursor(&request.batch, Version::Hrana3, &worker.dbs, &worker.limits, &mut emit);
         held.idle_since = std::time::Instant::now();
     });
-    let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) })
-        .chain(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (Ok(line), rx)) }));
+    // The body dropped before its end (the client left): the batch's SQL stops. Its stream
+    // stays, as the client holds its baton from the first line.
+    let client_gone = ExpireOnDrop(Some(deadline));
+    let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) }).chain(
+        futures::stream::unfold((rx, client_gone), |(mut rx, client_gone)| async move {
+            match rx.recv().await {
+                Some(line) => Some((Ok(line), (rx, client_gone))),
+                None => {
+                    client_gone.disarm();
+                    None
+                }
+            }
+        }),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(lines)).into_response())
 }

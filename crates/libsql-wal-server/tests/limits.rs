@@ -352,3 +352,42 @@ fn a_client_that_leaves_stops_its_sql_and_its_stream() {
     let (_, r) = server.pipeline(None, json!([execute("select x from t"), close()]));
     assert_eq!(rows(&r, 0), vec![vec![json!("2")]]);
 }
+
+/// A cursor whose client leaves after the first line: the batch's SQL stops (before: it ran
+/// on until `--max-request-duration`, holding the stream, so the next request on its baton
+/// waited that long). The stream stays: its baton came in that first line.
+#[test]
+fn a_cursor_whose_client_leaves_stops_its_sql() {
+    use std::io::{BufRead, Write};
+    let server = start(|c| {
+        c.limits.request_duration_max = Duration::from_secs(120);
+        c.limits.baton_timeout = Duration::from_secs(120);
+    });
+    let forever = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
+    let body =
+        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": forever } }] } })).unwrap();
+    let mut leaving = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v3/cursor HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    leaving.write_all(head.as_bytes()).unwrap();
+    leaving.write_all(&body).unwrap();
+    // Up to the first line of the body: the baton.
+    let mut reader = std::io::BufReader::new(leaving.try_clone().unwrap());
+    let baton = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the cursor ended before its first line");
+        if let Some(start) = line.find("{\"baton\"") {
+            let first: Value = serde_json::from_str(line[start..].trim()).unwrap();
+            break first["baton"].as_str().unwrap().to_string();
+        }
+    };
+    drop(reader);
+    drop(leaving);
+    let began = std::time::Instant::now();
+    let (status, r) = server.pipeline(Some(&baton), json!([execute("select 1"), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
+    assert!(began.elapsed() < Duration::from_secs(10), "the cursor's SQL ran on for {:?}", began.elapsed());
+}
