@@ -496,7 +496,9 @@ async fn run_cursor(
         held.idle_since = std::time::Instant::now();
     });
     // The body dropped before its end (the client left): the batch's SQL stops. Its stream
-    // stays, as the client holds its baton from the first line.
+    // stays, as the client holds its baton from the first line. Armed here, before the
+    // body exists, so that an early leave is never overwritten by a later arming.
+    deadline.arm(shared.limits.request_duration_max);
     let client_gone = ExpireOnDrop(Some(deadline));
     let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) }).chain(
         futures::stream::unfold((rx, client_gone), |(mut rx, client_gone)| async move {

@@ -34,7 +34,8 @@ impl Stream {
         self.read_only
     }
 
-    /// What stops this stream's SQL; see [`Deadline`].
+    /// What stops this stream's SQL; see [`Deadline`]. A cursor's caller arms it
+    /// (`--max-request-duration`) before [`Stream::run_cursor`]; `handle` arms it itself.
     pub fn deadline(&self) -> Arc<Deadline> {
         self.deadline.clone()
     }
@@ -78,7 +79,8 @@ impl Stream {
         limits: &Limits,
         emit: &mut dyn FnMut(proto::CursorEntry) -> bool,
     ) {
-        self.deadline.arm(limits.request_duration_max);
+        // Armed by the caller before this runs (see `Stream::deadline`): the client may
+        // leave, expiring it, before this blocking thread even starts.
         self.run_cursor_armed(batch, version, dbs, limits, emit);
         self.deadline.disarm();
     }
