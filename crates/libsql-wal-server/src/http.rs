@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::auth::{Access, Refusal};
 use crate::batons::{self, Room, Slot};
-use crate::databases::{DEFAULT_NAMESPACE, check_namespace};
+use crate::databases::{DEFAULT_NAMESPACE, Deadline, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
 use crate::hrana::stmt::Version;
 use crate::hrana::stream::Stream;
@@ -292,7 +292,8 @@ async fn run_pipeline(
     let worker = shared.clone();
     let namespace_ = namespace.clone();
     // Dropped with this request if its client goes away: the SQL stops, the stream ends.
-    let client_gone = CancelOnDrop(held.stream.as_ref().map(Stream::deadline));
+    let client_gone =
+        StopIfClientLeaves { deadline: held.stream.as_ref().map(Stream::deadline), stop: Deadline::cancel };
     let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
         let namespace = namespace_;
         let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(())) };
@@ -374,39 +375,27 @@ async fn keep(shared: &Arc<Shared>, slot: Slot, room: Option<Room<'_>>) -> Resul
     }
 }
 
-/// Cancels a stream's SQL when dropped before [`CancelOnDrop::disarm`]: the handler of an
-/// HTTP request is dropped when its client disconnects, while its SQL runs on a blocking
-/// thread that would otherwise go on until `--max-request-duration`.
-struct CancelOnDrop(Option<Arc<crate::databases::Deadline>>);
+/// Stops a stream's SQL when dropped before [`StopIfClientLeaves::disarm`]: the handler of
+/// an HTTP request (or a cursor's body) is dropped when its client disconnects, while the
+/// SQL runs on a blocking thread that would otherwise go on until `--max-request-duration`.
+/// `stop` says how: [`Deadline::cancel`] for a pipeline (its stream ends: nobody learns its
+/// next baton), [`Deadline::expire`] for a cursor (its stream stays for the baton the client
+/// got in the first line).
+struct StopIfClientLeaves {
+    deadline: Option<Arc<Deadline>>,
+    stop: fn(&Deadline),
+}
 
-impl CancelOnDrop {
+impl StopIfClientLeaves {
     fn disarm(mut self) {
-        self.0 = None;
+        self.deadline = None;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for StopIfClientLeaves {
     fn drop(&mut self) {
-        if let Some(deadline) = &self.0 {
-            deadline.cancel();
-        }
-    }
-}
-
-/// Ends the current request's time when dropped before [`ExpireOnDrop::disarm`] (see
-/// [`Deadline::expire`](crate::databases::Deadline::expire)).
-struct ExpireOnDrop(Option<Arc<crate::databases::Deadline>>);
-
-impl ExpireOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ExpireOnDrop {
-    fn drop(&mut self) {
-        if let Some(deadline) = &self.0 {
-            deadline.expire();
+        if let Some(deadline) = &self.deadline {
+            (self.stop)(deadline);
         }
     }
 }
@@ -499,7 +488,7 @@ async fn run_cursor(
     // stays, as the client holds its baton from the first line. Armed here, before the
     // body exists, so that an early leave is never overwritten by a later arming.
     deadline.arm(shared.limits.request_duration_max);
-    let client_gone = ExpireOnDrop(Some(deadline));
+    let client_gone = StopIfClientLeaves { deadline: Some(deadline), stop: Deadline::expire };
     let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) }).chain(
         futures::stream::unfold((rx, client_gone), |(mut rx, client_gone)| async move {
             match rx.recv().await {
