@@ -1,7 +1,8 @@
 //! An object store for tests and benchmarks: `object_store`'s in-memory store, with every
 //! request counted (a multipart upload's parts, completion and abort included), deletes
-//! that can be made to fail, as a store without delete permission answers, and uploads that
-//! can be made slow, as a distant store's PUTs are.
+//! that can be made to fail, as a store without delete permission answers, uploads that
+//! can be made slow, as a distant store's PUTs are, and a snapshot PUT that can be made to
+//! land beside a twin, as another copy's claim landing at the same moment does.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +25,16 @@ pub struct InstrumentedStore {
     fail_deletes: AtomicBool,
     /// Every upload (a PUT, a multipart completion) takes this long first.
     put_delay_ms: Arc<AtomicU64>,
+    twin: std::sync::Mutex<Option<TwinMaker>>,
+}
+
+/// Makes the bytes of a twin from those of the snapshot being uploaded.
+pub struct TwinMaker(pub Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+
+impl fmt::Debug for TwinMaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TwinMaker")
+    }
 }
 
 impl InstrumentedStore {
@@ -39,6 +50,13 @@ impl InstrumentedStore {
     /// From now on every upload waits `delay` before it is done.
     pub fn set_put_delay(&self, delay: std::time::Duration) {
         self.put_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next single-PUT upload of a snapshot (`…/snapshots/<frame>-<commit>-<taken>.snap`)
+    /// lands together with a twin a millisecond later (`<taken + 1>`, so the twin is the
+    /// base a listing picks), whose bytes `make` derives from the snapshot's.
+    pub fn twin_next_snapshot(&self, make: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) {
+        *self.twin.lock().unwrap() = Some(TwinMaker(Box::new(make)));
     }
 
     /// From now on every delete fails with `PermissionDenied` (or works again).
@@ -96,6 +114,12 @@ impl ObjectStore for InstrumentedStore {
     async fn put_opts(&self, location: &ObjectPath, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         self.count();
         put_delay(&self.put_delay_ms).await;
+        let make = twin_key(location.as_ref()).and_then(|key| Some((key, self.twin.lock().unwrap().take()?)));
+        if let Some((twin_key, make)) = make {
+            let bytes: Vec<u8> = payload.iter().flat_map(|chunk| chunk.iter().copied()).collect();
+            let twin = PutPayload::from(make.0(&bytes));
+            self.inner.put_opts(&ObjectPath::from(twin_key), twin, PutOptions::default()).await?;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -160,4 +184,12 @@ async fn put_delay(delay_ms: &AtomicU64) {
     if ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+}
+
+/// The key of a snapshot's twin: the same name with its taken time 1 ms later.
+fn twin_key(key: &str) -> Option<String> {
+    let stem = key.strip_suffix(".snap").filter(|_| key.contains("/snapshots/"))?;
+    let (head, taken) = stem.rsplit_once('-')?;
+    let taken: u64 = taken.parse().ok()?;
+    Some(format!("{head}-{:0width$}.snap", taken + 1, width = 13))
 }

@@ -179,7 +179,8 @@ fn segments_left_by_a_closed_process_are_uploaded_by_the_next() {
     let conn = open_connection(&db, &manager).unwrap();
     let expected = rows(&conn);
     let last = inspect(&db, &manager).unwrap().last_frame_no;
-    assert!(wait_durable(&db, last, Some(Duration::from_secs(60)), &manager).unwrap(), "uploaded at open");
+    let uploaded = wait_durable(&db, last, Some(Duration::from_secs(60)), &manager).unwrap();
+    assert!(uploaded, "uploaded at open: {:?}", inspect(&db, &manager).unwrap().durability);
     drop(conn);
     assert!(!log_dir.exists(), "all durable, all checkpointed: the log is gone");
     let out = dir.path().join("restored.db");

@@ -131,7 +131,8 @@ pub(crate) async fn compact_async(
 pub(crate) fn spawn_online(storage: Storage, namespace: String, config: CompactionConfig) {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let inner = storage.clone();
-    storage.spawn(async move {
+    // Never stopped: a step runs to its end even if the log that started it closes.
+    let _ = storage.spawn(async move {
         let _turn = ONE_AT_A_TIME.lock().await;
         match compact_async(&inner, &namespace, &config).await {
             Ok(report) => {
@@ -435,7 +436,7 @@ async fn snapshot_if_due(
         commit_unix_ms,
         taken_unix_ms,
     };
-    snapshot::upload(storage, &key, &snapshot::FilePages { file: file.as_ref(), path: &out }, of).await?;
+    let _ = snapshot::upload(storage, &key, &snapshot::FilePages { file: file.as_ref(), path: &out }, of).await?;
     tracing::info!(key = %key, bytes = report.bytes, "compaction wrote a snapshot of the latest state");
     Ok(Some(key))
 }

@@ -11,7 +11,8 @@
 //! - One upload task per database at a time, started when a segment is sealed and at open;
 //!   it uploads the oldest sealed segment not yet durable, then the next, and so on. Failed
 //!   requests are retried after an exponential backoff with jitter, forever: commits do not
-//!   wait for any of this, the local log just grows (`info` shows the lag).
+//!   wait for any of this, the local log just grows (`info` shows the lag). Closing the log
+//!   aborts its task: the next owner of the files, in this process too, is never raced by it.
 //! - Before every upload the task checks that the namespace holds this database's history
 //!   (`sync_with_store`): an empty namespace first gets a snapshot of the database file when
 //!   the log does not start at frame 1; otherwise the stored chain must end at a frame this
@@ -108,6 +109,9 @@ struct State {
     /// Set at shutdown: no more records written (another process may own the directory).
     closed: bool,
     task_running: bool,
+    /// Stops the running upload task: `close` aborts it, so that a closed log never
+    /// uploads again (its next owner, in this process, may be uploading the same base).
+    task: Option<tokio::task::AbortHandle>,
     /// Work arrived while the task ran: look again before stopping.
     rerun: bool,
     uploads: u64,
@@ -245,18 +249,18 @@ impl Durability {
     /// Starts the upload task unless it runs already (then it looks again before stopping).
     pub fn schedule(self: &Arc<Self>) {
         let Some(binding) = &self.binding else { return };
-        {
-            let mut state = lock(&self.state);
-            if state.closed || state.diverged.is_some() {
-                return;
-            }
-            if state.task_running {
-                state.rerun = true;
-                return;
-            }
-            state.task_running = true;
+        let mut state = lock(&self.state);
+        if state.closed || state.diverged.is_some() {
+            return;
         }
-        binding.storage.spawn(upload_task(self.clone()));
+        if state.task_running {
+            state.rerun = true;
+            return;
+        }
+        state.task_running = true;
+        // Spawned under `state`, so `close` either sees this handle or the task sees
+        // `closed` at its first step.
+        state.task = Some(binding.storage.spawn(upload_task(self.clone())));
     }
 
     /// Stops recording (the log is being handed back); removes the record too when the
@@ -265,6 +269,12 @@ impl Durability {
         let _record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = lock(&self.state);
         state.closed = true;
+        // Between two awaits the task may be in the middle of an upload: stop it there. A
+        // request it already sent whole may still land (see `same_base`).
+        if let Some(task) = state.task.take() {
+            task.abort();
+            state.task_running = false;
+        }
         if log_empty && state.record_exists {
             if let Err(e) = self.io.remove_file(&self.record_path) {
                 tracing::warn!(path = %self.record_path.display(), "could not remove the durable record: {e}");
@@ -363,6 +373,7 @@ impl Durability {
             return false;
         }
         state.task_running = false;
+        state.task = None;
         true
     }
 
@@ -780,6 +791,30 @@ async fn already_ours(
     Ok(lineage == durability.log.lineage() && chain == segment.end_chain())
 }
 
+/// Is `base`, found where our snapshot `ours` (at `key`) should have been the base, the
+/// very same state: the same frame, lineage, chain value, size and pages? Then it is the
+/// same claim twice, not another copy's: a PUT that landed after its log was closed or
+/// its process died, after the next owner had listed the namespace empty. Ours is then
+/// the redundant one; it is removed (best effort: a leftover twin is harmless).
+async fn same_base(
+    binding: &StorageBinding,
+    base: &StoredObject,
+    ours: &snapshot::Fingerprint,
+    key: &str,
+) -> Result<bool> {
+    if !matches!(base.kind, layout::ObjectKind::Snapshot { .. }) {
+        return Ok(false);
+    }
+    if remote::snapshot_fingerprint(&binding.storage, base).await? != *ours {
+        return Ok(false);
+    }
+    tracing::info!(namespace = %binding.namespace, base = %base.key, "the same base was uploaded twice: keeping one");
+    if let Err(e) = binding.storage.delete(key).await {
+        tracing::warn!(namespace = %binding.namespace, key, "could not remove a redundant copy of the base: {e}");
+    }
+    Ok(true)
+}
+
 /// Uploads a snapshot of the database file as the base of an empty namespace: the log does
 /// not start at frame 1 (storage configured on an existing database, or a wiped namespace).
 async fn upload_base_snapshot(
@@ -792,7 +827,7 @@ async fn upload_base_snapshot(
     let taken_unix_ms = durability.io.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let key = layout::snapshot_key(&binding.namespace, checkpointed, 0, taken_unix_ms);
     let _permit = binding.storage.upload_permits().acquire().await.map_err(|e| binding.storage.error(&key, e))?;
-    let bytes = snapshot::upload(
+    let ours = snapshot::upload(
         &binding.storage,
         &key,
         &snapshot::LogPages(durability.log.as_ref()),
@@ -805,12 +840,19 @@ async fn upload_base_snapshot(
         },
     )
     .await?;
+    let bytes = ours.object_len();
     tracing::info!(namespace = %binding.namespace, key, bytes, "uploaded a snapshot of the database file");
     // Another copy claiming the empty namespace at the same moment: only one base may stand.
     let chain = layout::chain(&binding.storage.list_async(&binding.namespace).await?);
-    let base = chain.snapshot.as_ref().map(|s| s.key.as_str());
     let others = chain.segments.iter().chain(&chain.conflicts).count();
-    if base != Some(key.as_str()) || others > 0 {
+    let base_is_ours = match &chain.snapshot {
+        _ if others > 0 => false,
+        Some(base) if base.key == key => true,
+        Some(base) => same_base(binding, base, &ours, &key).await?,
+        None => false,
+    };
+    if !base_is_ours {
+        let base = chain.snapshot.as_ref().map(|s| s.key.as_str());
         let reason = format!(
             "another copy claimed the empty namespace {} at the same moment (the base is {}): nothing more is \
              uploaded there",

@@ -434,11 +434,12 @@ impl Storage {
         }
     }
 
-    pub(crate) fn spawn<F>(&self, future: F)
+    /// Runs `future` on the storage runtime; the handle stops it at its next await.
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::AbortHandle
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        runtime().spawn(future);
+        runtime().spawn(future).abort_handle()
     }
 }
 

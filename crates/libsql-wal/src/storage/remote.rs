@@ -10,11 +10,12 @@ use zerocopy::FromBytes;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    FrameLayout, PACK_ENTRY_SIZE, PACK_HEADER_SIZE, PackEntry, PackHeader, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE,
-    SegmentHeader, SnapshotHeader,
+    FrameLayout, PACK_ENTRY_SIZE, PACK_HEADER_SIZE, PAGE_SIZE, PackEntry, PackHeader, SEGMENT_HEADER_SIZE,
+    SNAPSHOT_END_MAGIC, SNAPSHOT_HEADER_SIZE, SNAPSHOT_TRAILER_SIZE, SegmentHeader, SnapshotHeader, SnapshotTrailer,
 };
 use crate::storage::Storage;
 use crate::storage::layout::{ObjectKind, StoredObject};
+use crate::storage::snapshot::Fingerprint;
 
 /// The lineage of an object and the chain value at its last frame (a base's: at its
 /// frame_no).
@@ -69,6 +70,30 @@ pub(crate) async fn chain_at(storage: &Storage, object: &StoredObject, frame_no:
         }
         _ => Err(outside()),
     }
+}
+
+/// The fingerprint of a snapshot object: its header and its trailer, two range requests.
+pub(crate) async fn snapshot_fingerprint(storage: &Storage, object: &StoredObject) -> Result<Fingerprint> {
+    let reader = Reader { storage, key: &object.key };
+    let bytes = reader.get(0..SNAPSHOT_HEADER_SIZE as u64).await?;
+    let header = SnapshotHeader::read_from_bytes(&bytes).map_err(|_| reader.short("header"))?;
+    if let Some(problem) = header.problem() {
+        return Err(Error::corrupt(&object.key, problem));
+    }
+    let db_pages = header.db_pages.get();
+    let len = (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 + db_pages as u64 * PAGE_SIZE as u64;
+    let bytes = reader.get(len - SNAPSHOT_TRAILER_SIZE as u64..len).await?;
+    let trailer = SnapshotTrailer::read_from_bytes(&bytes).map_err(|_| reader.short("trailer"))?;
+    if trailer.magic.get() != SNAPSHOT_END_MAGIC {
+        return Err(Error::corrupt(&object.key, "its trailer is not where its header says it ends"));
+    }
+    Ok(Fingerprint {
+        frame_no: header.frame_no.get(),
+        lineage: header.lineage.get(),
+        chain: header.chain.get(),
+        db_pages,
+        pages_checksum: trailer.pages_checksum.get(),
+    })
 }
 
 /// Range reads of one object.

@@ -73,9 +73,32 @@ pub(crate) struct SnapshotOf {
     pub taken_unix_ms: u64,
 }
 
+/// What tells two snapshot objects' contents apart without reading their pages: the
+/// header's state and size, and the trailer's checksum of the pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    pub frame_no: u64,
+    pub lineage: u32,
+    pub chain: u32,
+    pub db_pages: u32,
+    pub pages_checksum: u32,
+}
+
+impl Fingerprint {
+    /// The object's size.
+    pub fn object_len(&self) -> u64 {
+        (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE) as u64 + self.db_pages as u64 * PAGE_SIZE as u64
+    }
+}
+
 /// Streams the pages of `source` (which must hold exactly the state at `of.frame_no` and
-/// not change meanwhile) to `key`. Returns the object's size.
-pub(crate) async fn upload(storage: &Storage, key: &str, source: &dyn PageSource, of: SnapshotOf) -> Result<u64> {
+/// not change meanwhile) to `key`. Returns what it wrote, as [`Fingerprint`].
+pub(crate) async fn upload(
+    storage: &Storage,
+    key: &str,
+    source: &dyn PageSource,
+    of: SnapshotOf,
+) -> Result<Fingerprint> {
     let db_pages = (source.len() / PAGE_SIZE as u64) as u32;
     let header = SnapshotHeader::new(of.frame_no, db_pages, of.taken_unix_ms, of.lineage, of.chain, of.commit_unix_ms);
     let mut writer = storage.writer(key)?;
@@ -94,7 +117,7 @@ pub(crate) async fn upload(storage: &Storage, key: &str, source: &dyn PageSource
     writer.write_all(trailer.as_bytes()).await.map_err(put_error)?;
     writer.shutdown().await.map_err(put_error)?;
     storage.sync_local(key).await?;
-    Ok((SNAPSHOT_HEADER_SIZE + db_pages as usize * PAGE_SIZE + SNAPSHOT_TRAILER_SIZE) as u64)
+    Ok(Fingerprint { frame_no: of.frame_no, lineage: of.lineage, chain: of.chain, db_pages, pages_checksum: checksum })
 }
 
 /// A snapshot object checked and copied into a database file as its bytes arrive (restore
