@@ -28,8 +28,11 @@ pub struct InstrumentedStore {
     twin: std::sync::Mutex<Option<TwinMaker>>,
 }
 
+/// Derives bytes from bytes.
+type Transform = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
 /// Makes the bytes of a twin from those of the snapshot being uploaded.
-pub struct TwinMaker(pub Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>);
+pub struct TwinMaker(pub Box<Transform>);
 
 impl fmt::Debug for TwinMaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
