@@ -102,6 +102,10 @@ struct LimitArgs {
     /// A connection quiet this long while waiting for its client is closed, e.g. 60s.
     #[arg(long, value_parser = humantime_duration, default_value = "60s")]
     idle_connection_timeout: Duration,
+    /// A request body not all in within this long of being read is cut off (408
+    /// BODY_TIMEOUT), however steadily it trickles, e.g. 60s.
+    #[arg(long, value_parser = humantime_duration, default_value = "60s")]
+    body_read_timeout: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -124,6 +128,7 @@ impl LimitArgs {
             request_duration_max: self.max_request_duration,
             sqlite_memory_max: self.max_sqlite_memory,
             idle_connection_timeout: self.idle_connection_timeout,
+            body_read_timeout: self.body_read_timeout,
         }
     }
 }

@@ -79,11 +79,18 @@ pub struct HttpError {
     status: StatusCode,
     error: proto::Error,
     plain: bool,
+    /// Say `Connection: close` (HTTP/1): the connection ends after this answer.
+    closing: bool,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        HttpError { status, error: proto::Error { message: message.into(), code: code.into() }, plain: false }
+        HttpError {
+            status,
+            error: proto::Error { message: message.into(), code: code.into() },
+            plain: false,
+            closing: false,
+        }
     }
 
     /// A request the protocol does not allow: 400 with the reason as plain text, sqld's form
@@ -95,10 +102,15 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if self.plain {
-            return (self.status, [(header::CONTENT_TYPE, "text/plain")], self.error.message).into_response();
+        let mut response = if self.plain {
+            (self.status, [(header::CONTENT_TYPE, "text/plain")], self.error.message).into_response()
+        } else {
+            (self.status, json_body(&self.error)).into_response()
+        };
+        if self.closing {
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         }
-        (self.status, json_body(&self.error)).into_response()
+        response
     }
 }
 
@@ -170,15 +182,28 @@ fn well_formed(baton: &str) -> bool {
 
 /// A Hrana request's body, at most `--max-body-bytes` long. Beyond that: 413 with the JSON
 /// error body of every other refusal, code `BODY_TOO_LARGE` (axum's own rejection is plain
-/// text; libSQL's server sets no bound at all, so there is no code of its to follow).
+/// text; libSQL's server sets no bound at all, so there is no code of its to follow). A
+/// body that stops coming or trickles in too long ([`crate::idle::timed_body`]): 408
+/// `BODY_TIMEOUT`, and on HTTP/1 the connection closes (the rest of that body, which
+/// would have to be read before a next request, may never come).
 pub struct HranaBody(Bytes);
 
 impl FromRequest<Arc<Shared>> for HranaBody {
     type Rejection = HttpError;
 
     async fn from_request(request: axum::extract::Request, shared: &Arc<Shared>) -> Result<Self, HttpError> {
+        let cut = Arc::new(std::sync::OnceLock::new());
+        let http1 = request.version() <= axum::http::Version::HTTP_11;
+        let limits = &shared.limits;
+        let request = request.map(|body| {
+            crate::idle::timed_body(body, limits.idle_connection_timeout, limits.body_read_timeout, cut.clone())
+        });
         match Bytes::from_request(request, shared).await {
             Ok(body) => Ok(HranaBody(body)),
+            Err(_) if let Some(why) = cut.get() => Err(HttpError {
+                closing: http1,
+                ..HttpError::new(StatusCode::REQUEST_TIMEOUT, "BODY_TIMEOUT", why.to_string())
+            }),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(HttpError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "BODY_TOO_LARGE",

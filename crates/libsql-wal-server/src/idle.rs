@@ -5,15 +5,23 @@
 //! descriptors for ever, and the databases run out of them. A request being answered is
 //! never cut: hyper keeps reading while a handler runs (to see the client leave), so the
 //! connection's service counts its requests in flight and the timer waits for none.
+//!
+//! That leaves a request whose head came but whose body does not: it is in flight, so the
+//! connection's timer spares it, while its handler waits for the body holding one of
+//! `--max-concurrent-requests`' places. [`timed_body`] bounds that wait where the body is
+//! read: quiet for the idle timeout, or not all there within `--body-read-timeout`, and
+//! the body fails ([`BodyTimeout`]), which ends the request with 408.
 
 use std::future::{Future, Ready};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -143,4 +151,65 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleStream<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Why a request body was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTimeout {
+    /// No byte of it came for the idle timeout.
+    Quiet(Duration),
+    /// It was not all there within `--body-read-timeout`, however steadily it trickled.
+    Whole(Duration),
+}
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyTimeout::Quiet(after) => {
+                write!(f, "no byte of the request body came for {after:?} (--idle-connection-timeout)")
+            }
+            BodyTimeout::Whole(after) => {
+                write!(f, "the request body did not all come within {after:?} (--body-read-timeout)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// `body`, failing with [`BodyTimeout`] (also recorded in `cut`, for the handler to answer
+/// 408 rather than a generic body error) once no chunk came for `quiet_max`, or once
+/// `whole_max` has passed since this call before its end. Both are needed: the quiet bound
+/// alone lets a byte every `quiet_max` hold a 10 MiB body for years; the whole bound alone
+/// would let a body that stopped hold its place until it passed.
+pub fn timed_body(body: Body, quiet_max: Duration, whole_max: Duration, cut: Arc<OnceLock<BodyTimeout>>) -> Body {
+    let whole_end = Instant::now().checked_add(whole_max);
+    let chunks = futures::stream::unfold(Some(body.into_data_stream()), move |data| {
+        let cut = cut.clone();
+        async move {
+            // `None`: the body already failed; the stream ends after its error.
+            let mut data = data?;
+            let quiet_end = Instant::now().checked_add(quiet_max);
+            let (end, why) = match (quiet_end, whole_end) {
+                (Some(quiet), Some(whole)) if whole <= quiet => (Some(whole), BodyTimeout::Whole(whole_max)),
+                (Some(quiet), _) => (Some(quiet), BodyTimeout::Quiet(quiet_max)),
+                (None, Some(whole)) => (Some(whole), BodyTimeout::Whole(whole_max)),
+                // Both bounds too far to be represented: no bound.
+                (None, None) => (None, BodyTimeout::Whole(whole_max)),
+            };
+            let next = match end {
+                Some(end) => tokio::time::timeout_at(end, data.next()).await,
+                None => Ok(data.next().await),
+            };
+            match next {
+                Ok(Some(chunk)) => Some((chunk, Some(data))),
+                Ok(None) => None,
+                Err(_elapsed) => {
+                    let _ = cut.set(why);
+                    Some((Err(axum::Error::new(why)), None))
+                }
+            }
+        }
+    });
+    Body::from_stream(chunks)
 }

@@ -46,6 +46,10 @@ pub struct Limits {
     /// `--idle-connection-timeout`: a connection over which nothing went either way for
     /// this long while the server waited for its client is closed (see [`crate::idle`]).
     pub idle_connection_timeout: Duration,
+    /// `--body-read-timeout`: a request's whole body must arrive within this long of its
+    /// handler asking for it (and with no quiet of `idle_connection_timeout` on the way), or
+    /// the request ends with 408 `BODY_TIMEOUT` (see [`crate::idle::timed_body`]).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +68,7 @@ impl Default for Limits {
             request_duration_max: Duration::from_secs(30),
             sqlite_memory_max: 1 << 30,
             idle_connection_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -391,3 +391,86 @@ fn a_cursor_whose_client_leaves_stops_its_sql() {
     assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
     assert!(began.elapsed() < Duration::from_secs(10), "the cursor's SQL ran on for {:?}", began.elapsed());
 }
+
+/// Reads what the server sends on `connection` until it closes it, for at most `within`;
+/// returns the bytes and whether it closed. A reset after the answer counts as closed: the
+/// server may close with bytes of ours still unread.
+fn read_until_closed(connection: &mut std::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let began = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while began.elapsed() < within {
+        connection.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        match connection.read(&mut buf) {
+            Ok(0) => return (answer, true),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (answer, true),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    (answer, false)
+}
+
+/// A request whose head arrived but whose body stops coming (quiet for
+/// `--idle-connection-timeout`), or trickles in for longer than `--body-read-timeout`, ends
+/// with 408 `BODY_TIMEOUT` and its connection closed (before: a request being answered was
+/// never cut, so a client trickling a body held its connection, a handler and one of
+/// `--max-concurrent-requests`' places for ever).
+#[test]
+fn a_stalled_or_trickled_body_ends_its_request_with_408() {
+    use std::io::Write;
+    let server = start(|c| {
+        c.limits.idle_connection_timeout = Duration::from_millis(300);
+        c.limits.body_read_timeout = Duration::from_secs(2);
+        // One place: a body that held it for ever would keep every other request out.
+        c.limits.concurrent_requests_max = 1;
+    });
+    let head =
+        "POST /v2/pipeline HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+
+    // Quiet after the first bytes of its body: cut after the idle timeout.
+    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(br#"{"baton":null,"#).unwrap();
+    let began = std::time::Instant::now();
+    let (answer, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed, "a stalled body still holds its connection after {:?}: {answer}", began.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"BODY_TIMEOUT""#), "{answer}");
+    assert!(began.elapsed() < Duration::from_secs(5), "cut only after {:?}", began.elapsed());
+
+    // A byte every 100 ms, never quiet for the idle timeout: cut at --body-read-timeout.
+    let mut trickling = std::net::TcpStream::connect(server.addr).unwrap();
+    trickling.write_all(head.as_bytes()).unwrap();
+    let began = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut closed = false;
+    while began.elapsed() < Duration::from_secs(15) {
+        // A write may fail once the server has answered and closed: the answer is read all the same.
+        let wrote = trickling.write_all(b" ").is_ok();
+        let (got, gone) = read_until_closed(&mut trickling, Duration::from_millis(100));
+        answer.extend_from_slice(&got);
+        if !answer.is_empty() || gone || !wrote {
+            closed = gone;
+            if !gone {
+                let (rest, gone) = read_until_closed(&mut trickling, Duration::from_secs(5));
+                answer.extend_from_slice(&rest);
+                closed = gone;
+            }
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "after {:?}: {answer}", began.elapsed());
+    assert!(closed, "the trickling connection stayed open: {answer}");
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(8), "cut after {took:?}");
+
+    // The place each held is free again.
+    let (status, r) = server.pipeline(None, json!([execute("select 1"), close()]));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
+}
