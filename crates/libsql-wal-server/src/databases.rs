@@ -67,7 +67,10 @@ impl Databases {
         if read_only {
             conn.pragma_update(None, "query_only", true)?;
         }
-        conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| guard(context, read_only)));
+        // What a commit's acknowledgement promises (FULL: synced in the local log), read
+        // before the guard is set; a stream may raise it, never lower it.
+        let synchronous = conn.pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0))?;
+        conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| guard(context, read_only, synchronous)));
         // No string or blob larger than a response could carry (zeroblob(1e9) would take a
         // gigabyte before the response limit saw it).
         let length = i32::try_from(self.limits.response_bytes_max).unwrap_or(i32::MAX).max(1);
@@ -115,7 +118,14 @@ pub fn check_namespace(namespace: &str) -> Result<(), String> {
 ///   request could then repair.
 /// - On a read-only stream, undo its `PRAGMA query_only` (which makes SQLite refuse its
 ///   writes): read-only credentials would otherwise write.
-fn guard(context: rusqlite::hooks::AuthContext<'_>, read_only: bool) -> rusqlite::hooks::Authorization {
+/// - Lower `PRAGMA synchronous` below `synchronous` (the level the connection was opened
+///   with, 0 to 3): an acknowledged commit would no longer be what the server promises
+///   (with FULL, synced in the local log). Reading it and raising it stay allowed.
+fn guard(
+    context: rusqlite::hooks::AuthContext<'_>,
+    read_only: bool,
+    synchronous: i64,
+) -> rusqlite::hooks::Authorization {
     use rusqlite::hooks::{AuthAction, Authorization};
     let refused = match context.action {
         AuthAction::Attach { filename } => !filename.is_empty() && filename != ":memory:",
@@ -126,12 +136,27 @@ fn guard(context: rusqlite::hooks::AuthContext<'_>, read_only: bool) -> rusqlite
                 "journal_mode" => !value.eq_ignore_ascii_case("wal"),
                 "writable_schema" | "schema_version" => true,
                 "query_only" => read_only,
+                "synchronous" => synchronous > 0 && synchronous_level(value).is_none_or(|level| level < synchronous),
                 _ => false,
             }
         }
         _ => false,
     };
     if refused { Authorization::Deny } else { Authorization::Allow }
+}
+
+/// The `synchronous` level (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA) SQLite sets for `value`, for
+/// the spellings whose reading is plain; `None` for the rest, which [`guard`] refuses: SQLite
+/// takes an unknown word for NORMAL and wraps a number round (`4` acts as FULL, a number too
+/// large for 32 bits as OFF), so only these are let through.
+fn synchronous_level(value: &str) -> Option<i64> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" | "no" | "false" | "0" => Some(0),
+        "normal" | "on" | "yes" | "true" | "1" => Some(1),
+        "full" | "2" => Some(2),
+        "extra" | "3" => Some(3),
+        _ => None,
+    }
 }
 
 /// Virtual-machine steps between two looks at a stream's [`Deadline`]: a look is a clock

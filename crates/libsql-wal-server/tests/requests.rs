@@ -190,3 +190,52 @@ fn a_client_cannot_attach_files_or_leave_the_wal() {
     assert_eq!(rows(&r, 3), vec![vec![json!("0")]]);
     assert!(!outside.exists(), "a client created a file outside the server's databases");
 }
+
+/// An acknowledged commit keeps the promise of the server's `synchronous` (FULL: synced in
+/// the local log before the answer): a client may read the setting and raise it, not lower
+/// it, in any spelling SQLite takes (before: `PRAGMA synchronous=OFF` on a stream made its
+/// commits unsynced, while each answer still said they were in the log).
+#[test]
+fn a_client_cannot_lower_synchronous() {
+    let server = start(|_| {});
+    let lowering = [
+        "PRAGMA synchronous=OFF",
+        "PRAGMA synchronous = normal",
+        "PRAGMA main.synchronous=0",
+        "PRAGMA synchronous=1",
+        "PRAGMA synchronous='off'",
+        "PRAGMA synchronous(false)",
+        "PRAGMA synchronous=on",
+        // SQLite reads an unknown word as NORMAL and wraps numbers round (this one to OFF):
+        // a number past 3 is refused whatever it would land on.
+        "PRAGMA synchronous=banana",
+        "PRAGMA synchronous=-1",
+        "PRAGMA synchronous=99999999999",
+        "PRAGMA synchronous=4",
+    ];
+    let mut requests: Vec<_> = lowering.iter().map(|sql| execute(sql)).collect();
+    requests.push(execute("PRAGMA synchronous"));
+    requests.push(close());
+    let (_, r) = server.pipeline(None, json!(requests));
+    for (i, sql) in lowering.iter().enumerate() {
+        assert_eq!(error_code(&r, i), "SQLITE_AUTH", "{sql}: {r}");
+    }
+    assert_eq!(rows(&r, lowering.len()), vec![vec![json!("2")]], "{r}");
+
+    let (_, r) = server.pipeline(
+        None,
+        json!([
+            execute("PRAGMA synchronous=FULL"),
+            execute("PRAGMA synchronous = 2"),
+            execute("PRAGMA main.synchronous='extra'"),
+            execute("PRAGMA synchronous"),
+            execute("SELECT * FROM pragma_synchronous"),
+            close()
+        ]),
+    );
+    for i in 0..3 {
+        assert_eq!(r["results"][i]["type"], "ok", "request {i}: {r}");
+    }
+    assert_eq!(rows(&r, 3), vec![vec![json!("3")]], "{r}");
+    assert_eq!(rows(&r, 4), vec![vec![json!("3")]], "{r}");
+}
