@@ -81,6 +81,10 @@ struct LimitArgs {
     /// Open streams (interactive transactions) at once (one more: 503 STREAMS_EXHAUSTED).
     #[arg(long, default_value_t = Limits::default().batons_max)]
     max_batons: usize,
+    /// Open streams one client may hold, told apart by JWT with --auth-jwt-key-file, else
+    /// by address (one more: 429 CLIENT_STREAMS_EXHAUSTED); 0, the default, for no bound.
+    #[arg(long, default_value_t = Limits::default().batons_per_client_max)]
+    max_batons_per_client: usize,
     /// SQL texts one stream may hold with store_sql (one more: an SQL_STORE_TOO_MANY result).
     #[arg(long, default_value_t = Limits::default().stored_sql_max)]
     max_stored_sql: usize,
@@ -121,6 +125,7 @@ impl LimitArgs {
             concurrent_requests_max: self.max_concurrent_requests.max(1),
             request_queue_timeout: self.request_queue_timeout,
             batons_max: self.max_batons,
+            batons_per_client_max: self.max_batons_per_client,
             baton_timeout: self.baton_timeout,
             stored_sql_max: self.max_stored_sql,
             stored_sql_bytes_max: self.max_stored_sql_bytes,

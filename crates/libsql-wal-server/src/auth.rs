@@ -104,6 +104,16 @@ impl Auth {
             Auth::Jwt(key) => jwt_access(key, token, namespace),
         }
     }
+
+    /// The token that tells one client from another, for `--max-batons-per-client`: a JWT
+    /// (each client may be given its own). Not a shared token, the same for every client,
+    /// and nothing without auth: those clients are told apart by address.
+    pub fn client_token<'a>(&self, authorization: Option<&'a [u8]>) -> Option<&'a str> {
+        match self {
+            Auth::Jwt(_) => bearer(authorization).ok(),
+            Auth::Open | Auth::SharedToken(_) => None,
+        }
+    }
 }
 
 fn bearer(header: Option<&[u8]>) -> Result<&str, Refusal> {

@@ -3,11 +3,12 @@
 //! blocking thread, and answers; SQLite is never called on an async thread.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +16,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::auth::{Access, Refusal};
-use crate::batons::{self, Room, Slot};
+use crate::batons::{self, Client, Full, Room, Slot};
 use crate::databases::{DEFAULT_NAMESPACE, Deadline, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
 use crate::hrana::stmt::Version;
@@ -226,22 +227,46 @@ fn stream_expired() -> HttpError {
     )
 }
 
-fn too_many_streams(max: usize) -> HttpError {
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "STREAMS_EXHAUSTED",
-        format!("The server holds its limit of {max} open streams (--max-batons); retry later"),
-    )
+fn too_many_streams(limits: &crate::Limits, full: Full) -> HttpError {
+    match full {
+        Full::Server => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STREAMS_EXHAUSTED",
+            format!("The server holds its limit of {} open streams (--max-batons); retry later", limits.batons_max),
+        ),
+        // Not the server's state but this client's own doing: 429, so that it is not
+        // taken for an overloaded server.
+        Full::Client => HttpError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "CLIENT_STREAMS_EXHAUSTED",
+            format!(
+                "This client holds its limit of {} open streams (--max-batons-per-client); close the streams \
+                 it no longer uses (a pipeline ending with `close`), or retry once they expire (--baton-timeout)",
+                limits.batons_per_client_max
+            ),
+        ),
+    }
 }
 
-/// The stream a request runs on: the one behind its baton, or a new one; with its place
-/// under `--max-batons` if it may be kept (taken atomically with the check: see
-/// [`batons::Batons::reserve`]).
+/// Who a request comes from, as `--max-batons-per-client` counts: its JWT when JWTs are
+/// the credentials (each client may have its own), else its peer's address (a shared
+/// token is everyone's).
+fn client_of(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Client {
+    match shared.auth.client_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        Some(token) => Client::Token(std::hash::BuildHasher::hash_one(&shared.client_keys, token)),
+        None => Client::address(peer.ip()),
+    }
+}
+
+/// The stream a request runs on: the one behind its baton, or a new one opened by
+/// `client`; with its place under `--max-batons` (and `client`'s quota) if it may be kept
+/// (taken atomically with the check: see [`batons::Batons::reserve`]).
 fn stream_for<'a>(
     shared: &'a Shared,
     baton: Option<&str>,
     namespace: &str,
     access: Access,
+    client: Client,
     needs_room: bool,
 ) -> Result<(Slot, Option<Room<'a>>), HttpError> {
     match baton {
@@ -252,7 +277,7 @@ fn stream_for<'a>(
         }
         None => {
             let room = if needs_room {
-                Some(shared.batons.reserve().ok_or_else(|| too_many_streams(shared.limits.batons_max))?)
+                Some(shared.batons.reserve(client).map_err(|full| too_many_streams(&shared.limits, full))?)
             } else {
                 None
             };
@@ -263,41 +288,46 @@ fn stream_for<'a>(
 
 async fn dev_pipeline_v2(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(ns): Path<String>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, Some(ns), Version::Hrana2, body).await
+    run_pipeline(shared, headers, peer, Some(ns), Version::Hrana2, body).await
 }
 
 async fn dev_pipeline_v3(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(ns): Path<String>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, Some(ns), Version::Hrana3, body).await
+    run_pipeline(shared, headers, peer, Some(ns), Version::Hrana3, body).await
 }
 
 async fn pipeline_v2(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, None, Version::Hrana2, body).await
+    run_pipeline(shared, headers, peer, None, Version::Hrana2, body).await
 }
 
 async fn pipeline_v3(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_pipeline(shared, headers, None, Version::Hrana3, body).await
+    run_pipeline(shared, headers, peer, None, Version::Hrana3, body).await
 }
 
 async fn run_pipeline(
     shared: Arc<Shared>,
     headers: HeaderMap,
+    peer: SocketAddr,
     path_ns: Option<String>,
     version: Version,
     body: Bytes,
@@ -307,7 +337,8 @@ async fn run_pipeline(
     let request: PipelineRequest = parse(&body)?;
     // A pipeline that ends by closing its stream never needs a baton.
     let closes = matches!(request.requests.last(), Some(StreamRequest::Close));
-    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, !closes)?;
+    let client = client_of(&shared, &headers, peer);
+    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, client, !closes)?;
     let mut held = slot.clone().lock_owned().await;
     if let Err(e) = check_stream(&held, &namespace, access) {
         // The baton is used up: end its stream (rolling back) off the async threads.
@@ -352,7 +383,7 @@ async fn run_pipeline(
         return Err(stream_expired());
     }
     drop(held);
-    let baton = if open { Some(keep(&shared, slot, room).await?) } else { None };
+    let baton = if open { Some(keep(&shared, slot, room, client).await?) } else { None };
     Ok(json_body(&PipelineResponse { baton, base_url: None, results }))
 }
 
@@ -383,12 +414,16 @@ fn not_durable(why: String) -> HttpError {
 }
 
 /// Keeps the stream for its next request in its place under `--max-batons` (one is taken
-/// now if the request had none: a pipeline ending in `close` whose stream stayed open), or
-/// ends it if there is no place or no baton can be made.
-async fn keep(shared: &Arc<Shared>, slot: Slot, room: Option<Room<'_>>) -> Result<String, HttpError> {
-    let kept = match room.or_else(|| shared.batons.reserve()) {
-        Some(room) => shared.batons.keep(slot, room).map_err(|slot| (slot, no_baton())),
-        None => Err((slot, too_many_streams(shared.limits.batons_max))),
+/// now, for `client`, if the request had none: a pipeline ending in `close` whose stream
+/// stayed open), or ends it if there is no place or no baton can be made.
+async fn keep(shared: &Arc<Shared>, slot: Slot, room: Option<Room<'_>>, client: Client) -> Result<String, HttpError> {
+    let room = match room {
+        Some(room) => Ok(room),
+        None => shared.batons.reserve(client),
+    };
+    let kept = match room {
+        Ok(room) => shared.batons.keep(slot, room).map_err(|slot| (slot, no_baton())),
+        Err(full) => Err((slot, too_many_streams(&shared.limits, full))),
     };
     match kept {
         Ok(baton) => Ok(baton),
@@ -438,19 +473,21 @@ fn no_baton() -> HttpError {
 
 async fn dev_cursor(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(ns): Path<String>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_cursor(shared, headers, Some(ns), body).await
+    run_cursor(shared, headers, peer, Some(ns), body).await
 }
 
 async fn cursor(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_cursor(shared, headers, None, body).await
+    run_cursor(shared, headers, peer, None, body).await
 }
 
 /// `/v3/cursor`: the batch's entries stream out as lines while it runs. The baton goes out
@@ -458,14 +495,17 @@ async fn cursor(
 async fn run_cursor(
     shared: Arc<Shared>,
     headers: HeaderMap,
+    peer: SocketAddr,
     path_ns: Option<String>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
     let access = authorize(&shared, &headers, &namespace)?;
     let request: CursorRequest = parse(&body)?;
-    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, true)?;
-    let Some(room) = room else { return Err(too_many_streams(shared.limits.batons_max)) };
+    let client = client_of(&shared, &headers, peer);
+    let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, client, true)?;
+    // `stream_for` gives a place whenever it is asked for one.
+    let Some(room) = room else { return Err(too_many_streams(&shared.limits, Full::Server)) };
     let mut held = slot.clone().lock_owned().await;
     if let Err(e) = check_stream(&held, &namespace, access) {
         end_stream(&shared, held.stream.take()).await;

@@ -23,6 +23,10 @@ pub struct Limits {
     /// `--max-batons`: open streams (interactive transactions) at once, counted from the
     /// request that opens one to the end of the stream; one more gets 503 `STREAMS_EXHAUSTED`.
     pub batons_max: usize,
+    /// `--max-batons-per-client`: open streams one client may hold (by JWT with JWT auth,
+    /// else by peer address; see [`crate::batons::Client`]); one more gets 429
+    /// `CLIENT_STREAMS_EXHAUSTED`. 0, the default, sets no such bound.
+    pub batons_per_client_max: usize,
     /// `--baton-timeout`: a stream unused this long is closed, its transaction rolled back.
     pub baton_timeout: Duration,
     /// `--max-stored-sql`: SQL texts one stream may hold with `store_sql`; one more is an
@@ -61,6 +65,7 @@ impl Default for Limits {
             concurrent_requests_max: 256,
             request_queue_timeout: Duration::from_secs(10),
             batons_max: 1024,
+            batons_per_client_max: 0,
             baton_timeout: Duration::from_secs(10),
             stored_sql_max: 1024,
             stored_sql_bytes_max: 1 << 20,

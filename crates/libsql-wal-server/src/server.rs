@@ -72,6 +72,9 @@ pub struct Shared {
     pub durable: DurableAcks,
     /// Permits of the requests running (`--max-concurrent-requests`).
     pub requests: tokio::sync::Semaphore,
+    /// Keys of the hash a JWT is counted by (`batons::Client::Token`): random per process,
+    /// so nobody can pick tokens that collide with another client's.
+    pub client_keys: std::hash::RandomState,
 }
 
 impl Shared {
@@ -122,13 +125,18 @@ impl Server {
         let dbs = Arc::new(Databases::new(config.db_dir.clone(), manager, config.limits.clone()));
         let shared = Arc::new(Shared {
             dbs,
-            batons: Batons::new(config.limits.batons_max, config.limits.baton_timeout),
+            batons: Batons::new(
+                config.limits.batons_max,
+                config.limits.batons_per_client_max,
+                config.limits.baton_timeout,
+            ),
             limits: config.limits.clone(),
             host_namespaces: config.host_namespaces,
             auth: config.auth.clone(),
             ack: config.ack,
             durable: DurableAcks::default(),
             requests: tokio::sync::Semaphore::new(config.limits.concurrent_requests_max),
+            client_keys: std::hash::RandomState::new(),
         });
         Ok(Server { listener, tls, shared })
     }
@@ -142,7 +150,8 @@ impl Server {
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
         let Server { listener, tls, shared } = self;
         let sweeper = tokio::spawn(sweep_batons(shared.clone()));
-        let app = crate::http::router(shared.clone()).into_make_service();
+        // Each request learns its peer's address: `--max-batons-per-client` counts by it.
+        let app = crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();
         let idle = crate::idle::IdleAcceptor::new(shared.limits.idle_connection_timeout);
         let serving = async {

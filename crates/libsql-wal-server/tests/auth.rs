@@ -156,3 +156,29 @@ fn key_files_in_either_of_libsql_servers_forms() {
         assert!(Auth::jwt_key_file(&path).is_err(), "{bad:?} was taken for a key");
     }
 }
+
+/// With JWTs, `--max-batons-per-client` counts by token, not by address: two tokens from
+/// one address each have their own quota, and one token however its header is spelled
+/// has one.
+#[test]
+fn with_jwts_the_stream_quota_is_per_token() {
+    let keys = new_keys();
+    let scratch = tempfile::tempdir().unwrap();
+    let auth = Arc::new(key_file(scratch.path(), &keys.public_b64));
+    let server = start(move |c| {
+        c.auth = auth;
+        c.limits.batons_per_client_max = 1;
+    });
+    let first = token(&keys, json!({ "a": "rw", "sub": "first" }));
+    let second = token(&keys, json!({ "a": "rw", "sub": "second" }));
+    let open = |authorization: &str| {
+        server.pipeline_at("/v2/pipeline", &[("authorization", authorization)], None, json!([execute("select 1")]))
+    };
+    let (status, r) = open(&format!("Bearer {first}"));
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = open(&format!("bearer  {first} "));
+    assert_eq!(status, 429, "{r}");
+    assert_eq!(r["code"], "CLIENT_STREAMS_EXHAUSTED", "{r}");
+    let (status, r) = open(&format!("Bearer {second}"));
+    assert_eq!(status, 200, "{r}");
+}

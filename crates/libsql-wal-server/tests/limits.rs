@@ -474,3 +474,72 @@ fn a_stalled_or_trickled_body_ends_its_request_with_408() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
 }
+
+/// A TCP connection to `to` from the loopback address `local` (127.0.0.2: another client
+/// than the tests' usual 127.0.0.1, as the server tells clients apart by address).
+fn connect_from(local: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(to).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// A `/v2/pipeline` request from `local`; returns (status, parsed body).
+fn pipeline_from(local: &str, to: std::net::SocketAddr, baton: Option<&str>, requests: Value) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let body = serde_json::to_vec(&json!({ "baton": baton, "requests": requests })).unwrap();
+    let mut connection = connect_from(local, to);
+    let head =
+        format!("POST /v2/pipeline HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    connection.write_all(head.as_bytes()).unwrap();
+    connection.write_all(&body).unwrap();
+    let mut reply = Vec::new();
+    connection.read_to_end(&mut reply).unwrap();
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of headers");
+    let status = String::from_utf8_lossy(&reply[..split]).split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_slice(&reply[split + 4..]).unwrap_or(Value::Null))
+}
+
+/// With `--max-batons-per-client`, a client that never closes its streams fills its own
+/// quota, not the server: one more stream of its own gets 429 `CLIENT_STREAMS_EXHAUSTED`
+/// while another client still opens streams (before: one client could hold all of
+/// `--max-batons` until its streams expired, and everyone got `STREAMS_EXHAUSTED`).
+#[test]
+fn a_client_past_its_stream_quota_gets_429_and_others_still_open_streams() {
+    let server = start(|c| {
+        c.limits.batons_max = 10;
+        c.limits.batons_per_client_max = 2;
+        c.limits.baton_timeout = Duration::from_secs(120);
+    });
+    let open = |local: &str| pipeline_from(local, server.addr, None, json!([execute("select 1")]));
+    let (_, a) = open("127.0.0.1");
+    let (_, b) = open("127.0.0.1");
+    let (status, refused) = open("127.0.0.1");
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["code"], "CLIENT_STREAMS_EXHAUSTED", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("--max-batons-per-client"), "{refused}");
+    // A cursor opens a stream too.
+    let body = json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": "select 1" } }] } });
+    let (status, reply) = server.request("POST", "/v3/cursor", &[], &serde_json::to_vec(&body).unwrap());
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&reply));
+    // Its own streams go on, and a pipeline that closes its stream needs no place.
+    let (status, a) = server.pipeline(Some(a["baton"].as_str().unwrap()), json!([execute("select 2")]));
+    assert_eq!(status, 200, "{a}");
+    let (status, r) = server.pipeline(None, json!([execute("select 1"), close()]));
+    assert_eq!(status, 200, "{r}");
+    // Another client opens streams all the same.
+    for _ in 0..2 {
+        let (status, other) = open("127.0.0.2");
+        assert_eq!(status, 200, "{other}");
+        assert!(other["baton"].is_string(), "{other}");
+    }
+    // Closing one of its streams gives the first client a place again.
+    let (status, r) = server.pipeline(Some(b["baton"].as_str().unwrap()), json!([close()]));
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = open("127.0.0.1");
+    assert_eq!(status, 200, "{r}");
+}
