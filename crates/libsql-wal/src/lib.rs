@@ -86,6 +86,7 @@ mod backoff;
 pub mod bench_internals;
 pub mod checkpointer;
 mod error;
+mod file_stamp;
 pub mod format;
 #[cfg(feature = "fuzz-internals")]
 pub mod fuzz_internals;

@@ -146,7 +146,7 @@ impl SharedWal {
                 let started = std::time::Instant::now();
                 let (frame_no, chain) =
                     self.watch(copy_segments(&self.parts.db, &ready, self.parts.lineage, on_page))?;
-                keep_file_time_past_commits(self.io.as_ref(), &self.parts.db, ready.last().expect("non-empty"));
+                stamp_file_time(self.io.as_ref(), &self.parts.db, ready.last().expect("non-empty"));
                 self.parts.transactions.set_checkpointed(frame_no, chain);
                 self.watch(drop_segments(self.io.as_ref(), &self.log_dir, &self.parts.segments, &ready))?;
                 let metrics = instruments::get();
@@ -189,20 +189,20 @@ impl SharedWal {
     }
 }
 
-/// Once the log is emptied, the database file's modification time is where the next open
-/// starts commit times from (`commit_clock_floor`). The write that just copied `newest` set it
-/// to the clock's time, which is before `newest`'s last commit if the clock stepped back since:
-/// then it is set to that commit's time, so commit times never go back across a restart.
-/// Best effort: on failure the floor is only lower, and the checkpoint itself succeeded.
-fn keep_file_time_past_commits(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
-    let committed = newest.committed_unix_ms();
-    let stamped = io.modified(&db.path).map_or(0, crate::io::unix_ms);
-    if stamped >= committed {
-        return;
-    }
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(committed);
-    if let Err(e) = io.set_modified(&db.path, time) {
-        tracing::warn!(db = %db.path.display(), "could not move the file's time up to its last commit's: {e}");
+/// Stamps the database file's modification time for its new mark (`file_stamp`: the next
+/// open can tell whether anything else wrote the file since), at or past `newest`'s last
+/// commit: once the log is emptied, that time is where the next open starts commit times
+/// from (`commit_clock_floor`), and the write that just copied `newest` set it to the
+/// clock's time, which is before that commit if the clock stepped back since.
+/// Best effort: on failure the floor is only lower and the next open sees a change that
+/// was not one (and logs the file again); the checkpoint itself succeeded.
+fn stamp_file_time(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
+    let stamped = db.read_mark_bytes().and_then(|mark| {
+        crate::file_stamp::stamp(io, &db.path, &mark, newest.committed_unix_ms())
+            .map_err(Error::io(IoAction::Write, &db.path))
+    });
+    if let Err(e) = stamped {
+        tracing::warn!(db = %db.path.display(), "could not stamp the file's time after a checkpoint: {e}");
     }
 }
 

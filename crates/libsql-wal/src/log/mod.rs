@@ -35,6 +35,7 @@ use recovery::{carry_out, check_db_file_length, last_commit, plan_recovery};
 pub(crate) mod checkpoint;
 mod db_file;
 mod lifecycle;
+mod outside_change;
 pub(crate) mod recovery;
 mod seal;
 mod segments;
@@ -175,7 +176,7 @@ impl LogView for LogParts {
 /// The earliest time the next commit may record: the newest commit time in the log, or,
 /// when the log holds none (emptied by a checkpoint), the database file's modification time,
 /// which the checkpoint that emptied it set to the last commit's time at the least
-/// (`keep_file_time_past_commits`: the clock may have stepped back before that checkpoint).
+/// (`stamp_file_time`: the clock may have stepped back before that checkpoint).
 /// So commit times keep going forward across restarts even if the clock went back.
 fn commit_clock_floor(io: &dyn Io, db_path: &Path, segments: &[SegmentRef]) -> u64 {
     let in_log = segments.iter().map(|s| s.committed_unix_ms()).max().unwrap_or(0);
@@ -234,9 +235,12 @@ impl SharedWal {
             check_db_file_length(&plan.kept, mark, &last, db_file.as_ref(), db_path)?;
             let (lineage, chain) = (plan.lineage, plan.base_chain);
             let segments = carry_out(io.as_ref(), &log_dir, plan)?;
-            Ok((segments, last, lineage, chain))
+            // Only a file handed back (no frames in the log) can have been written by stock
+            // SQLite since; only a mark naming a history has a history to keep true.
+            let may_have_changed = segments.is_empty() && mark.is_some_and(|m| m.lineage != 0);
+            Ok((segments, last, lineage, chain, may_have_changed))
         });
-        let (segments, last, lineage, checkpointed_chain) = match recovered {
+        let (segments, last, lineage, checkpointed_chain, may_have_changed) = match recovered {
             Ok(recovered) => recovered,
             Err(e) => {
                 let _ = lock_file.unlock();
@@ -264,7 +268,7 @@ impl SharedWal {
         // lock explicitly rather than when its last handle goes.
         let durability =
             Durability::open(&io, &log_dir, storage, view).inspect_err(|_| parts.lifecycle.release_lock(&log_dir))?;
-        Ok(SharedWal {
+        let shared = SharedWal {
             log_dir,
             io,
             config,
@@ -273,7 +277,11 @@ impl SharedWal {
             checkpoint_errors: checkpoint::CheckpointErrors::default(),
             open_connections: AtomicUsize::new(0),
             durability,
-        })
+        };
+        if may_have_changed {
+            shared.log_outside_change()?; // On failure, dropping `shared` releases the lock.
+        }
+        Ok(shared)
     }
 
     /// The database file (as it was named at open; the log's other names share it).

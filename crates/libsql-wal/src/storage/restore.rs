@@ -504,6 +504,14 @@ fn rebuild(
         db.write_all_at(&bytes, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Write, &db_path))?;
     }
     db.sync_data().map_err(Error::io(IoAction::Sync, &db_path))?;
+    if db_pages > 0 {
+        // Stamped for its mark (`file_stamp`), or its first open would take it for a file
+        // changed outside and log it whole again.
+        let mark = &mut [0u8; crate::format::DB_HEADER_MARK_SIZE];
+        db.read_exact_at(mark, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Read, &db_path))?;
+        let floor_ms = rebuilt.commit_unix_ms.unwrap_or(0);
+        crate::file_stamp::stamp(io, &db_path, mark, floor_ms).map_err(Error::io(IoAction::Write, &db_path))?;
+    }
     drop(db);
     // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
     // since the check at the start. The scratch directory (and its name) goes afterwards.
