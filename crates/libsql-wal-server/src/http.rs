@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, FromRequest, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +21,7 @@ use crate::databases::{DEFAULT_NAMESPACE, Deadline, check_namespace};
 use crate::hrana::proto::{self, CursorRequest, CursorResponse, PipelineRequest, PipelineResponse, StreamRequest};
 use crate::hrana::stmt::Version;
 use crate::hrana::stream::Stream;
+use crate::idle::Answering;
 use crate::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -474,20 +475,22 @@ fn no_baton() -> HttpError {
 async fn dev_cursor(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    answering: Option<Extension<Answering>>,
     Path(ns): Path<String>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_cursor(shared, headers, peer, Some(ns), body).await
+    run_cursor(shared, headers, peer, answering, Some(ns), body).await
 }
 
 async fn cursor(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    answering: Option<Extension<Answering>>,
     headers: HeaderMap,
     HranaBody(body): HranaBody,
 ) -> Result<Response, HttpError> {
-    run_cursor(shared, headers, peer, None, body).await
+    run_cursor(shared, headers, peer, answering, None, body).await
 }
 
 /// `/v3/cursor`: the batch's entries stream out as lines while it runs. The baton goes out
@@ -496,6 +499,7 @@ async fn run_cursor(
     shared: Arc<Shared>,
     headers: HeaderMap,
     peer: SocketAddr,
+    answering: Option<Extension<Answering>>,
     path_ns: Option<String>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -554,10 +558,20 @@ async fn run_cursor(
     // body exists, so that an early leave is never overwritten by a later arming.
     deadline.arm(shared.limits.request_duration_max);
     let client_gone = StopIfClientLeaves { deadline: Some(deadline), stop: Deadline::expire };
+    // The lines come while the batch runs, after this handler returned, with nothing on the
+    // connection while a step's SQL runs: the connection counts as answering while the body
+    // waits for its next line (else `--idle-connection-timeout` would cut a step quiet that
+    // long), and only then: a client that stops reading leaves a line unsent, nothing
+    // counted, and its connection is cut after the idle timeout (the batch then stops at
+    // its next line).
+    let answering = answering.map(|Extension(answering)| answering);
     let lines = futures::stream::once(async move { Ok::<_, Infallible>(Bytes::from(first)) }).chain(
-        futures::stream::unfold((rx, client_gone), |(mut rx, client_gone)| async move {
-            match rx.recv().await {
-                Some(line) => Some((Ok(line), (rx, client_gone))),
+        futures::stream::unfold((rx, client_gone, answering), |(mut rx, client_gone, answering)| async move {
+            let waiting = answering.as_ref().map(Answering::start);
+            let line = rx.recv().await;
+            drop(waiting);
+            match line {
+                Some(line) => Some((Ok(line), (rx, client_gone, answering))),
                 None => {
                     client_gone.disarm();
                     None

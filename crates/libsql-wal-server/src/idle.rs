@@ -4,7 +4,11 @@
 //! slower than that), ends with a timed-out read. Without this, idle connections hold their
 //! descriptors for ever, and the databases run out of them. A request being answered is
 //! never cut: hyper keeps reading while a handler runs (to see the client leave), so the
-//! connection's service counts its requests in flight and the timer waits for none.
+//! connection's service counts its requests in flight and the timer waits for none. A
+//! response whose body streams after its handler returned (a cursor's lines, quiet while a
+//! step's SQL runs) counts while its body waits for the server's next line, not while the
+//! server waits for the client to take one: the body takes an [`InFlight`] for each such
+//! wait from the [`Answering`] the service puts in each request's extensions.
 //!
 //! That leaves a request whose head came but whose body does not: it is in flight, so the
 //! connection's timer spares it, while its handler waits for the body holding one of
@@ -58,9 +62,9 @@ pub struct Counted<S> {
     in_flight: Arc<AtomicUsize>,
 }
 
-impl<S, R> tower_service::Service<R> for Counted<S>
+impl<S, B> tower_service::Service<axum::http::Request<B>> for Counted<S>
 where
-    S: tower_service::Service<R>,
+    S: tower_service::Service<axum::http::Request<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -71,8 +75,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
         let answering = InFlight::start(self.in_flight.clone());
+        request.extensions_mut().insert(Answering(self.in_flight.clone()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let _answering = answering;
@@ -81,8 +86,21 @@ where
     }
 }
 
-/// One request being answered, from its call to its response (or its cancellation).
-struct InFlight(Arc<AtomicUsize>);
+/// The count of the requests a connection is answering, as each request's extension: a
+/// response body that outlives its handler counts the connection as answering with
+/// [`Answering::start`] while it waits for what it sends next.
+#[derive(Clone)]
+pub struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    pub fn start(&self) -> InFlight {
+        InFlight::start(self.0.clone())
+    }
+}
+
+/// One request being answered, from its call to its response (or its cancellation), or a
+/// streamed body's wait for its next part.
+pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
     fn start(count: Arc<AtomicUsize>) -> Self {

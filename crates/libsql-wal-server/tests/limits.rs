@@ -543,3 +543,81 @@ fn a_client_past_its_stream_quota_gets_429_and_others_still_open_streams() {
     let (status, r) = open("127.0.0.1");
     assert_eq!(status, 200, "{r}");
 }
+
+/// A cursor's body streams after its handler returned: while its SQL runs, nothing goes
+/// over the connection, however long past `--idle-connection-timeout` (up to
+/// `--max-request-duration`, and the `--ack durable` wait). It is a request being answered
+/// and is not cut (before: the connection closed mid-body once a step had been quiet for
+/// the idle timeout, and the client never got the step's end).
+#[test]
+fn a_cursor_quiet_while_its_sql_runs_is_not_cut() {
+    use std::io::{Read, Write};
+    let server = start(|c| c.limits.idle_connection_timeout = Duration::from_millis(300));
+    let slow =
+        "with recursive c(i) as (select 1 union all select i+1 from c where i < 12000000) select count(*) from c";
+    let body = serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [
+        { "stmt": { "sql": "select 1" } }, { "stmt": { "sql": slow } }
+    ] } }))
+    .unwrap();
+    let mut connection = std::net::TcpStream::connect(server.addr).unwrap();
+    let head =
+        format!("POST /v3/cursor HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    connection.write_all(head.as_bytes()).unwrap();
+    connection.write_all(&body).unwrap();
+    let began = std::time::Instant::now();
+    let mut reply = Vec::new();
+    let _ = connection.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(began.elapsed() > Duration::from_millis(300), "the slow step was not slow: {:?}", began.elapsed());
+    assert!(reply.contains(r#""value":"12000000""#), "cut after {:?}: {reply}", began.elapsed());
+    assert_eq!(reply.matches(r#""type":"step_end""#).count(), 2, "{reply}");
+}
+
+/// A cursor whose client stops reading its lines: nothing moves on the connection while
+/// the server waits for the client, so it is cut after `--idle-connection-timeout`, and the
+/// batch stops at its next line; its stream goes on for the baton of the first line (a
+/// cursor counted as answering until its body's end would hold the connection, a thread
+/// and the stream for ever).
+#[test]
+fn a_cursor_whose_client_stops_reading_is_cut_and_its_stream_goes_on() {
+    use std::io::{BufRead, Write};
+    let server = start(|c| {
+        c.limits.idle_connection_timeout = Duration::from_millis(300);
+        c.limits.baton_timeout = Duration::from_secs(120);
+    });
+    // About a gigabyte of lines: far more than the socket buffers hold.
+    let many = "with recursive c(i) as (select 1 union all select i+1 from c where i < 1000000) \
+                select i, randomblob(1000) from c";
+    let body =
+        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": many } }] } })).unwrap();
+    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v3/cursor HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(&body).unwrap();
+    let mut reader = std::io::BufReader::new(stalled.try_clone().unwrap());
+    let baton = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the cursor ended before its first line");
+        if let Some(start) = line.find("{\"baton\"") {
+            let first: Value = serde_json::from_str(line[start..].trim()).unwrap();
+            break first["baton"].as_str().unwrap().to_string();
+        }
+    };
+    // Not another byte read: the batch fills the socket's buffers and waits.
+    std::thread::sleep(Duration::from_secs(1));
+    // On a thread: while the stalled batch holds the stream, this request waits for it.
+    let (done, answer) = std::sync::mpsc::channel();
+    let addr = server.addr;
+    std::thread::spawn(move || {
+        let body = serde_json::to_vec(&json!({ "baton": baton, "requests": [execute("select 1"), close()] })).unwrap();
+        let _ = done.send(support::http(addr, "POST", "/v2/pipeline", &[], &body));
+    });
+    let (status, r) = answer.recv_timeout(Duration::from_secs(10)).expect("the stalled cursor still holds its stream");
+    let r: Value = serde_json::from_slice(&r).unwrap();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
+    drop(reader);
+}
