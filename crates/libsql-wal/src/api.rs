@@ -10,10 +10,12 @@ use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
 
 use crate::error::{Error, IoAction, Result};
 use crate::io::FileKind;
+use crate::log::replicate::FramesAfter;
 use crate::log::{CheckpointMode, CheckpointResult};
 use crate::ownership;
 use crate::registry;
 use crate::storage::durability::DurabilityInfo;
+use crate::upstream::Position;
 use crate::wal::{LibsqlWal, LibsqlWalManager};
 
 fn acquire(manager: &LibsqlWalManager, db_path: &Path) -> Result<std::sync::Arc<crate::log::SharedWal>> {
@@ -667,4 +669,135 @@ fn free_temp_space() -> Result<u64> {
         return Err(Error::io(IoAction::Read, dir)(std::io::Error::last_os_error()));
     }
     Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
+/// Where the log of `db_path` is: its last commit's frame_no, lineage and chain value (a
+/// replica resumes from its own).
+pub fn log_position(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Position> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let position = shared.position();
+    registry::release(&shared, false);
+    position
+}
+
+/// Registers a replica streaming the log of `db_path` from `frame_no` (its position): while
+/// the [`Follower`] lives, checkpoints keep the frames after what it was last sent.
+pub fn follow(db_path: impl AsRef<Path>, manager: &LibsqlWalManager, frame_no: u64) -> Result<Follower> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let id = shared.register_follower(frame_no);
+    Ok(Follower { shared, id })
+}
+
+/// A replica streaming a primary's log (see [`follow`]); unregistered when dropped.
+pub struct Follower {
+    shared: std::sync::Arc<crate::log::SharedWal>,
+    id: u64,
+}
+
+impl Follower {
+    /// The replica was sent everything up to `frame_no`: older frames may go.
+    pub fn advance(&self, frame_no: u64) {
+        self.shared.advance_follower(self.id, frame_no);
+    }
+
+    /// Committed frames after `from`, whole transactions, about `max_bytes` of them.
+    pub fn frames_after(&self, from: Position, max_bytes: usize) -> Result<FramesAfter> {
+        self.shared.frames_after(from, max_bytes)
+    }
+
+    /// Changes whenever a transaction commits (to the commit's frame_no). Closed when the
+    /// log is, so a waiter never waits on a log no longer written.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.commits()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.shared.unregister_follower(self.id);
+        registry::release(&self.shared, false);
+    }
+}
+
+/// Streams a consistent image of `db_path` at its last commit to `sink` (page 1 carrying
+/// that commit's checkpoint mark): the file a replica starts from. `None` when the
+/// database has no page yet.
+pub fn export_image(
+    db_path: impl AsRef<Path>,
+    manager: &LibsqlWalManager,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<Option<Position>> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let result = shared.export_image(sink);
+    registry::release(&shared, false);
+    result
+}
+
+/// Puts the image at `image` (from [`export_image`], complete and synced by the caller) in
+/// place as the database `db_path`, a replica of the image's primary, which must not exist
+/// (nor its log): stamped for its mark, so that its first open continues the primary's
+/// history rather than taking it for a file changed outside, with its upstream record
+/// naming the image's position. The rename is synced.
+pub fn install_image(
+    image: impl AsRef<Path>,
+    db_path: impl AsRef<Path>,
+    manager: &LibsqlWalManager,
+) -> Result<Position> {
+    let (image, db_path) = (image.as_ref(), db_path.as_ref());
+    let io = manager.io();
+    let log_dir = ownership::log_dir_of(db_path);
+    for path in [db_path, log_dir.as_path()] {
+        if io.kind(path).map_err(Error::io(IoAction::Read, path))?.is_some() {
+            return Err(Error::CannotOpen {
+                path: db_path.into(),
+                reason: format!("{} exists already", path.display()),
+            });
+        }
+    }
+    let file = io.open(image, false).map_err(Error::io(IoAction::Open, image))?;
+    let mut mark_bytes = [0u8; crate::format::DB_HEADER_MARK_SIZE];
+    file.read_exact_at(&mut mark_bytes, crate::format::DB_HEADER_MARK_OFFSET)
+        .map_err(Error::io(IoAction::Read, image))?;
+    drop(file);
+    let mark = crate::format::CheckpointMark::decode(&mark_bytes)
+        .filter(|m| m.lineage != 0)
+        .ok_or_else(|| Error::corrupt(image, "the image carries no checkpoint mark: not an exported image"))?;
+    let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
+    let mut upstream = crate::upstream::Upstream::open(io.as_ref(), db_path, true)?.expect("created");
+    upstream.record(position)?;
+    crate::file_stamp::stamp(io.as_ref(), image, &mark_bytes, 0).map_err(Error::io(IoAction::Write, image))?;
+    std::fs::rename(image, db_path).map_err(Error::io(IoAction::Rename, image))?;
+    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
+    Ok(position)
+}
+
+/// The upstream record of the replica `db_path`, which must have one.
+fn upstream_of(manager: &LibsqlWalManager, db_path: &Path) -> Result<crate::upstream::Upstream> {
+    crate::upstream::Upstream::open(manager.io().as_ref(), db_path, false)?.ok_or_else(|| Error::Diverged {
+        path: db_path.into(),
+        reason: "it has no upstream record: it is not a replica (start one with install_image)".into(),
+    })
+}
+
+/// Where the replica `db_path` is in its primary's history (what to ask the primary for).
+pub fn replica_position(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<Position> {
+    let db_path = db_path.as_ref();
+    let upstream = upstream_of(manager, db_path)?;
+    let shared = acquire(manager, db_path)?;
+    let position = shared.upstream_position(&upstream);
+    registry::release(&shared, false);
+    position
+}
+
+/// Applies a primary's frames to the replica `db_path` (see [`Follower::frames_after`]):
+/// whole transactions, each published once synced, its position recorded first. Returns
+/// where the replica is then in its primary's history.
+pub fn apply_frames(db_path: impl AsRef<Path>, manager: &LibsqlWalManager, frames: &[u8]) -> Result<Position> {
+    let db_path = db_path.as_ref();
+    let mut upstream = upstream_of(manager, db_path)?;
+    let shared = acquire(manager, db_path)?;
+    let position = shared.apply_frames(&mut upstream, frames);
+    registry::release(&shared, false);
+    position
 }

@@ -60,6 +60,10 @@ pub enum Error {
          close every connection to it and reopen (recovery reads the disk again)"
     )]
     SyncFailed { path: PathBuf, reason: String },
+    /// Frames from a primary that do not continue this replica's log (another history, a
+    /// gap, a transaction cut short): nothing of them was published.
+    #[error("replica {path}: {reason}")]
+    Diverged { path: PathBuf, reason: String },
     #[error("database is locked: another connection holds the write lock")]
     Busy,
     #[error("database is locked: the snapshot is stale, another connection committed since")]
@@ -171,7 +175,7 @@ impl Error {
             | Error::CannotOpen { .. }
             | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
             Error::Storage { .. } | Error::SyncFailed { .. } | Error::ObjectGone { .. } => ffi::SQLITE_IOERR,
-            Error::Restore(_) | Error::Bench(_) => ffi::SQLITE_ERROR,
+            Error::Restore(_) | Error::Bench(_) | Error::Diverged { .. } => ffi::SQLITE_ERROR,
             Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
             Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,

@@ -405,6 +405,11 @@ impl Segment {
         self.state().sealed
     }
 
+    /// Is it of the format this build writes (frames of 32-byte headers)?
+    pub fn is_current_format(&self) -> bool {
+        self.layout == FrameLayout::V3
+    }
+
     pub fn committed_frames(&self) -> u32 {
         self.state().committed_frames
     }

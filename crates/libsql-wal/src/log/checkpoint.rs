@@ -140,7 +140,9 @@ impl SharedWal {
     ) -> Result<bool> {
         loop {
             let durable = self.durability.as_ref().map_or(u64::MAX, |d| d.gate_frame_no());
-            let (ready, blocker) = self.parts.segments.checkpointable(self.parts.transactions.oldest_reader(), durable);
+            // A replica streaming the log reads it as a reader does: its frames stay.
+            let oldest_reader = self.parts.transactions.oldest_reader().min(self.replication.floor());
+            let (ready, blocker) = self.parts.segments.checkpointable(oldest_reader, durable);
             if !ready.is_empty() {
                 self.check_writable()?;
                 let started = std::time::Instant::now();

@@ -37,6 +37,7 @@ mod db_file;
 mod lifecycle;
 mod outside_change;
 pub(crate) mod recovery;
+pub(crate) mod replicate;
 mod seal;
 mod segments;
 pub(crate) mod transactions;
@@ -104,6 +105,8 @@ pub(crate) struct SharedWal {
     pub(crate) open_connections: AtomicUsize,
     /// The durable frame_no and its uploads, when storage is (or once was) configured.
     durability: Option<Arc<Durability>>,
+    /// Replicas streaming this log, and the newest commit for them to wait on.
+    replication: replicate::Replication,
 }
 
 /// The parts of a log, each owning one invariant (see the module documentation). Shared
@@ -277,6 +280,7 @@ impl SharedWal {
             checkpoint_errors: checkpoint::CheckpointErrors::default(),
             open_connections: AtomicUsize::new(0),
             durability,
+            replication: replicate::Replication::new(last.frame_no),
         };
         if may_have_changed {
             shared.log_outside_change()?; // On failure, dropping `shared` releases the lock.
@@ -426,6 +430,7 @@ impl SharedWal {
         let snapshot =
             Snapshot { frame_no: segment.last_committed_frame_no(), db_size: segment.committed_size_after() };
         self.parts.transactions.publish_commit(snapshot);
+        self.replication.committed(snapshot.frame_no);
         snapshot
     }
 
