@@ -112,7 +112,7 @@ enum Command {
     /// Serve every database of a directory over HTTP, in Hrana as libSQL's server speaks it
     /// (`/v2/pipeline`, `/v3/pipeline`, `/v3/cursor`), for libSQL's clients. Stops cleanly
     /// on SIGTERM or Ctrl-C.
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Look into a store.
     Storage {
         #[command(subcommand)]
@@ -287,7 +287,7 @@ fn main() -> ExitCode {
             let options = libsql_wal::RestoreOptions { allow_prefix: allow_gap, point, dry_run };
             storage_cmd::restore(&storage, &namespace, &out, &options)
         }
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Storage { command } => storage_cmd::run(command),
         Command::Bench { workload: Some(workload), .. } => bench(workload),
         Command::Bench { workload: None, suite } => bench_cmd::run(&suite),

@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// Ship every database's sealed segments to this store, each under its namespace.
     #[arg(long, value_name = "URL")]
     storage: Option<String>,
+    /// Be a read-only replica of the `serve` at this URL (`http://host:port`): follow the
+    /// default namespace and those already in --db-dir, whole transactions only; writes
+    /// are refused (send them to the primary).
+    #[arg(long, value_name = "URL")]
+    replica_of: Option<String>,
     /// Do not take a namespace from the host's first label (`db.example.com` → `db`); only
     /// the x-namespace header and the /dev/<namespace>/ path choose one.
     #[arg(long)]
@@ -140,6 +145,12 @@ impl LimitArgs {
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let mut config = ServerConfig::new(args.listen, args.db_dir.clone());
+    if let Some(primary) = &args.replica_of {
+        if !(primary.starts_with("http://") || primary.starts_with("https://")) {
+            return Err(format!("--replica-of {primary}: expected an http:// or https:// URL"));
+        }
+        config.replica_of = Some(primary.clone());
+    }
     config.limits = args.limits.limits();
     config.host_namespaces = !args.no_host_namespaces;
     if let Some(url) = &args.storage {

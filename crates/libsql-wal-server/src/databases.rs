@@ -31,11 +31,24 @@ pub struct Databases {
     limits: Limits,
     /// Every namespace opened since start (flushed to storage at shutdown).
     used: Mutex<BTreeSet<String>>,
+    /// The primary this server is a replica of (`--replica-of`): its databases are written
+    /// by replication only, and a namespace is served once replication created it.
+    replica_of: Option<String>,
 }
 
 impl Databases {
     pub fn new(dir: PathBuf, manager: LibsqlWalManager, limits: Limits) -> Self {
-        Databases { dir, manager, limits, used: Mutex::new(BTreeSet::new()) }
+        Databases { dir, manager, limits, used: Mutex::new(BTreeSet::new()), replica_of: None }
+    }
+
+    /// Makes these the databases of a replica of `primary` (see [`Databases::checkout`]).
+    pub fn replica_of(mut self, primary: String) -> Self {
+        self.replica_of = Some(primary);
+        self
+    }
+
+    pub fn primary(&self) -> Option<&str> {
+        self.replica_of.as_deref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -54,6 +67,19 @@ impl Databases {
     /// A new connection to `namespace`, for one stream; `read_only` for a stream opened
     /// with read-only credentials (see [`guard`]); its SQL stops when `deadline` passes.
     pub fn checkout(&self, namespace: &str, read_only: bool, deadline: Arc<Deadline>) -> Result<Conn, StmtError> {
+        // On a replica every stream reads only (SQLite refuses its writes: SQLITE_READONLY),
+        // and a namespace replication has not created yet is not made empty here.
+        let read_only = read_only || self.replica_of.is_some();
+        if let Some(primary) = &self.replica_of
+            && !self.path_of(namespace).exists()
+        {
+            return Err(StmtError::Sqlite {
+                code: "SQLITE_CANTOPEN",
+                message: format!(
+                    "this server is a replica of {primary} and holds no copy of namespace {namespace} yet (writes                      go to the primary)"
+                ),
+            });
+        }
         let conn =
             libsql_wal::open_connection(self.path_of(namespace), &self.manager).map_err(|e| StmtError::Sqlite {
                 code: sqlite_code_name(e.sqlite_code()),

@@ -45,6 +45,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v2", get(|| async { HRANA_GREETING }))
         .route("/v3", get(|| async { HRANA_GREETING }))
         .merge(hrana)
+        .route("/replication/v1/image", get(crate::replication::image))
+        .route("/replication/v1/frames", get(crate::replication::frames))
         .route("/metrics", get(crate::metrics::render))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(shared)
@@ -127,7 +129,7 @@ fn json_body<T: Serialize>(value: &T) -> Response {
 /// the path alone; else the `x-namespace` header, else the host's first label
 /// (`db.example.com` → `db`; not for an IP address or a one-label host, and not with
 /// `--no-host-namespaces`), else `default`.
-fn namespace(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> Result<String, HttpError> {
+pub(crate) fn namespace(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> Result<String, HttpError> {
     let chosen = if let Some(name) = from_path {
         Some(name.to_string())
     } else if let Some(value) = headers.get("x-namespace") {
@@ -156,7 +158,7 @@ fn first_label(host: &str) -> Option<&str> {
 }
 
 /// What the request's credentials grant on `namespace` (401 or 403 if nothing).
-fn authorize(shared: &Shared, headers: &HeaderMap, namespace: &str) -> Result<Access, HttpError> {
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap, namespace: &str) -> Result<Access, HttpError> {
     shared.auth.check(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()), namespace).map_err(|refusal| {
         match refusal {
             Refusal::Unauthorized(why) => HttpError::new(StatusCode::UNAUTHORIZED, "AUTH_UNAUTHORIZED", why),

@@ -21,6 +21,7 @@ pub mod http;
 pub mod idle;
 pub mod limits;
 pub mod metrics;
+pub mod replication;
 pub mod server;
 pub mod tls;
 

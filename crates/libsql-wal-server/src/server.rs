@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub ack: Ack,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// Be a replica of the primary at this URL (`http://host:port`): follow its namespaces
+    /// and serve reads of them (see `replication`).
+    pub replica_of: Option<String>,
 }
 
 /// When a response that includes a commit is sent.
@@ -57,6 +60,7 @@ impl ServerConfig {
             auth: Arc::new(Auth::Open),
             ack: Ack::Local,
             tls: None,
+            replica_of: None,
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct Shared {
     /// Keys of the hash a JWT is counted by (`batons::Client::Token`): random per process,
     /// so nobody can pick tokens that collide with another client's.
     pub client_keys: std::hash::RandomState,
+    /// Set when the server starts stopping: endless responses (replication streams) end,
+    /// so that shutdown does not wait out its grace period for them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -122,7 +129,11 @@ impl Server {
         if let Some(storage) = &config.storage {
             manager = manager.with_storage(storage.clone());
         }
-        let dbs = Arc::new(Databases::new(config.db_dir.clone(), manager, config.limits.clone()));
+        let mut dbs = Databases::new(config.db_dir.clone(), manager, config.limits.clone());
+        if let Some(primary) = &config.replica_of {
+            dbs = dbs.replica_of(primary.clone());
+        }
+        let dbs = Arc::new(dbs);
         let shared = Arc::new(Shared {
             dbs,
             batons: Batons::new(
@@ -137,6 +148,7 @@ impl Server {
             durable: DurableAcks::default(),
             requests: tokio::sync::Semaphore::new(config.limits.concurrent_requests_max),
             client_keys: std::hash::RandomState::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         Ok(Server { listener, tls, shared })
     }
@@ -150,6 +162,7 @@ impl Server {
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
         let Server { listener, tls, shared } = self;
         let sweeper = tokio::spawn(sweep_batons(shared.clone()));
+        let followers = start_following(&shared);
         // Each request learns its peer's address: `--max-batons-per-client` counts by it.
         let app = crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();
@@ -168,6 +181,7 @@ impl Server {
         let served = tokio::select! {
             served = &mut serving => served,
             () = &mut stop => {
+                shared.stopping.send_replace(true);
                 // Stop accepting, let requests in flight finish. Asked again each second: a
                 // request to stop made before the server loop listens would otherwise be lost.
                 loop {
@@ -180,6 +194,9 @@ impl Server {
             }
         };
         sweeper.abort();
+        for follower in followers {
+            follower.abort();
+        }
         shared.batons.close_all(&shared.dbs).await;
         let dbs = shared.dbs.clone();
         tokio::task::spawn_blocking(move || close_databases(&dbs))
@@ -187,6 +204,29 @@ impl Server {
             .map_err(|e| format!("closing the databases failed: {e}"))?;
         served.map_err(|e| format!("serving failed: {e}"))
     }
+}
+
+/// On a replica: one task per namespace to follow, the default one and every database the
+/// directory holds already.
+fn start_following(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(primary) = shared.dbs.primary() else { return Vec::new() };
+    let mut namespaces = std::collections::BTreeSet::from([crate::databases::DEFAULT_NAMESPACE.to_string()]);
+    if let Ok(entries) = std::fs::read_dir(shared.dbs.dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(namespace) = name.strip_suffix(".db")
+                && crate::databases::check_namespace(namespace).is_ok()
+            {
+                namespaces.insert(namespace.to_string());
+            }
+        }
+    }
+    namespaces
+        .into_iter()
+        .map(|namespace| {
+            tokio::spawn(crate::replication::follow_primary(shared.clone(), primary.to_string(), namespace))
+        })
+        .collect()
 }
 
 async fn sweep_batons(shared: Arc<Shared>) {

@@ -762,6 +762,11 @@ pub fn install_image(
     let mark = crate::format::CheckpointMark::decode(&mark_bytes)
         .filter(|m| m.lineage != 0)
         .ok_or_else(|| Error::corrupt(image, "the image carries no checkpoint mark: not an exported image"))?;
+    let len = io.open(image, false).and_then(|f| f.size()).map_err(Error::io(IoAction::Read, image))?;
+    if len != mark.db_pages as u64 * crate::format::PAGE_SIZE as u64 {
+        let reason = format!("{len} bytes, but its mark says {} pages: cut short", mark.db_pages);
+        return Err(Error::corrupt(image, reason));
+    }
     let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
     let mut upstream = crate::upstream::Upstream::open(io.as_ref(), db_path, true)?.expect("created");
     upstream.record(position)?;
