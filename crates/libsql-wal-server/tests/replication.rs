@@ -98,6 +98,8 @@ fn a_replica_shows_whole_transactions_only_and_refuses_writes() {
     assert_eq!(rows(&read(&replica), 0), rows(&read(&primary), 0));
     let (_, response) = replica.pipeline(None, json!([execute("UPDATE acct SET bal = 0"), close()]));
     assert_eq!(error_code(&response, 0), "SQLITE_READONLY", "{response}");
+    let message = response["results"][0]["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(&format!("replica of http://{}", primary.addr)), "{message}");
     // The primary restarted on its files: the replica goes on from where it is.
     let url_dir = primary.dir.path().join("dbs");
     let addr = primary.addr;

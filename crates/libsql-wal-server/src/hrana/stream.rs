@@ -132,9 +132,18 @@ impl Stream {
         self.deadline.arm(limits.request_duration_max);
         let responded = self.respond(request, version, dbs, limits);
         self.deadline.disarm();
+        let primary = dbs.primary();
         match responded {
+            Ok(StreamResponse::Batch { mut result }) => {
+                result.step_errors.iter_mut().flatten().for_each(|e| name_primary(e, primary));
+                Ok(StreamResult::Ok { response: StreamResponse::Batch { result } })
+            }
             Ok(response) => Ok(StreamResult::Ok { response }),
-            Err(RequestError::Stmt(e)) => Ok(StreamResult::Error { error: e.to_proto() }),
+            Err(RequestError::Stmt(e)) => {
+                let mut error = e.to_proto();
+                name_primary(&mut error, primary);
+                Ok(StreamResult::Error { error })
+            }
             Err(RequestError::Protocol(e)) => Err(e),
         }
     }
@@ -227,5 +236,14 @@ impl Stream {
         }
         self.stored.insert(sql_id, sql);
         Ok(())
+    }
+}
+
+/// On a replica, a write refused (every stream there reads only) says where to send it.
+fn name_primary(error: &mut proto::Error, primary: Option<&str>) {
+    if let Some(primary) = primary
+        && error.code == "SQLITE_READONLY"
+    {
+        error.message.push_str(&format!(" (this server is a replica of {primary}: send writes to the primary)"));
     }
 }
