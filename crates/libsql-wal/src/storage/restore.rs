@@ -421,6 +421,16 @@ fn remove_stale_scratch_dirs(io: &dyn Io, out: &Path) {
             tracing::warn!(dir = %dir.display(), "kept a stale restore directory: it holds files restore did not make");
             continue;
         }
+        // Renamed to its `removing-` name first, its lock still held: a restore killed while
+        // removing it (its lock file may go first) leaves what the next one removes at once,
+        // not a lock-less `restoring-` directory that waits a minute.
+        let dir = match name.strip_prefix(if is_preparing { &preparing } else { &restoring }) {
+            Some(unique) if !is_removing => {
+                let renamed = dir.with_file_name(format!("{removing}{unique}"));
+                if std::fs::rename(&dir, &renamed).is_ok() { renamed } else { dir }
+            }
+            _ => dir,
+        };
         for name in SCRATCH_FILES {
             let _ = std::fs::remove_file(dir.join(name));
         }
@@ -856,6 +866,30 @@ async fn download_async(storage: &Storage, key: &str, path: &Path, received: &At
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cleanup of a killed restore's directory is itself killed: what it leaves is a
+    /// `removing-` directory (renamed before its files went), removed by the next restore at
+    /// once. Before, it was removed in place: killed after its lock file went, it was a
+    /// lock-less `restoring-` directory every restore skipped for a minute.
+    #[test]
+    fn a_stale_directory_is_renamed_before_its_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.db");
+        let io = StdIo::shared();
+        let (scratch, lock) = create_scratch_dir(io.as_ref(), &out).unwrap();
+        drop(lock); // its restore was killed
+        // A file that cannot be removed as one (a directory under a restore's file name)
+        // stops the cleanup after its lock file went, as a kill there would.
+        std::fs::create_dir(scratch.join("part")).unwrap();
+        std::fs::write(scratch.join("part").join("x"), b"").unwrap();
+        remove_stale_scratch_dirs(io.as_ref(), &out);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].starts_with(".out.db.removing-"), "{left:?}");
+    }
 
     /// A restore killed while removing its scratch directory: the directory, renamed to its
     /// `removing-` name first, is removed by the next restore at once (removed in place, its
