@@ -144,6 +144,9 @@ pub fn check_namespace(namespace: &str) -> Result<(), String> {
 ///   request could then repair.
 /// - On a read-only stream, undo its `PRAGMA query_only` (which makes SQLite refuse its
 ///   writes): read-only credentials would otherwise write.
+/// - Set what is the whole process's, not the connection's: `PRAGMA hard_heap_limit`,
+///   `soft_heap_limit` (`--max-sqlite-memory` is the server's), `temp_store_directory`,
+///   `data_store_directory`. Reading them stays allowed.
 /// - Lower `PRAGMA synchronous` below `synchronous` (the level the connection was opened
 ///   with, 0 to 3): an acknowledged commit would no longer be what the server promises
 ///   (with FULL, synced in the local log). Reading it and raising it stay allowed.
@@ -161,6 +164,10 @@ fn guard(
             match name.as_str() {
                 "journal_mode" => !value.eq_ignore_ascii_case("wal"),
                 "writable_schema" | "schema_version" => true,
+                // Process-wide: one client would set them for every namespace and client
+                // (a heap limit that fails every request with SQLITE_NOMEM until a restart;
+                // directories SQLite documents as unsafe to change with connections open).
+                "hard_heap_limit" | "soft_heap_limit" | "temp_store_directory" | "data_store_directory" => true,
                 "query_only" => read_only,
                 "synchronous" => synchronous > 0 && synchronous_level(value).is_none_or(|level| level < synchronous),
                 _ => false,

@@ -195,6 +195,29 @@ fn a_client_cannot_attach_files_or_leave_the_wal() {
 /// the local log before the answer): a client may read the setting and raise it, not lower
 /// it, in any spelling SQLite takes (before: `PRAGMA synchronous=OFF` on a stream made its
 /// commits unsynced, while each answer still said they were in the log).
+/// Settings of the whole process are not a client's: one `PRAGMA hard_heap_limit` made every
+/// later request of every namespace fail with SQLITE_NOMEM until a restart (adversarial pass).
+#[test]
+fn a_client_cannot_set_process_wide_pragmas() {
+    let server = start(|_| {});
+    let setting = [
+        "PRAGMA hard_heap_limit=300000",
+        "PRAGMA hard_heap_limit(300000)",
+        "PRAGMA soft_heap_limit=0",
+        "PRAGMA temp_store_directory='/tmp'",
+        "PRAGMA data_store_directory='/tmp'",
+    ];
+    let mut requests: Vec<_> = setting.iter().map(|sql| execute(sql)).collect();
+    requests.push(execute("PRAGMA soft_heap_limit"));
+    requests.push(execute("SELECT length(randomblob(1000000))"));
+    requests.push(close());
+    let (_, r) = server.pipeline(None, json!(requests));
+    for (i, sql) in setting.iter().enumerate() {
+        assert_eq!(error_code(&r, i), "SQLITE_AUTH", "{sql}: {r}");
+    }
+    assert_eq!(rows(&r, setting.len() + 1), vec![vec![json!("1000000")]], "{r}");
+}
+
 #[test]
 fn a_client_cannot_lower_synchronous() {
     let server = start(|_| {});
