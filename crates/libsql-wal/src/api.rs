@@ -770,7 +770,7 @@ pub fn install_image(
     let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
     let mut upstream = crate::upstream::Upstream::open(io.as_ref(), db_path, true)?.expect("created");
     upstream.record(position)?;
-    crate::file_stamp::stamp(io.as_ref(), image, &mark_bytes, 0).map_err(Error::io(IoAction::Write, image))?;
+    crate::file_stamp::stamp(io.as_ref(), image, &mark_bytes, 0).map_err(Error::io(IoAction::SetTime, image))?;
     std::fs::rename(image, db_path).map_err(Error::io(IoAction::Rename, image))?;
     let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;

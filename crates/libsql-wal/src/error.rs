@@ -88,6 +88,8 @@ pub enum IoAction {
     Remove,
     Rename,
     Link,
+    /// Setting a file's modification time (`file_stamp`).
+    SetTime,
     Copy,
     /// Binding a socket (test servers).
     Bind,
@@ -108,6 +110,7 @@ impl std::fmt::Display for IoAction {
             IoAction::Remove => "removing",
             IoAction::Rename => "renaming",
             IoAction::Link => "linking",
+            IoAction::SetTime => "setting the time of",
             IoAction::Copy => "copying",
             IoAction::Bind => "binding",
             IoAction::Start => "starting",
@@ -207,7 +210,9 @@ fn io_code(action: IoAction, source: &std::io::Error) -> i32 {
         IoAction::Truncate => ffi::SQLITE_IOERR_TRUNCATE,
         IoAction::Remove => ffi::SQLITE_IOERR_DELETE,
         IoAction::Open | IoAction::Create | IoAction::Lock => ffi::SQLITE_CANTOPEN,
-        IoAction::Rename | IoAction::Link | IoAction::Copy | IoAction::Bind | IoAction::Start => ffi::SQLITE_IOERR,
+        IoAction::Rename | IoAction::Link | IoAction::SetTime | IoAction::Copy | IoAction::Bind | IoAction::Start => {
+            ffi::SQLITE_IOERR
+        }
     }
 }
 

@@ -13,7 +13,9 @@
 //! commit clock's floor is that time). Any later write through the file system sets the
 //! time to "now", whose low bits match the stamp with a chance of one in a million. An open
 //! that finds the stamp missing probes whether this file system keeps nanoseconds at all
-//! (setting a time and reading it back); if it does, the file changed outside.
+//! (setting a time and reading it back); if it does, the file changed outside. If it does
+//! not (or the time is not ours to set), nothing can be told, and the open must take the
+//! file as changed.
 //!
 //! A `touch`, or a copy that does not keep times, reads as a change too: the reaction to
 //! one (logging the whole file again, see `SharedWal::log_outside_change`) is correct for
@@ -73,7 +75,8 @@ pub(crate) enum Finding {
     /// The stamp is gone and the file system keeps it: something wrote the file (or set
     /// its time) since the mark was written.
     ChangedOutside,
-    /// The stamp is gone but the file system does not keep nanoseconds: no telling.
+    /// The stamp is gone but the file system does not keep nanoseconds, or the file's time
+    /// is not ours to set (another user's file): no telling.
     CannotTell,
 }
 
@@ -87,7 +90,12 @@ pub(crate) fn check(io: &dyn Io, path: &Path, mark: &[u8; DB_HEADER_MARK_SIZE]) 
         return Ok(Finding::Unchanged);
     }
     let probe = stamped(current, stamp ^ 2);
-    io.set_modified(path, probe)?;
+    match io.set_modified(path, probe) {
+        Ok(()) => {}
+        // A file of another user's, writable but not ours to set times on.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied) => return Ok(Finding::CannotTell),
+        Err(e) => return Err(e),
+    }
     Ok(if io.modified(path)? == probe { Finding::ChangedOutside } else { Finding::CannotTell })
 }
 

@@ -73,15 +73,15 @@ pub trait Io: Send + Sync + 'static {
     /// What is at `path`, if anything.
     fn kind(&self, path: &Path) -> io::Result<Option<FileKind>>;
     fn now(&self) -> SystemTime;
-    /// When the file at `path` was last modified. Used only as a floor for commit times
-    /// (`SharedWal::open`), so wrappers that inject faults need not override it.
+    /// When the file at `path` was last modified: the floor of commit times
+    /// (`SharedWal::open`) and where `file_stamp` looks for its stamp.
     fn modified(&self, path: &Path) -> io::Result<SystemTime> {
         std::fs::metadata(path)?.modified()
     }
     /// Sets the modification time of the file at `path`, by name (`utimensat`): opening and
     /// closing a descriptor of a database file would drop the POSIX locks SQLite holds on
-    /// it. Used only to keep that floor for commit times at or past the last commit a
-    /// checkpoint copied, so wrappers that inject faults need not override it either.
+    /// it. Keeps that floor at or past the last commit a checkpoint copied, and carries the
+    /// file's stamp (`file_stamp`).
     fn set_modified(&self, path: &Path, time: SystemTime) -> io::Result<()> {
         use std::os::unix::ffi::OsStrExt;
         let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());

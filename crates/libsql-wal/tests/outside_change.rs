@@ -5,11 +5,12 @@
 //! never had, and restore refused the namespace or rebuilt a database that never existed.
 //! A file nothing wrote (reopened, or just restored) is not logged again.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libsql_sys::rusqlite::Connection;
-use libsql_wal::io::StdIo;
+use libsql_wal::io::{FileKind, Io, IoFile, StdIo};
 use libsql_wal::{
     LibsqlWalManager, Storage, StorageConfig, WalConfig, flush_to_storage, inspect, open_connection, restore,
 };
@@ -24,13 +25,65 @@ fn local_store(dir: &Path) -> Storage {
 }
 
 fn manager(storage: &Storage) -> LibsqlWalManager {
+    manager_on(storage, StdIo::shared())
+}
+
+fn manager_on(storage: &Storage, io: Arc<dyn Io>) -> LibsqlWalManager {
     let config = WalConfig { segment_frames_max: 64, segment_age_max: None, ..Default::default() };
-    LibsqlWalManager::new(StdIo::shared(), config).with_storage(storage.clone()).with_namespace("n").unwrap()
+    LibsqlWalManager::new(io, config).with_storage(storage.clone()).with_namespace("n").unwrap()
+}
+
+/// A file system that keeps whole seconds only (ext4 with 128-byte inodes, FAT, some
+/// network ones): a time set is cut to its second.
+struct WholeSeconds(Arc<dyn Io>);
+
+impl Io for WholeSeconds {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn IoFile>> {
+        self.0.open(path, create)
+    }
+    fn open_read_only(&self, path: &Path) -> std::io::Result<Box<dyn IoFile>> {
+        self.0.open_read_only(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.0.create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.0.sync_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.0.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.0.remove_dir(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+        self.0.list_dir(path)
+    }
+    fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
+        self.0.canonicalize(path)
+    }
+    fn kind(&self, path: &Path) -> std::io::Result<Option<FileKind>> {
+        self.0.kind(path)
+    }
+    fn now(&self) -> SystemTime {
+        self.0.now()
+    }
+    fn set_modified(&self, path: &Path, time: SystemTime) -> std::io::Result<()> {
+        let seconds = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.0.set_modified(path, UNIX_EPOCH + Duration::from_secs(seconds))
+    }
+    fn random_u32(&self) -> u32 {
+        self.0.random_u32()
+    }
 }
 
 /// Commits `n` rows tagged `tag` and waits until storage has them; closes cleanly.
 fn write_and_flush(db: &Path, storage: &Storage, tag: &str, n: usize) -> u64 {
-    let manager = manager(storage);
+    write_and_flush_on(db, storage, tag, n, StdIo::shared())
+}
+
+fn write_and_flush_on(db: &Path, storage: &Storage, tag: &str, n: usize, io: Arc<dyn Io>) -> u64 {
+    let manager = manager_on(storage, io);
     let conn = open_connection(db, &manager).unwrap();
     conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, tag TEXT, v BLOB)").unwrap();
     for _ in 0..n {
@@ -105,4 +158,23 @@ fn a_file_nothing_wrote_is_not_logged_again() {
     let out = dir.path().join("restored.db");
     restore(&storage, "n", &out, &mut |_, _| {}).unwrap();
     assert_eq!(frames_at_open(&out, &storage), (last, 0));
+}
+
+/// Where the stamp cannot be kept, nothing can be told: a change is assumed, and the file
+/// logged whole at each open. Before, such an open went on as if unchanged, and restore gave
+/// a malformed database after a stock `sqlite3` edit (adversarial pass).
+#[test]
+fn where_no_stamp_is_kept_the_file_is_taken_as_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let db = dir.path().join("coarse.db");
+    let io: Arc<dyn Io> = Arc::new(WholeSeconds(StdIo::shared()));
+    write_and_flush_on(&db, &storage, "ours", 30, io.clone());
+    // A stock edit in the same second as the checkpoint: its time cannot tell it apart.
+    Connection::open(&db).unwrap().execute_batch("DELETE FROM t WHERE id % 4 = 0").unwrap();
+    let end = write_and_flush_on(&db, &storage, "after", 2, io);
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore(&storage, "n", &out, &mut |_, _| {}).unwrap().frame_no, end);
+    assert_eq!(tags(&out), tags(&db), "restore gives what the file holds");
+    assert_eq!(integrity(&out), "ok");
 }

@@ -201,7 +201,7 @@ impl SharedWal {
 fn stamp_file_time(io: &dyn Io, db: &DbFile, newest: &SegmentRef) {
     let stamped = db.read_mark_bytes().and_then(|mark| {
         crate::file_stamp::stamp(io, &db.path, &mark, newest.committed_unix_ms())
-            .map_err(Error::io(IoAction::Write, &db.path))
+            .map_err(Error::io(IoAction::SetTime, &db.path))
     });
     if let Err(e) = stamped {
         tracing::warn!(db = %db.path.display(), "could not stamp the file's time after a checkpoint: {e}");

@@ -26,14 +26,15 @@ impl SharedWal {
     pub(super) fn log_outside_change(&self) -> Result<()> {
         let mark = self.parts.db.read_mark_bytes()?;
         let path = self.db_path();
-        match file_stamp::check(self.io.as_ref(), path, &mark).map_err(Error::io(IoAction::Read, path))? {
+        let finding = file_stamp::check(self.io.as_ref(), path, &mark).map_err(Error::io(IoAction::SetTime, path))?;
+        let why = match finding {
             Finding::Unchanged => return Ok(()),
+            Finding::ChangedOutside => "the database file was written outside libsql-wal since its last checkpoint",
+            // A change nobody can rule out is taken as one: costly, never wrong.
             Finding::CannotTell => {
-                tracing::debug!(db = %path.display(), "the file system keeps no nanoseconds: changes made outside cannot be told");
-                return Ok(());
+                "whether the database file was written outside libsql-wal since its last checkpoint cannot be told                  (its file system keeps no sub-second times, or its time is another user's to set)"
             }
-            Finding::ChangedOutside => {}
-        }
+        };
         let db_pages = u32::try_from(self.parts.db.len()? / PAGE_SIZE as u64)
             .map_err(|_| Error::corrupt(path, "the database file holds more than 2^32 pages"))?;
         if db_pages == 0 {
@@ -42,8 +43,8 @@ impl SharedWal {
         let frame_no = self.last_commit().frame_no;
         tracing::warn!(
             db = %path.display(),
-            "the database file was written outside libsql-wal since its last checkpoint (frame {frame_no}): \
-             logging its {db_pages} pages as one commit, so that storage and replicas receive the change"
+            "{why} (frame {frame_no}): logging its {db_pages} pages as one commit, so that storage and replicas \
+             receive any change"
         );
         let id = self.new_connection_id();
         self.begin_write(id, self.last_commit())?;

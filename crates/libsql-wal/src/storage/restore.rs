@@ -520,7 +520,7 @@ fn rebuild(
         let mark = &mut [0u8; crate::format::DB_HEADER_MARK_SIZE];
         db.read_exact_at(mark, DB_HEADER_MARK_OFFSET).map_err(Error::io(IoAction::Read, &db_path))?;
         let floor_ms = rebuilt.commit_unix_ms.unwrap_or(0);
-        crate::file_stamp::stamp(io, &db_path, mark, floor_ms).map_err(Error::io(IoAction::Write, &db_path))?;
+        crate::file_stamp::stamp(io, &db_path, mark, floor_ms).map_err(Error::io(IoAction::SetTime, &db_path))?;
     }
     drop(db);
     // A hard link, not a rename: it fails rather than replace a file that appeared at `out`
