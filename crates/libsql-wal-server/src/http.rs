@@ -357,8 +357,21 @@ async fn run_pipeline(
         let namespace = namespace_;
         let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(())) };
         // The first request the protocol refuses ends the pipeline (and, below, the stream).
-        let results: Result<Vec<_>, _> =
-            request.requests.into_iter().map(|r| stream.handle(r, version, &worker.dbs, &worker.limits)).collect();
+        // `--max-response-bytes` bounds the whole response, not each result: every request
+        // runs within what the results before it left (RESPONSE_TOO_LARGE past it).
+        let mut left = worker.limits.response_bytes_max;
+        let results: Result<Vec<_>, _> = request
+            .requests
+            .into_iter()
+            .map(|r| {
+                let limits = crate::limits::Limits { response_bytes_max: left.max(1), ..worker.limits.clone() };
+                let result = stream.handle(r, version, &worker.dbs, &limits);
+                if let Ok(result) = &result {
+                    left = left.saturating_sub(encoded_len(result));
+                }
+                result
+            })
+            .collect();
         // Nobody would learn the next baton of a stream whose client left: end it now
         // (rolling back) rather than at its expiry.
         let cancelled = stream.deadline().is_cancelled();
@@ -582,4 +595,23 @@ async fn run_cursor(
         }),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(lines)).into_response())
+}
+
+/// The length of `value` in JSON, counted without keeping the text.
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX, // nothing more is answered after a result that cannot be sent
+    }
 }

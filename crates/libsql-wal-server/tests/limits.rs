@@ -46,15 +46,18 @@ fn results_over_the_response_limit_end_with_response_too_large() {
         ]),
     );
     assert_eq!(status, 200, "{r}");
-    // An `execute` is bounded on its own: the whole table is too much, five rows (about
-    // 9 KB as counted) fit, however many such statements the pipeline holds.
+    // A pipeline is bounded as a whole: the whole table is too much, five rows (about 9 KB
+    // as counted) fit twice, the third crosses the bound. Before, each `execute` was bounded
+    // on its own, and one small request of many large ones made a response of gigabytes
+    // (adversarial pass).
     let five = || execute("select b from t limit 5");
     let (status, r) = server.pipeline(None, json!([execute("select b from t"), five(), five(), five(), close()]));
     assert_eq!(status, 200, "{r}");
     assert_eq!(error_code(&r, 0), "RESPONSE_TOO_LARGE");
-    for i in 1..=3 {
+    for i in 1..=2 {
         assert_eq!(rows(&r, i).len(), 5);
     }
+    assert_eq!(error_code(&r, 3), "RESPONSE_TOO_LARGE");
     // A `batch` is bounded as a whole: the third step of five rows crosses the bound.
     let step = json!({ "stmt": { "sql": "select b from t limit 5" } });
     let (status, r) =

@@ -178,3 +178,34 @@ fn where_no_stamp_is_kept_the_file_is_taken_as_changed() {
     assert_eq!(tags(&out), tags(&db), "restore gives what the file holds");
     assert_eq!(integrity(&out), "ok");
 }
+
+/// A plain SQLite file opened with storage once without a commit: its base snapshot named a
+/// lineage the file did not hold, so every later open drew another one and its own
+/// namespace refused it for good, and restore had nothing (adversarial pass). The new
+/// lineage is in the file's mark from the first open on.
+#[test]
+fn a_plain_file_opened_with_storage_without_a_commit_keeps_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_store(&dir.path().join("store"));
+    let db = dir.path().join("plain.db");
+    {
+        let stock = Connection::open(&db).unwrap();
+        stock
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v BLOB); INSERT INTO t(tag) VALUES ('stock');",
+            )
+            .unwrap();
+    }
+    {
+        let manager = manager(&storage);
+        let conn = open_connection(&db, &manager).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+        assert!(flush_to_storage(&db, Some(Duration::from_secs(30)), &manager).unwrap().is_some());
+    }
+    let end = write_and_flush(&db, &storage, "ours", 3);
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore(&storage, "n", &out, &mut |_, _| {}).unwrap().frame_no, end);
+    assert_eq!(tags(&out), tags(&db));
+    assert_eq!(tags(&db), vec![("ours".to_string(), 3), ("stock".to_string(), 1)]);
+}

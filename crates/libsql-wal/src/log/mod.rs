@@ -241,9 +241,13 @@ impl SharedWal {
             // Only a file handed back (no frames in the log) can have been written by stock
             // SQLite since; only a mark naming a history has a history to keep true.
             let may_have_changed = segments.is_empty() && mark.is_some_and(|m| m.lineage != 0);
-            Ok((segments, last, lineage, chain, may_have_changed))
+            // A new history on a file that has pages and no segment yet: nothing else would
+            // say which one it is until a checkpoint, and a base snapshot uploaded before that
+            // would name a lineage the next open does not know.
+            let starts_history = segments.is_empty() && mark.is_some_and(|m| m.lineage == 0) && last.db_size > 0;
+            Ok((segments, last, lineage, chain, (may_have_changed, starts_history)))
         });
-        let (segments, last, lineage, checkpointed_chain, may_have_changed) = match recovered {
+        let (segments, last, lineage, checkpointed_chain, (may_have_changed, starts_history)) = match recovered {
             Ok(recovered) => recovered,
             Err(e) => {
                 let _ = lock_file.unlock();
@@ -282,8 +286,13 @@ impl SharedWal {
             durability,
             replication: replicate::Replication::new(last.frame_no),
         };
+        // On failure, dropping `shared` releases the lock.
         if may_have_changed {
-            shared.log_outside_change()?; // On failure, dropping `shared` releases the lock.
+            shared.log_outside_change()?;
+        }
+        if starts_history && let Err(e) = shared.mark_new_history(last.frame_no) {
+            // Then its first checkpoint writes it, as before; the open itself is sound.
+            tracing::warn!(db = %db_path.display(), "could not write the new history's mark at open: {e}");
         }
         Ok(shared)
     }

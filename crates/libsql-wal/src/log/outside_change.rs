@@ -12,7 +12,7 @@
 
 use crate::error::{Error, IoAction, Result};
 use crate::file_stamp::{self, Finding};
-use crate::format::PAGE_SIZE;
+use crate::format::{CheckpointMark, DB_HEADER_MARK_OFFSET, PAGE_SIZE};
 use crate::log::SharedWal;
 use crate::segment::CommitFrame;
 
@@ -80,6 +80,27 @@ impl SharedWal {
         self.publish_commit(&segment);
         if let Err(e) = self.swap_if_full(&segment) {
             tracing::error!("sealing segment {} failed: {e}", segment.path.display());
+        }
+        Ok(())
+    }
+}
+
+impl SharedWal {
+    /// Writes this log's new lineage into the file's mark at once (frame `frame_no`, the
+    /// file's pages, the chain value it starts from), synced and stamped: a file that starts
+    /// a history says which, even if no checkpoint ever runs. Otherwise an open with storage
+    /// and no commit uploads a base of a lineage the file never holds, and every later open
+    /// draws another one and is refused by its own namespace. At open, no connection yet.
+    pub(super) fn mark_new_history(&self, frame_no: u64) -> Result<()> {
+        let path = self.db_path();
+        let db_pages = u32::try_from(self.parts.db.len()? / PAGE_SIZE as u64)
+            .map_err(|_| Error::corrupt(path, "the database file holds more than 2^32 pages"))?;
+        let mark = CheckpointMark { frame_no, db_pages, lineage: self.parts.lineage, chain: self.checkpointed().1 };
+        let bytes = mark.encode().ok_or_else(|| Error::corrupt(path, "frame_no past what a mark holds"))?;
+        self.parts.db.write(&bytes, DB_HEADER_MARK_OFFSET)?;
+        self.parts.db.sync()?;
+        if let Err(e) = file_stamp::stamp(self.io.as_ref(), path, &bytes, 0) {
+            tracing::warn!(db = %path.display(), "could not stamp the file's time for its new mark: {e}");
         }
         Ok(())
     }
