@@ -17,7 +17,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -92,22 +92,35 @@ struct Server {
 
 impl Server {
     fn start(db_dir: &Path) -> Server {
-        // A port the kernel just gave out and took back: free unless something races for it.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // A port of its own choosing, read from its "serving … on http://ADDR" line: a port
+        // the test picked and released could be taken by another test's server meanwhile.
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", &addr.to_string(), "--db-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--db-dir"])
             .arg(db_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start libsql-wal serve");
-        let mut pipe = child.stderr.take().unwrap();
+        let pipe = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let stderr = thread::spawn(move || {
             let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once(" on http://") {
+                    let _ = addr_tx.send(addr.trim().to_string());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
             text
         });
+        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve never said where it listens: {}", stderr.join().unwrap_or_default());
+        };
+        let addr: SocketAddr = addr.parse().expect("an address");
         let mut server = Server { child, addr, stderr: Some(stderr) };
         server.wait_healthy();
         server

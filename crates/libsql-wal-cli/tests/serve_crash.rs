@@ -7,30 +7,40 @@ use std::time::{Duration, Instant};
 
 use libsql_wal_testkit::http::http;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
+/// Starts `serve` on a port of its own choosing (`--listen 127.0.0.1:0`) and returns it with
+/// the port its "serving … on http://ADDR" line names. A port picked by the test and
+/// released before `serve` binds it could be taken meanwhile by another test's server, which
+/// then answered this test's requests until it was killed (a flake in CI).
+fn serve(dir: &Path, extra: &[&str]) -> (Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_libsql-wal"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--db-dir"])
         .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(addr).is_ok() && http(addr, "GET", "/health", &[], b"").0 == 200 {
-            return child;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if let Some((_, addr)) = line.split_once(" on http://") {
+                let _ = tx.send(addr.trim().to_string());
+            }
         }
+    });
+    let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("serve did not say where it listens within 20 s");
+    };
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(addr, "GET", "/health", &[], b"").0 != 200 {
+        assert!(Instant::now() < deadline, "serve did not answer /health within 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("serve did not answer /health within 20 s");
+    (child, addr.port())
 }
 
 fn pipeline(port: u16, sql: &str) -> serde_json::Value {
@@ -62,10 +72,9 @@ fn write_then_kill(child: Child, port: u16, n: u64) {
 #[test]
 fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_then_kill(serve(dir.path(), port, &[]), port, 300);
-    let port = free_port();
-    let child = serve(dir.path(), port, &[]);
+    let (child, port) = serve(dir.path(), &[]);
+    write_then_kill(child, port, 300);
+    let (child, port) = serve(dir.path(), &[]);
     let reply = pipeline(port, "select count(*), max(id) from t");
     let row = &reply["results"][0]["response"]["result"]["rows"][0];
     assert_eq!((row[0]["value"].as_str(), row[1]["value"].as_str()), (Some("300"), Some("300")));
@@ -79,8 +88,8 @@ fn with_ack_durable_storage_alone_holds_every_acknowledged_write() {
     std::fs::create_dir_all(&store).unwrap();
     let url = format!("file://{}", store.display());
     let dbs = dir.path().join("dbs");
-    let port = free_port();
-    write_then_kill(serve(&dbs, port, &["--storage", &url, "--ack", "durable"]), port, 100);
+    let (child, port) = serve(&dbs, &["--storage", &url, "--ack", "durable"]);
+    write_then_kill(child, port, 100);
     // The local files are gone (a lost machine): restore from storage alone.
     std::fs::remove_dir_all(&dbs).unwrap();
     let out = dir.path().join("restored.db");

@@ -167,7 +167,12 @@ async fn produce(
         }
         match next {
             FramesAfter::Frames { frames, end } => {
-                if tx.send(Bytes::from(frames)).await.is_err() {
+                // A replica that stops reading blocks this send: shutdown must not wait on it.
+                let sent = tokio::select! {
+                    sent = tx.send(Bytes::from(frames)) => sent.is_ok(),
+                    _ = stopping.changed() => false,
+                };
+                if !sent {
                     break;
                 }
                 at = end;
