@@ -24,8 +24,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     storage: Option<String>,
     /// Be a read-only replica of the `serve` at this URL (`http://host:port`): follow the
-    /// default namespace and those already in --db-dir, whole transactions only; writes
-    /// are refused (send them to the primary).
+    /// default namespace, those already in --db-dir and those clients ask for, whole
+    /// transactions only; writes are refused (send them to the primary).
     #[arg(long, value_name = "URL")]
     replica_of: Option<String>,
     /// Do not take a namespace from the host's first label (`db.example.com` → `db`); only

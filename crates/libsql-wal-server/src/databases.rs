@@ -34,11 +34,20 @@ pub struct Databases {
     /// The primary this server is a replica of (`--replica-of`): its databases are written
     /// by replication only, and a namespace is served once replication created it.
     replica_of: Option<String>,
+    /// On a replica: where a namespace asked for and not held yet is sent, to be followed.
+    wanted: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 impl Databases {
     pub fn new(dir: PathBuf, manager: LibsqlWalManager, limits: Limits) -> Self {
-        Databases { dir, manager, limits, used: Mutex::new(BTreeSet::new()), replica_of: None }
+        Databases {
+            dir,
+            manager,
+            limits,
+            used: Mutex::new(BTreeSet::new()),
+            replica_of: None,
+            wanted: Mutex::new(None),
+        }
     }
 
     /// Makes these the databases of a replica of `primary` (see [`Databases::checkout`]).
@@ -49,6 +58,12 @@ impl Databases {
 
     pub fn primary(&self) -> Option<&str> {
         self.replica_of.as_deref()
+    }
+
+    /// On a replica: namespaces clients ask for and this replica does not hold yet go to
+    /// `wanted` (the server then follows them).
+    pub fn send_wanted_to(&self, wanted: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some(wanted);
     }
 
     pub fn dir(&self) -> &Path {
@@ -73,10 +88,14 @@ impl Databases {
         if let Some(primary) = &self.replica_of
             && !self.path_of(namespace).exists()
         {
+            if let Some(wanted) = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                let _ = wanted.send(namespace.to_string());
+            }
             return Err(StmtError::Sqlite {
                 code: "SQLITE_CANTOPEN",
                 message: format!(
-                    "this server is a replica of {primary} and holds no copy of namespace {namespace} yet (writes                      go to the primary)"
+                    "this server is a replica of {primary} and holds no copy of namespace {namespace} yet: it \
+                     follows it from now on (writes go to the primary)"
                 ),
             });
         }

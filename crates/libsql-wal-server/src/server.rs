@@ -194,8 +194,8 @@ impl Server {
             }
         };
         sweeper.abort();
-        for follower in followers {
-            follower.abort();
+        if let Some(followers) = followers {
+            followers.abort(); // and with it every namespace's task (its JoinSet)
         }
         shared.batons.close_all(&shared.dbs).await;
         let dbs = shared.dbs.clone();
@@ -206,10 +206,10 @@ impl Server {
     }
 }
 
-/// On a replica: one task per namespace to follow, the default one and every database the
-/// directory holds already.
-fn start_following(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
-    let Some(primary) = shared.dbs.primary() else { return Vec::new() };
+/// On a replica: a task that follows the default namespace, every database the directory
+/// holds already, and each namespace a client asks for later, one task each.
+fn start_following(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    let primary = shared.dbs.primary()?.to_string();
     let mut namespaces = std::collections::BTreeSet::from([crate::databases::DEFAULT_NAMESPACE.to_string()]);
     if let Ok(entries) = std::fs::read_dir(shared.dbs.dir()) {
         for entry in entries.flatten() {
@@ -221,12 +221,21 @@ fn start_following(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }
-    namespaces
-        .into_iter()
-        .map(|namespace| {
-            tokio::spawn(crate::replication::follow_primary(shared.clone(), primary.to_string(), namespace))
-        })
-        .collect()
+    let (wanted, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    shared.dbs.send_wanted_to(wanted);
+    let shared = shared.clone();
+    Some(tokio::spawn(async move {
+        // Dropped (the server stops), it aborts every namespace's task.
+        let mut tasks = tokio::task::JoinSet::new();
+        for namespace in &namespaces {
+            tasks.spawn(crate::replication::follow_primary(shared.clone(), primary.clone(), namespace.clone()));
+        }
+        while let Some(namespace) = asked.recv().await {
+            if namespaces.insert(namespace.clone()) {
+                tasks.spawn(crate::replication::follow_primary(shared.clone(), primary.clone(), namespace));
+            }
+        }
+    }))
 }
 
 async fn sweep_batons(shared: Arc<Shared>) {

@@ -184,3 +184,33 @@ fn a_replica_that_stops_reading_never_stops_commits() {
     assert_eq!(rows(&sql(&primary, &["SELECT count(*) FROM big"]), 0)[0][0], "200");
     drop(stalled);
 }
+
+/// A namespace made on the primary after the replica started is followed from the first
+/// time a client asks the replica for it.
+#[test]
+fn a_namespace_asked_for_later_is_followed_from_then_on() {
+    let primary = start(|_| {});
+    let replica = replica_of(&primary);
+    let later = [("x-namespace", "later")];
+    let (status, _) = primary.pipeline_at(
+        "/v2/pipeline",
+        &later,
+        None,
+        json!([execute("CREATE TABLE t(v)"), execute("INSERT INTO t VALUES ('made after the replica')"), close()]),
+    );
+    assert_eq!(status, 200);
+    let ask = || replica.pipeline_at("/v2/pipeline", &later, None, json!([execute("SELECT v FROM t"), close()])).1;
+    let first = ask();
+    assert_eq!(error_code(&first, 0), "SQLITE_CANTOPEN", "{first}");
+    assert!(first.to_string().contains("follows it from now on"), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = ask();
+        if response["results"][0]["type"] == "ok" {
+            assert_eq!(rows(&response, 0), vec![vec![json!("made after the replica")]]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never followed: {response}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -260,7 +260,8 @@ impl SharedWal {
         let frame_no = self.last_commit().frame_no;
         upstream.position_at(frame_no).ok_or_else(|| {
             self.refused(format!(
-                "its upstream record does not name frame {frame_no}, where its log ends: where it is in the                  primary's history is unknown (start it again from an image)"
+                "its upstream record does not name frame {frame_no}, where its log ends: where it is in the \
+                 primary's history is unknown (start it again from an image)"
             ))
         })
     }
