@@ -361,31 +361,12 @@ fn a_client_that_leaves_stops_its_sql_and_its_stream() {
 /// waited that long). The stream stays: its baton came in that first line.
 #[test]
 fn a_cursor_whose_client_leaves_stops_its_sql() {
-    use std::io::{BufRead, Write};
     let server = start(|c| {
         c.limits.request_duration_max = Duration::from_secs(120);
         c.limits.baton_timeout = Duration::from_secs(120);
     });
     let forever = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c";
-    let body =
-        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": forever } }] } })).unwrap();
-    let mut leaving = std::net::TcpStream::connect(server.addr).unwrap();
-    let head = format!(
-        "POST /v3/cursor HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    leaving.write_all(head.as_bytes()).unwrap();
-    leaving.write_all(&body).unwrap();
-    // Up to the first line of the body: the baton.
-    let mut reader = std::io::BufReader::new(leaving.try_clone().unwrap());
-    let baton = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the cursor ended before its first line");
-        if let Some(start) = line.find("{\"baton\"") {
-            let first: Value = serde_json::from_str(line[start..].trim()).unwrap();
-            break first["baton"].as_str().unwrap().to_string();
-        }
-    };
+    let (leaving, reader, baton) = cursor_over_tcp(&server, forever);
     drop(reader);
     drop(leaving);
     let began = std::time::Instant::now();
@@ -583,7 +564,6 @@ fn a_cursor_quiet_while_its_sql_runs_is_not_cut() {
 /// and the stream for ever).
 #[test]
 fn a_cursor_whose_client_stops_reading_is_cut_and_its_stream_goes_on() {
-    use std::io::{BufRead, Write};
     let server = start(|c| {
         c.limits.idle_connection_timeout = Duration::from_millis(300);
         c.limits.baton_timeout = Duration::from_secs(120);
@@ -591,24 +571,8 @@ fn a_cursor_whose_client_stops_reading_is_cut_and_its_stream_goes_on() {
     // About a gigabyte of lines: far more than the socket buffers hold.
     let many = "with recursive c(i) as (select 1 union all select i+1 from c where i < 1000000) \
                 select i, randomblob(1000) from c";
-    let body =
-        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": many } }] } })).unwrap();
-    let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
-    let head = format!(
-        "POST /v3/cursor HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stalled.write_all(head.as_bytes()).unwrap();
-    stalled.write_all(&body).unwrap();
-    let mut reader = std::io::BufReader::new(stalled.try_clone().unwrap());
-    let baton = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the cursor ended before its first line");
-        if let Some(start) = line.find("{\"baton\"") {
-            let first: Value = serde_json::from_str(line[start..].trim()).unwrap();
-            break first["baton"].as_str().unwrap().to_string();
-        }
-    };
+    // Kept open to the end, never read again.
+    let (_stalled, reader, baton) = cursor_over_tcp(&server, many);
     // Not another byte read: the batch fills the socket's buffers and waits.
     std::thread::sleep(Duration::from_secs(1));
     // On a thread: while the stalled batch holds the stream, this request waits for it.
@@ -623,4 +587,31 @@ fn a_cursor_whose_client_stops_reading_is_cut_and_its_stream_goes_on() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(rows(&r, 0), vec![vec![json!("1")]]);
     drop(reader);
+}
+
+/// Opens a `/v3/cursor` of one step `sql` over a raw connection and reads up to its first
+/// line (the baton), nothing more: the connection, its reader and the baton.
+fn cursor_over_tcp(
+    server: &support::Running,
+    sql: &str,
+) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>, String) {
+    use std::io::{BufRead, Write};
+    let body =
+        serde_json::to_vec(&json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": sql } }] } })).unwrap();
+    let mut connection = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v3/cursor HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    connection.write_all(head.as_bytes()).unwrap();
+    connection.write_all(&body).unwrap();
+    let mut reader = std::io::BufReader::new(connection.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the cursor ended before its first line");
+        if let Some(start) = line.find("{\"baton\"") {
+            let first: Value = serde_json::from_str(line[start..].trim()).unwrap();
+            return (connection, reader, first["baton"].as_str().unwrap().to_string());
+        }
+    }
 }

@@ -100,6 +100,15 @@ fn a_replica_shows_whole_transactions_only_and_refuses_writes() {
     assert_eq!(error_code(&response, 0), "SQLITE_READONLY", "{response}");
     let message = response["results"][0]["error"]["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains(&format!("replica of http://{}", primary.addr)), "{message}");
+    // A cursor's refused step says so too.
+    let body = serde_json::to_vec(
+        &json!({ "baton": null, "batch": { "steps": [{ "stmt": { "sql": "DELETE FROM acct" } }] } }),
+    )
+    .unwrap();
+    let (status, reply) = replica.request("POST", "/v3/cursor", &[], &body);
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("SQLITE_READONLY") && reply.contains("send writes to the primary"), "{reply}");
     // The primary restarted on its files: the replica goes on from where it is.
     let url_dir = primary.dir.path().join("dbs");
     let addr = primary.addr;

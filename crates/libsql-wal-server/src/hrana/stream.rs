@@ -81,6 +81,13 @@ impl Stream {
     ) {
         // Armed by the caller before this runs (see `Stream::deadline`): the client may
         // leave, expiring it, before this blocking thread even starts.
+        let primary = dbs.primary();
+        let emit = &mut |mut entry: proto::CursorEntry| {
+            if let proto::CursorEntry::StepError { error, .. } | proto::CursorEntry::Error { error } = &mut entry {
+                name_primary(error, primary);
+            }
+            emit(entry)
+        };
         self.run_cursor_armed(batch, version, dbs, limits, emit);
         self.deadline.disarm();
     }

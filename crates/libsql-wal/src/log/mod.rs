@@ -435,6 +435,19 @@ impl SharedWal {
         self.parts.transactions.commit_time(crate::io::unix_ms(self.io.now()))
     }
 
+    /// Ends a synced commit the log writes itself (a file changed outside, a replicated
+    /// transaction), its frames written under the write lock: synced, then published; a
+    /// full segment is sealed (a failed seal is retried by the next transaction).
+    pub(crate) fn publish_synced_commit(&self, segment: &Segment, size_after: u32) -> Result<()> {
+        self.watch(segment.sync())?;
+        segment.mark_committed(size_after);
+        self.publish_commit(segment);
+        if let Err(e) = self.swap_if_full(segment) {
+            tracing::error!("sealing segment {} failed: {e}", segment.path.display());
+        }
+        Ok(())
+    }
+
     pub fn publish_commit(&self, segment: &Segment) -> Snapshot {
         let snapshot =
             Snapshot { frame_no: segment.last_committed_frame_no(), db_size: segment.committed_size_after() };

@@ -75,13 +75,7 @@ impl SharedWal {
             };
             segment.write_transaction(&pages, start, commit)?;
         }
-        self.watch(segment.sync())?;
-        segment.mark_committed(db_pages);
-        self.publish_commit(&segment);
-        if let Err(e) = self.swap_if_full(&segment) {
-            tracing::error!("sealing segment {} failed: {e}", segment.path.display());
-        }
-        Ok(())
+        self.publish_synced_commit(&segment, db_pages)
     }
 }
 

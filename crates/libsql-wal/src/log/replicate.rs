@@ -307,13 +307,7 @@ impl SharedWal {
             segment.truncate_uncommitted(start, &mut |_| {})?;
             return Err(e);
         }
-        self.watch(segment.sync())?;
-        segment.mark_committed(size_after);
-        self.publish_commit(&segment);
-        if let Err(e) = self.swap_if_full(&segment) {
-            tracing::error!("sealing segment {} failed: {e}", segment.path.display());
-        }
-        Ok(())
+        self.publish_synced_commit(&segment, size_after)
     }
 }
 
