@@ -115,6 +115,11 @@ struct LimitArgs {
     /// BODY_TIMEOUT), however steadily it trickles, e.g. 60s.
     #[arg(long, value_parser = humantime_duration, default_value = "60s")]
     body_read_timeout: Duration,
+    /// Bytes of a database's log kept for libSQL's embedded replicas (syncUrl) after the
+    /// image they start from; a replica further behind than the log holds syncs from a
+    /// new image.
+    #[arg(long, default_value_t = Limits::default().sync_log_keep_bytes)]
+    sync_log_keep_bytes: u64,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -139,6 +144,7 @@ impl LimitArgs {
             sqlite_memory_max: self.max_sqlite_memory,
             idle_connection_timeout: self.idle_connection_timeout,
             body_read_timeout: self.body_read_timeout,
+            sync_log_keep_bytes: self.sync_log_keep_bytes,
         }
     }
 }

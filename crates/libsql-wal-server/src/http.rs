@@ -33,6 +33,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/dev/{namespace}/v2/pipeline", post(dev_pipeline_v2))
         .route("/dev/{namespace}/v3/pipeline", post(dev_pipeline_v3))
         .route("/dev/{namespace}/v3/cursor", post(dev_cursor))
+        // Embedded replicas (`syncUrl`): pull; a push is refused (crate::sync).
+        .route("/info", get(crate::sync::info_default))
+        .route("/export/{generation}", get(crate::sync::export_default))
+        .route("/sync/{generation}/{start}/{end}", get(crate::sync::pull_default).post(crate::sync::push))
+        .route("/sync/{generation}/{start}/{end}/{baton}", post(crate::sync::push))
+        .route("/dev/{namespace}/info", get(crate::sync::info_dev))
+        .route("/dev/{namespace}/export/{generation}", get(crate::sync::export_dev))
+        .route("/dev/{namespace}/sync/{generation}/{start}/{end}", get(crate::sync::pull_dev).post(crate::sync::push))
+        .route("/dev/{namespace}/sync/{generation}/{start}/{end}/{baton}", post(crate::sync::push))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), admit))
         .layer(DefaultBodyLimit::max(body_max));
     Router::new()
@@ -79,6 +88,7 @@ async fn admit(
 
 /// An error that ends the request (not a statement's error, which is a result): a JSON
 /// `{"message", "code"}`, or for a protocol error the message alone as plain text.
+#[derive(Debug)]
 pub struct HttpError {
     status: StatusCode,
     error: proto::Error,

@@ -10,6 +10,8 @@
 //! - [`databases`]: the namespaces' files, a connection per stream.
 //! - [`limits`]: every bound, named by its flag.
 //! - [`tls`]: HTTPS with rustls.
+//! - [`replication`]: replicas of our own (`--replica-of`) and the stream they follow.
+//! - [`sync`]: libSQL's embedded replicas (`syncUrl`): generations over the log.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
 
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod replication;
 pub mod server;
+pub mod sync;
 pub mod tls;
 
 pub use limits::Limits;

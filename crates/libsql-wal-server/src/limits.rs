@@ -54,6 +54,10 @@ pub struct Limits {
     /// handler asking for it (and with no quiet of `idle_connection_timeout` on the way), or
     /// the request ends with 408 `BODY_TIMEOUT` (see [`crate::idle::timed_body`]).
     pub body_read_timeout: Duration,
+    /// `--sync-log-keep-bytes`: how much of a database's log after its current embedded-replica
+    /// generation's base is kept for its replicas; past it, a replica further behind than
+    /// the log holds gets a new image (see [`crate::sync`]).
+    pub sync_log_keep_bytes: u64,
 }
 
 impl Default for Limits {
@@ -74,6 +78,7 @@ impl Default for Limits {
             sqlite_memory_max: 1 << 30,
             idle_connection_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(60),
+            sync_log_keep_bytes: 256 << 20,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct Shared {
     /// Set when the server starts stopping: endless responses (replication streams) end,
     /// so that shutdown does not wait out its grace period for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The embedded replicas' generations of each database (`crate::sync`).
+    pub generations: crate::sync::Generations,
 }
 
 impl Shared {
@@ -149,6 +151,7 @@ impl Server {
             requests: tokio::sync::Semaphore::new(config.limits.concurrent_requests_max),
             client_keys: std::hash::RandomState::new(),
             stopping: tokio::sync::watch::Sender::new(false),
+            generations: crate::sync::Generations::new(config.limits.sync_log_keep_bytes),
         });
         Ok(Server { listener, tls, shared })
     }
@@ -162,6 +165,7 @@ impl Server {
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
         let Server { listener, tls, shared } = self;
         let sweeper = tokio::spawn(sweep_batons(shared.clone()));
+        let tails = tokio::spawn(release_sync_tails(shared.clone()));
         let followers = start_following(&shared);
         // Each request learns its peer's address: `--max-batons-per-client` counts by it.
         let app = crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -194,6 +198,9 @@ impl Server {
             }
         };
         sweeper.abort();
+        tails.abort();
+        // The holds on embedded replicas' log tails go first: they keep logs open.
+        shared.generations.release_all();
         if let Some(followers) = followers {
             followers.abort(); // and with it every namespace's task (its JoinSet)
         }
@@ -203,6 +210,15 @@ impl Server {
             .await
             .map_err(|e| format!("closing the databases failed: {e}"))?;
         served.map_err(|e| format!("serving failed: {e}"))
+    }
+}
+
+/// Lets go, every few seconds, of the embedded replicas' log tails no longer worth keeping.
+async fn release_sync_tails(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let shared = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.generations.release_tails(shared.dbs.manager())).await;
     }
 }
 

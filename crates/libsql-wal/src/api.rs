@@ -680,6 +680,17 @@ pub fn log_position(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Re
     position
 }
 
+/// The position of the commit `frame_no` in the history of `db_path`, if its log can still
+/// tell that commit's chain value: `None` past the last commit, or for a frame checkpointed
+/// out of the log (only the checkpointed frame itself is then known). A puller that holds
+/// an image of the database at that commit continues from it with [`Follower::frames_after`].
+pub fn position_at(db_path: impl AsRef<Path>, manager: &LibsqlWalManager, frame_no: u64) -> Result<Option<Position>> {
+    let shared = acquire(manager, db_path.as_ref())?;
+    let position = shared.position_at(frame_no);
+    registry::release(&shared, false);
+    position
+}
+
 /// Registers a replica streaming the log of `db_path` from `frame_no` (its position): while
 /// the [`Follower`] lives, checkpoints keep the frames after what it was last sent.
 pub fn follow(db_path: impl AsRef<Path>, manager: &LibsqlWalManager, frame_no: u64) -> Result<Follower> {
@@ -703,6 +714,17 @@ impl Follower {
     /// Committed frames after `from`, whole transactions, about `max_bytes` of them.
     pub fn frames_after(&self, from: Position, max_bytes: usize) -> Result<FramesAfter> {
         self.shared.frames_after(from, max_bytes)
+    }
+
+    /// The position of the commit `frame_no`, if the log can still tell it (see
+    /// [`position_at`]).
+    pub fn position_at(&self, frame_no: u64) -> Result<Option<Position>> {
+        self.shared.position_at(frame_no)
+    }
+
+    /// Where the log is: its last commit.
+    pub fn position(&self) -> Result<Position> {
+        self.shared.position()
     }
 
     /// Changes whenever a transaction commits (to the commit's frame_no). Closed when the

@@ -103,6 +103,27 @@ impl SharedWal {
         Ok(Position { lineage: self.parts.lineage, frame_no, chain })
     }
 
+    /// The position of the commit `frame_no` of this log's history, if the log can still
+    /// tell its chain value (not past the last commit, and not checkpointed out of reach).
+    pub fn position_at(&self, frame_no: u64) -> Result<Option<Position>> {
+        if frame_no > self.last_commit().frame_no {
+            return Ok(None);
+        }
+        let segments = self.parts.segments.all();
+        let chain = self.chain_known_at(&segments, frame_no)?;
+        Ok(chain.map(|chain| Position { lineage: self.parts.lineage, frame_no, chain }))
+    }
+
+    /// The chain value at `frame_no` from the checkpoint mark, the segment holding it, or
+    /// the `prev_chain` of the segment right after it: a checkpoint may drop the segment a
+    /// frame ends while keeping the next (a follower's position at a segment's end).
+    fn chain_known_at(&self, segments: &[crate::segment::SegmentRef], frame_no: u64) -> Result<Option<u32>> {
+        if let Some(chain) = chain_at(self.checkpointed(), segments.iter().map(|s| s.as_ref()), frame_no)? {
+            return Ok(Some(chain));
+        }
+        Ok(segments.iter().find(|s| s.start_frame_no == frame_no + 1).map(|s| s.prev_chain))
+    }
+
     /// Committed frames after `from`, whole transactions, about `max_bytes` of them (at
     /// least one transaction, however large).
     pub fn frames_after(&self, from: Position, max_bytes: usize) -> Result<FramesAfter> {
@@ -122,7 +143,7 @@ impl SharedWal {
         }
         // Newest first; held, so a checkpoint dropping them meanwhile leaves them readable.
         let segments = self.parts.segments.all();
-        match chain_at(self.checkpointed(), segments.iter().map(|s| s.as_ref()), from.frame_no)? {
+        match self.chain_known_at(&segments, from.frame_no)? {
             None => {
                 return Ok(FramesAfter::Unservable(format!(
                     "frame {} is checkpointed: the log no longer holds the frames after it",

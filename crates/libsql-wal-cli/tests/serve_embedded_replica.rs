@@ -1,0 +1,230 @@
+//! libSQL's embedded replica (npm `@libsql/client` 0.18.0 with `syncUrl`, unchanged) follows
+//! `libsql-wal serve` over GET /info, /export/{generation}, /sync/{generation}/{start}/{end}
+//! (`tests/clients/replica.mjs`): rows written on the primary appear after `sync()`; also
+//! after the primary checkpointed (frames kept for replicas, or gone); after the primary
+//! restarted; and a primary restored to another history is a new generation whose image
+//! replaces the replica's state, never mixed with it. A push (POST /sync/...) is refused.
+//!
+//! Needs `npm ci` in tests/clients (as serve_clients.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libsql_wal_testkit::http::http;
+use serde_json::{Value, json};
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+struct Server {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Server {
+    /// `serve` on a port of its own choosing, read from its "serving … on http://ADDR" line.
+    fn start(db_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_libsql-wal"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--db-dir"])
+            .arg(db_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once(" on http://") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not say where it listens within 20 s");
+        };
+        let addr = addr.parse().unwrap();
+        let server = Server { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(addr, "GET", "/health", &[], b"").0 != 200 {
+            assert!(Instant::now() < deadline, "serve did not answer /health within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn generation(&self) -> u64 {
+        let (status, body) = http(self.addr, "GET", "/info", &[], b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Value>(&body).unwrap()["current_generation"].as_u64().unwrap()
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs replica.mjs: the rows of each step.
+fn run(url: &str, replica: &Path, steps: Value) -> Vec<Value> {
+    let out = Command::new("node")
+        .arg("replica.mjs")
+        .arg(url)
+        .arg(replica)
+        .arg(steps.to_string())
+        .current_dir(clients_dir())
+        .output()
+        .expect("run node (npm ci in tests/clients first)");
+    assert!(out.status.success(), "replica.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["steps"].as_array().unwrap().iter().map(|s| s["rows"].clone()).collect()
+}
+
+const ROWS_300: &str = "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 300) \
+                        INSERT INTO t SELECT 100 + v, hex(randomblob(512)) FROM n";
+
+#[test]
+fn embedded_replica_follows_writes_checkpoints_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("dbs");
+    let replica = dir.path().join("replica.db");
+    let server = Server::start(&db_dir, &[]);
+
+    // Writes, then sync: the same rows; nothing new, sync changes nothing.
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"primary": "CREATE TABLE t(x INTEGER, y TEXT)"},
+            {"primary": "INSERT INTO t VALUES (1, 'a'), (2, 'b')"},
+            {"sync": "SELECT x, y FROM t ORDER BY x"},
+            {"primary": "INSERT INTO t VALUES (3, 'c')"},
+            {"sync": "SELECT count(*) FROM t"},
+            {"sync": "SELECT count(*) FROM t"},
+        ]),
+    );
+    assert_eq!(rows[2], json!([[1, "a"], [2, "b"]]));
+    assert_eq!(rows[4], json!([[3]]));
+    assert_eq!(rows[5], json!([[3]]));
+    let first = server.generation();
+
+    // The primary checkpoints and writes more: its log keeps the frames after the
+    // generation's image for replicas, so the replica catches up from them, in the same
+    // generation (no new image).
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"primary": "INSERT INTO t VALUES (4, 'd')"},
+            {"primary": "PRAGMA wal_checkpoint(TRUNCATE)"},
+            {"primary": ROWS_300},
+            {"primary": "PRAGMA wal_checkpoint(TRUNCATE)"},
+            {"sync": "SELECT count(*), sum(x) FROM t"},
+        ]),
+    );
+    let sum = 1 + 2 + 3 + 4 + (101..=400).sum::<i64>();
+    assert_eq!(rows[4], json!([[304, sum]]));
+    assert_eq!(server.generation(), first, "caught up from the log, not a new image");
+
+    // A restart: sync goes on. With nothing kept for replicas, a checkpoint takes the
+    // frames the replica lacks out of the log: it catches up from a new generation's image.
+    server.stop();
+    let server = Server::start(&db_dir, &["--sync-log-keep-bytes", "0"]);
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"sync": "SELECT count(*) FROM t"},
+            {"primary": "DELETE FROM t WHERE x > 200"},
+            {"sync": "SELECT count(*) FROM t"},
+            {"primary": "INSERT INTO t VALUES (5, 'e')"},
+            {"primary": "PRAGMA wal_checkpoint(TRUNCATE)"},
+            {"primary": "INSERT INTO t VALUES (6, 'f')"},
+            {"primary": "PRAGMA wal_checkpoint(TRUNCATE)"},
+            {"sync": "SELECT count(*), max(x) FROM t WHERE x < 100"},
+        ]),
+    );
+    assert_eq!(rows[0], json!([[304]]));
+    assert_eq!(rows[2], json!([[104]]));
+    assert_eq!(rows[7], json!([[6, 6]]));
+    assert!(server.generation() > first, "frames gone from the log: a new image");
+
+    // A push is refused, clearly.
+    let (status, body) = http(server.addr, "POST", "/sync/1/1/2", &[], b"");
+    assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("SYNC_PUSH_UNSUPPORTED"));
+    server.stop();
+}
+
+#[test]
+fn a_primary_replaced_by_another_history_is_a_new_generation_never_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("dbs");
+    let replica = dir.path().join("replica.db");
+    let server = Server::start(&db_dir, &[]);
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"primary": "CREATE TABLE t(x INTEGER, y TEXT)"},
+            {"primary": ROWS_300},
+            {"sync": "SELECT count(*) FROM t"},
+        ]),
+    );
+    assert_eq!(rows[2], json!([[300]]));
+    let first = server.generation();
+    server.stop();
+
+    // Another database takes the namespace's place (its generations record stays): a new
+    // history, whose frame numbers run past the replica's own.
+    let other = dir.path().join("other");
+    let server = Server::start(&other, &[]);
+    run(
+        &server.url(),
+        &dir.path().join("unused.db"),
+        json!([
+            {"primary": "CREATE TABLE t(x INTEGER, y TEXT)"},
+            {"primary": "CREATE TABLE u(z)"},
+            {"primary": "INSERT INTO t VALUES (-1, 'other')"},
+            {"primary": ROWS_300},
+            {"primary": ROWS_300},
+            {"primary": "DELETE FROM t WHERE x > 0"},
+        ]),
+    );
+    server.stop();
+    std::fs::copy(other.join("default.db"), db_dir.join("default.db")).unwrap();
+
+    let server = Server::start(&db_dir, &[]);
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"sync": "SELECT x, y FROM t ORDER BY x"},
+            {"sync": "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"},
+        ]),
+    );
+    assert_eq!(rows[0], json!([[-1, "other"]]));
+    assert_eq!(rows[1], json!([["t"], ["u"]]));
+    assert!(server.generation() > first);
+    server.stop();
+}
