@@ -348,6 +348,9 @@ async fn run_pipeline(
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
     let access = authorize(&shared, &headers, &namespace)?;
     let request: PipelineRequest = parse(&body)?;
+    if let Some(frame_no) = crate::read_your_writes::wanted(&headers)? {
+        crate::read_your_writes::wait(&shared, &namespace, frame_no).await?;
+    }
     // A pipeline that ends by closing its stream never needs a baton.
     let closes = matches!(request.requests.last(), Some(StreamRequest::Close));
     let client = client_of(&shared, &headers, peer);
@@ -410,7 +413,15 @@ async fn run_pipeline(
     }
     drop(held);
     let baton = if open { Some(keep(&shared, slot, room, client).await?) } else { None };
-    Ok(json_body(&PipelineResponse { baton, base_url: None, results }))
+    let mut response = json_body(&PipelineResponse { baton, base_url: None, results });
+    let (s, ns) = (shared.clone(), namespace.clone());
+    if let Ok(Some(frame_no)) =
+        tokio::task::spawn_blocking(move || crate::read_your_writes::frame_no_now(&s, &ns)).await
+    {
+        let (name, value) = crate::read_your_writes::header(frame_no);
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
 }
 
 /// A baton's stream serves only its own namespace, and only credentials granting what the
@@ -531,6 +542,9 @@ async fn run_cursor(
     let namespace = namespace(&shared, &headers, path_ns.as_deref())?;
     let access = authorize(&shared, &headers, &namespace)?;
     let request: CursorRequest = parse(&body)?;
+    if let Some(frame_no) = crate::read_your_writes::wanted(&headers)? {
+        crate::read_your_writes::wait(&shared, &namespace, frame_no).await?;
+    }
     let client = client_of(&shared, &headers, peer);
     let (slot, room) = stream_for(&shared, request.baton.as_deref(), &namespace, access, client, true)?;
     // `stream_for` gives a place whenever it is asked for one.

@@ -10,6 +10,7 @@
 //! - [`databases`]: the namespaces' files, a connection per stream.
 //! - [`limits`]: every bound, named by its flag.
 //! - [`tls`]: HTTPS with rustls.
+//! - [`read_your_writes`]: the frame_no a response was at, and waiting for one on a replica.
 //! - [`replication`]: replicas of our own (`--replica-of`) and the stream they follow.
 //! - [`sync`]: libSQL's embedded replicas (`syncUrl`): generations over the log.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
@@ -23,6 +24,7 @@ pub mod http;
 pub mod idle;
 pub mod limits;
 pub mod metrics;
+pub mod read_your_writes;
 pub mod replication;
 pub mod server;
 pub mod sync;

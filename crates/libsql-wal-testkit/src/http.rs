@@ -7,6 +7,18 @@ use std::net::{SocketAddr, TcpStream};
 
 /// One request; returns (status, body). Panics on a broken exchange: it is for tests.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_with_head(addr, method, path, headers, body);
+    (status, body)
+}
+
+/// One request; returns (status, the response's head: status line and headers, body).
+pub fn http_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
@@ -27,7 +39,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = unchunk(&body);
     }
-    (status, body)
+    (status, head, body)
+}
+
+/// The value of header `name` in a response head (as [`http_with_head`] returns it).
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 fn unchunk(mut data: &[u8]) -> Vec<u8> {
