@@ -204,6 +204,31 @@ enum BenchWorkload {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Replication on loopback (a primary `serve` and `--replica-of` replicas in process):
+    /// lag p50/p99 at a commit rate (a read-your-writes read on a replica per commit), the
+    /// primary's commits/s with replicas beside none, and a new replica's catch-up MB/s.
+    Replication {
+        /// Commits per second for the lag figures.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of commits for the lag figures.
+        #[arg(long, default_value_t = 10)]
+        lag_seconds: u64,
+        /// Replicas attached for the throughput figure.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Clients committing as fast as they can for the throughput figure.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds per side (no replica, then replicas) for the throughput figure.
+        #[arg(long, default_value_t = 10)]
+        throughput_seconds: u64,
+        /// Size of the database a new replica catches up with, in MiB.
+        #[arg(long, default_value_t = 256)]
+        catchup_mib: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Commits per second, one small row per transaction, synchronous=FULL and NORMAL, with
     /// a bare pwrite+fdatasync loop as the disk's limit.
     Commits {
@@ -536,10 +561,56 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
             let load = ServeLoad { clients, namespaces, seconds, write_percent, touch: touch_namespaces };
             bench_serve(&load, ack_clients, ack_seconds, dir)
         }
+        BenchWorkload::Replication { rate, lag_seconds, replicas, clients, throughput_seconds, catchup_mib, dir } => {
+            let config = libsql_wal_testkit::bench::replication::ReplicationConfig {
+                commits_per_sec: rate,
+                lag_seconds,
+                replicas,
+                clients,
+                throughput_seconds,
+                catchup_mib,
+            };
+            bench_replication(&config, dir)
+        }
         BenchWorkload::CheckpointLatency { log_mib, commits, rows_per_commit, rounds, dir, json } => {
             bench_checkpoint_latency(log_mib, commits, rows_per_commit, rounds, dir, json)
         }
     }
+}
+
+fn bench_replication(
+    config: &libsql_wal_testkit::bench::replication::ReplicationConfig,
+    dir: Option<PathBuf>,
+) -> Result<ExitCode, String> {
+    let tmp = tempfile_dir(dir)?;
+    let r = libsql_wal_testkit::bench::replication::run(tmp.path(), config)?;
+    outln!(
+        "lag at {} commits/s asked ({:.0}/s done, {} samples, {} errors): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        config.commits_per_sec,
+        r.achieved_per_sec,
+        r.lag_samples,
+        r.lag_errors,
+        r.lag_p50_ms,
+        r.lag_p99_ms,
+        r.lag_max_ms
+    );
+    outln!(
+        "primary commits/s, {} clients: {:.0} alone, {:.0} with {} replicas ({:.2}x; {} errors)",
+        config.clients,
+        r.alone_per_sec,
+        r.with_replicas_per_sec,
+        config.replicas,
+        r.with_replicas_per_sec / r.alone_per_sec.max(f64::MIN_POSITIVE),
+        r.throughput_errors
+    );
+    let mib = r.catchup_bytes as f64 / (1 << 20) as f64;
+    outln!(
+        "catch-up from the primary: {mib:.0} MiB in {:.2} s, {:.1} MiB/s",
+        r.catchup_seconds,
+        mib / r.catchup_seconds.max(f64::MIN_POSITIVE)
+    );
+    let errors = r.lag_errors + r.throughput_errors;
+    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 struct ServeLoad {

@@ -55,6 +55,28 @@ impl<I, S> axum_server::accept::Accept<I, S> for IdleAcceptor {
     }
 }
 
+/// Sets `TCP_NODELAY` on each accepted connection, then hands it to `A`. A response written
+/// in several pieces (a replication stream's frames, a cursor's lines) would otherwise wait
+/// on Nagle's algorithm for the client's delayed ACK: tens of milliseconds per piece.
+#[derive(Debug, Clone, Copy)]
+pub struct NoDelay<A>(pub A);
+
+impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay<A>
+where
+    A: axum_server::accept::Accept<tokio::net::TcpStream, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = A::Future;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+        self.0.accept(stream, service)
+    }
+}
+
 /// A connection's service, counting the requests it is answering.
 #[derive(Clone)]
 pub struct Counted<S> {

@@ -42,6 +42,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight per stream: what a replica that stops reading holds of the primary's memory.
 const CHANNEL_CHUNKS: usize = 4;
 const FRAME: usize = 4128;
+/// About how many bytes of received frames a replica applies as one group at most.
+const GROUP_BYTES_MAX: usize = 16 << 20;
 
 /// `lineage-frame_no-chain`, lineage and chain in hex.
 pub fn format_position(p: &Position) -> String {
@@ -288,15 +290,32 @@ impl Following {
                 Ok(Ok(Some(chunk))) => chunk,
             };
             pending.extend_from_slice(&chunk);
-            let whole = take_whole_transactions(&mut pending);
-            if whole.is_empty() {
-                continue;
+            // What else has arrived (while the last group was applied) joins this group: one
+            // apply, two syncs, however many transactions, so the replica keeps up with a
+            // primary that commits faster than one transaction per two syncs.
+            let mut ended = false;
+            while pending.len() < GROUP_BYTES_MAX {
+                match futures::FutureExt::now_or_never(response.chunk()) {
+                    Some(Ok(Some(more))) => pending.extend_from_slice(&more),
+                    Some(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(Stop::Retry(format!("the stream broke: {e}"))),
+                    None => break,
+                }
             }
-            let (dbs, db) = (self.shared.dbs.clone(), db.clone());
-            at = blocking(move || libsql_wal::apply_frames(&db, dbs.manager(), &whole))
-                .await
-                .map_err(|_| Stop::Retry("a blocking task failed".into()))?
-                .map_err(|e| Stop::Refused(format!("applying frames after {}: {e}", at.frame_no)))?;
+            let whole = take_whole_transactions(&mut pending);
+            if !whole.is_empty() {
+                let (dbs, db) = (self.shared.dbs.clone(), db.clone());
+                at = blocking(move || libsql_wal::apply_frames(&db, dbs.manager(), &whole))
+                    .await
+                    .map_err(|_| Stop::Retry("a blocking task failed".into()))?
+                    .map_err(|e| Stop::Refused(format!("applying frames after {}: {e}", at.frame_no)))?;
+            }
+            if ended {
+                return Ok(());
+            }
         }
     }
 

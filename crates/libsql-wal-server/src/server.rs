@@ -170,7 +170,7 @@ impl Server {
         // Each request learns its peer's address: `--max-batons-per-client` counts by it.
         let app = crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();
-        let idle = crate::idle::IdleAcceptor::new(shared.limits.idle_connection_timeout);
+        let idle = crate::idle::NoDelay(crate::idle::IdleAcceptor::new(shared.limits.idle_connection_timeout));
         let serving = async {
             match tls {
                 Some(tls) => {

@@ -77,6 +77,16 @@ impl Client {
 
     /// One POST; reconnects once if the server closed the kept connection.
     pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.post_with_head(path, headers, body).map(|(status, _, reply)| (status, reply))
+    }
+
+    /// As [`Client::post`], with the response's head (status line and headers).
+    pub fn post_with_head(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
         match self.try_post(path, headers, body) {
             Ok(reply) => Ok(reply),
             Err(_) => {
@@ -86,7 +96,12 @@ impl Client {
         }
     }
 
-    fn try_post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    fn try_post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
         use std::io::BufRead;
         if self.stream.is_none() {
             let tcp = TcpStream::connect(self.addr)?;
@@ -112,9 +127,11 @@ impl Client {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no status"))?;
         let mut length = 0usize;
+        let mut response_head = status_line.clone();
         loop {
             let mut line = String::new();
             reader.read_line(&mut line)?;
+            response_head.push_str(&line);
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -127,6 +144,6 @@ impl Client {
         }
         let mut reply = vec![0; length];
         reader.read_exact(&mut reply)?;
-        Ok((status, reply))
+        Ok((status, response_head, reply))
     }
 }

@@ -225,3 +225,55 @@ fn a_replica_never_continues_into_another_history() {
     assert_eq!(rows(&replica, &manager), before);
     assert_eq!(apply_frames(&replica, &manager, &frames).unwrap(), log_position(&primary, &manager).unwrap());
 }
+
+/// Transactions applied together are one commit on the replica: a power cut that loses the
+/// end of the group (its frames written but the log's sync not done) leaves the log at the
+/// group's start, which the upstream record's other slot names, never at a commit inside
+/// the group that neither slot names (the replica would then not know where it is).
+#[test]
+fn a_group_of_applied_transactions_survives_a_cut_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, replica) = (dir.path().join("p.db"), dir.path().join("r.db"));
+    let manager = manager();
+    let conn = setup(&primary, &manager);
+    let start = bootstrap(&primary, &replica, &manager);
+    let follower = follow(&primary, &manager, start.frame_no).unwrap();
+    for i in 0..3 {
+        transfer(&conn, i);
+    }
+    let before = catch_up_with(&follower, &replica, &manager);
+    for i in 3..20 {
+        transfer(&conn, i);
+    }
+    let FramesAfter::Frames { frames, end } = follower.frames_after(before, 64 << 20).unwrap() else {
+        panic!("frames expected")
+    };
+    assert!(frames.len() / 4128 > 20, "the group holds many transactions");
+    // The group applied in one call, the replica kept open (its log and record as they are
+    // on disk), copied as a power cut would leave it: the last frame lost.
+    let hold = follow(&replica, &manager, u64::MAX).unwrap();
+    assert_eq!(apply_frames(&replica, &manager, &frames).unwrap(), end);
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    let copy = cut.join("r.db");
+    std::fs::copy(&replica, &copy).unwrap();
+    std::fs::copy(dir.path().join("r.db-upstream"), cut.join("r.db-upstream")).unwrap();
+    let log_copy = cut.join("r.db-wal");
+    std::fs::create_dir(&log_copy).unwrap();
+    let mut newest: Option<(String, u64)> = None;
+    for entry in std::fs::read_dir(dir.path().join("r.db-wal")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        std::fs::copy(entry.path(), log_copy.join(&name)).unwrap();
+        let len = entry.metadata().unwrap().len();
+        if name.ends_with(".seg") && newest.as_ref().is_none_or(|(n, _)| name > *n) {
+            newest = Some((name, len));
+        }
+    }
+    drop(hold);
+    let (name, len) = newest.expect("a segment");
+    let file = std::fs::OpenOptions::new().write(true).open(log_copy.join(&name)).unwrap();
+    file.set_len(len - 4128).unwrap();
+    drop(file);
+    assert_eq!(replica_position(&copy, &manager).unwrap(), before, "back at the group's start, and it knows it");
+}

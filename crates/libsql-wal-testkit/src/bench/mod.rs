@@ -12,6 +12,7 @@ use libsql_wal::{open_connection, open_sqlite_connection};
 
 pub mod history;
 pub mod loopback_s3;
+pub mod replication;
 pub mod scale;
 pub mod serve;
 pub mod storage;

@@ -42,18 +42,18 @@ pub struct ServeLoadReport {
 }
 
 /// A server on `dir` in this process, stopped when dropped.
-struct Running {
-    addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl Running {
-    fn start(dir: &Path) -> Result<Running, String> {
+    pub(crate) fn start(dir: &Path) -> Result<Running, String> {
         Running::start_with(ServerConfig::new("127.0.0.1:0".parse().expect("an address"), dir.to_path_buf()))
     }
 
-    fn start_with(config: ServerConfig) -> Result<Running, String> {
+    pub(crate) fn start_with(config: ServerConfig) -> Result<Running, String> {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -73,7 +73,7 @@ impl Running {
         Ok(Running { addr, stop: Some(stop), thread: Some(thread) })
     }
 
-    fn stop(mut self) -> Result<(), String> {
+    pub(crate) fn stop(mut self) -> Result<(), String> {
         self.stop_now()
     }
 

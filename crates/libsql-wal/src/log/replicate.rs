@@ -252,15 +252,19 @@ impl SharedWal {
     }
 
     /// Applies a primary's frames (whole transactions, as [`SharedWal::frames_after`]
-    /// gives them) after this log's last commit, each transaction published once it is
-    /// synced, and its end recorded in `upstream` (synced) before that: the position the
-    /// primary vouches for. Frames that do not follow the last commit, or end inside a
-    /// transaction, are refused (`Diverged`) and nothing of them is published. Returns
-    /// where the replica is then in its primary's history.
+    /// gives them) after this log's last commit, all of them published at once when synced
+    /// (readers see the group's last commit, so never part of a transaction), their end
+    /// recorded in `upstream` (synced) before that: the position the primary vouches for.
+    /// One group costs one sync of the record and one of the log, however many
+    /// transactions it holds: a replica keeps up with a primary committing faster than the
+    /// disk syncs. Frames that do not follow the last commit, or end inside a transaction,
+    /// are refused (`Diverged`) and nothing of them is published. Returns where the replica
+    /// is then in its primary's history.
     pub(crate) fn apply_frames(&self, upstream: &mut Upstream, frames: &[u8]) -> Result<Position> {
         if !frames.len().is_multiple_of(FRAME_SIZE) {
             return Err(self.refused(format!("{} bytes are not whole frames", frames.len())));
         }
+        let mut transactions = Vec::new();
         let mut rest = frames;
         while !rest.is_empty() {
             let frames_in_txn = rest
@@ -269,8 +273,11 @@ impl SharedWal {
                 .ok_or_else(|| self.refused("the frames end inside a transaction".into()))?
                 + 1;
             let (txn, after) = rest.split_at(frames_in_txn * FRAME_SIZE);
-            self.apply_transaction(upstream, txn)?;
+            transactions.push(txn);
             rest = after;
+        }
+        if !transactions.is_empty() {
+            self.apply_transactions(upstream, &transactions)?;
         }
         self.upstream_position(upstream)
     }
@@ -291,40 +298,62 @@ impl SharedWal {
         Error::Diverged { path: self.db_path().into(), reason }
     }
 
-    fn apply_transaction(&self, upstream: &mut Upstream, txn: &[u8]) -> Result<()> {
+    fn apply_transactions(&self, upstream: &mut Upstream, transactions: &[&[u8]]) -> Result<()> {
         let last = self.last_commit();
         let at = self.upstream_position(upstream)?;
-        for (i, frame) in txn.chunks_exact(FRAME_SIZE).enumerate() {
+        let frames = transactions.iter().flat_map(|txn| txn.chunks_exact(FRAME_SIZE));
+        for (i, frame) in frames.enumerate() {
             let frame_no = frame_header(frame).frame_no.get();
             if frame_no != last.frame_no + 1 + i as u64 {
                 return Err(self
                     .refused(format!("frame {frame_no} does not follow this log's last commit ({})", last.frame_no)));
             }
         }
-        let commit = frame_header(&txn[txn.len() - FRAME_SIZE..]);
+        let final_txn = transactions[transactions.len() - 1];
+        let commit = frame_header(&final_txn[final_txn.len() - FRAME_SIZE..]);
         let end = Position { frame_no: commit.frame_no.get(), chain: commit.checksum.get(), ..at };
         let id = self.new_connection_id();
         self.begin_write(id, last)?;
-        let result = self.write_transaction_of(txn, &mut || upstream.record(end));
+        let result = self.write_transactions_of(transactions, &mut || upstream.record(end));
         self.end_write(id);
         result
     }
 
-    /// Writes `txn` as the open transaction, calls `record` once its frames are written,
-    /// then syncs and publishes it. Write lock held. Always synced: the upstream record,
-    /// synced first, must never name a frame a power cut could take from the log (one
-    /// of its two slots names the log's end then).
-    fn write_transaction_of(&self, txn: &[u8], record: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        let commit_header = frame_header(&txn[txn.len() - FRAME_SIZE..]);
+    /// Writes `transactions`, each ending in its commit frame, calls `record` once all are
+    /// written, then syncs and publishes the last. Write lock held. Always synced: the
+    /// upstream record, synced first, must never name a frame a power cut could take from
+    /// the log (one of its two slots names the log's end then).
+    fn write_transactions_of(&self, transactions: &[&[u8]], record: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let segment = self.current_segment_for_write()?;
         let start = segment.frames();
-        let pages: Vec<(u32, &[u8])> =
-            txn.chunks_exact(FRAME_SIZE).map(|f| (frame_header(f).page_no.get(), &f[FRAME_HEADER_SIZE..])).collect();
-        let size_after = commit_header.size_after.get();
-        let commit = CommitFrame { size_after, unix_ms: commit_header.commit_unix_ms.get(), synced: true };
         self.make_durable_through(&segment)?;
-        segment.write_transaction(&pages, start, Some(commit))?;
-        if let Err(e) = record() {
+        let final_header = {
+            let txn = transactions[transactions.len() - 1];
+            frame_header(&txn[txn.len() - FRAME_SIZE..])
+        };
+        let size_after = final_header.size_after.get();
+        let written = (|| {
+            for (i, txn) in transactions.iter().enumerate() {
+                let pages: Vec<(u32, &[u8])> = txn
+                    .chunks_exact(FRAME_SIZE)
+                    .map(|f| (frame_header(f).page_no.get(), &f[FRAME_HEADER_SIZE..]))
+                    .collect();
+                // The group is one transaction here, committed on its last frame only: a
+                // power cut leaves the log at the group's start or its end, the two
+                // positions the upstream record's slots name (an end inside the group would
+                // be neither). Each part from its own start: a page two of them write is
+                // two frames, as on the primary, whose frame numbers the log keeps.
+                let last = i + 1 == transactions.len();
+                let commit = last.then_some(CommitFrame {
+                    size_after,
+                    unix_ms: final_header.commit_unix_ms.get(),
+                    synced: true,
+                });
+                segment.write_transaction(&pages, segment.frames(), commit)?;
+            }
+            record()
+        })();
+        if let Err(e) = written {
             segment.truncate_uncommitted(start, &mut |_| {})?;
             return Err(e);
         }
