@@ -85,17 +85,21 @@ impl Drop for Server {
     }
 }
 
-/// Runs replica.mjs: the rows of each step.
+/// Runs replica.mjs (npm): the rows of each step.
 fn run(url: &str, replica: &Path, steps: Value) -> Vec<Value> {
-    let out = Command::new("node")
-        .arg("replica.mjs")
+    run_with("node", "replica.mjs", url, replica, steps)
+}
+
+fn run_with(program: &str, script: &str, url: &str, replica: &Path, steps: Value) -> Vec<Value> {
+    let out = Command::new(program)
+        .arg(script)
         .arg(url)
         .arg(replica)
         .arg(steps.to_string())
         .current_dir(clients_dir())
         .output()
-        .expect("run node (npm ci in tests/clients first)");
-    assert!(out.status.success(), "replica.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| panic!("run {program} {script} (.ci/test installs the clients): {e}"));
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     doc["steps"].as_array().unwrap().iter().map(|s| s["rows"].clone()).collect()
 }
@@ -226,5 +230,31 @@ fn a_primary_replaced_by_another_history_is_a_new_generation_never_mixed() {
     assert_eq!(rows[0], json!([[-1, "other"]]));
     assert_eq!(rows[1], json!([["t"], ["u"]]));
     assert!(server.generation() > first);
+    server.stop();
+}
+
+/// The same through PyPI `libsql` (`sync_url`), on a namespace of its own (`/dev/<ns>/`).
+#[test]
+fn the_python_embedded_replica_follows_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("dbs"), &[]);
+    let url = format!("{}/dev/py", server.url());
+    let replica = dir.path().join("py-replica.db");
+    let rows = run_with(
+        "python3",
+        "replica.py",
+        &url,
+        &replica,
+        json!([
+            {"primary": "CREATE TABLE t(x INTEGER, y TEXT)"},
+            {"primary": "INSERT INTO t VALUES (1, 'a'), (2, 'b')"},
+            {"sync": "SELECT x, y FROM t ORDER BY x"},
+            {"primary": ROWS_300},
+            {"primary": "DELETE FROM t WHERE x > 150"},
+            {"sync": "SELECT count(*), sum(x) FROM t"},
+        ]),
+    );
+    assert_eq!(rows[2], json!([[1, "a"], [2, "b"]]));
+    assert_eq!(rows[5], json!([[52, 3 + (101..=150).sum::<i64>()]]));
     server.stop();
 }
