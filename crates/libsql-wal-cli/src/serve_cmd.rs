@@ -46,21 +46,34 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// When a commit is acknowledged: once in the local log (`local`), or once durable in
-    /// storage too (`durable`, needs --storage).
-    #[arg(long, value_enum, default_value_t = AckArg::Local)]
+    /// When a commit is acknowledged: once in the local log (`local`), once durable in
+    /// storage too (`durable`, needs --storage), or once K replicas hold it durably too
+    /// (`replicas=K`).
+    #[arg(long, value_parser = parse_ack, default_value = "local")]
     ack: AckArg,
-    /// With --ack durable: how long a response waits for storage before failing (503).
+    /// With --ack durable or replicas=K: how long a response waits before failing (503).
     #[arg(long, value_parser = humantime_duration, default_value = "30s")]
     ack_timeout: Duration,
     #[command(flatten)]
     limits: LimitArgs,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum AckArg {
     Local,
     Durable,
+    Replicas(usize),
+}
+
+fn parse_ack(text: &str) -> Result<AckArg, String> {
+    match text {
+        "local" => Ok(AckArg::Local),
+        "durable" => Ok(AckArg::Durable),
+        _ => match text.strip_prefix("replicas=").map(str::parse::<usize>) {
+            Some(Ok(k)) if k > 0 => Ok(AckArg::Replicas(k)),
+            _ => Err(format!("{text:?}: expected local, durable or replicas=K (K ≥ 1)")),
+        },
+    }
 }
 
 /// The bounds of `Limits`, one flag each (docs/SERVE.md lists them).
@@ -168,6 +181,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             return Err("--ack durable needs --storage URL: durable means in storage".into());
         }
         AckArg::Durable => Ack::Durable { timeout: args.ack_timeout },
+        AckArg::Replicas(_) if args.replica_of.is_some() => {
+            return Err("--ack replicas=K is for a primary: a replica takes no writes".into());
+        }
+        AckArg::Replicas(k) => Ack::Replicas { k, timeout: args.ack_timeout },
     };
     let auth = match (&args.auth_token_file, &args.auth_jwt_key_file) {
         (Some(file), _) => Auth::shared_token_file(file)?,

@@ -406,7 +406,7 @@ async fn run_pipeline(
             // The client learns nothing of this stream's fate but the error: end it.
             end_stream(&shared, slot.lock().await.stream.take()).await;
         }
-        return Err(not_durable(why));
+        return Err(not_acknowledged(shared.ack, why));
     }
     if held.stream.is_none() && open {
         return Err(stream_expired());
@@ -442,12 +442,19 @@ fn check_stream(held: &batons::Held, namespace: &str, access: Access) -> Result<
     }
 }
 
-fn not_durable(why: String) -> HttpError {
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "NOT_DURABLE",
-        format!("the commit is in the local log but not known durable in storage (--ack durable): {why}"),
-    )
+fn not_acknowledged(ack: crate::server::Ack, why: String) -> HttpError {
+    match ack {
+        crate::server::Ack::Replicas { .. } => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "REPLICAS_NOT_ACKED",
+            format!("the commit is in the primary's log but not known held by enough replicas (--ack replicas): {why}"),
+        ),
+        _ => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_DURABLE",
+            format!("the commit is in the local log but not known durable in storage (--ack durable): {why}"),
+        ),
+    }
 }
 
 /// Keeps the stream for its next request in its place under `--max-batons` (one is taken
@@ -581,7 +588,7 @@ async fn run_cursor(
             let (entry, go_on) = match entry {
                 proto::CursorEntry::StepEnd { .. } => match worker.wait_durable(&namespace) {
                     Ok(()) => (entry, true),
-                    Err(why) => (proto::CursorEntry::Error { error: not_durable(why).error }, false),
+                    Err(why) => (proto::CursorEntry::Error { error: not_acknowledged(worker.ack, why).error }, false),
                 },
                 entry => (entry, true),
             };

@@ -11,12 +11,15 @@
 //! - [`limits`]: every bound, named by its flag.
 //! - [`tls`]: HTTPS with rustls.
 //! - [`read_your_writes`]: the frame_no a response was at, and waiting for one on a replica.
+//! - [`catch_up`]: a replica's bootstrap from object storage.
+//! - [`replica_acks`]: `--ack replicas=K`, the replicas' acknowledgements.
 //! - [`replication`]: replicas of our own (`--replica-of`) and the stream they follow.
 //! - [`sync`]: libSQL's embedded replicas (`syncUrl`): generations over the log.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
 
 pub mod auth;
 pub mod batons;
+pub mod catch_up;
 pub mod databases;
 pub mod durable;
 pub mod hrana;
@@ -25,6 +28,7 @@ pub mod idle;
 pub mod limits;
 pub mod metrics;
 pub mod read_your_writes;
+pub mod replica_acks;
 pub mod replication;
 pub mod server;
 pub mod sync;

@@ -41,6 +41,8 @@ pub enum Ack {
     Local,
     /// Once it is durable in storage too, waiting at most this long (then 503).
     Durable { timeout: Duration },
+    /// Once `k` replicas hold it durably too, waiting at most this long (then 503).
+    Replicas { k: usize, timeout: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -82,16 +84,27 @@ pub struct Shared {
     /// Set when the server starts stopping: endless responses (replication streams) end,
     /// so that shutdown does not wait out its grace period for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// On a replica with `--storage`: where it bootstraps from before asking the primary
+    /// (`crate::catch_up`).
+    pub catch_up_storage: Option<Storage>,
+    /// The replicas' acknowledgements (`--ack replicas=K`).
+    pub replica_acks: Arc<crate::replica_acks::ReplicaAcks>,
     /// The embedded replicas' generations of each database (`crate::sync`).
     pub generations: crate::sync::Generations,
 }
 
 impl Shared {
-    /// With `--ack durable`: waits until `namespace`'s last commit is durable (blocking).
+    /// With `--ack durable`: waits until `namespace`'s last commit is durable (blocking);
+    /// with `--ack replicas=K`, until K replicas hold it.
     pub fn wait_durable(&self, namespace: &str) -> Result<(), String> {
         match self.ack {
             Ack::Local => Ok(()),
             Ack::Durable { timeout } => self.durable.wait_last_commit(&self.dbs, namespace, timeout),
+            Ack::Replicas { k, timeout } => {
+                let db = self.dbs.path_of(namespace);
+                let last = libsql_wal::last_commit_frame_no(&db, self.dbs.manager()).map_err(|e| e.to_string())?;
+                self.replica_acks.wait(namespace, last, k, timeout)
+            }
         }
     }
 }
@@ -128,7 +141,11 @@ impl Server {
         let wal = WalConfig { keep_open_when_idle: true, ..WalConfig::default() };
         let mut manager =
             LibsqlWalManager::new(libsql_wal::io::StdIo::shared(), wal).with_checkpointer(Checkpointer::global());
-        if let Some(storage) = &config.storage {
+        // A replica reads storage to bootstrap (`catch_up`) and never ships to it: the
+        // namespaces are the primary's, and the replica's log has chain values of its own.
+        if let Some(storage) = &config.storage
+            && config.replica_of.is_none()
+        {
             manager = manager.with_storage(storage.clone());
         }
         let mut dbs = Databases::new(config.db_dir.clone(), manager, config.limits.clone());
@@ -152,6 +169,8 @@ impl Server {
             client_keys: std::hash::RandomState::new(),
             stopping: tokio::sync::watch::Sender::new(false),
             generations: crate::sync::Generations::new(config.limits.sync_log_keep_bytes),
+            catch_up_storage: config.replica_of.as_ref().and(config.storage.clone()),
+            replica_acks: Arc::default(),
         });
         Ok(Server { listener, tls, shared })
     }
