@@ -11,6 +11,8 @@
 //! - [`limits`]: every bound, named by its flag.
 //! - [`tls`]: HTTPS with rustls.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
+//! - [`replication`]: a primary's replication routes and a replica's following of them;
+//!   [`lag`]: how far behind each side is, for `GET /metrics`.
 
 pub mod auth;
 pub mod batons;
@@ -19,6 +21,7 @@ pub mod durable;
 pub mod hrana;
 pub mod http;
 pub mod idle;
+pub mod lag;
 pub mod limits;
 pub mod metrics;
 pub mod replication;

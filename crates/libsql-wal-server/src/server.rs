@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// Be a replica of the primary at this URL (`http://host:port`): follow its namespaces
     /// and serve reads of them (see `replication`).
     pub replica_of: Option<String>,
+    /// On a replica: sent to the primary as `Authorization: Bearer <token>` on every
+    /// request, for a primary with auth on.
+    pub replica_auth_token: Option<String>,
 }
 
 /// When a response that includes a commit is sent.
@@ -61,6 +64,7 @@ impl ServerConfig {
             ack: Ack::Local,
             tls: None,
             replica_of: None,
+            replica_auth_token: None,
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct Shared {
     /// Set when the server starts stopping: endless responses (replication streams) end,
     /// so that shutdown does not wait out its grace period for them.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Replication lag on both sides, for `GET /metrics`.
+    pub lag: Arc<crate::lag::Lag>,
+    /// See [`ServerConfig::replica_auth_token`].
+    pub replica_auth_token: Option<String>,
 }
 
 impl Shared {
@@ -149,6 +157,8 @@ impl Server {
             requests: tokio::sync::Semaphore::new(config.limits.concurrent_requests_max),
             client_keys: std::hash::RandomState::new(),
             stopping: tokio::sync::watch::Sender::new(false),
+            lag: Arc::default(),
+            replica_auth_token: config.replica_auth_token.clone(),
         });
         Ok(Server { listener, tls, shared })
     }
