@@ -463,6 +463,17 @@ fn info(db: &Path, storage: &StorageArgs) -> Result<ExitCode, String> {
     outln!("db file pages: {}", info.db_file_pages);
     outln!("last frame_no: {}", info.last_frame_no);
     outln!("checkpointed frame_no: {}", info.checkpointed_frame_no);
+    match info.upstream {
+        Some(libsql_wal::UpstreamInfo::At(p)) => {
+            outln!("replica of: lineage {:08x}, at its frame_no {} (chain {:08x})", p.lineage, p.frame_no, p.chain)
+        }
+        Some(libsql_wal::UpstreamInfo::Unknown) => {
+            outln!(
+                "replica of: position unknown (the upstream record does not name the last commit: it starts again from an image)"
+            )
+        }
+        None => {}
+    }
     storage_cmd::print_durability(&info);
     let frames: u64 = info.segments.iter().map(|s| s.frames as u64).sum();
     outln!("segments: {} ({frames} frames in the log)", info.segments.len());

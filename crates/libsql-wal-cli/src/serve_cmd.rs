@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// transactions only; writes are refused (send them to the primary).
     #[arg(long, value_name = "URL")]
     replica_of: Option<String>,
+    /// With --replica-of: send this token to the primary (`Authorization: Bearer TOKEN`), for
+    /// a primary with auth on. Read from LIBSQL_WAL_REPLICA_AUTH_TOKEN when not given: on
+    /// the command line, `ps` shows it.
+    #[arg(long, value_name = "TOKEN", requires = "replica_of")]
+    replica_auth_token: Option<String>,
     /// Do not take a namespace from the host's first label (`db.example.com` → `db`); only
     /// the x-namespace header and the /dev/<namespace>/ path choose one.
     #[arg(long)]
@@ -135,6 +140,27 @@ struct LimitArgs {
     sync_log_keep_bytes: u64,
 }
 
+/// The environment variable a replica's token may come from (kept off the command line).
+const REPLICA_AUTH_TOKEN_ENV: &str = "LIBSQL_WAL_REPLICA_AUTH_TOKEN";
+
+/// `--replica-auth-token`, else the environment's, trimmed; an empty one is refused (it
+/// would be sent as a token that no primary accepts).
+fn replica_auth_token(flag: Option<String>) -> Result<Option<String>, String> {
+    let (token, from) = match flag {
+        Some(token) => (token, "--replica-auth-token"),
+        None => match std::env::var(REPLICA_AUTH_TOKEN_ENV) {
+            Ok(token) => (token, REPLICA_AUTH_TOKEN_ENV),
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => return Err(format!("{REPLICA_AUTH_TOKEN_ENV} is not text")),
+        },
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("{from} is empty"));
+    }
+    Ok(Some(token.to_string()))
+}
+
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     libsql_wal::storage::history::parse_duration(text).map_err(|e| e.to_string())
 }
@@ -169,6 +195,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             return Err(format!("--replica-of {primary}: expected an http:// or https:// URL"));
         }
         config.replica_of = Some(primary.clone());
+        config.replica_auth_token = replica_auth_token(args.replica_auth_token.clone())?;
     }
     config.limits = args.limits.limits();
     config.host_namespaces = !args.no_host_namespaces;

@@ -196,6 +196,37 @@ impl Batons {
         }
     }
 
+    /// Ends the streams of `namespace` that hold a connection and are between requests
+    /// (their transactions rolled back; their batons then get `STREAM_EXPIRED`), so that
+    /// its files can be replaced. A stream busy with a request is left to finish it: the
+    /// caller asks again.
+    pub async fn end_streams_of(&self, namespace: &str, dbs: &Arc<Databases>) {
+        let ended: Vec<Slot> = {
+            let mut table = self.table();
+            let holding: Vec<String> = table
+                .kept
+                .iter()
+                .filter(|(_, (slot, _))| {
+                    slot.try_lock().is_ok_and(|held| {
+                        held.stream.as_ref().is_some_and(|s| s.namespace() == namespace && s.has_connection())
+                    })
+                })
+                .map(|(baton, _)| baton.clone())
+                .collect();
+            let mut ended = Vec::with_capacity(holding.len());
+            for baton in holding {
+                if let Some((slot, client)) = table.kept.remove(&baton) {
+                    table.release(client);
+                    ended.push(slot);
+                }
+            }
+            ended
+        };
+        for slot in ended {
+            end(slot, dbs).await;
+        }
+    }
+
     /// Ends every stream (at shutdown), waiting for those busy with a request.
     pub async fn close_all(&self, dbs: &Arc<Databases>) {
         let all: Vec<Slot> = {

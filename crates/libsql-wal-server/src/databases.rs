@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use libsql_wal::{LibsqlWal, LibsqlWalManager};
@@ -36,6 +36,23 @@ pub struct Databases {
     replica_of: Option<String>,
     /// On a replica: where a namespace asked for and not held yet is sent, to be followed.
     wanted: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// On a replica: namespaces whose files are being replaced by a new image of the
+    /// primary. No connection to them opens meanwhile ([`Databases::hold_opens`]).
+    replacing: Mutex<BTreeSet<String>>,
+    replaced: Condvar,
+}
+
+/// While it lives, no connection to its namespace opens (see [`Databases::hold_opens`]).
+pub struct OpensHeld {
+    dbs: Arc<Databases>,
+    namespace: String,
+}
+
+impl Drop for OpensHeld {
+    fn drop(&mut self) {
+        self.dbs.replacing.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.namespace);
+        self.dbs.replaced.notify_all();
+    }
 }
 
 impl Databases {
@@ -47,6 +64,8 @@ impl Databases {
             used: Mutex::new(BTreeSet::new()),
             replica_of: None,
             wanted: Mutex::new(None),
+            replacing: Mutex::new(BTreeSet::new()),
+            replaced: Condvar::new(),
         }
     }
 
@@ -79,6 +98,33 @@ impl Databases {
         self.dir.join(format!("{namespace}.db"))
     }
 
+    /// Holds back every new connection to `namespace` until the returned guard is dropped:
+    /// its files are being replaced. The library refuses the replacement while a
+    /// connection is open, so this only keeps new ones from starting meanwhile (a steady
+    /// flow of readers would otherwise hold it off for ever).
+    pub fn hold_opens(self: &Arc<Self>, namespace: &str) -> OpensHeld {
+        self.replacing.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string());
+        OpensHeld { dbs: self.clone(), namespace: namespace.to_string() }
+    }
+
+    /// Waits while `namespace`'s files are being replaced, up to the busy timeout (as a
+    /// statement waits for a writer), then refuses with SQLITE_BUSY.
+    fn wait_for_replacement(&self, namespace: &str) -> Result<(), StmtError> {
+        let replacing = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        let (replacing, waited) = self
+            .replaced
+            .wait_timeout_while(replacing, self.limits.busy_timeout, |r| r.contains(namespace))
+            .unwrap_or_else(|e| e.into_inner());
+        drop(replacing);
+        if waited.timed_out() {
+            return Err(StmtError::Sqlite {
+                code: "SQLITE_BUSY",
+                message: format!("namespace {namespace} is being replaced by a new image of the primary; retry"),
+            });
+        }
+        Ok(())
+    }
+
     /// A new connection to `namespace`, for one stream; `read_only` for a stream opened
     /// with read-only credentials (see [`guard`]); its SQL stops when `deadline` passes.
     pub fn checkout(&self, namespace: &str, read_only: bool, deadline: Arc<Deadline>) -> Result<Conn, StmtError> {
@@ -99,6 +145,7 @@ impl Databases {
                 ),
             });
         }
+        self.wait_for_replacement(namespace)?;
         let conn =
             libsql_wal::open_connection(self.path_of(namespace), &self.manager).map_err(|e| StmtError::Sqlite {
                 code: sqlite_code_name(e.sqlite_code()),

@@ -16,6 +16,8 @@
 //! - [`replication`]: replicas of our own (`--replica-of`) and the stream they follow.
 //! - [`sync`]: libSQL's embedded replicas (`syncUrl`): generations over the log.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the per-request span and counters.
+//! - [`replication`]: a primary's replication routes and a replica's following of them;
+//!   [`lag`]: how far behind each side is, for `GET /metrics`.
 
 pub mod auth;
 pub mod batons;
@@ -25,6 +27,7 @@ pub mod durable;
 pub mod hrana;
 pub mod http;
 pub mod idle;
+pub mod lag;
 pub mod limits;
 pub mod metrics;
 pub mod read_your_writes;

@@ -5,7 +5,7 @@
 //!
 //! What it renders: the library's metrics (`libsql_wal::metrics`: commits, frames, syncs,
 //! checkpoints, uploads, open and idle logs, durable frame_no and lag per open namespace),
-//! and the server's own:
+//! replication lag on either side (`crate::lag`), and the server's own:
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -83,6 +83,7 @@ pub fn install() {
         }
         libsql_wal::metrics::describe();
         describe();
+        crate::lag::describe();
         let upkeep = handle.clone();
         let spawned = std::thread::Builder::new().name("libsql-wal-metrics".into()).spawn(move || {
             loop {
@@ -116,6 +117,7 @@ pub async fn render(State(shared): State<Arc<Shared>>) -> Response {
     // The registry's lock can be held across a log's recovery: off the async threads.
     let rendered = tokio::task::spawn_blocking(move || {
         gauge!(OPEN_BATONS).set(shared.batons.open() as f64);
+        shared.lag.update_gauges();
         libsql_wal::metrics::update_gauges();
         handle.render()
     })

@@ -4,9 +4,10 @@
 //! - `GET /replication/v1/image`: a consistent image of the namespace's database at its last
 //!   commit, page 1 carrying that commit's checkpoint mark (its position).
 //! - `GET /replication/v1/frames?position=…`: after a position the primary can vouch for,
-//!   every committed transaction, whole, as it commits, as 4128-byte frames; while nothing
-//!   commits, a keep-alive frame (frame_no 0) every [`HEARTBEAT`]. A position it cannot
-//!   vouch for (another history, frames checkpointed away) is 409 `REPLICA_POSITION_UNSERVABLE`.
+//!   every committed transaction, whole, as it commits, as 4128-byte frames; before each
+//!   run of them, and every [`HEARTBEAT`] while nothing commits, an info frame (frame_no 0)
+//!   carrying the primary's last commit. A position it cannot vouch for (another history,
+//!   frames checkpointed away) is 409 `REPLICA_POSITION_UNSERVABLE`.
 //!
 //! The primary's side never blocks a commit: each stream reads committed frames on a
 //! blocking thread and sends them through a channel of a few chunks, so a replica that stops
@@ -16,15 +17,19 @@
 //! The replica's side, one task per namespace: with no database yet, it downloads an image
 //! and installs it; then it streams from its own position (its upstream record) and applies
 //! whole transactions, so its readers never see part of one. A dropped or silent stream is
-//! reconnected with a growing backoff. A position the primary refuses stops the namespace
-//! following (logged, with what to do): it is never mixed with another history.
+//! reconnected with a growing backoff. A position the primary refuses makes the replica
+//! start again from a new image, which replaces its database whole (logged at warn, with
+//! the primary's reason): the two histories are never mixed, and readers see the old
+//! database or the new one. Credentials the primary refuses (401, 403) are logged once per
+//! change and retried with the same backoff.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use libsql_wal::{FramesAfter, Position};
@@ -116,10 +121,11 @@ pub struct FramesQuery {
 /// `GET /replication/v1/frames?position=…`.
 pub async fn frames(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<FramesQuery>,
 ) -> Result<Response, HttpError> {
-    let (_, db) = existing_db(&shared, &headers)?;
+    let (namespace, db) = existing_db(&shared, &headers)?;
     let from = parse_position(&query.position)
         .ok_or_else(|| HttpError::protocol("position is lineage-frame_no-chain (hex, decimal, hex)"))?;
     let dbs = shared.dbs.clone();
@@ -135,8 +141,10 @@ pub async fn frames(
         release(follower).await;
         return Err(unservable(why));
     }
+    let registration = shared.lag.stream(&namespace, peer.to_string(), follower.commits(), from.frame_no);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    tokio::spawn(produce(follower, from, first, tx, shared.stopping.subscribe()));
+    let stream = Stream { tx, stopping: shared.stopping.subscribe(), registration };
+    tokio::spawn(produce(follower, from, first, stream));
     let mut response = (StatusCode::OK, body_of(rx)).into_response();
     response
         .headers_mut()
@@ -149,47 +157,77 @@ async fn release(follower: Arc<libsql_wal::Follower>) {
     let _ = tokio::task::spawn_blocking(move || drop(follower)).await;
 }
 
+/// Where a producer sends, and what ends it besides the replica leaving.
+struct Stream {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    /// The server stops.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Its lag, for `/metrics`; told to end when the namespace's files are replaced.
+    registration: crate::lag::StreamRegistration,
+}
+
+impl Stream {
+    /// Sends `chunk`; false when the stream must end. A replica that stops reading blocks
+    /// the send: shutdown must not wait on it.
+    async fn send(&mut self, chunk: Bytes) -> bool {
+        tokio::select! {
+            sent = self.tx.send(chunk) => sent.is_ok(),
+            _ = self.stopping.changed() => false,
+            () = self.registration.stream.end.notified() => false,
+        }
+    }
+}
+
+/// A frame with frame_no 0 (no frame: never part of a transaction) carrying the primary's
+/// last commit at offset 16: sent before each run of frames and as the keep-alive, so the
+/// replica knows how far behind it is (docs/FORMAT.md, *Replication*).
+fn info_frame(last_commit: u64) -> Bytes {
+    let mut frame = vec![0u8; FRAME];
+    frame[16..24].copy_from_slice(&last_commit.to_le_bytes());
+    Bytes::from(frame)
+}
+
+/// The commit time (Unix ms) of the first commit frame in `frames`.
+fn first_commit_ms(frames: &[u8]) -> Option<u64> {
+    frames.chunks_exact(FRAME).find(|f| size_after(f) != 0).map(|f| u64_at(f, 16))
+}
+
 /// Sends what commits after `from`, starting with `first`, until the replica leaves or
 /// the log can no longer continue (then the stream ends: the replica reconnects and hears
 /// why).
-async fn produce(
-    follower: Arc<libsql_wal::Follower>,
-    from: Position,
-    first: FramesAfter,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
+async fn produce(follower: Arc<libsql_wal::Follower>, from: Position, first: FramesAfter, mut stream: Stream) {
+    let lag = stream.registration.stream.clone();
     let mut commits = follower.commits();
     let mut at = from;
     let mut next = first;
-    loop {
-        let stopped = *stopping.borrow();
-        if stopped {
-            break;
-        }
+    let last = *commits.borrow();
+    let mut open = stream.send(info_frame(last)).await;
+    while open && !*stream.stopping.borrow() {
         match next {
             FramesAfter::Frames { frames, end } => {
-                // A replica that stops reading blocks this send: shutdown must not wait on it.
-                let sent = tokio::select! {
-                    sent = tx.send(Bytes::from(frames)) => sent.is_ok(),
-                    _ = stopping.changed() => false,
-                };
-                if !sent {
+                lag.oldest_unsent(first_commit_ms(&frames));
+                let last = *commits.borrow();
+                open = stream.send(info_frame(last)).await && stream.send(Bytes::from(frames)).await;
+                if !open {
                     break;
                 }
                 at = end;
                 follower.advance(end.frame_no);
+                lag.sent(end.frame_no);
             }
             FramesAfter::UpToDate => {
+                lag.oldest_unsent(None);
                 tokio::select! {
                     changed = commits.changed() => if changed.is_err() { break },
                     () = tokio::time::sleep(HEARTBEAT) => {
-                        if tx.send(Bytes::from(vec![0u8; FRAME])).await.is_err() {
+                        let last = *commits.borrow();
+                        if !stream.send(info_frame(last)).await {
                             break;
                         }
                     }
-                    () = tx.closed() => break,
-                    _ = stopping.changed() => break,
+                    () = stream.tx.closed() => break,
+                    _ = stream.stopping.changed() => break,
+                    () = lag.end.notified() => break,
                 }
             }
             FramesAfter::Unservable(_) => break,
@@ -205,6 +243,7 @@ async fn produce(
             Err(_) => break,
         };
     }
+    drop(stream);
     release(follower).await;
 }
 
@@ -217,26 +256,20 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
             return;
         }
     };
-    let follower = Following { shared, primary: primary.trim_end_matches('/').to_string(), namespace, client };
+    let lag = shared.lag.replica(&namespace);
+    let follower = Following { shared, primary: primary.trim_end_matches('/').to_string(), namespace, client, lag };
     let mut failures = 0u32;
     loop {
-        match follower.once().await {
+        // A refused position is not retried as it is: the replica starts again from an image.
+        let result = match follower.once().await {
+            Err(Stop::Refused(why)) => follower.rebootstrap(&why).await,
+            other => other,
+        };
+        match result {
             Ok(()) => failures = 0,
-            Err(Stop::Retry(why)) => {
+            Err(stop) => {
                 failures = failures.saturating_add(1);
-                // The first failures are the normal ones (a primary restarting): quiet.
-                if failures > 3 {
-                    tracing::warn!(namespace = follower.namespace, "replica: {why} (retrying)");
-                }
-            }
-            Err(Stop::Refused(why)) => {
-                failures = failures.saturating_add(1);
-                tracing::error!(
-                    namespace = follower.namespace,
-                    "replica: the primary cannot continue this replica: {why}; it keeps its state and retries \
-                     (remove {} and its -wal and -upstream files to start it again from an image)",
-                    follower.shared.dbs.path_of(&follower.namespace).display()
-                );
+                follower.report(stop, failures);
             }
         }
         let delay = Duration::from_millis(50).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(2));
@@ -248,15 +281,21 @@ enum Stop {
     /// The primary is unreachable, restarting, or the stream broke: try again.
     Retry(String),
     /// The primary refuses this replica's position (another history, frames it no longer
-    /// holds): never mixed in; retried slowly in case the primary comes back to it.
+    /// holds), or the replica no longer knows it: it starts again from an image.
     Refused(String),
+    /// The primary refuses this replica's credentials (401 or 403): why, as it says.
+    Unauthorized(String),
 }
+
+/// How long a re-bootstrap waits for the connections to the namespace to close.
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 struct Following {
     shared: Arc<Shared>,
     primary: String,
     namespace: String,
     client: reqwest::Client,
+    lag: Arc<crate::lag::ReplicaLag>,
 }
 
 impl Following {
@@ -268,19 +307,27 @@ impl Following {
         }
         let dbs = self.shared.dbs.clone();
         let at_db = db.clone();
-        let mut at = blocking(move || libsql_wal::replica_position(&at_db, dbs.manager()))
+        let at = blocking(move || libsql_wal::replica_position(&at_db, dbs.manager()))
             .await
             .map_err(|_| Stop::Retry("a blocking task failed".into()))?
-            .map_err(|e| Stop::Refused(e.to_string()))?;
+            .map_err(|e| refused_or_retry(e, "its position"))?;
+        self.lag.applied(at.frame_no, false);
         let url = format!("{}/replication/v1/frames?position={}", self.primary, format_position(&at));
         let response = self.get(&url).await?;
         if response.status() == reqwest::StatusCode::CONFLICT {
-            return Err(Stop::Refused(response.text().await.unwrap_or_default()));
+            return Err(Stop::Refused(message_of(response).await));
         }
         if !response.status().is_success() {
             return Err(Stop::Retry(format!("{url}: {}", response.status())));
         }
-        let mut response = response;
+        self.lag.connected(true);
+        let streamed = self.stream(response, db, at).await;
+        self.lag.connected(false);
+        streamed
+    }
+
+    /// Applies the stream's transactions as they come, from `at`, until it ends.
+    async fn stream(&self, mut response: reqwest::Response, db: PathBuf, mut at: Position) -> Result<(), Stop> {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let chunk = match tokio::time::timeout(SILENCE_MAX, response.chunk()).await {
@@ -305,13 +352,18 @@ impl Following {
                     None => break,
                 }
             }
-            let whole = take_whole_transactions(&mut pending);
+            let (whole, heard) = take_whole_transactions(&mut pending);
+            if let Some(last_commit) = heard {
+                self.lag.heard(last_commit);
+            }
             if !whole.is_empty() {
                 let (dbs, db) = (self.shared.dbs.clone(), db.clone());
+                let after = at.frame_no;
                 at = blocking(move || libsql_wal::apply_frames(&db, dbs.manager(), &whole))
                     .await
                     .map_err(|_| Stop::Retry("a blocking task failed".into()))?
-                    .map_err(|e| Stop::Refused(format!("applying frames after {}: {e}", at.frame_no)))?;
+                    .map_err(|e| refused_or_retry(e, &format!("applying frames after {after}")))?;
+                self.lag.applied(at.frame_no, false);
             }
             if ended {
                 return Ok(());
@@ -319,17 +371,121 @@ impl Following {
         }
     }
 
+    /// A GET to the primary, with this replica's credentials if it has any. A 401 or 403
+    /// is [`Stop::Unauthorized`]; any other answer means the credentials passed.
     async fn get(&self, url: &str) -> Result<reqwest::Response, Stop> {
-        self.client
-            .get(url)
-            .header("x-namespace", &self.namespace)
-            .send()
-            .await
-            .map_err(|e| Stop::Retry(format!("{url}: {e}")))
+        let mut request = self.client.get(url).header("x-namespace", &self.namespace);
+        if let Some(token) = &self.shared.replica_auth_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Stop::Retry(format!("{url}: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(Stop::Unauthorized(format!("{status}: {}", message_of(response).await)));
+        }
+        if self.lag.auth_refused(None) {
+            tracing::info!(namespace = self.namespace, "replica: the primary accepts this replica's credentials now");
+        }
+        Ok(response)
+    }
+
+    /// Logs why following failed: a refusal of credentials once per change (not at every
+    /// retry), other failures past the first few (a primary restarting is normal).
+    fn report(&self, stop: Stop, failures: u32) {
+        let namespace = &self.namespace;
+        match stop {
+            Stop::Retry(why) if failures > 3 => tracing::warn!(namespace, "replica: {why} (retrying)"),
+            Stop::Retry(_) => {}
+            Stop::Unauthorized(why) => {
+                if self.lag.auth_refused(Some(&why)) {
+                    let hint = match self.shared.replica_auth_token {
+                        Some(_) => "check the token given with --replica-auth-token",
+                        None => "give one with --replica-auth-token or LIBSQL_WAL_REPLICA_AUTH_TOKEN",
+                    };
+                    tracing::error!(
+                        namespace,
+                        "replica: the primary refuses this replica's credentials ({why}): {hint}; retrying"
+                    );
+                }
+            }
+            Stop::Refused(why) => tracing::error!(namespace, "replica: cannot start again from an image: {why}"),
+        }
     }
 
     /// Downloads an image of the primary's database and installs it as this replica's.
-    async fn bootstrap(&self, db: &std::path::Path) -> Result<(), Stop> {
+    async fn bootstrap(&self, db: &Path) -> Result<(), Stop> {
+        let (image, bytes) = self.download_image(db).await?;
+        let (dbs, image_path, db_path) = (self.shared.dbs.clone(), image.clone(), db.to_path_buf());
+        let installed = blocking(move || libsql_wal::install_image(&image_path, &db_path, dbs.manager()))
+            .await
+            .map_err(|_| Stop::Retry("a blocking task failed".into()))?
+            .map_err(|e| Stop::Retry(format!("installing the image: {e}")));
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&image);
+        }
+        let position = installed?;
+        self.lag.applied(position.frame_no, true);
+        tracing::info!(
+            namespace = self.namespace,
+            frame_no = position.frame_no,
+            bytes,
+            "replica: started from an image"
+        );
+        Ok(())
+    }
+
+    /// Replaces this replica's database with a new image of the primary's: the primary
+    /// refused its position (`why`), so its own history has no use any more (a replica is a
+    /// cache of its primary). Readers see the old database or the new one, never a mix.
+    async fn rebootstrap(&self, why: &str) -> Result<(), Stop> {
+        tracing::warn!(
+            namespace = self.namespace,
+            "replica: the primary refuses this replica's position ({why}): starting again from an image of the \
+             primary (this replica's own history is dropped)"
+        );
+        let db = self.shared.dbs.path_of(&self.namespace);
+        let (image, bytes) = self.download_image(&db).await?;
+        let replaced = self.replace_with(&image, &db).await;
+        if replaced.is_err() {
+            let _ = std::fs::remove_file(&image);
+        }
+        let position = replaced?;
+        self.lag.applied(position.frame_no, true);
+        tracing::warn!(
+            namespace = self.namespace,
+            frame_no = position.frame_no,
+            bytes,
+            "replica: started again from an image of the primary"
+        );
+        Ok(())
+    }
+
+    /// Puts `image` in place of the database `db` once no connection holds it: new ones
+    /// wait meanwhile, idle streams on it are ended (their transactions rolled back), and
+    /// so are the replication streams this replica serves from it.
+    async fn replace_with(&self, image: &Path, db: &Path) -> Result<Position, Stop> {
+        let _held = self.shared.dbs.hold_opens(&self.namespace);
+        let deadline = tokio::time::Instant::now() + REPLACE_WAIT;
+        loop {
+            self.shared.batons.end_streams_of(&self.namespace, &self.shared.dbs).await;
+            self.shared.lag.end_streams_of(&self.namespace);
+            let (dbs, image_path, db_path) = (self.shared.dbs.clone(), image.to_path_buf(), db.to_path_buf());
+            let replaced = blocking(move || libsql_wal::replace_with_image(&image_path, &db_path, dbs.manager()))
+                .await
+                .map_err(|_| Stop::Retry("a blocking task failed".into()))?;
+            match replaced {
+                Ok(position) => return Ok(position),
+                Err(libsql_wal::Error::LogInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(Stop::Retry(format!("replacing the database with a new image: {e}"))),
+            }
+        }
+    }
+
+    /// Downloads an image of the primary's database beside `db`, synced; returns its path
+    /// and length.
+    async fn download_image(&self, db: &Path) -> Result<(PathBuf, u64), Stop> {
         let url = format!("{}/replication/v1/image", self.primary);
         let mut response = self.get(&url).await?;
         if !response.status().is_success() {
@@ -339,7 +495,7 @@ impl Following {
         let mut bytes: u64 = 0;
         let file = std::fs::File::create(&image).map_err(|e| Stop::Retry(format!("{}: {e}", image.display())))?;
         let mut writer = std::io::BufWriter::new(file);
-        let result = async {
+        let downloaded = async {
             while let Some(chunk) =
                 response.chunk().await.map_err(|e| Stop::Retry(format!("downloading the image broke: {e}")))?
             {
@@ -351,46 +507,63 @@ impl Following {
             if bytes == 0 {
                 return Err(Stop::Retry("the primary has no page of this namespace yet".into()));
             }
-            let (dbs, image, db) = (self.shared.dbs.clone(), image.clone(), db.to_path_buf());
-            blocking(move || libsql_wal::install_image(&image, &db, dbs.manager()))
-                .await
-                .map_err(|_| Stop::Retry("a blocking task failed".into()))?
-                .map_err(|e| Stop::Retry(format!("installing the image: {e}")))
+            Ok(())
         }
         .await;
-        if result.is_err() {
+        if let Err(stop) = downloaded {
             let _ = std::fs::remove_file(&image);
+            return Err(stop);
         }
-        let position = result?;
-        tracing::info!(
-            namespace = self.namespace,
-            frame_no = position.frame_no,
-            bytes,
-            "replica: started from an image"
-        );
-        Ok(())
+        Ok((image, bytes))
     }
 }
 
-/// Takes the whole transactions at the front of `pending` (keep-alive frames dropped),
-/// leaving the start of an unfinished one.
-fn take_whole_transactions(pending: &mut Vec<u8>) -> Vec<u8> {
+/// A replica's position refused by its own log (another history, or no longer known) is
+/// a reason to start again from an image; any other error (I/O) is retried as it is.
+fn refused_or_retry(e: libsql_wal::Error, doing: &str) -> Stop {
+    match e {
+        libsql_wal::Error::Diverged { .. } => Stop::Refused(format!("{doing}: {e}")),
+        e => Stop::Retry(format!("{doing}: {e}")),
+    }
+}
+
+/// The message of an error answer (`{"message", "code"}`), else its text.
+async fn message_of(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => json["message"].as_str().map_or(text.clone(), str::to_string),
+        Err(_) => text,
+    }
+}
+
+fn u64_at(frame: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(frame[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn size_after(frame: &[u8]) -> u32 {
+    u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"))
+}
+
+/// Takes the whole transactions at the front of `pending` (info frames dropped), leaving
+/// the start of an unfinished one; and the primary's last commit, as the newest info frame
+/// among them says (`None`: none said, or an older primary's keep-alive, all zeros).
+fn take_whole_transactions(pending: &mut Vec<u8>) -> (Vec<u8>, Option<u64>) {
     let mut whole = Vec::new();
+    let mut heard = None;
     let mut txn_start = 0;
     let mut at = 0;
     while at + FRAME <= pending.len() {
         let frame = &pending[at..at + FRAME];
-        let frame_no = u64::from_le_bytes(frame[8..16].try_into().expect("8 bytes"));
-        let size_after = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
         at += FRAME;
-        if frame_no == 0 {
-            // A keep-alive, only ever sent between transactions.
+        if u64_at(frame, 8) == 0 {
+            // An info frame (or keep-alive), only ever sent between transactions.
+            heard = Some(u64_at(frame, 16)).filter(|&n| n > 0).or(heard);
             txn_start = at;
-        } else if size_after != 0 {
+        } else if size_after(frame) != 0 {
             whole.extend_from_slice(&pending[txn_start..at]);
             txn_start = at;
         }
     }
     pending.drain(..txn_start);
-    whole
+    (whole, heard)
 }

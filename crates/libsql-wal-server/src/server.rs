@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// Be a replica of the primary at this URL (`http://host:port`): follow its namespaces
     /// and serve reads of them (see `replication`).
     pub replica_of: Option<String>,
+    /// On a replica: sent to the primary as `Authorization: Bearer <token>` on every
+    /// request, for a primary with auth on.
+    pub replica_auth_token: Option<String>,
 }
 
 /// When a response that includes a commit is sent.
@@ -63,6 +66,7 @@ impl ServerConfig {
             ack: Ack::Local,
             tls: None,
             replica_of: None,
+            replica_auth_token: None,
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct Shared {
     pub replica_acks: Arc<crate::replica_acks::ReplicaAcks>,
     /// The embedded replicas' generations of each database (`crate::sync`).
     pub generations: crate::sync::Generations,
+    /// Replication lag on both sides, for `GET /metrics`.
+    pub lag: Arc<crate::lag::Lag>,
+    /// See [`ServerConfig::replica_auth_token`].
+    pub replica_auth_token: Option<String>,
 }
 
 impl Shared {
@@ -171,6 +179,8 @@ impl Server {
             generations: crate::sync::Generations::new(config.limits.sync_log_keep_bytes),
             catch_up_storage: config.replica_of.as_ref().and(config.storage.clone()),
             replica_acks: Arc::default(),
+            lag: Arc::default(),
+            replica_auth_token: config.replica_auth_token.clone(),
         });
         Ok(Server { listener, tls, shared })
     }

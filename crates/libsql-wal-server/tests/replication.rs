@@ -1,7 +1,9 @@
 //! `serve --replica-of`: a replica follows its primary's namespaces, shows whole
 //! transactions only (the bank invariant, checked on the replica while the primary writes),
-//! refuses writes, and is never continued into another history; a replica that stops reading
-//! never stops the primary's commits.
+//! refuses writes, and is never continued into another history: a position its primary
+//! refuses (another history, frames checkpointed away) makes it start again from an image,
+//! replacing its database whole, readers seeing the old rows or the new ones only; a
+//! replica that stops reading never stops the primary's commits.
 
 mod support;
 
@@ -126,6 +128,9 @@ fn a_replica_shows_whole_transactions_only_and_refuses_writes() {
     drop(kept);
 }
 
+/// Restarted against another database (another lineage, further along), a replica never
+/// continues its own history into it: the primary refuses its position, and it starts
+/// again from the other's image, with the other's rows only.
 #[test]
 fn a_replica_is_never_continued_into_another_history() {
     let primary = start(|_| {});
@@ -138,6 +143,7 @@ fn a_replica_is_never_continued_into_another_history() {
     // Another database behind another primary, further along than the replica.
     let other = start(|_| {});
     setup_bank(&other);
+    sql(&other, &["UPDATE acct SET bal = bal + id", "UPDATE acct SET bal = bal - id"]);
     for i in 0..20 {
         transfer(&other, i);
     }
@@ -147,8 +153,137 @@ fn a_replica_is_never_continued_into_another_history() {
         config.replica_of = Some(url);
         config.db_dir = dbs;
     });
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(bank(&replica), Some((10_000, 100, 1)), "the replica kept its own history, nothing mixed in");
+    wait_for_transfers(&replica, 20);
+    let read = |server: &Running| sql(server, &["SELECT id, bal FROM acct ORDER BY id"]);
+    assert_eq!(rows(&read(&replica), 0), rows(&read(&other), 0));
+}
+
+/// Rows of `t` as a replica reader sees them: (rows, of the old primary, of the new one).
+fn lineage_rows(server: &Running) -> Option<(i64, i64, i64)> {
+    let query = "SELECT count(*), coalesce(sum(v LIKE 'old%'), 0), coalesce(sum(v LIKE 'new%'), 0) FROM t";
+    let (status, response) = server.pipeline(None, json!([execute(query), close()]));
+    if status != 200 || response["results"][0]["type"] != "ok" {
+        return None;
+    }
+    let row = &rows(&response, 0)[0];
+    let int = |v: &Value| v.as_str().and_then(|s| s.parse().ok());
+    Some((int(&row[0])?, int(&row[1])?, int(&row[2])?))
+}
+
+fn fill(server: &Running, prefix: &str, n: usize) {
+    let insert = format!(
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n}) \
+         INSERT INTO t SELECT '{prefix}-' || i || '-' || hex(randomblob(200)) FROM c"
+    );
+    sql(server, &["BEGIN", "CREATE TABLE t(v TEXT)", &insert, "COMMIT"]);
+}
+
+/// The primary replaced, at its address, by another database (another lineage): the
+/// replica, running and read meanwhile, starts again from the new primary's image. Its
+/// readers see the old rows or the new ones, never a mix, and a stream holding a connection
+/// to the old database is ended (its next request: STREAM_EXPIRED) rather than left
+/// reading the old file.
+#[test]
+fn a_replica_of_a_replaced_primary_starts_again_from_its_image() {
+    let primary = start(|_| {});
+    fill(&primary, "old", 50);
+    let replica = replica_of(&primary);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lineage_rows(&replica) != Some((50, 50, 0)) {
+        assert!(Instant::now() < deadline, "never followed: {:?}", lineage_rows(&replica));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A stream inside a read transaction on the old database.
+    let (status, held) = replica.pipeline(None, json!([execute("BEGIN"), execute("SELECT count(*) FROM t")]));
+    assert_eq!(status, 200, "{held}");
+    let baton = held["baton"].as_str().unwrap().to_string();
+    let addr = primary.addr;
+    primary.stop().unwrap();
+    let new_primary = start(move |config| config.listen = addr);
+    fill(&new_primary, "new", 30);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut seen_new = false;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match lineage_rows(&replica) {
+                    Some((50, 50, 0)) => assert!(!seen_new, "went back to the old rows"),
+                    Some((30, 0, 30)) => seen_new = true,
+                    None => {}
+                    other => panic!("a reader saw a mix of the two histories: {other:?}"),
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lineage_rows(&replica) != Some((30, 0, 30)) {
+            assert!(Instant::now() < deadline, "never started again: {:?}", lineage_rows(&replica));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap();
+    });
+    let (status, expired) = replica.pipeline(Some(&baton), json!([execute("SELECT count(*) FROM t"), close()]));
+    assert_eq!((status, expired["code"].as_str()), (400, Some("STREAM_EXPIRED")), "{expired}");
+    let all = |server: &Running| rows(&sql(server, &["SELECT v FROM t ORDER BY v"]), 0);
+    assert_eq!(all(&replica), all(&new_primary));
+}
+
+/// The newest position in a replica's `<db>-upstream` record (docs/FORMAT.md), as the
+/// frames route takes it.
+fn recorded_position(db: &std::path::Path) -> String {
+    let mut record = db.as_os_str().to_owned();
+    record.push("-upstream");
+    let bytes = std::fs::read(record).unwrap();
+    let slot = bytes
+        .chunks_exact(32)
+        .filter(|slot| &slot[0..4] == b"LSQU")
+        .max_by_key(|slot| u32::from_le_bytes(slot[4..8].try_into().unwrap()))
+        .expect("a slot");
+    let frame_no = u64::from_le_bytes(slot[8..16].try_into().unwrap());
+    let lineage = u32::from_le_bytes(slot[16..20].try_into().unwrap());
+    let chain = u32::from_le_bytes(slot[20..24].try_into().unwrap());
+    format!("{lineage:08x}-{frame_no}-{chain:08x}")
+}
+
+/// A replica stopped while its primary wrote and checkpointed the frames after its
+/// position away starts again, at its restart, from an image, and has the primary's rows.
+#[test]
+fn a_replica_whose_frames_were_checkpointed_away_starts_again_from_an_image() {
+    let primary = start(|_| {});
+    setup_bank(&primary);
+    for i in 0..5 {
+        transfer(&primary, i);
+    }
+    let replica = replica_of(&primary);
+    wait_for_transfers(&replica, 5);
+    let (stopped, replica_dir) = replica.stop_keeping_files();
+    stopped.unwrap();
+    let position = recorded_position(&replica_dir.path().join("dbs").join("default.db"));
+    for i in 5..60 {
+        transfer(&primary, i);
+    }
+    // No replica streams now: a checkpoint may drop every frame after its position.
+    let frames = format!("/replication/v1/frames?position={position}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sql(&primary, &["PRAGMA wal_checkpoint(TRUNCATE)"]);
+        let (status, body) = primary.request("GET", &frames, &[], b"");
+        if status == 409 {
+            assert!(String::from_utf8_lossy(&body).contains("checkpointed"), "{}", String::from_utf8_lossy(&body));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the checkpoint kept the frames: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("http://{}", primary.addr);
+    let dbs = replica_dir.path().join("dbs");
+    let replica = start(move |config| {
+        config.replica_of = Some(url);
+        config.db_dir = dbs;
+    });
+    wait_for_transfers(&replica, 60);
+    let read = |server: &Running| sql(server, &["SELECT id, bal FROM acct ORDER BY id"]);
+    assert_eq!(rows(&read(&replica), 0), rows(&read(&primary), 0));
 }
 
 #[test]

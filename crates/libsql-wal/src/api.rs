@@ -9,7 +9,8 @@ use libsql_sys::rusqlite::OpenFlags;
 use libsql_sys::wal::{Sqlite3Wal, Sqlite3WalManager};
 
 use crate::error::{Error, IoAction, Result};
-use crate::io::FileKind;
+use crate::format::DB_HEADER_MARK_SIZE;
+use crate::io::{FileKind, Io};
 use crate::log::replicate::FramesAfter;
 use crate::log::{CheckpointMode, CheckpointResult};
 use crate::ownership;
@@ -216,6 +217,24 @@ pub struct LogInfo {
     /// What the next open's recovery would change ([`inspect_read_only`] only: an open log
     /// has been recovered).
     pub recovery: Vec<String>,
+    /// A replica's place in its primary's history (its `<db>-upstream` record); `None`
+    /// for a database that is not a replica.
+    pub upstream: Option<UpstreamInfo>,
+}
+
+/// Where a replica is in its primary's history, as its upstream record tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamInfo {
+    /// The record names the log's last commit: the replica asks for what follows this.
+    At(Position),
+    /// The record names no position at the log's last commit: the replica starts again
+    /// from an image of its primary.
+    Unknown,
+}
+
+fn upstream_info(io: &dyn Io, db_path: &Path, last_frame_no: u64) -> Result<Option<UpstreamInfo>> {
+    let named = crate::upstream::Upstream::read_position_at(io, db_path, last_frame_no)?;
+    Ok(named.map(|position| position.map_or(UpstreamInfo::Unknown, UpstreamInfo::At)))
 }
 
 impl LogInfo {
@@ -243,9 +262,11 @@ pub fn inspect(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) -> Result<
         db_file_pages: shared.db_file_len() / crate::format::PAGE_SIZE as u64,
         checkpointed_frame_no: shared.checkpointed().0,
         recovery: Vec::new(),
+        upstream: None,
     };
     registry::release(&shared, false);
-    Ok(info)
+    let upstream = upstream_info(manager.io().as_ref(), db_path, info.last_frame_no)?;
+    Ok(LogInfo { upstream, ..info })
 }
 
 impl SegmentInfo {
@@ -379,6 +400,7 @@ pub fn inspect_read_only(db_path: impl AsRef<Path>, manager: &LibsqlWalManager) 
         durability,
         checkpointed_frame_no: checkpointed.0,
         recovery,
+        upstream: upstream_info(io, db_path, last.frame_no)?,
     })
 }
 
@@ -776,27 +798,101 @@ pub fn install_image(
             });
         }
     }
+    let (mark, _) = image_mark(io.as_ref(), image)?;
+    let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
+    // No file there yet: the record may come first, so the file is never there without it.
+    crate::upstream::Upstream::create_fresh(io.as_ref(), db_path, position)?;
+    put_image_in_place(io.as_ref(), image, db_path)?;
+    Ok(position)
+}
+
+/// Replaces the replica `db_path` (its file, its log, its upstream record) with the image at
+/// `image` (from [`export_image`], complete and synced by the caller): the replica's own
+/// history is dropped whole and it continues the image's. For a replica whose primary no
+/// longer serves its position (another history, frames checkpointed away).
+///
+/// No connection sees a mix: the swap runs with the log closed and every open in the
+/// process waiting (the registry's lock), and is refused with [`Error::LogInUse`], changing
+/// nothing, while a connection or a follower holds the log (close them, then call again).
+/// Crash-safe in this order: the upstream record goes first (a replica without one starts
+/// again from an image), then the log is moved aside (the file alone is the state of its
+/// last checkpoint), then the image is renamed over the file, then the new record written.
+pub fn replace_with_image(
+    image: impl AsRef<Path>,
+    db_path: impl AsRef<Path>,
+    manager: &LibsqlWalManager,
+) -> Result<Position> {
+    let (image, db_path) = (image.as_ref(), db_path.as_ref());
+    let io = manager.io().as_ref();
+    let (mark, _) = image_mark(io, image)?;
+    let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
+    let aside = replaced_log_dir(db_path);
+    registry::with_log_closed(io, db_path, || {
+        crate::upstream::remove(io, db_path)?;
+        remove_log_dir(io, &aside)?;
+        let log_dir = ownership::log_dir_of(db_path);
+        if io.kind(&log_dir).map_err(Error::io(IoAction::Read, &log_dir))?.is_some() {
+            std::fs::rename(&log_dir, &aside).map_err(Error::io(IoAction::Rename, &log_dir))?;
+            sync_parent(io, db_path)?;
+        }
+        put_image_in_place(io, image, db_path)?;
+        crate::upstream::Upstream::create_fresh(io, db_path, position)
+    })?;
+    if let Err(e) = remove_log_dir(io, &aside) {
+        tracing::warn!(db = %db_path.display(), "the replaced log stays at {}: {e}", aside.display());
+    }
+    Ok(position)
+}
+
+/// Where [`replace_with_image`] moves a replaced log before removing it.
+fn replaced_log_dir(db_path: &Path) -> PathBuf {
+    let mut name = ownership::log_dir_of(db_path).into_os_string();
+    name.push(".replaced");
+    PathBuf::from(name)
+}
+
+/// Removes a log directory (its files, then itself), if there is one.
+fn remove_log_dir(io: &dyn Io, dir: &Path) -> Result<()> {
+    if io.kind(dir).map_err(Error::io(IoAction::Read, dir))?.is_none() {
+        return Ok(());
+    }
+    for file in io.list_dir(dir).map_err(Error::io(IoAction::Read, dir))? {
+        io.remove_file(&file).map_err(Error::io(IoAction::Remove, &file))?;
+    }
+    io.remove_dir(dir).map_err(Error::io(IoAction::Remove, dir))
+}
+
+/// The checkpoint mark of an exported image, which must be whole (its length the mark's
+/// pages) and name a lineage.
+/// Returns it with its bytes as the image holds them (what the file's stamp is made of).
+fn image_mark(io: &dyn Io, image: &Path) -> Result<(crate::format::CheckpointMark, [u8; DB_HEADER_MARK_SIZE])> {
     let file = io.open(image, false).map_err(Error::io(IoAction::Open, image))?;
-    let mut mark_bytes = [0u8; crate::format::DB_HEADER_MARK_SIZE];
+    let mut mark_bytes = [0u8; DB_HEADER_MARK_SIZE];
     file.read_exact_at(&mut mark_bytes, crate::format::DB_HEADER_MARK_OFFSET)
         .map_err(Error::io(IoAction::Read, image))?;
-    drop(file);
     let mark = crate::format::CheckpointMark::decode(&mark_bytes)
         .filter(|m| m.lineage != 0)
         .ok_or_else(|| Error::corrupt(image, "the image carries no checkpoint mark: not an exported image"))?;
-    let len = io.open(image, false).and_then(|f| f.size()).map_err(Error::io(IoAction::Read, image))?;
+    let len = file.size().map_err(Error::io(IoAction::Read, image))?;
     if len != mark.db_pages as u64 * crate::format::PAGE_SIZE as u64 {
         let reason = format!("{len} bytes, but its mark says {} pages: cut short", mark.db_pages);
         return Err(Error::corrupt(image, reason));
     }
-    let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
-    let mut upstream = crate::upstream::Upstream::open(io.as_ref(), db_path, true)?.expect("created");
-    upstream.record(position)?;
-    crate::file_stamp::stamp(io.as_ref(), image, &mark_bytes, 0).map_err(Error::io(IoAction::SetTime, image))?;
+    Ok((mark, mark_bytes))
+}
+
+/// Stamps the image for its mark (its first open continues the primary's history rather
+/// than taking it for a file changed outside) and renames it to `db_path`, synced.
+fn put_image_in_place(io: &dyn Io, image: &Path, db_path: &Path) -> Result<()> {
+    let (_, mark_bytes) = image_mark(io, image)?;
+    crate::file_stamp::stamp(io, image, &mark_bytes, 0).map_err(Error::io(IoAction::SetTime, image))?;
     std::fs::rename(image, db_path).map_err(Error::io(IoAction::Rename, image))?;
-    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))?;
-    Ok(position)
+    sync_parent(io, db_path)
+}
+
+fn sync_parent(io: &dyn Io, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))
 }
 
 /// The upstream record of the replica `db_path`, which must have one.

@@ -64,6 +64,10 @@ pub enum Error {
     /// gap, a transaction cut short): nothing of them was published.
     #[error("replica {path}: {reason}")]
     Diverged { path: PathBuf, reason: String },
+    /// The log is in use in this process (a connection, a replication stream), so its
+    /// files cannot be replaced now ([`crate::replace_with_image`]); nothing was changed.
+    #[error("database {path} is in use in this process ({users} connections or streams): it cannot be replaced now")]
+    LogInUse { path: PathBuf, users: usize },
     #[error("database is locked: another connection holds the write lock")]
     Busy,
     #[error("database is locked: the snapshot is stale, another connection committed since")]
@@ -179,7 +183,7 @@ impl Error {
             | Error::InvalidNamespace { .. } => ffi::SQLITE_CANTOPEN,
             Error::Storage { .. } | Error::SyncFailed { .. } | Error::ObjectGone { .. } => ffi::SQLITE_IOERR,
             Error::Restore(_) | Error::Bench(_) | Error::Diverged { .. } => ffi::SQLITE_ERROR,
-            Error::InUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
+            Error::InUse { .. } | Error::LogInUse { .. } | Error::Busy => ffi::SQLITE_BUSY,
             Error::Sqlite(e) => e.sqlite_error().map_or(ffi::SQLITE_ERROR, |e| e.extended_code),
             Error::BusySnapshot => ffi::SQLITE_BUSY_SNAPSHOT,
         }

@@ -108,9 +108,9 @@ pub use crate::log::{CheckpointMode, CheckpointResult, WalConfig};
 pub use crate::upstream::Position;
 pub use api::Follower;
 pub use api::{
-    LogInfo, SegmentInfo, VerifyReport, apply_frames, checkpoint, durable_frame_no, export_image, flush_to_storage,
-    follow, inspect, inspect_read_only, install_image, last_commit_frame_no, log_position, open_connection,
-    open_sqlite_connection, position_at, replica_position, verify, wait_durable,
+    LogInfo, SegmentInfo, UpstreamInfo, VerifyReport, apply_frames, checkpoint, durable_frame_no, export_image,
+    flush_to_storage, follow, inspect, inspect_read_only, install_image, last_commit_frame_no, log_position,
+    open_connection, open_sqlite_connection, position_at, replace_with_image, replica_position, verify, wait_durable,
 };
 pub use checkpointer::{Checkpointer, CheckpointerConfig, CheckpointerStats};
 pub use error::{Error, IoAction, Result};

@@ -334,6 +334,29 @@ pub(crate) fn release(shared: &Arc<SharedWal>, checkpoint: bool) {
     }
 }
 
+/// Runs `replace` while the log of `db_path` is closed and no open of any database can
+/// start in this process (the registry's lock is held throughout): a database's files can
+/// then be swapped without a connection ever seeing part of the old and part of the new.
+/// Refused with [`Error::LogInUse`], changing nothing, while a connection, a follower or an
+/// inspection holds the log. An idle log is shut down first, without a checkpoint: its files
+/// are about to go.
+pub(crate) fn with_log_closed<T>(io: &dyn Io, db_path: &Path, replace: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut registry = registry();
+    let live = canonical(io, db_path)
+        .and_then(|path| file_id(&path))
+        .ok()
+        .and_then(|id| Some((id, registry.logs.get(&id).and_then(Weak::upgrade)?)));
+    if let Some((id, shared)) = live {
+        let users = shared.open_connections.load(Ordering::SeqCst);
+        if users > 0 {
+            return Err(Error::LogInUse { path: db_path.into(), users });
+        }
+        registry.idle.remove(id);
+        registry.close(&shared, false);
+    }
+    replace()
+}
+
 /// Does `db_path` have a log of ours that SQLite should open instead of reading the file
 /// alone? An empty database file never does: SQLite would delete the log of an empty
 /// file, so we let it open in rollback mode until `journal_mode=WAL` opens the log.

@@ -61,6 +61,32 @@ fn decode(bytes: &[u8]) -> Option<Slot> {
     Some(Slot { sequence: u32_at(4), position: Position { lineage: u32_at(16), frame_no, chain: u32_at(20) } })
 }
 
+/// The two slots of a record, newest first (a torn or missing slot is `None`).
+fn read_slots(file: &dyn crate::io::IoFile, path: &Path) -> Result<(Option<Slot>, Option<Slot>)> {
+    let mut bytes = [0u8; 2 * SLOT_SIZE];
+    let len = file.size().map_err(Error::io(IoAction::Read, path))?.min(bytes.len() as u64) as usize;
+    file.read_exact_at(&mut bytes[..len], 0).map_err(Error::io(IoAction::Read, path))?;
+    let mut slots: Vec<Slot> = bytes.chunks_exact(SLOT_SIZE).filter_map(decode).collect();
+    slots.sort_by_key(|s| std::cmp::Reverse(s.sequence));
+    Ok((slots.first().copied(), slots.get(1).copied()))
+}
+
+/// Removes the record of `db_path` if there is one, the removal synced: a replica without
+/// a record has no known position and starts again from an image.
+pub(crate) fn remove(io: &dyn Io, db_path: &Path) -> Result<()> {
+    let path = record_path(db_path);
+    if io.kind(&path).map_err(Error::io(IoAction::Read, &path))?.is_none() {
+        return Ok(());
+    }
+    io.remove_file(&path).map_err(Error::io(IoAction::Remove, &path))?;
+    sync_parent(io, &path)
+}
+
+fn sync_parent(io: &dyn Io, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    io.sync_dir(dir).map_err(Error::io(IoAction::Sync, dir))
+}
+
 /// The replica's record, open.
 pub(crate) struct Upstream {
     path: PathBuf,
@@ -79,13 +105,32 @@ impl Upstream {
             return Ok(None);
         }
         let file = io.open(&path, true).map_err(Error::io(IoAction::Open, &path))?;
-        let mut bytes = [0u8; 2 * SLOT_SIZE];
-        let len = file.size().map_err(Error::io(IoAction::Read, &path))?.min(bytes.len() as u64) as usize;
-        file.read_exact_at(&mut bytes[..len], 0).map_err(Error::io(IoAction::Read, &path))?;
-        let mut slots: Vec<Slot> = bytes.chunks_exact(SLOT_SIZE).filter_map(decode).collect();
-        slots.sort_by_key(|s| std::cmp::Reverse(s.sequence));
-        let (newest, older) = (slots.first().copied(), slots.get(1).copied());
+        let (newest, older) = read_slots(file.as_ref(), &path)?;
         Ok(Some(Upstream { path, file, newest, older }))
+    }
+
+    /// A new record of the database at `db_path` naming `position` alone, synced with its
+    /// directory. A record already there is removed first: its slots name places in the
+    /// history of a database file that is being replaced, and one of them could otherwise
+    /// match the new file's frame_no.
+    pub fn create_fresh(io: &dyn Io, db_path: &Path, position: Position) -> Result<()> {
+        remove(io, db_path)?;
+        let mut record = Upstream::open(io, db_path, true)?
+            .ok_or_else(|| Error::CannotOpen { path: record_path(db_path), reason: "not created".into() })?;
+        record.record(position)?;
+        sync_parent(io, &record.path)
+    }
+
+    /// Reads the record of `db_path` without writing anything, and tells the position it
+    /// names for `frame_no` (the log's last commit); `None` when there is no record.
+    pub fn read_position_at(io: &dyn Io, db_path: &Path, frame_no: u64) -> Result<Option<Option<Position>>> {
+        let path = record_path(db_path);
+        if !matches!(io.kind(&path).map_err(Error::io(IoAction::Read, &path))?, Some(FileKind::File { .. })) {
+            return Ok(None);
+        }
+        let file = io.open_read_only(&path).map_err(Error::io(IoAction::Open, &path))?;
+        let (newest, older) = read_slots(file.as_ref(), &path)?;
+        Ok(Some([newest, older].into_iter().flatten().map(|s| s.position).find(|p| p.frame_no == frame_no)))
     }
 
     /// The position recorded for frame `frame_no` (the replica log's last commit), if one is.

@@ -11,8 +11,9 @@ use libsql_sys::Connection as WalConnection;
 use libsql_sys::rusqlite::Connection;
 use libsql_wal::io::StdIo;
 use libsql_wal::{
-    CheckpointMode, Error, Follower, FramesAfter, LibsqlWalManager, Position, WalConfig, apply_frames, checkpoint,
-    export_image, follow, install_image, log_position, open_connection, replica_position,
+    CheckpointMode, Error, Follower, FramesAfter, LibsqlWalManager, Position, UpstreamInfo, WalConfig, apply_frames,
+    checkpoint, export_image, follow, inspect_read_only, install_image, log_position, open_connection,
+    replace_with_image, replica_position,
 };
 
 fn manager() -> LibsqlWalManager {
@@ -276,4 +277,58 @@ fn a_group_of_applied_transactions_survives_a_cut_whole_or_not_at_all() {
     file.set_len(len - 4128).unwrap();
     drop(file);
     assert_eq!(replica_position(&copy, &manager).unwrap(), before, "back at the group's start, and it knows it");
+}
+
+/// A replica whose primary refuses its position starts again from an image of the primary:
+/// `replace_with_image` drops its file, log and upstream record whole for the image's, never
+/// while a connection holds it (refused, nothing changed), and the replica then follows the
+/// new history. `info` (`inspect_read_only`) shows where a replica is.
+#[test]
+fn a_replica_is_replaced_whole_by_another_history_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, other, replica) = (dir.path().join("p.db"), dir.path().join("o.db"), dir.path().join("r.db"));
+    let manager = manager();
+    let conn = setup(&primary, &manager);
+    bootstrap(&primary, &replica, &manager);
+    for i in 0..40 {
+        transfer(&conn, i);
+    }
+    catch_up(&primary, &replica, &manager);
+    let other_conn = setup(&other, &manager);
+    other_conn.execute_batch("UPDATE acct SET bal = id").unwrap();
+    let image = replica.with_extension("image");
+    let mut bytes = Vec::new();
+    let at = export_image(&other, &manager, &mut |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })
+    .unwrap()
+    .unwrap();
+    std::fs::write(&image, &bytes).unwrap();
+    let before = rows(&replica, &manager);
+    let reader = open_connection(&replica, &manager).unwrap();
+    match replace_with_image(&image, &replica, &manager) {
+        Err(Error::LogInUse { users, .. }) => assert!(users >= 1),
+        other => panic!("replaced under an open connection: {other:?}"),
+    }
+    let seen: i64 = reader.query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0)).unwrap();
+    assert_eq!(seen, 10_000, "the open connection still reads the old database");
+    drop(reader);
+    assert_eq!(rows(&replica, &manager), before, "a refused replacement changes nothing");
+    assert_eq!(replace_with_image(&image, &replica, &manager).unwrap(), at);
+    assert!(!image.exists(), "the image became the database");
+    assert_eq!(rows(&replica, &manager), rows(&other, &manager), "only the new history's rows");
+    assert_eq!(replica_position(&replica, &manager).unwrap(), at);
+    let info = inspect_read_only(&replica, &manager).unwrap();
+    assert_eq!(info.upstream, Some(UpstreamInfo::At(at)));
+    // It follows the new history from there.
+    other_conn.execute_batch("UPDATE acct SET bal = bal + 1 WHERE id = 1").unwrap();
+    assert_eq!(catch_up(&other, &replica, &manager), log_position(&other, &manager).unwrap());
+    assert_eq!(rows(&replica, &manager), rows(&other, &manager));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("replaced"))
+        .collect();
+    assert!(leftovers.is_empty(), "the replaced log is removed: {leftovers:?}");
 }

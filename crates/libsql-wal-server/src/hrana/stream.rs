@@ -48,6 +48,11 @@ impl Stream {
         self.closed
     }
 
+    /// Holds a connection to its database (opened at its first statement).
+    pub fn has_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// Inside an explicit transaction (so its end would roll something back).
     pub fn in_transaction(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| !c.is_autocommit())
