@@ -8,80 +8,37 @@
 //! Needs `npm ci` in tests/clients (as serve_clients.rs).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use libsql_wal_testkit::http::http;
+use libsql_wal_testkit::serve_process::ServeProcess;
 use serde_json::{Value, json};
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-struct Server {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
+const BIN: &str = env!("CARGO_BIN_EXE_libsql-wal");
+
+struct Server(ServeProcess);
 
 impl Server {
-    /// `serve` on a port of its own choosing, read from its "serving … on http://ADDR" line.
     fn start(db_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_libsql-wal"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--db-dir"])
-            .arg(db_dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once(" on http://") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not say where it listens within 20 s");
-        };
-        let addr = addr.parse().unwrap();
-        let server = Server { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http(addr, "GET", "/health", &[], b"").0 != 200 {
-            assert!(Instant::now() < deadline, "serve did not answer /health within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        Server(ServeProcess::start(BIN, db_dir, extra))
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.0.url()
     }
 
     fn generation(&self) -> u64 {
-        let (status, body) = http(self.addr, "GET", "/info", &[], b"");
+        let (status, body) = http(self.0.addr, "GET", "/info", &[], b"");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice::<Value>(&body).unwrap()["current_generation"].as_u64().unwrap()
     }
 
-    /// SIGTERM and wait: a clean shutdown.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child, not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn stop(self) {
+        self.0.stop()
     }
 }
 
@@ -174,7 +131,7 @@ fn embedded_replica_follows_writes_checkpoints_and_restarts() {
     assert!(server.generation() > first, "frames gone from the log: a new image");
 
     // A push is refused, clearly.
-    let (status, body) = http(server.addr, "POST", "/sync/1/1/2", &[], b"");
+    let (status, body) = http(server.0.addr, "POST", "/sync/1/1/2", &[], b"");
     assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("SYNC_PUSH_UNSUPPORTED"));
     server.stop();

@@ -56,6 +56,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(hrana)
         .route("/replication/v1/image", get(crate::replication::image))
         .route("/replication/v1/frames", get(crate::replication::frames))
+        .route("/replication/v1/ack", post(crate::replication::ack))
         .route("/metrics", get(crate::metrics::render))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(shared)

@@ -116,6 +116,34 @@ pub async fn image(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Res
 #[derive(Deserialize)]
 pub struct FramesQuery {
     position: String,
+    /// The replica's name for `--ack replicas=K` (see `crate::replica_acks`).
+    replica: Option<String>,
+}
+
+/// A replica's name: 1 to 64 of `[A-Za-z0-9_-]`.
+fn replica_id(text: &str) -> Result<&str, HttpError> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then_some(text).ok_or_else(|| HttpError::protocol("replica is 1 to 64 letters, digits, '-' or '_'"))
+}
+
+#[derive(Deserialize)]
+pub struct AckQuery {
+    replica: String,
+    frame_no: u64,
+}
+
+/// `POST /replication/v1/ack?replica=ID&frame_no=N`: the replica holds the namespace
+/// durably up to frame N (counted while its stream is connected).
+pub async fn ack(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<AckQuery>,
+) -> Result<StatusCode, HttpError> {
+    let (namespace, _) = existing_db(&shared, &headers)?;
+    shared.replica_acks.acknowledged(&namespace, replica_id(&query.replica)?, query.frame_no);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /replication/v1/frames?position=…`.
@@ -128,6 +156,7 @@ pub async fn frames(
     let (namespace, db) = existing_db(&shared, &headers)?;
     let from = parse_position(&query.position)
         .ok_or_else(|| HttpError::protocol("position is lineage-frame_no-chain (hex, decimal, hex)"))?;
+    let replica = query.replica.as_deref().map(replica_id).transpose()?.map(str::to_string);
     let dbs = shared.dbs.clone();
     let follower = blocking(move || libsql_wal::follow(&db, dbs.manager(), from.frame_no))
         .await?
@@ -142,8 +171,10 @@ pub async fn frames(
         return Err(unservable(why));
     }
     let registration = shared.lag.stream(&namespace, peer.to_string(), follower.commits(), from.frame_no);
+    // It holds its position durably: that much counts for `--ack replicas=K` at once.
+    let acks = replica.map(|id| shared.replica_acks.connected(&namespace, &id, from.frame_no));
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    let stream = Stream { tx, stopping: shared.stopping.subscribe(), registration };
+    let stream = Stream { tx, stopping: shared.stopping.subscribe(), registration, _acks: acks };
     tokio::spawn(produce(follower, from, first, stream));
     let mut response = (StatusCode::OK, body_of(rx)).into_response();
     response
@@ -164,6 +195,8 @@ struct Stream {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Its lag, for `/metrics`; told to end when the namespace's files are replaced.
     registration: crate::lag::StreamRegistration,
+    /// The replica counted for `--ack replicas=K` while the stream lives.
+    _acks: Option<crate::replica_acks::Connected>,
 }
 
 impl Stream {
@@ -257,7 +290,17 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
         }
     };
     let lag = shared.lag.replica(&namespace);
-    let follower = Following { shared, primary: primary.trim_end_matches('/').to_string(), namespace, client, lag };
+    let (acks, acked) = tokio::sync::watch::channel(0u64);
+    let primary = primary.trim_end_matches('/').to_string();
+    let acknowledging = AbortOnDrop(tokio::spawn(send_acks(
+        client.clone(),
+        format!("{primary}/replication/v1/ack"),
+        namespace.clone(),
+        shared.clone(),
+        acked,
+    )));
+    let follower = Following { acks, from_storage: Default::default(), shared, primary, namespace, client, lag };
+    let _acknowledging = acknowledging;
     let mut failures = 0u32;
     loop {
         // A refused position is not retried as it is: the replica starts again from an image.
@@ -277,6 +320,50 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
     }
 }
 
+/// Aborts its task when dropped (with the namespace's following task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Tells the primary, after each group the replica applied and synced, the frame_no it
+/// holds (`POST /replication/v1/ack`, for `--ack replicas=K`): the newest only, again after
+/// a failure until it gets through or a newer one replaces it.
+async fn send_acks(
+    client: reqwest::Client,
+    url: String,
+    namespace: String,
+    shared: Arc<Shared>,
+    mut acked: tokio::sync::watch::Receiver<u64>,
+) {
+    while acked.changed().await.is_ok() {
+        loop {
+            let frame_no = *acked.borrow_and_update();
+            let mut request = client
+                .post(&url)
+                .header("x-namespace", &namespace)
+                .query(&[("replica", shared.replica_name.as_str()), ("frame_no", &frame_no.to_string())]);
+            if let Some(token) = &shared.replica_auth_token {
+                request = request.bearer_auth(token);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => break,
+                Ok(response) => {
+                    tracing::debug!(namespace, status = %response.status(), "replica: acknowledgement refused")
+                }
+                Err(e) => tracing::debug!(namespace, "replica: acknowledgement not sent: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if acked.has_changed().is_err() {
+                return;
+            }
+        }
+    }
+}
+
 enum Stop {
     /// The primary is unreachable, restarting, or the stream broke: try again.
     Retry(String),
@@ -291,6 +378,10 @@ enum Stop {
 const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 struct Following {
+    /// The frame_no this replica holds durably, for the task that tells the primary.
+    acks: tokio::sync::watch::Sender<u64>,
+    /// Whether the last image came from storage (a refusal of it then asks the primary).
+    from_storage: std::sync::atomic::AtomicBool,
     shared: Arc<Shared>,
     primary: String,
     namespace: String,
@@ -312,7 +403,12 @@ impl Following {
             .map_err(|_| Stop::Retry("a blocking task failed".into()))?
             .map_err(|e| refused_or_retry(e, "its position"))?;
         self.lag.applied(at.frame_no, false);
-        let url = format!("{}/replication/v1/frames?position={}", self.primary, format_position(&at));
+        let url = format!(
+            "{}/replication/v1/frames?position={}&replica={}",
+            self.primary,
+            format_position(&at),
+            self.shared.replica_name
+        );
         let response = self.get(&url).await?;
         if response.status() == reqwest::StatusCode::CONFLICT {
             return Err(Stop::Refused(message_of(response).await));
@@ -320,6 +416,8 @@ impl Following {
         if !response.status().is_success() {
             return Err(Stop::Retry(format!("{url}: {}", response.status())));
         }
+        // Continued: a later refusal is not this image's (see `obtain_image`).
+        self.from_storage.store(false, std::sync::atomic::Ordering::SeqCst);
         self.lag.connected(true);
         let streamed = self.stream(response, db, at).await;
         self.lag.connected(false);
@@ -364,6 +462,8 @@ impl Following {
                     .map_err(|_| Stop::Retry("a blocking task failed".into()))?
                     .map_err(|e| refused_or_retry(e, &format!("applying frames after {after}")))?;
                 self.lag.applied(at.frame_no, false);
+                // Synced: the primary may count it for `--ack replicas=K`.
+                self.acks.send_replace(at.frame_no);
             }
             if ended {
                 return Ok(());
@@ -412,9 +512,10 @@ impl Following {
         }
     }
 
-    /// Downloads an image of the primary's database and installs it as this replica's.
+    /// Downloads an image of the primary's database (from storage first, if the replica
+    /// has `--storage`) and installs it as this replica's.
     async fn bootstrap(&self, db: &Path) -> Result<(), Stop> {
-        let (image, bytes) = self.download_image(db).await?;
+        let (image, bytes) = self.obtain_image(db).await?;
         let (dbs, image_path, db_path) = (self.shared.dbs.clone(), image.clone(), db.to_path_buf());
         let installed = blocking(move || libsql_wal::install_image(&image_path, &db_path, dbs.manager()))
             .await
@@ -444,7 +545,7 @@ impl Following {
              primary (this replica's own history is dropped)"
         );
         let db = self.shared.dbs.path_of(&self.namespace);
-        let (image, bytes) = self.download_image(&db).await?;
+        let (image, bytes) = self.obtain_image(&db).await?;
         let replaced = self.replace_with(&image, &db).await;
         if replaced.is_err() {
             let _ = std::fs::remove_file(&image);
@@ -481,6 +582,33 @@ impl Following {
                 Err(e) => return Err(Stop::Retry(format!("replacing the database with a new image: {e}"))),
             }
         }
+    }
+
+    /// An image to start from, beside `db`: restored from storage (with `--storage`; the
+    /// primary then sends only the frames after it), unless the last image came from there
+    /// and the primary refused to continue it (storage behind what the primary still holds,
+    /// or of another history): then the primary's own.
+    async fn obtain_image(&self, db: &Path) -> Result<(PathBuf, u64), Stop> {
+        let from_storage = self.from_storage.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(storage) = self.shared.catch_up_storage.clone()
+            && !from_storage
+        {
+            let image = db.with_extension(format!("restored-{}", std::process::id()));
+            let (namespace, path) = (self.namespace.clone(), image.clone());
+            let restored = blocking(move || crate::catch_up::restore_image(&storage, &namespace, &path))
+                .await
+                .map_err(|_| Stop::Retry("a blocking task failed".into()))?;
+            match restored {
+                Ok(Some(bytes)) => {
+                    self.from_storage.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!(namespace = self.namespace, bytes, "replica: image restored from storage");
+                    return Ok((image, bytes));
+                }
+                Ok(None) => {}
+                Err(why) => tracing::warn!(namespace = self.namespace, "replica: {why}; asking the primary instead"),
+            }
+        }
+        self.download_image(db).await
     }
 
     /// Downloads an image of the primary's database beside `db`, synced; returns its path

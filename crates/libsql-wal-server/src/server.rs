@@ -91,6 +91,9 @@ pub struct Shared {
     /// On a replica with `--storage`: where it bootstraps from before asking the primary
     /// (`crate::catch_up`).
     pub catch_up_storage: Option<Storage>,
+    /// This process's name as a replica (random): what its primary counts its
+    /// acknowledgements under (`--ack replicas=K`).
+    pub replica_name: String,
     /// The replicas' acknowledgements (`--ack replicas=K`).
     pub replica_acks: Arc<crate::replica_acks::ReplicaAcks>,
     /// The embedded replicas' generations of each database (`crate::sync`).
@@ -179,6 +182,7 @@ impl Server {
             generations: crate::sync::Generations::new(config.limits.sync_log_keep_bytes),
             catch_up_storage: config.replica_of.as_ref().and(config.storage.clone()),
             replica_acks: Arc::default(),
+            replica_name: random_name(),
             lag: Arc::default(),
             replica_auth_token: config.replica_auth_token.clone(),
         });
@@ -240,6 +244,16 @@ impl Server {
             .map_err(|e| format!("closing the databases failed: {e}"))?;
         served.map_err(|e| format!("serving failed: {e}"))
     }
+}
+
+/// 16 hex digits from the OS's random source (the time, if it has none).
+fn random_name() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes = (now.as_nanos() as u64).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Lets go, every few seconds, of the embedded replicas' log tails no longer worth keeping.

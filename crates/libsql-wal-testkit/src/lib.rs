@@ -22,5 +22,6 @@ pub mod bench;
 pub mod faulty;
 pub mod http;
 pub mod object_stores;
+pub mod serve_process;
 pub mod stress;
 pub mod support;
