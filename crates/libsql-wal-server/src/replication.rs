@@ -47,6 +47,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight per stream: what a replica that stops reading holds of the primary's memory.
 const CHANNEL_CHUNKS: usize = 4;
 const FRAME: usize = 4128;
+/// Response header of a frames stream whose primary wants acknowledgements.
+const ACKS_WANTED: &str = "x-libsql-wal-acks-wanted";
 /// About how many bytes of received frames a replica applies as one group at most.
 const GROUP_BYTES_MAX: usize = 16 << 20;
 
@@ -180,6 +182,10 @@ pub async fn frames(
     response
         .headers_mut()
         .insert("content-type", axum::http::HeaderValue::from_static("application/x-libsql-wal-frames"));
+    if matches!(shared.ack, crate::server::Ack::Replicas { .. }) {
+        // Only a primary that waits on them asks for acknowledgements (a request each).
+        response.headers_mut().insert(ACKS_WANTED, axum::http::HeaderValue::from_static("1"));
+    }
     Ok(response)
 }
 
@@ -299,7 +305,16 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
         shared.clone(),
         acked,
     )));
-    let follower = Following { acks, from_storage: Default::default(), shared, primary, namespace, client, lag };
+    let follower = Following {
+        acks_wanted: Default::default(),
+        acks,
+        from_storage: Default::default(),
+        shared,
+        primary,
+        namespace,
+        client,
+        lag,
+    };
     let _acknowledging = acknowledging;
     let mut failures = 0u32;
     loop {
@@ -378,6 +393,8 @@ enum Stop {
 const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 struct Following {
+    /// Whether the primary asked for acknowledgements (`ACKS_WANTED`) on this stream.
+    acks_wanted: std::sync::atomic::AtomicBool,
     /// The frame_no this replica holds durably, for the task that tells the primary.
     acks: tokio::sync::watch::Sender<u64>,
     /// Whether the last image came from storage (a refusal of it then asks the primary).
@@ -418,6 +435,7 @@ impl Following {
         }
         // Continued: a later refusal is not this image's (see `obtain_image`).
         self.from_storage.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.acks_wanted.store(response.headers().contains_key(ACKS_WANTED), std::sync::atomic::Ordering::SeqCst);
         self.lag.connected(true);
         let streamed = self.stream(response, db, at).await;
         self.lag.connected(false);
@@ -463,7 +481,9 @@ impl Following {
                     .map_err(|e| refused_or_retry(e, &format!("applying frames after {after}")))?;
                 self.lag.applied(at.frame_no, false);
                 // Synced: the primary may count it for `--ack replicas=K`.
-                self.acks.send_replace(at.frame_no);
+                if self.acks_wanted.load(std::sync::atomic::Ordering::SeqCst) {
+                    self.acks.send_replace(at.frame_no);
+                }
             }
             if ended {
                 return Ok(());
