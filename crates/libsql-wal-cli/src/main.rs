@@ -616,9 +616,11 @@ fn bench_replication(
     );
     let mib = r.catchup_bytes as f64 / (1 << 20) as f64;
     outln!(
-        "catch-up from the primary: {mib:.0} MiB in {:.2} s, {:.1} MiB/s",
+        "catch-up of {mib:.0} MiB: from the primary {:.2} s ({:.1} MiB/s), from storage (file://) {:.2} s ({:.1} MiB/s)",
         r.catchup_seconds,
-        mib / r.catchup_seconds.max(f64::MIN_POSITIVE)
+        mib / r.catchup_seconds.max(f64::MIN_POSITIVE),
+        r.storage_catchup_seconds,
+        mib / r.storage_catchup_seconds.max(f64::MIN_POSITIVE)
     );
     let errors = r.lag_errors + r.throughput_errors;
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })

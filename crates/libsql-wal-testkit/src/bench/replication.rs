@@ -9,7 +9,8 @@
 //!   side by side in the same run (the ratio is the figure; on one machine the replicas'
 //!   own fsyncs share the disk with the primary's).
 //! - **Catch-up**: a new replica of a database of `catchup_mib`, timed until it holds the
-//!   primary's last commit (image, then stream).
+//!   primary's last commit: from the primary (image, then stream), then with `--storage`
+//!   (restore from a local-directory store, then the primary's tail).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,7 +44,11 @@ pub struct ReplicationReport {
     pub with_replicas_per_sec: f64,
     pub throughput_errors: u64,
     pub catchup_bytes: u64,
+    /// A new replica from the primary (image, then stream).
     pub catchup_seconds: f64,
+    /// A new replica with `--storage` (restore from a local-directory store, then the
+    /// primary's tail).
+    pub storage_catchup_seconds: f64,
 }
 
 const SETUP: &str = "CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY, at INTEGER, v BLOB)";
@@ -221,21 +226,44 @@ fn throughput(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationRe
 
 fn catchup(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationReport) -> Result<(), String> {
     let primary_dir = dir.join("cu-primary");
-    let primary = Running::start(&primary_dir)?;
+    let store = dir.join("cu-store");
+    std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+    let storage = libsql_wal::storage::Storage::open(&format!("file://{}", store.display())).map_err(|e| e.to_string())?;
+    let with_storage = |db_dir: &Path| {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"), db_dir.to_path_buf());
+        config.storage = Some(storage.clone());
+        config
+    };
+    let primary = Running::start_with(with_storage(&primary_dir))?;
     let mut client = Client::new(primary.addr);
     pipeline(&mut client, &[], SETUP)?;
-    // 1 MiB per commit: 1024 rows of 1 KiB.
-    let mut last = 0;
+    // 1 MiB per commit: 1024 rows of 1000 bytes.
     for _ in 0..config.catchup_mib {
         let sql = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1024) \
                    INSERT INTO log(at, v) SELECT 0, randomblob(1000) FROM c";
-        last = pipeline(&mut client, &[], sql)?.ok_or("no frame_no in the response")?;
+        pipeline(&mut client, &[], sql)?;
     }
+    // A clean stop flushes every commit to storage; the restarted primary goes on.
+    primary.stop()?;
+    let primary = Running::start_with(with_storage(&primary_dir))?;
+    let last = pipeline(&mut Client::new(primary.addr), &[], "INSERT INTO log(at, v) VALUES (1, x'00')")?
+        .ok_or("no frame_no in the response")?;
     report.catchup_bytes = std::fs::metadata(primary_dir.join("default.db")).map(|m| m.len()).unwrap_or(0);
+
     let started = Instant::now();
     let replica = replica_of(primary.addr, &dir.join("cu-replica"))?;
     wait_for(&mut Client::new(replica.addr), last)?;
     report.catchup_seconds = started.elapsed().as_secs_f64();
+    replica.stop()?;
+    let _ = std::fs::remove_dir_all(dir.join("cu-replica"));
+
+    let mut config = with_storage(&dir.join("cu-replica-storage"));
+    config.replica_of = Some(format!("http://{}", primary.addr));
+    config.limits.request_duration_max = Duration::from_secs(600);
+    let started = Instant::now();
+    let replica = Running::start_with(config)?;
+    wait_for(&mut Client::new(replica.addr), last)?;
+    report.storage_catchup_seconds = started.elapsed().as_secs_f64();
     replica.stop()?;
     primary.stop()
 }
