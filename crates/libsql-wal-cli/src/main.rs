@@ -226,6 +226,10 @@ enum BenchWorkload {
         /// Size of the database a new replica catches up with, in MiB.
         #[arg(long, default_value_t = 256)]
         catchup_mib: u64,
+        /// Also measure throughput with the replicas' files here (a tmpfs such as /dev/shm
+        /// stands for disks of their own; on one machine they otherwise share the primary's).
+        #[arg(long)]
+        replicas_dir: Option<PathBuf>,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -572,7 +576,16 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
             let load = ServeLoad { clients, namespaces, seconds, write_percent, touch: touch_namespaces };
             bench_serve(&load, ack_clients, ack_seconds, dir)
         }
-        BenchWorkload::Replication { rate, lag_seconds, replicas, clients, throughput_seconds, catchup_mib, dir } => {
+        BenchWorkload::Replication {
+            rate,
+            lag_seconds,
+            replicas,
+            clients,
+            throughput_seconds,
+            catchup_mib,
+            replicas_dir,
+            dir,
+        } => {
             let config = libsql_wal_testkit::bench::replication::ReplicationConfig {
                 commits_per_sec: rate,
                 lag_seconds,
@@ -580,6 +593,7 @@ fn bench(workload: BenchWorkload) -> Result<ExitCode, String> {
                 clients,
                 throughput_seconds,
                 catchup_mib,
+                replicas_elsewhere: replicas_dir,
             };
             bench_replication(&config, dir)
         }
@@ -614,6 +628,14 @@ fn bench_replication(
         r.with_replicas_per_sec / r.alone_per_sec.max(f64::MIN_POSITIVE),
         r.throughput_errors
     );
+    if let (Some(elsewhere), Some(dir)) = (r.with_replicas_elsewhere_per_sec, &config.replicas_elsewhere) {
+        outln!(
+            "primary commits/s with {} replicas whose files are in {}: {elsewhere:.0} ({:.2}x)",
+            config.replicas,
+            dir.display(),
+            elsewhere / r.alone_per_sec.max(f64::MIN_POSITIVE)
+        );
+    }
     let mib = r.catchup_bytes as f64 / (1 << 20) as f64;
     outln!(
         "catch-up of {mib:.0} MiB: from the primary {:.2} s ({:.1} MiB/s), from storage (file://) {:.2} s ({:.1} MiB/s)",

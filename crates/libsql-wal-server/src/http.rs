@@ -367,9 +367,9 @@ async fn run_pipeline(
     // Dropped with this request if its client goes away: the SQL stops, the stream ends.
     let client_gone =
         StopIfClientLeaves { deadline: held.stream.as_ref().map(Stream::deadline), stop: Deadline::cancel };
-    let (held, results, open, durable) = tokio::task::spawn_blocking(move || {
+    let (held, results, open, durable, frame_no) = tokio::task::spawn_blocking(move || {
         let namespace = namespace_;
-        let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(())) };
+        let Some(stream) = held.stream.as_mut() else { return (held, Ok(Vec::new()), false, Ok(()), None) };
         // The first request the protocol refuses ends the pipeline (and, below, the stream).
         // `--max-response-bytes` bounds the whole response, not each result: every request
         // runs within what the results before it left (RESPONSE_TOO_LARGE past it).
@@ -391,11 +391,13 @@ async fn run_pipeline(
         let cancelled = stream.deadline().is_cancelled();
         let open = !stream.is_closed() && results.is_ok() && !cancelled;
         held.idle_since = std::time::Instant::now();
+        // Where the namespace is now: at or past this pipeline's own commits.
+        let frame_no = crate::read_your_writes::frame_no_now(&worker, &namespace);
         if !open && let Some(stream) = held.stream.take() {
             stream.end(&worker.dbs);
         }
         let durable = if results.is_ok() { worker.wait_durable(&namespace) } else { Ok(()) };
-        (held, results, open, durable)
+        (held, results, open, durable, frame_no)
     })
     .await
     .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request failed: {e}")))?;
@@ -415,10 +417,7 @@ async fn run_pipeline(
     drop(held);
     let baton = if open { Some(keep(&shared, slot, room, client).await?) } else { None };
     let mut response = json_body(&PipelineResponse { baton, base_url: None, results });
-    let (s, ns) = (shared.clone(), namespace.clone());
-    if let Ok(Some(frame_no)) =
-        tokio::task::spawn_blocking(move || crate::read_your_writes::frame_no_now(&s, &ns)).await
-    {
+    if let Some(frame_no) = frame_no {
         let (name, value) = crate::read_your_writes::header(frame_no);
         response.headers_mut().insert(name, value);
     }

@@ -30,6 +30,10 @@ pub struct ReplicationConfig {
     pub clients: usize,
     pub throughput_seconds: u64,
     pub catchup_mib: u64,
+    /// Where the throughput figure's replicas keep their files besides the run's directory
+    /// (e.g. a tmpfs, standing for disks of their own: on one machine they otherwise share
+    /// the primary's disk and its syncs).
+    pub replicas_elsewhere: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -42,6 +46,8 @@ pub struct ReplicationReport {
     pub lag_errors: u64,
     pub alone_per_sec: f64,
     pub with_replicas_per_sec: f64,
+    /// With the replicas' files in `replicas_elsewhere`, if given.
+    pub with_replicas_elsewhere_per_sec: Option<f64>,
     pub throughput_errors: u64,
     pub catchup_bytes: u64,
     /// A new replica from the primary (image, then stream).
@@ -221,6 +227,23 @@ fn throughput(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationRe
     for replica in replicas {
         replica.stop()?;
     }
+    if let Some(elsewhere) = &config.replicas_elsewhere {
+        let scratch = elsewhere.join(format!("libsql-wal-bench-replicas-{}", std::process::id()));
+        let mut replicas = Vec::new();
+        for i in 0..config.replicas {
+            let replica = replica_of(primary.addr, &scratch.join(format!("replica-{i}")))?;
+            let now = pipeline(&mut Client::new(primary.addr), &[], "SELECT 1")?.ok_or("no frame_no")?;
+            wait_for(&mut Client::new(replica.addr), now)?;
+            replicas.push(replica);
+        }
+        let (elsewhere, errors) = commit_rate(primary.addr, config.clients, config.throughput_seconds);
+        report.with_replicas_elsewhere_per_sec = Some(elsewhere);
+        report.throughput_errors += errors;
+        for replica in replicas {
+            replica.stop()?;
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     primary.stop()
 }
 
@@ -228,7 +251,8 @@ fn catchup(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationRepor
     let primary_dir = dir.join("cu-primary");
     let store = dir.join("cu-store");
     std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
-    let storage = libsql_wal::storage::Storage::open(&format!("file://{}", store.display())).map_err(|e| e.to_string())?;
+    let storage =
+        libsql_wal::storage::Storage::open(&format!("file://{}", store.display())).map_err(|e| e.to_string())?;
     let with_storage = |db_dir: &Path| {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"), db_dir.to_path_buf());
         config.storage = Some(storage.clone());

@@ -76,8 +76,16 @@ impl SharedWal {
 
     /// The replica `id` was sent everything up to `frame_no`: older frames may go.
     pub(crate) fn advance_follower(&self, id: u64, frame_no: u64) {
-        self.replication.lock().insert(id, frame_no);
-        self.notify_checkpointer();
+        let held_the_floor = {
+            let mut followers = self.replication.lock();
+            let before = followers.insert(id, frame_no).unwrap_or(u64::MAX);
+            before <= followers.values().copied().min().unwrap_or(u64::MAX)
+        };
+        // Only a follower that held checkpoints back frees anything by moving on: waking the
+        // checkpointer for each commit each stream sends would cost a wake-up per commit.
+        if held_the_floor {
+            self.notify_checkpointer();
+        }
     }
 
     pub(crate) fn unregister_follower(&self, id: u64) {
