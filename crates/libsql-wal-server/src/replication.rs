@@ -208,13 +208,16 @@ async fn produce(
 
 /// The replica's side: follows `primary` for `namespace` until the server stops.
 pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: String) {
-    let client = match reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build() {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(namespace, "replica: cannot make an HTTP client: {e}");
-            return;
-        }
-    };
+    // The read timeout bounds each wait for bytes, the response's head included: a request
+    // the primary never answers (a hung primary, a connection gone silent) is silence too.
+    let client =
+        match reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).read_timeout(SILENCE_MAX).build() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(namespace, "replica: cannot make an HTTP client: {e}");
+                return;
+            }
+        };
     let follower = Following { shared, primary: primary.trim_end_matches('/').to_string(), namespace, client };
     let mut failures = 0u32;
     loop {
