@@ -221,7 +221,7 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
     let follower = Following { shared, primary: primary.trim_end_matches('/').to_string(), namespace, client };
     let mut failures = 0u32;
     loop {
-        match follower.once().await {
+        match follower.once(&mut failures).await {
             Ok(()) => failures = 0,
             Err(Stop::Retry(why)) => {
                 failures = failures.saturating_add(1);
@@ -261,8 +261,9 @@ struct Following {
 }
 
 impl Following {
-    /// Bootstraps if there is no database yet, then streams until the stream ends.
-    async fn once(&self) -> Result<(), Stop> {
+    /// Bootstraps if there is no database yet, then streams until the stream ends. A stream
+    /// that says something ends an outage: `failures` (the backoff) starts again from 0.
+    async fn once(&self, failures: &mut u32) -> Result<(), Stop> {
         let db = self.shared.dbs.path_of(&self.namespace);
         if !db.exists() {
             self.bootstrap(&db).await?;
@@ -290,6 +291,7 @@ impl Following {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(chunk))) => chunk,
             };
+            *failures = 0;
             pending.extend_from_slice(&chunk);
             let whole = take_whole_transactions(&mut pending);
             if whole.is_empty() {
