@@ -561,6 +561,36 @@ fn an_unreachable_primary_is_retried_with_backoff_then_caught_up() {
     watcher.finish();
 }
 
+/// The backoff is per outage: a replica that streams again after a long one reconnects at
+/// once (50 ms, SERVE.md) after the next break, not after the longest delay.
+#[test]
+fn after_an_outage_and_a_healthy_stream_a_break_is_reconnected_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, proxy, replica) = behind_a_proxy(dir.path());
+    pin_log(&primary);
+    proxy.set_target(closed_port());
+    proxy.cut();
+    // Failed attempts until the delay between them is at its longest (2 s).
+    let failed = proxy.accepted();
+    wait_until("the replica failing to reconnect", Duration::from_secs(30), || proxy.accepted() >= failed + 7);
+    proxy.set_target(primary.addr);
+    for i in 0..20 {
+        transfer(primary.addr, i).unwrap();
+    }
+    wait_until("the replica following again", Duration::from_secs(30), || transfers(replica.addr) == Some(20));
+    // It streams (keep-alives included) for a moment, then one break.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = proxy.accepted();
+    proxy.cut();
+    let cut = Instant::now();
+    wait_until("the replica reconnecting", Duration::from_secs(10), || proxy.accepted() > before);
+    let reconnected = cut.elapsed();
+    eprintln!("after an outage, a break was reconnected in {reconnected:?}");
+    assert!(reconnected < Duration::from_secs(1), "a break after a healthy stream waited {reconnected:?}");
+    transfer(primary.addr, 20).unwrap();
+    assert_replica_equals_primary(&replica, &primary);
+}
+
 #[test]
 #[ignore = "needs a refused replica to start again from an image by itself (replication.rs, in progress on \
             another branch); today it keeps its state and is refused for good"]
