@@ -695,4 +695,12 @@ fn a_replica_that_never_reads_holds_neither_commits_nor_memory() {
     let mut head = [0u8; 12];
     std::io::Read::read_exact(&mut stalled, &mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
+    // Its stream was held up, not sent: the primary keeps the frames it was not sent in its
+    // log (SERVE.md) while the connection stays open.
+    let log: u64 = std::fs::read_dir(dir.path().join("primary/default.db-wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    eprintln!("the primary's log: {:.1} MiB", mib(log));
+    assert!(log > 25 * 1024 * 1024, "the primary's log holds {log} bytes: was the stream held up at all?");
 }
