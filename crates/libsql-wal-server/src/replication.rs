@@ -288,13 +288,16 @@ async fn produce(follower: Arc<libsql_wal::Follower>, from: Position, first: Fra
 
 /// The replica's side: follows `primary` for `namespace` until the server stops.
 pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: String) {
-    let client = match reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build() {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(namespace, "replica: cannot make an HTTP client: {e}");
-            return;
-        }
-    };
+    // The read timeout bounds each wait for bytes, the response's head included: a request
+    // the primary never answers (a hung primary, a connection gone silent) is silence too.
+    let client =
+        match reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).read_timeout(SILENCE_MAX).build() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(namespace, "replica: cannot make an HTTP client: {e}");
+                return;
+            }
+        };
     let lag = shared.lag.replica(&namespace);
     let (acks, acked) = tokio::sync::watch::channel(0u64);
     let primary = primary.trim_end_matches('/').to_string();
@@ -319,7 +322,7 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
     let mut failures = 0u32;
     loop {
         // A refused position is not retried as it is: the replica starts again from an image.
-        let result = match follower.once().await {
+        let result = match follower.once(&mut failures).await {
             Err(Stop::Refused(why)) => follower.rebootstrap(&why).await,
             other => other,
         };
@@ -407,8 +410,9 @@ struct Following {
 }
 
 impl Following {
-    /// Bootstraps if there is no database yet, then streams until the stream ends.
-    async fn once(&self) -> Result<(), Stop> {
+    /// Bootstraps if there is no database yet, then streams until the stream ends. A stream
+    /// that says something ends an outage: `failures` (the backoff) starts again from 0.
+    async fn once(&self, failures: &mut u32) -> Result<(), Stop> {
         let db = self.shared.dbs.path_of(&self.namespace);
         if !db.exists() {
             self.bootstrap(&db).await?;
@@ -437,13 +441,20 @@ impl Following {
         self.from_storage.store(false, std::sync::atomic::Ordering::SeqCst);
         self.acks_wanted.store(response.headers().contains_key(ACKS_WANTED), std::sync::atomic::Ordering::SeqCst);
         self.lag.connected(true);
-        let streamed = self.stream(response, db, at).await;
+        let streamed = self.stream(response, db, at, failures).await;
         self.lag.connected(false);
         streamed
     }
 
-    /// Applies the stream's transactions as they come, from `at`, until it ends.
-    async fn stream(&self, mut response: reqwest::Response, db: PathBuf, mut at: Position) -> Result<(), Stop> {
+    /// Applies the stream's transactions as they come, from `at`, until it ends; `failures`
+    /// (the reconnection backoff's count) starts again once the stream says something.
+    async fn stream(
+        &self,
+        mut response: reqwest::Response,
+        db: PathBuf,
+        mut at: Position,
+        failures: &mut u32,
+    ) -> Result<(), Stop> {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let chunk = match tokio::time::timeout(SILENCE_MAX, response.chunk()).await {
@@ -452,6 +463,7 @@ impl Following {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(chunk))) => chunk,
             };
+            *failures = 0;
             pending.extend_from_slice(&chunk);
             // What else has arrived (while the last group was applied) joins this group: one
             // apply, two syncs, however many transactions, so the replica keeps up with a

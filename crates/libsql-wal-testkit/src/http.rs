@@ -4,11 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 /// One request; returns (status, body). Panics on a broken exchange: it is for tests.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
-    let (status, _, body) = http_with_head(addr, method, path, headers, body);
-    (status, body)
+    request(addr, method, path, headers, body, None).unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
 /// One request; returns (status, the response's head: status line and headers, body).
@@ -19,7 +19,40 @@ pub fn http_with_head(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    request_with_head(addr, method, path, headers, body, None)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// One request, as [`http`], but a server that is down, closes the connection early or says
+/// nothing for `timeout` (each read and write; none: no limit) is an error, not a panic: for
+/// the tests that kill and stall servers.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Option<Duration>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    request_with_head(addr, method, path, headers, body, timeout).map(|(status, _, body)| (status, body))
+}
+
+/// As [`request`], with the response's head.
+pub fn request_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Option<Duration>,
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut stream = match timeout {
+        Some(timeout) => TcpStream::connect_timeout(&addr, timeout)?,
+        None => TcpStream::connect(addr)?,
+    };
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
         head.push_str("Host: 127.0.0.1\r\n");
@@ -28,18 +61,18 @@ pub fn http_with_head(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of headers");
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| invalid("no end of headers"))?;
     let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid("no status"))?;
     let mut body = response[split + 4..].to_vec();
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = unchunk(&body);
+        body = unchunk(&body).ok_or_else(|| invalid("a chunked body cut short"))?;
     }
-    (status, head, body)
+    Ok((status, head, body))
 }
 
 /// The value of header `name` in a response head (as [`http_with_head`] returns it).
@@ -50,16 +83,16 @@ pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn unchunk(mut data: &[u8]) -> Vec<u8> {
+fn unchunk(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
         if size == 0 {
-            return out;
+            return Some(out);
         }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 2 + size + 2..];
+        out.extend_from_slice(data.get(line_end + 2..line_end + 2 + size)?);
+        data = data.get(line_end + 2 + size + 2..)?;
     }
 }
 

@@ -10,6 +10,8 @@
 //!   deletes and slow uploads down (the idle, benchmark, garbage-collection and
 //!   `--ack durable` tests).
 //! - [`http`]: a bare HTTP/1.1 client for the tests of `libsql-wal serve`.
+//! - [`proxy`]: a TCP proxy on loopback that a test stalls, cuts and retargets (the
+//!   replication fault tests).
 //! - [`stress`]: the bank workload (`libsql-wal stress`, tests/concurrency.rs).
 //! - [`bench`]: the workloads of `libsql-wal bench`, side by side with SQLite's own WAL, and
 //!   [`bench::loopback_s3`], an S3-compatible server (`s3s-fs`) on loopback that the tests
@@ -22,6 +24,7 @@ pub mod bench;
 pub mod faulty;
 pub mod http;
 pub mod object_stores;
+pub mod proxy;
 pub mod serve_process;
 pub mod stress;
 pub mod support;
