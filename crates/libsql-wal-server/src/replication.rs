@@ -338,6 +338,26 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
     }
 }
 
+/// Pieces of a stream read ahead of the group being applied (at most about a MiB each, as
+/// the primary sends them): what a replica behind holds in memory at most, with one group.
+const READ_AHEAD_CHUNKS: usize = 64;
+
+/// A stream's pieces as they come, sent to the applier: `Ok(None)` when it ends, an error
+/// (silence past [`SILENCE_MAX`], a break) and then nothing.
+async fn read_ahead(mut response: reqwest::Response, tx: tokio::sync::mpsc::Sender<Result<Option<Bytes>, Stop>>) {
+    loop {
+        let item = match tokio::time::timeout(SILENCE_MAX, response.chunk()).await {
+            Err(_) => Err(Stop::Retry(format!("the primary said nothing for {SILENCE_MAX:?}"))),
+            Ok(Err(e)) => Err(Stop::Retry(format!("the stream broke: {e}"))),
+            Ok(Ok(chunk)) => Ok(chunk),
+        };
+        let last = !matches!(item, Ok(Some(_)));
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Aborts its task when dropped (with the namespace's following task).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -450,18 +470,23 @@ impl Following {
     /// (the reconnection backoff's count) starts again once the stream says something.
     async fn stream(
         &self,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         db: PathBuf,
         mut at: Position,
         failures: &mut u32,
     ) -> Result<(), Stop> {
+        // A task of its own reads the stream while a group is applied: hyper fetches the next
+        // piece of a body only when asked, so what arrived during an apply would otherwise
+        // wait in the socket, and each group would be one transaction.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let _reader = AbortOnDrop(tokio::spawn(read_ahead(response, tx)));
         let mut pending: Vec<u8> = Vec::new();
         loop {
-            let chunk = match tokio::time::timeout(SILENCE_MAX, response.chunk()).await {
-                Err(_) => return Err(Stop::Retry(format!("the primary said nothing for {SILENCE_MAX:?}"))),
-                Ok(Err(e)) => return Err(Stop::Retry(format!("the stream broke: {e}"))),
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Ok(Some(chunk))) => chunk,
+            let Some(first) = rx.recv().await else { return Ok(()) };
+            let chunk = match first {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Ok(()),
+                Err(stop) => return Err(stop),
             };
             *failures = 0;
             pending.extend_from_slice(&chunk);
@@ -470,14 +495,14 @@ impl Following {
             // primary that commits faster than one transaction per two syncs.
             let mut ended = false;
             while pending.len() < GROUP_BYTES_MAX {
-                match futures::FutureExt::now_or_never(response.chunk()) {
-                    Some(Ok(Some(more))) => pending.extend_from_slice(&more),
-                    Some(Ok(None)) => {
+                match rx.try_recv() {
+                    Ok(Ok(Some(more))) => pending.extend_from_slice(&more),
+                    Ok(Ok(None)) | Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                         ended = true;
                         break;
                     }
-                    Some(Err(e)) => return Err(Stop::Retry(format!("the stream broke: {e}"))),
-                    None => break,
+                    Ok(Err(stop)) => return Err(stop),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                 }
             }
             let (whole, heard) = take_whole_transactions(&mut pending);
