@@ -628,6 +628,12 @@ fn bench_replication(
         r.with_replicas_per_sec / r.alone_per_sec.max(f64::MIN_POSITIVE),
         r.throughput_errors
     );
+    outln!(
+        "primary commits/s with {} streams read and dropped (the replicas' own work elsewhere): {:.0} ({:.2}x)",
+        config.replicas,
+        r.with_streams_only_per_sec,
+        r.with_streams_only_per_sec / r.alone_per_sec.max(f64::MIN_POSITIVE)
+    );
     if let (Some(elsewhere), Some(dir)) = (r.with_replicas_elsewhere_per_sec, &config.replicas_elsewhere) {
         outln!(
             "primary commits/s with {} replicas whose files are in {}: {elsewhere:.0} ({:.2}x)",

@@ -5,9 +5,10 @@
 //!   replica where it is (`x-libsql-wal-frame-no`) as often as it can: a commit's lag runs
 //!   from its acknowledgement to the first answer at or past it (at most one round trip to
 //!   the replica late).
-//! - **Throughput**: the primary's commits/s with no replica, then with `replicas` attached,
-//!   side by side in the same run (the ratio is the figure; on one machine the replicas'
-//!   own fsyncs share the disk with the primary's).
+//! - **Throughput**: the primary's commits/s alone and with `replicas` streams read and
+//!   dropped (its own cost of serving them: the replicas' work is on other machines),
+//!   alternating for 3 rounds, medians; then with `replicas` real replicas on this machine
+//!   (their work shares its 2 cores and disk), and optionally with their files elsewhere.
 //! - **Catch-up**: a new replica of a database of `catchup_mib`, timed until it holds the
 //!   primary's last commit: from the primary (image, then stream), then with `--storage`
 //!   (restore from a local-directory store, then the primary's tail).
@@ -48,6 +49,9 @@ pub struct ReplicationReport {
     pub with_replicas_per_sec: f64,
     /// With the replicas' files in `replicas_elsewhere`, if given.
     pub with_replicas_elsewhere_per_sec: Option<f64>,
+    /// With `replicas` streams read and dropped on arrival: the primary's own cost of
+    /// serving them, the replicas' work being elsewhere (other machines).
+    pub with_streams_only_per_sec: f64,
     pub throughput_errors: u64,
     pub catchup_bytes: u64,
     /// A new replica from the primary (image, then stream).
@@ -210,10 +214,69 @@ fn commit_rate(primary: SocketAddr, clients: usize, seconds: u64) -> (f64, u64) 
     (ok as f64 / started.elapsed().as_secs_f64(), counts.iter().map(|c| c.1).sum())
 }
 
+/// A replica's stream of the primary's log from its current image's position, read and
+/// dropped until `stop`; returns the bytes read.
+fn drain_stream(primary: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let (status, image) = crate::http::http(primary, "GET", "/replication/v1/image", &[], b"");
+    let mark = image.get(72..92).filter(|_| status == 200).ok_or("no image")?;
+    let mut frame_no = [0u8; 8];
+    frame_no[..6].copy_from_slice(&mark[..6]);
+    let u32_at = |at: usize| u32::from_le_bytes(mark[at..at + 4].try_into().expect("4 bytes"));
+    let position = format!("{:08x}-{}-{:08x}", u32_at(10), u64::from_le_bytes(frame_no), u32_at(14));
+    let mut stream = std::net::TcpStream::connect(primary).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    write!(stream, "GET /replication/v1/frames?position={position} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("the primary ended the stream".into()),
+            Ok(n) => bytes += n as u64,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(bytes)
+}
+
+/// Rounds of the primary alone and with streams only, alternating; the medians are reported.
+const THROUGHPUT_ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The primary's commits/s while `replicas` streams are read and dropped.
+fn rate_with_streams(primary: SocketAddr, config: &ReplicationConfig) -> Result<(f64, u64), String> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<(f64, u64), String> {
+        let readers: Vec<_> = (0..config.replicas).map(|_| s.spawn(|| drain_stream(primary, &stop))).collect();
+        let measured = commit_rate(primary, config.clients, config.throughput_seconds);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for reader in readers {
+            reader.join().map_err(|_| "a stream reader panicked".to_string())??;
+        }
+        Ok(measured)
+    })
+}
+
 fn throughput(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationReport) -> Result<(), String> {
     let primary = Running::start(&dir.join("tp-primary"))?;
     let first = pipeline(&mut Client::new(primary.addr), &[], SETUP)?.ok_or("no frame_no in the response")?;
-    let (alone, errors_alone) = commit_rate(primary.addr, config.clients, config.throughput_seconds);
+    let (mut alone, mut streams) = (Vec::new(), Vec::new());
+    for _ in 0..THROUGHPUT_ROUNDS {
+        let (rate, errors) = commit_rate(primary.addr, config.clients, config.throughput_seconds);
+        alone.push(rate);
+        report.throughput_errors += errors;
+        let (rate, errors) = rate_with_streams(primary.addr, config)?;
+        streams.push(rate);
+        report.throughput_errors += errors;
+    }
+    report.alone_per_sec = median(alone);
+    report.with_streams_only_per_sec = median(streams);
     let mut replicas = Vec::new();
     for i in 0..config.replicas {
         let replica = replica_of(primary.addr, &dir.join(format!("tp-replica-{i}")))?;
@@ -221,9 +284,8 @@ fn throughput(dir: &Path, config: &ReplicationConfig, report: &mut ReplicationRe
         replicas.push(replica);
     }
     let (with, errors_with) = commit_rate(primary.addr, config.clients, config.throughput_seconds);
-    report.alone_per_sec = alone;
     report.with_replicas_per_sec = with;
-    report.throughput_errors = errors_alone + errors_with;
+    report.throughput_errors += errors_with;
     for replica in replicas {
         replica.stop()?;
     }
