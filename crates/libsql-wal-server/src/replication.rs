@@ -47,6 +47,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks in flight per stream: what a replica that stops reading holds of the primary's memory.
 const CHANNEL_CHUNKS: usize = 4;
 const FRAME: usize = 4128;
+/// A run of frames at least this long is preceded by an info frame even when it ends at
+/// the primary's last commit: the replica learns it is behind while the run arrives.
+const INFO_RUN_BYTES: usize = 64 * FRAME;
 /// How long a stream waits after a commit for the next ones, to send them together.
 const COALESCE: Duration = Duration::from_millis(1);
 /// Response header of a frames stream whose primary wants acknowledgements.
@@ -248,10 +251,11 @@ async fn produce(follower: Arc<libsql_wal::Follower>, from: Position, first: Fra
             FramesAfter::Frames { frames, end } => {
                 lag.oldest_unsent(first_commit_ms(&frames));
                 let last = *commits.borrow();
-                // The info frame says only what the frames do not: that more is committed
-                // (one chunk per run, an info frame only when behind: half the bytes and
-                // sends of a stream of small transactions).
-                let chunk = if last > end.frame_no {
+                // The info frame tells the replica the primary's last commit before a run
+                // that takes a while to arrive, or when more is committed than the run
+                // holds; a short run that ends at the last commit says it itself (one chunk
+                // per run, no info frame: half the bytes and sends of small transactions).
+                let chunk = if last > end.frame_no || frames.len() >= INFO_RUN_BYTES {
                     let mut chunk = info_frame(last).to_vec();
                     chunk.extend_from_slice(&frames);
                     Bytes::from(chunk)
