@@ -215,3 +215,72 @@ fn the_python_embedded_replica_follows_too() {
     assert_eq!(rows[5], json!([[52, 3 + (101..=150).sum::<i64>()]]));
     server.stop();
 }
+
+/// The frame_no a write's response names (`x-libsql-wal-frame-no`).
+fn write_at(server: &Server, sql: &str) -> u64 {
+    let body =
+        json!({ "baton": null, "requests": [{ "type": "execute", "stmt": { "sql": sql } }, { "type": "close" }] });
+    let (status, head, reply) = libsql_wal_testkit::http::http_with_head(
+        server.0.addr,
+        "POST",
+        "/v2/pipeline",
+        &[],
+        &serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    libsql_wal_testkit::http::header_value(&head, "x-libsql-wal-frame-no").unwrap().parse().unwrap()
+}
+
+/// `libsql-wal restore` to an earlier point puts the namespace on another branch of its
+/// history (the same lineage, other frames after that point); written since, past the
+/// frames the replica holds: the replica syncs to the new branch whole, never the old
+/// branch's rows with the new one's on top.
+#[test]
+fn a_primary_restored_to_an_earlier_point_is_never_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("dbs");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let url = format!("file://{}", store.display());
+    let replica = dir.path().join("replica.db");
+    let server = Server::start(&db_dir, &["--storage", &url]);
+    write_at(&server, "CREATE TABLE t(x INTEGER, y TEXT)");
+    let point = write_at(&server, "INSERT INTO t VALUES (1, 'kept')");
+    // Pages only the dropped branch writes (the schema's page 1, the new table's root): a
+    // replica continued from the other branch would keep them.
+    write_at(&server, "CREATE TABLE d(z)");
+    write_at(&server, "INSERT INTO d VALUES ('dropped by the restore')");
+    let rows = run(&server.url(), &replica, json!([{"sync": "SELECT (SELECT count(*) FROM t), (SELECT z FROM d)"}]));
+    assert_eq!(rows[0], json!([[1, "dropped by the restore"]]));
+    server.stop(); // flushes every commit to storage
+
+    let restored = dir.path().join("restored.db");
+    let out = std::process::Command::new(BIN)
+        .args(["restore", "--storage", &url, "--namespace", "default", "--frame-no", &point.to_string()])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&restored, db_dir.join("default.db")).unwrap();
+    // Without --storage: a copy restored at an earlier point would fork the stored history.
+    let server = Server::start(&db_dir, &[]);
+    // Asked first (as a new replica would), the primary makes a generation of the restored
+    // state and keeps its log from there: the new branch's frames stay in the log.
+    server.generation();
+    for i in 0..20 {
+        write_at(&server, &format!("INSERT INTO t VALUES ({}, 'new branch')", 100 + i));
+    }
+    let rows = run(
+        &server.url(),
+        &replica,
+        json!([
+            {"sync": "SELECT count(*), min(x), max(x) FROM t"},
+            {"sync": "SELECT count(*) FROM sqlite_schema WHERE name = 'd'"},
+            {"sync": "PRAGMA integrity_check"},
+        ]),
+    );
+    assert_eq!(rows[0], json!([[21, 1, 119]]), "the new branch's rows");
+    assert_eq!(rows[1], json!([[0]]), "nothing of the dropped branch");
+    assert_eq!(rows[2], json!([["ok"]]));
+    server.stop();
+}
