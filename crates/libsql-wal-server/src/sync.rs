@@ -598,12 +598,14 @@ fn parse_number(what: &str, text: &str) -> Result<u32, HttpError> {
 /// would, on a primary), with at least page 1 so that its image is a database.
 fn database(shared: &Shared, headers: &HeaderMap, from_path: Option<&str>) -> Result<PathBuf, HttpError> {
     let namespace = crate::http::namespace(shared, headers, from_path)?;
-    crate::http::authorize(shared, headers, &namespace)?;
+    let access = crate::http::authorize(shared, headers, &namespace)?;
+    let read_only = access == crate::auth::Access::ReadOnly || shared.dbs.primary().is_some();
     let deadline = Arc::new(crate::databases::Deadline::default());
-    let conn = shared.dbs.checkout(&namespace, false, deadline).map_err(|e| {
+    let conn = shared.dbs.checkout(&namespace, read_only, deadline).map_err(|e| {
         error(StatusCode::NOT_FOUND, "NAMESPACE_NOT_FOUND", format!("cannot open namespace {namespace}: {e:?}"))
     })?;
-    let written = ensure_page_one(&conn);
+    // Read-only credentials (or a replica) write nothing, not even page 1.
+    let written = if read_only { Ok(()) } else { ensure_page_one(&conn) };
     shared.dbs.checkin(&namespace, conn);
     written.map_err(|e| internal(format!("cannot write the database header: {e}")))?;
     Ok(shared.dbs.path_of(&namespace))
