@@ -188,12 +188,33 @@ impl LimitArgs {
     }
 }
 
+/// `--replica-of`: `http(s)://host[:port]`, nothing else. Credentials in it would be shown
+/// in every message that names the primary (`--replica-auth-token` carries them instead);
+/// a path or query would be prefixed to the replication routes.
+fn check_primary_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        return Err(format!("--replica-of {url}: expected an http:// or https:// URL"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return Err(format!("--replica-of {url}: no host"));
+    }
+    if authority.contains('@') {
+        return Err("--replica-of: no credentials in the URL (they would be shown in messages): give a token with \
+                    --replica-auth-token or LIBSQL_WAL_REPLICA_AUTH_TOKEN"
+            .into());
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!("--replica-of {url}: expected scheme://host[:port] only, no path or query"));
+    }
+    Ok(())
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let mut config = ServerConfig::new(args.listen, args.db_dir.clone());
     if let Some(primary) = &args.replica_of {
-        if !(primary.starts_with("http://") || primary.starts_with("https://")) {
-            return Err(format!("--replica-of {primary}: expected an http:// or https:// URL"));
-        }
+        check_primary_url(primary)?;
         config.replica_of = Some(primary.clone());
         config.replica_auth_token = replica_auth_token(args.replica_auth_token.clone())?;
     }
@@ -255,4 +276,20 @@ async fn stop_signal() {
         _ = int.recv() => {}
     }
     errln!("stopping: finishing requests in flight, rolling back open streams, closing databases");
+}
+
+#[cfg(test)]
+mod primary_url_tests {
+    use super::check_primary_url;
+
+    #[test]
+    fn a_primary_url_is_scheme_host_and_port_only() {
+        for ok in ["http://127.0.0.1:8080", "https://db.example.com", "http://[::1]:80/"] {
+            assert!(check_primary_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1:8080", "http://", "http://user:pw@host", "http://host/path", "http://host?x=1"] {
+            assert!(check_primary_url(bad).is_err(), "{bad}");
+        }
+        assert!(!check_primary_url("http://user:secretpw@host").unwrap_err().contains("secretpw"));
+    }
 }

@@ -6,7 +6,6 @@
 //! up to `--max-request-duration` (then 503 `REPLICA_BEHIND`); a primary runs it at once (it
 //! holds every commit it acknowledged).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -48,16 +47,15 @@ pub fn frame_no_now(shared: &Shared, namespace: &str) -> Option<u64> {
 }
 
 /// Waits (on a replica) until `namespace` has applied the primary's frames up to `frame_no`.
+/// Asked every [`POLL`], holding nothing of the log between: a wait that held the log open
+/// would keep the replica from starting again from an image (`replace_with_image` needs it
+/// closed), and so from ever reaching the frame it waits for.
 pub async fn wait(shared: &std::sync::Arc<Shared>, namespace: &str, frame_no: u64) -> Result<(), HttpError> {
     if shared.dbs.primary().is_none() {
         return Ok(());
     }
     let started = Instant::now();
     let limit = shared.limits.request_duration_max;
-    let db = shared.dbs.path_of(namespace);
-    // Woken by each commit the replica applies; checked every 100 ms besides (the database
-    // may not exist yet when the wait begins).
-    let mut commits = watch_commits(shared, &db).await;
     loop {
         let (s, ns) = (shared.clone(), namespace.to_string());
         let now = tokio::task::spawn_blocking(move || frame_no_now(&s, &ns)).await.ok().flatten();
@@ -67,33 +65,12 @@ pub async fn wait(shared: &std::sync::Arc<Shared>, namespace: &str, frame_no: u6
         let Some(left) = limit.checked_sub(started.elapsed()) else {
             return Err(behind(shared, now, frame_no, limit));
         };
-        let tick = left.min(Duration::from_millis(100));
-        match commits.as_mut() {
-            Some((_, rx)) => {
-                let _ = tokio::time::timeout(tick, rx.changed()).await;
-            }
-            None => {
-                tokio::time::sleep(tick).await;
-                commits = watch_commits(shared, &db).await;
-            }
-        }
+        tokio::time::sleep(left.min(POLL)).await;
     }
 }
 
-type Commits = (libsql_wal::Follower, tokio::sync::watch::Receiver<u64>);
-
-async fn watch_commits(shared: &std::sync::Arc<Shared>, db: &Path) -> Option<Commits> {
-    if !db.exists() {
-        return None;
-    }
-    let (s, db) = (shared.clone(), db.to_path_buf());
-    let follower = tokio::task::spawn_blocking(move || libsql_wal::follow(&db, s.dbs.manager(), u64::MAX).ok())
-        .await
-        .ok()
-        .flatten()?;
-    let rx = follower.commits();
-    Some((follower, rx))
-}
+/// How often a waiting request asks where the replica is.
+const POLL: Duration = Duration::from_millis(2);
 
 fn behind(shared: &Shared, now: Option<u64>, wanted: u64, waited: Duration) -> HttpError {
     let primary = shared.dbs.primary().unwrap_or("its primary");

@@ -3,7 +3,8 @@
 //! (`?replica=ID` on `/replication/v1/frames`: it holds its position durably, so that much
 //! counts at once) and, after each group of transactions it has applied and synced, says how
 //! far it is (`POST /replication/v1/ack?replica=ID&frame_no=N`). A replica counts while its
-//! stream is connected. A write waits on a blocking thread until K replicas acknowledged a
+//! stream is connected, only with credentials that may write (anyone who may read could
+//! otherwise pose as one), and only up to what its streams were sent. A write waits on a blocking thread until K replicas acknowledged a
 //! frame at or past the namespace's last commit, at most `timeout`; else it fails (503
 //! `REPLICAS_NOT_ACKED`): never an acknowledgement no replica backs.
 
@@ -17,10 +18,20 @@ pub struct ReplicaAcks {
     namespaces: Mutex<HashMap<String, Arc<Namespace>>>,
 }
 
+struct Replica {
+    /// Streams connected under its name.
+    streams: usize,
+    /// The newest frame_no it acknowledged (or held when its stream began).
+    acked: u64,
+    /// The newest frame_no one of its streams was sent (or started from): an
+    /// acknowledgement past it is of frames it never got, and counts only up to it.
+    sent: u64,
+}
+
 #[derive(Default)]
 struct Namespace {
-    /// Replica id → (streams connected under that id, frame_no acknowledged).
-    replicas: Mutex<HashMap<String, (usize, u64)>>,
+    /// Replica id → its streams and frames.
+    replicas: Mutex<HashMap<String, Replica>>,
     changed: Condvar,
 }
 
@@ -36,9 +47,11 @@ impl ReplicaAcks {
         let ns = self.namespace(namespace);
         {
             let mut replicas = ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = replicas.entry(replica.to_string()).or_insert((0, frame_no));
-            entry.0 += 1;
-            entry.1 = entry.1.max(frame_no);
+            let entry =
+                replicas.entry(replica.to_string()).or_insert(Replica { streams: 0, acked: frame_no, sent: frame_no });
+            entry.streams += 1;
+            entry.acked = entry.acked.max(frame_no);
+            entry.sent = entry.sent.max(frame_no);
         }
         ns.changed.notify_all();
         Connected { ns, replica: replica.to_string() }
@@ -50,7 +63,7 @@ impl ReplicaAcks {
         let ns = self.namespace(namespace);
         let known = {
             let mut replicas = ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
-            replicas.get_mut(replica).map(|entry| entry.1 = entry.1.max(frame_no)).is_some()
+            replicas.get_mut(replica).map(|entry| entry.acked = entry.acked.max(frame_no.min(entry.sent))).is_some()
         };
         if known {
             ns.changed.notify_all();
@@ -61,7 +74,7 @@ impl ReplicaAcks {
     pub fn holding(&self, namespace: &str, frame_no: u64) -> (usize, usize) {
         let ns = self.namespace(namespace);
         let replicas = ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        (replicas.values().filter(|r| r.1 >= frame_no).count(), replicas.len())
+        (replicas.values().filter(|r| r.acked >= frame_no).count(), replicas.len())
     }
 
     /// Blocks until `k` replicas hold `frame_no` of `namespace`, at most `timeout`.
@@ -70,7 +83,7 @@ impl ReplicaAcks {
         let deadline = Instant::now() + timeout;
         let mut replicas = ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let holding = replicas.values().filter(|r| r.1 >= frame_no).count();
+            let holding = replicas.values().filter(|r| r.acked >= frame_no).count();
             if holding >= k {
                 return Ok(());
             }
@@ -93,12 +106,22 @@ pub struct Connected {
     replica: String,
 }
 
+impl Connected {
+    /// The stream was sent frames up to `frame_no`: acknowledgements count up to it.
+    pub fn sent(&self, frame_no: u64) {
+        let mut replicas = self.ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = replicas.get_mut(&self.replica) {
+            entry.sent = entry.sent.max(frame_no);
+        }
+    }
+}
+
 impl Drop for Connected {
     fn drop(&mut self) {
         let mut replicas = self.ns.replicas.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = replicas.get_mut(&self.replica) {
-            entry.0 -= 1;
-            if entry.0 == 0 {
+            entry.streams -= 1;
+            if entry.streams == 0 {
                 replicas.remove(&self.replica);
             }
         }
@@ -124,11 +147,16 @@ mod tests {
             std::thread::spawn(move || acks.wait("ns", 10, 2, Duration::from_secs(10)))
         };
         acks.acknowledged("ns", "a", 10);
+        assert!(acks.wait("ns", 10, 2, Duration::from_millis(20)).is_err(), "a was sent up to 5 only");
+        a.sent(10);
+        acks.acknowledged("ns", "a", 10);
         assert!(waiter.join().unwrap().is_ok());
         drop(b);
         assert_eq!(acks.holding("ns", 10), (1, 1), "a replica whose stream ended counts no more");
         acks.acknowledged("ns", "ghost", 100);
         assert_eq!(acks.holding("ns", 100), (0, 1), "an acknowledgement without a stream counts for nothing");
+        acks.acknowledged("ns", "a", u64::MAX);
+        assert_eq!(acks.holding("ns", 11), (0, 1), "nor one past what the stream was sent");
         drop(a);
         assert_eq!(acks.holding("ns", 0), (0, 0));
     }

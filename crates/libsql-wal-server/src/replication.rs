@@ -84,14 +84,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// The database of the request's namespace, which must exist (replication never creates one).
 fn existing_db(shared: &Shared, headers: &HeaderMap) -> Result<(String, PathBuf), HttpError> {
+    existing_db_with_access(shared, headers).map(|(namespace, db, _)| (namespace, db))
+}
+
+/// [`existing_db`] and what the request's credentials grant.
+fn existing_db_with_access(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, PathBuf, crate::auth::Access), HttpError> {
     let namespace = crate::http::namespace(shared, headers, None)?;
     // Any access that may read the namespace may follow it: a replica reads it all.
-    crate::http::authorize(shared, headers, &namespace)?;
+    let access = crate::http::authorize(shared, headers, &namespace)?;
     let db = shared.dbs.path_of(&namespace);
     if !db.exists() {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "NAMESPACE_NOT_FOUND", format!("no namespace {namespace}")));
     }
-    Ok((namespace, db))
+    Ok((namespace, db, access))
 }
 
 fn body_of(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
@@ -148,7 +156,14 @@ pub async fn ack(
     headers: HeaderMap,
     Query(query): Query<AckQuery>,
 ) -> Result<StatusCode, HttpError> {
-    let (namespace, _) = existing_db(&shared, &headers)?;
+    let (namespace, _, access) = existing_db_with_access(&shared, &headers)?;
+    if access != crate::auth::Access::ReadWrite {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "AUTH_FORBIDDEN",
+            "a replica's acknowledgement counts for --ack replicas=K only with credentials that may write",
+        ));
+    }
     shared.replica_acks.acknowledged(&namespace, replica_id(&query.replica)?, query.frame_no);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -160,7 +175,7 @@ pub async fn frames(
     headers: HeaderMap,
     Query(query): Query<FramesQuery>,
 ) -> Result<Response, HttpError> {
-    let (namespace, db) = existing_db(&shared, &headers)?;
+    let (namespace, db, access) = existing_db_with_access(&shared, &headers)?;
     let from = parse_position(&query.position)
         .ok_or_else(|| HttpError::protocol("position is lineage-frame_no-chain (hex, decimal, hex)"))?;
     let replica = query.replica.as_deref().map(replica_id).transpose()?.map(str::to_string);
@@ -178,10 +193,13 @@ pub async fn frames(
         return Err(unservable(why));
     }
     let registration = shared.lag.stream(&namespace, peer.to_string(), follower.commits(), from.frame_no);
-    // It holds its position durably: that much counts for `--ack replicas=K` at once.
-    let acks = replica.map(|id| shared.replica_acks.connected(&namespace, &id, from.frame_no));
+    // It holds its position durably: that much counts for `--ack replicas=K` at once (only
+    // with credentials that may write: anyone who may read could pose as a replica).
+    let acks = replica
+        .filter(|_| access == crate::auth::Access::ReadWrite)
+        .map(|id| shared.replica_acks.connected(&namespace, &id, from.frame_no));
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-    let stream = Stream { tx, stopping: shared.stopping.subscribe(), registration, _acks: acks };
+    let stream = Stream { tx, stopping: shared.stopping.subscribe(), registration, acks };
     tokio::spawn(produce(follower, from, first, stream));
     let mut response = (StatusCode::OK, body_of(rx)).into_response();
     response
@@ -207,7 +225,7 @@ struct Stream {
     /// Its lag, for `/metrics`; told to end when the namespace's files are replaced.
     registration: crate::lag::StreamRegistration,
     /// The replica counted for `--ack replicas=K` while the stream lives.
-    _acks: Option<crate::replica_acks::Connected>,
+    acks: Option<crate::replica_acks::Connected>,
 }
 
 impl Stream {
@@ -269,6 +287,9 @@ async fn produce(follower: Arc<libsql_wal::Follower>, from: Position, first: Fra
                 at = end;
                 follower.advance(end.frame_no);
                 lag.sent(end.frame_no);
+                if let Some(acks) = &stream.acks {
+                    acks.sent(end.frame_no);
+                }
             }
             FramesAfter::UpToDate => {
                 lag.oldest_unsent(None);
@@ -352,6 +373,10 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
         };
         match result {
             Ok(()) => failures = 0,
+            Err(Stop::Fatal(why)) => {
+                tracing::error!(namespace = follower.namespace, "replica: not following this namespace: {why}");
+                return;
+            }
             Err(stop) => {
                 failures = failures.saturating_add(1);
                 follower.report(stop, failures);
@@ -434,6 +459,9 @@ enum Stop {
     Refused(String),
     /// The primary refuses this replica's credentials (401 or 403): why, as it says.
     Unauthorized(String),
+    /// Following cannot go on without losing data (a database of its own where the
+    /// namespace's replica would go): the namespace is not followed.
+    Fatal(String),
 }
 
 /// How long a re-bootstrap waits for the connections to the namespace to close.
@@ -590,6 +618,7 @@ impl Following {
                 }
             }
             Stop::Refused(why) => tracing::error!(namespace, "replica: cannot start again from an image: {why}"),
+            Stop::Fatal(why) => tracing::error!(namespace, "replica: {why}"),
         }
     }
 
@@ -642,6 +671,13 @@ impl Following {
         Ok(())
     }
 
+    /// Whether `db` has an upstream record (it was made a replica).
+    fn is_replica(&self, db: &Path) -> bool {
+        let mut record = db.as_os_str().to_owned();
+        record.push("-upstream");
+        Path::new(&record).exists()
+    }
+
     /// Puts `image` in place of the database `db` once no connection holds it: new ones
     /// wait meanwhile, idle streams on it are ended (their transactions rolled back), and
     /// so are the replication streams this replica serves from it.
@@ -651,6 +687,9 @@ impl Following {
         loop {
             self.shared.batons.end_streams_of(&self.namespace, &self.shared.dbs).await;
             self.shared.lag.end_streams_of(&self.namespace);
+            // Embedded replicas' tables keep the log open; loaded again, they find the new
+            // history and send their replicas a new image.
+            self.shared.generations.put_away(db);
             let (dbs, image_path, db_path) = (self.shared.dbs.clone(), image.to_path_buf(), db.to_path_buf());
             let replaced = blocking(move || libsql_wal::replace_with_image(&image_path, &db_path, dbs.manager()))
                 .await
@@ -659,6 +698,9 @@ impl Following {
                 Ok(position) => return Ok(position),
                 Err(libsql_wal::Error::LogInUse { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e @ libsql_wal::Error::CannotOpen { .. }) if !self.is_replica(db) => {
+                    return Err(Stop::Fatal(format!("{e}")));
                 }
                 Err(e) => return Err(Stop::Retry(format!("replacing the database with a new image: {e}"))),
             }

@@ -199,6 +199,14 @@ impl Generations {
         });
     }
 
+    /// Puts `db`'s table away (its database is about to be replaced: the log must close).
+    pub fn put_away(&self, db: &Path) {
+        let table = self.tables.lock().unwrap_or_else(|e| e.into_inner()).remove(db);
+        if let Some(table) = table {
+            table.lock().unwrap_or_else(|e| e.into_inner()).put_away();
+        }
+    }
+
     /// Puts every table away (the server stops: the logs may close).
     pub fn release_all(&self) {
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
@@ -295,10 +303,9 @@ impl Table {
 
     /// The current generation, if a replica can start it now: its image is there and the
     /// log continues it. Else a new one is made.
-    fn startable(&mut self, manager: &LibsqlWalManager, at_least: u32) -> Result<Generation, HttpError> {
+    fn startable(&mut self, manager: &LibsqlWalManager) -> Result<Generation, HttpError> {
         if let Some(current) = self.current()
-            && current.generation >= at_least
-            && image_path(&self.db, current.generation).exists()
+            && image_whole(&image_path(&self.db, current.generation), current.image_pages)
             && self.continues(manager, &current)?
         {
             if self.hold.is_none() {
@@ -306,17 +313,21 @@ impl Table {
             }
             return Ok(current);
         }
-        self.start_generation(manager, at_least)
+        self.start_generation(manager)
     }
 
     fn hold_at(&self, manager: &LibsqlWalManager, frame_no: u64) -> Result<libsql_wal::Follower, HttpError> {
         libsql_wal::follow(&self.db, manager, frame_no).map_err(|e| internal(format!("cannot open the log: {e}")))
     }
 
-    /// Makes a new current generation (numbered past every one before and `at_least`):
+    /// Makes a new current generation (numbered past every one given before):
     /// an image of the database at its last commit, then the record naming it.
-    fn start_generation(&mut self, manager: &LibsqlWalManager, at_least: u32) -> Result<Generation, HttpError> {
-        let number = (self.record.newest + 1).max(at_least);
+    fn start_generation(&mut self, manager: &LibsqlWalManager) -> Result<Generation, HttpError> {
+        let number = self
+            .record
+            .newest
+            .checked_add(1)
+            .ok_or_else(|| internal("generation numbers are used up (u32): start the replicas again"))?;
         let image = image_path(&self.db, number);
         // Held before the image is taken: its base's frames stay in the log from then on.
         let hold = self.hold_at(manager, self.position(manager)?.frame_no)?;
@@ -393,33 +404,44 @@ impl Table {
         tail <= keep_bytes
     }
 
+    /// Sends a replica of `generation` that the log cannot continue to the current
+    /// generation. If that is its own (whose base the log still continues, so it holds
+    /// every commit a replica of it can have), the replica's position is not one this
+    /// server gave: an error, never "up to date", and no new generation on its word.
+    fn move_on(&mut self, manager: &LibsqlWalManager, generation: u32) -> Result<Pull, HttpError> {
+        let next = self.startable(manager)?;
+        if next.generation == generation {
+            return Err(unknown_position(generation, None, self.record.newest));
+        }
+        Ok(Pull::EndOfGeneration(next.generation))
+    }
+
     /// What `/sync/{generation}/{start}/…` answers.
     fn pull(&mut self, manager: &LibsqlWalManager, generation: u32, start: u32) -> Result<Pull, HttpError> {
-        let newest = self.current().map_or(0, |g| g.generation);
+        let newest = self.record.newest;
         if generation > newest {
-            // A generation we never made (a record lost, or another server's): never
-            // guess where such a replica is; a new generation past it brings it to now.
-            let next = self.startable(manager, generation + 1)?;
-            return Ok(Pull::EndOfGeneration(next.generation));
+            // A generation we never gave (a record lost, another server's, or made up):
+            // never guess where such a replica is, and never let a request pick numbers.
+            return Err(unknown_position(generation, None, newest));
         }
         let Some(known) = self.find(generation) else {
-            return Ok(Pull::EndOfGeneration(self.startable(manager, 0)?.generation));
+            return self.move_on(manager, generation);
         };
         if start == 1 {
             if known.generation == newest {
-                let current = self.startable(manager, 0)?;
+                let current = self.startable(manager)?;
                 if current.generation == generation {
                     let file = image_path(&self.db, generation);
                     return Ok(Pull::Image { file, pages: current.image_pages });
                 }
                 return Ok(Pull::EndOfGeneration(current.generation));
             }
-            return Ok(Pull::EndOfGeneration(self.startable(manager, 0)?.generation));
+            return self.move_on(manager, generation);
         }
         let held = start - 1;
         if held < known.image_pages {
             // Inside the image: no replica stops there (it is one transaction).
-            return Ok(Pull::EndOfGeneration(self.startable(manager, generation + 1)?.generation));
+            return Err(unknown_position(generation, Some(held), newest));
         }
         // A generation still recorded is of this history (`forget_other_histories`), and so
         // is what its replicas hold: served on from the log while it holds their commit.
@@ -427,7 +449,7 @@ impl Table {
         let from = libsql_wal::position_at(&self.db, manager, frame_no)
             .map_err(|e| internal(format!("cannot read the log: {e}")))?;
         let Some(from) = from else {
-            return Ok(Pull::EndOfGeneration(self.startable(manager, generation + 1)?.generation));
+            return self.move_on(manager, generation);
         };
         let follower = self.hold_at(manager, from.frame_no)?;
         match follower.frames_after(from, PULL_BYTES).map_err(|e| internal(format!("cannot read the log: {e}")))? {
@@ -436,9 +458,7 @@ impl Table {
                 Ok(Pull::Frames(to_libsql_frames(&frames)))
             }
             FramesAfter::UpToDate => Ok(Pull::EndOfGeneration(generation)),
-            FramesAfter::Unservable(_) => {
-                Ok(Pull::EndOfGeneration(self.startable(manager, generation + 1)?.generation))
-            }
+            FramesAfter::Unservable(_) => self.move_on(manager, generation),
         }
     }
 }
@@ -457,6 +477,24 @@ fn save_record(db: &Path, record: &Record) -> Result<(), String> {
         sync_parent(&path)
     })();
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Whether the image file is there with all its pages (a damaged one is made anew).
+fn image_whole(image: &Path, pages: u32) -> bool {
+    std::fs::metadata(image).is_ok_and(|m| m.len() == pages as u64 * PAGE_BYTES as u64)
+}
+
+/// 409 `SYNC_POSITION_UNKNOWN`: a replica's generation (and frame) this server cannot place.
+fn unknown_position(generation: u32, frame: Option<u32>, newest: u32) -> HttpError {
+    let at = frame.map_or_else(String::new, |f| format!(", frame {f}"));
+    error(
+        StatusCode::CONFLICT,
+        "SYNC_POSITION_UNKNOWN",
+        format!(
+            "generation {generation}{at} is not a position this server gave (its newest generation is {newest}): \
+             delete the replica's file and its -info to start it again"
+        ),
+    )
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
@@ -628,7 +666,7 @@ async fn info(shared: Arc<Shared>, headers: HeaderMap, ns: Option<String>) -> Re
     let generation = blocking(move || {
         let db = database(&shared, &headers, ns.as_deref())?;
         let manager = shared.dbs.manager();
-        shared.generations.with_table(&db, manager, |table| Ok(table.startable(manager, 0)?.generation))
+        shared.generations.with_table(&db, manager, |table| Ok(table.startable(manager)?.generation))
     })
     .await?;
     let body = serde_json::json!({ "current_generation": generation }).to_string();
@@ -645,7 +683,7 @@ async fn export(
     let file = blocking(move || {
         let db = database(&shared, &headers, ns.as_deref())?;
         let manager = shared.dbs.manager();
-        let current = shared.generations.with_table(&db, manager, |table| table.startable(manager, 0))?;
+        let current = shared.generations.with_table(&db, manager, |table| table.startable(manager))?;
         if current.generation != generation {
             return Err(error(
                 StatusCode::CONFLICT,
@@ -759,6 +797,25 @@ mod tests {
         }
     }
 
+    /// A position this server never gave is refused, and makes nothing: no generation on a
+    /// request's word (before: each such request wrote a new image, and a made-up number
+    /// near u32::MAX wrapped the numbering).
+    #[test]
+    fn positions_never_given_are_refused_and_make_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager();
+        let db = dir.path().join("a.db");
+        write(&db, &manager, 3);
+        let mut table = Table::load(&db, &manager).unwrap();
+        let first = table.startable(&manager).unwrap();
+        assert!(first.image_pages > 1);
+        for (generation, start) in [(u32::MAX - 1, 1), (first.generation + 1, 5), (first.generation, 2)] {
+            assert!(table.pull(&manager, generation, start).is_err(), "{generation}/{start} refused");
+            assert_eq!((table.record.newest, table.record.generations.len()), (first.generation, 1));
+        }
+        assert!(matches!(table.pull(&manager, first.generation, 1).unwrap(), Pull::Image { .. }));
+    }
+
     /// A record beside a database of another history (the file replaced, the record kept):
     /// its replicas get a new generation's image, never frames of the other history that
     /// happen to carry the numbers they expect next.
@@ -769,7 +826,7 @@ mod tests {
         let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
         write(&a, &manager, 3);
         let mut table = Table::load(&a, &manager).unwrap();
-        let first = table.startable(&manager, 0).unwrap();
+        let first = table.startable(&manager).unwrap();
         write(&a, &manager, 5);
         let start = first.image_pages + 1;
         assert!(matches!(table.pull(&manager, first.generation, start).unwrap(), Pull::Frames(_)));

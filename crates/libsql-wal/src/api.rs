@@ -827,6 +827,20 @@ pub fn replace_with_image(
     let (mark, _) = image_mark(io, image)?;
     let position = Position { lineage: mark.lineage, frame_no: mark.frame_no, chain: mark.chain };
     let aside = replaced_log_dir(db_path);
+    let marker = replacing_marker(db_path);
+    let kind = |path: &Path| io.kind(path).map_err(Error::io(IoAction::Read, path));
+    // A database of its own (never a replica: no upstream record, no replacement of ours
+    // cut short) is never replaced: that would destroy it.
+    if kind(db_path)?.is_some() && kind(&crate::upstream::record_path(db_path))?.is_none() && kind(&marker)?.is_none() {
+        return Err(Error::CannotOpen {
+            path: db_path.into(),
+            reason: "it is not a replica (no upstream record): a database of its own is never replaced by an \
+                     image (move it away to make this a replica)"
+                .into(),
+        });
+    }
+    drop(io.open(&marker, true).map_err(Error::io(IoAction::Create, &marker))?);
+    sync_parent(io, db_path)?;
     registry::with_log_closed(io, db_path, || {
         crate::upstream::remove(io, db_path)?;
         remove_log_dir(io, &aside)?;
@@ -841,7 +855,20 @@ pub fn replace_with_image(
     if let Err(e) = remove_log_dir(io, &aside) {
         tracing::warn!(db = %db_path.display(), "the replaced log stays at {}: {e}", aside.display());
     }
+    // The new record is in place: the marker has done its work (a stale one only lets a
+    // replica be replaced again, which a replica may be).
+    if let Err(e) = io.remove_file(&marker) {
+        tracing::warn!(db = %db_path.display(), "{} stays: {e}", marker.display());
+    }
     Ok(position)
+}
+
+/// Present while [`replace_with_image`] runs: a database found without an upstream record
+/// but with it was a replica whose replacement a crash cut short (replaced again safely).
+fn replacing_marker(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push("-replacing");
+    PathBuf::from(name)
 }
 
 /// Where [`replace_with_image`] moves a replaced log before removing it.
