@@ -374,7 +374,7 @@ pub async fn follow_primary(shared: Arc<Shared>, primary: String, namespace: Str
         match result {
             Ok(()) => failures = 0,
             Err(Stop::Fatal(why)) => {
-                tracing::error!(namespace = follower.namespace, "replica: not following this namespace: {why}");
+                tracing::warn!(namespace = follower.namespace, "replica: not following this namespace: {why}");
                 return;
             }
             Err(stop) => {
@@ -739,6 +739,12 @@ impl Following {
     async fn download_image(&self, db: &Path) -> Result<(PathBuf, u64), Stop> {
         let url = format!("{}/replication/v1/image", self.primary);
         let mut response = self.get(&url).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND && !db.exists() {
+            // Asked for by a client, but the primary has no such namespace: not followed
+            // (asked for again, it is tried again), so clients cannot make a replica poll
+            // its primary for names without end.
+            return Err(Stop::Fatal(format!("the primary has no namespace {} (yet)", self.namespace)));
+        }
         if !response.status().is_success() {
             return Err(Stop::Retry(format!("{url}: {}", response.status())));
         }

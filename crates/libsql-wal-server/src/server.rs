@@ -286,12 +286,29 @@ fn start_following(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
     Some(tokio::spawn(async move {
         // Dropped (the server stops), it aborts every namespace's task.
         let mut tasks = tokio::task::JoinSet::new();
+        let follow = |tasks: &mut tokio::task::JoinSet<String>, namespace: String| {
+            let (shared, primary) = (shared.clone(), primary.clone());
+            tasks.spawn(async move {
+                crate::replication::follow_primary(shared, primary, namespace.clone()).await;
+                namespace
+            });
+        };
         for namespace in &namespaces {
-            tasks.spawn(crate::replication::follow_primary(shared.clone(), primary.clone(), namespace.clone()));
+            follow(&mut tasks, namespace.clone());
         }
-        while let Some(namespace) = asked.recv().await {
-            if namespaces.insert(namespace.clone()) {
-                tasks.spawn(crate::replication::follow_primary(shared.clone(), primary.clone(), namespace));
+        loop {
+            tokio::select! {
+                asked = asked.recv() => {
+                    let Some(namespace) = asked else { break };
+                    if namespaces.insert(namespace.clone()) {
+                        follow(&mut tasks, namespace);
+                    }
+                }
+                // A namespace no longer followed (the primary has none of that name) may be
+                // asked for again.
+                Some(Ok(ended)) = tasks.join_next(), if !tasks.is_empty() => {
+                    namespaces.remove(&ended);
+                }
             }
         }
     }))

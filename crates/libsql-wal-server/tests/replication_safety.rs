@@ -88,3 +88,33 @@ fn a_waiting_read_and_an_embedded_replica_do_not_hold_a_replica_on_an_old_histor
         assert_eq!(waiter.join().unwrap(), 503);
     });
 }
+
+fn count_in(server: &Running, namespace: &str) -> Option<String> {
+    let body =
+        serde_json::to_vec(&json!({"baton": null, "requests": [execute("SELECT count(*) FROM t"), close()]})).unwrap();
+    let (status, reply) = server.request("POST", "/v2/pipeline", &[("x-namespace", namespace)], &body);
+    let reply: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+    (status == 200 && reply["results"][0]["type"] == "ok").then(|| rows(&reply, 0)[0][0].to_string())
+}
+
+/// A namespace a client asks a replica for that the primary does not have is not followed
+/// for ever (each would poll the primary without end: clients could make a replica do that
+/// for any number of names); asked for again once the primary has it, it is followed.
+#[test]
+fn a_namespace_the_primary_lacks_is_dropped_then_followed_when_asked_again() {
+    let primary = start(|_| {});
+    let url = format!("http://{}", primary.addr);
+    let replica = start(move |c| c.replica_of = Some(url));
+    assert_eq!(count_in(&replica, "ghost"), None, "the replica holds no ghost");
+    std::thread::sleep(Duration::from_millis(500));
+    let body = serde_json::to_vec(&json!({"baton": null, "requests": [
+        execute("CREATE TABLE t(x)"), execute("INSERT INTO t VALUES (1), (2)"), close()]}))
+    .unwrap();
+    let (status, _) = primary.request("POST", "/v2/pipeline", &[("x-namespace", "ghost")], &body);
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_in(&replica, "ghost").as_deref() != Some("\"2\"") {
+        assert!(Instant::now() < deadline, "asked for again, the namespace was never followed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
