@@ -11,15 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, close, error_code, execute, rows, start};
-
-fn sql(server: &Running, statements: &[&str]) -> Value {
-    let mut requests: Vec<Value> = statements.iter().map(|s| execute(s)).collect();
-    requests.push(close());
-    let (status, response) = server.pipeline(None, json!(requests));
-    assert_eq!(status, 200, "{response}");
-    response
-}
+use support::{Running, close, error_code, execute, rows, sql, start};
 
 fn setup_bank(primary: &Running) {
     sql(

@@ -7,15 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, close, execute, rows, start};
-
-fn sql(server: &Running, statements: &[&str]) -> Value {
-    let mut requests: Vec<Value> = statements.iter().map(|s| execute(s)).collect();
-    requests.push(close());
-    let (status, response) = server.pipeline(None, json!(requests));
-    assert_eq!(status, 200, "{response}");
-    response
-}
+use support::{Running, close, execute, rows, sql, start};
 
 fn count(server: &Running, table: &str) -> Option<String> {
     let (status, response) = server.pipeline(None, json!([execute(&format!("SELECT count(*) FROM {table}")), close()]));

@@ -96,6 +96,15 @@ impl Drop for Running {
 
 pub use libsql_wal_testkit::http::http;
 
+/// `statements` in one pipeline that closes its stream; the response, which must be 200.
+pub fn sql(server: &Running, statements: &[&str]) -> Value {
+    let mut requests: Vec<Value> = statements.iter().map(|s| execute(s)).collect();
+    requests.push(close());
+    let (status, response) = server.pipeline(None, json!(requests));
+    assert_eq!(status, 200, "{response}");
+    response
+}
+
 pub fn execute(sql: &str) -> Value {
     json!({ "type": "execute", "stmt": { "sql": sql } })
 }
